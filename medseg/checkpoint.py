@@ -1,0 +1,63 @@
+"""Checkpoints: weights plus everything needed to rebuild the network, loaded with ``weights_only=True``."""
+
+from __future__ import annotations
+
+import io
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from medseg.errors import ModelError
+from medseg.io import atomic_write_bytes
+
+BEST = "best.pt"
+LAST = "last.pt"
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Serialise ``state`` to memory, then write it atomically (never a half-written checkpoint)."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Load a checkpoint safely (``weights_only=True``: it cannot run code)."""
+    if not path.is_file():
+        raise ModelError(f"{path}: checkpoint not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, pickle.UnpicklingError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        raise ModelError(f"{path}: not a readable medseg checkpoint ({first_line})") from None
+    if not isinstance(state, dict) or "state_dict" not in state or "network" not in state:
+        raise ModelError(f"{path}: not a medseg checkpoint (missing network description or weights)")
+    return state
+
+
+def network_from_checkpoint(state: dict[str, Any], path: Path) -> nn.Module:
+    """Rebuild the network described in a checkpoint and load its weights."""
+    from medseg.registry import build_network
+
+    spec = state["network"]
+    network = build_network(
+        spec["name"], spec["spatial_dims"], spec["in_channels"], spec["out_channels"], spec.get("args", {})
+    )
+    try:
+        network.load_state_dict(state["state_dict"])
+    except RuntimeError as exc:
+        raise ModelError(f"{path}: weights do not fit network {spec['name']} ({str(exc).splitlines()[0]})") from None
+    return network.eval()
+
+
+def resolve_checkpoint(model: Path) -> Path:
+    """Accept a trained run folder, its ``model/`` folder, or a ``.pt`` file."""
+    model = Path(model)
+    for candidate in (model, model / BEST, model / "model" / BEST):
+        if candidate.is_file():
+            return candidate
+    raise ModelError(f"{model}: no checkpoint found (expected a .pt file or a run folder with model/{BEST})")

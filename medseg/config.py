@@ -1,0 +1,399 @@
+"""Pipeline configuration: the only module that reads raw YAML.
+
+A pipeline file may ``extends:`` one or more presets (paths relative to the file). Presets are merged
+depth-first, then the file itself, then ``--set key.path=value`` overrides. The merged mapping is
+validated by pydantic models with ``extra="forbid"``; any problem becomes a one-line
+:class:`~medseg.errors.ConfigError` naming the file (or override) that set the offending key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from medseg.errors import ConfigError
+from medseg.registry import LOSSES, NETWORKS
+
+DATA_ROOT_ENV = "MEDSEG_DATA_ROOT"
+STAGES = ("train", "evaluate", "predict")
+
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+PositiveInt = Annotated[int, Field(gt=0)]
+PositiveFloat = Annotated[float, Field(gt=0.0)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+NonNegativeFloat = Annotated[float, Field(ge=0.0)]
+
+
+class Section(BaseModel):
+    """Base for every config section: unknown keys are errors, values are re-validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SyntheticConfig(Section):
+    """The embedded synthetic dermoscopy set used when no real dataset is configured."""
+
+    fallback: bool = True
+    num_cases: Annotated[int, Field(ge=6)] = 60
+    image_size: tuple[PositiveInt, PositiveInt] = (192, 256)
+    seed: int = 0
+    cache_dir: Path = Path("data/cache")
+    epochs: PositiveInt | None = None
+
+
+class SplitConfig(Section):
+    """Seeded train/val/test split, written once and reused."""
+
+    val_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.15
+    test_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.2
+    seed: int | None = None
+    file: Path | None = None
+
+    @model_validator(mode="after")
+    def _fractions_leave_training_data(self) -> SplitConfig:
+        if self.val_fraction + self.test_fraction >= 0.9:
+            raise ValueError("val_fraction + test_fraction must be below 0.9 to leave cases for training")
+        return self
+
+
+class DataConfig(Section):
+    """Where the images and masks are and how they are matched."""
+
+    name: str = "dataset"
+    root: Path | None = None
+    dataset_dir: str = ""
+    layout: Literal["auto", "folder", "csv", "msd"] = "auto"
+    images_dir: str = "images"
+    masks_dir: str = "masks"
+    mask_suffixes: list[str] = Field(default_factory=lambda: ["", "_segmentation", "_mask", "_lesion"])
+    csv_file: str = "pairs.csv"
+    dataset_json: str = "dataset.json"
+    synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    cache: Literal["memory", "none"] = "memory"
+    num_workers: NonNegativeInt = 0
+
+
+class PreprocessingConfig(Section):
+    """Deterministic preprocessing shared by training, validation and inference."""
+
+    spatial_size: tuple[PositiveInt, PositiveInt] = (256, 256)
+
+
+class AugmentationConfig(Section):
+    """Random augmentation applied to image and mask in sync (training only)."""
+
+    enabled: bool = True
+    flip_prob: Probability = 0.5
+    rotate90_prob: Probability = 0.5
+    affine_prob: Probability = 0.5
+    rotate_degrees: Annotated[float, Field(ge=0.0, le=180.0)] = 30.0
+    scale_range: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.15
+    color_prob: Probability = 0.5
+    brightness: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.15
+    contrast_gamma: tuple[PositiveFloat, PositiveFloat] = (0.8, 1.25)
+    channel_scale: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1
+    noise_prob: Probability = 0.15
+    noise_std: NonNegativeFloat = 0.02
+
+
+class ModelConfig(Section):
+    """Network architecture (resolved through :mod:`medseg.registry`)."""
+
+    name: str = "unet"
+    in_channels: PositiveInt = 3
+    out_channels: PositiveInt = 1
+    args: dict[str, Any] = Field(default_factory=dict)
+    checkpoint: Path | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _known_network(cls, name: str) -> str:
+        return _known_name(name, NETWORKS, "network")
+
+
+class LossConfig(Section):
+    """Training loss (resolved through :mod:`medseg.registry`)."""
+
+    name: str = "dice_ce"
+    args: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _known_loss(cls, name: str) -> str:
+        return _known_name(name, LOSSES, "loss")
+
+
+class OptimizerConfig(Section):
+    """Optimiser and its hyper-parameters."""
+
+    name: Literal["adamw", "adam", "sgd"] = "adamw"
+    lr: PositiveFloat = 1e-3
+    weight_decay: NonNegativeFloat = 1e-4
+
+
+class ScheduleConfig(Section):
+    """Learning-rate schedule, stepped every iteration."""
+
+    name: Literal["cosine", "constant"] = "cosine"
+    warmup_epochs: NonNegativeInt = 2
+    end_lr: NonNegativeFloat = 0.0
+
+
+class TrainingConfig(Section):
+    """Training loop settings."""
+
+    epochs: PositiveInt = 40
+    batch_size: PositiveInt = 8
+    val_every: PositiveInt = 1
+    early_stopping_patience: PositiveInt | None = 15
+    bf16: bool | Literal["auto"] = "auto"
+    max_minutes: PositiveFloat | None = None
+    num_threads: PositiveInt | None = None
+    deterministic: bool = False
+
+
+class EvaluationConfig(Section):
+    """Test-set metrics."""
+
+    split: Literal["test", "val"] = "test"
+    threshold: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.5
+    jaccard_threshold: Probability = 0.65
+
+
+class PostprocessingConfig(Section):
+    """Mask clean-up. ``auto`` keeps an enabled step only if it improves validation Dice."""
+
+    mode: Literal["auto", "on", "off"] = "auto"
+    fill_holes: bool = True
+    largest_component: bool = True
+    remove_small_objects: bool = True
+    min_size: PositiveInt = 64
+    opening: bool = False
+    closing: bool = False
+    radius: PositiveInt = 2
+
+
+class PredictionConfig(Section):
+    """Predict stage: where to read images and write masks and overlays."""
+
+    input: Path | None = None
+    output_dir: Path | None = None
+    overlays: bool = True
+    max_overlays: NonNegativeInt = 24
+    tta: bool = False
+
+
+class TrackingConfig(Section):
+    """MLflow tracking. ``uri`` defaults to ``$MLFLOW_TRACKING_URI`` or a sqlite store under mlruns/."""
+
+    enabled: bool = True
+    uri: str | None = None
+    experiment: str | None = None
+    run_name: str | None = None
+
+
+class PipelineConfig(Section):
+    """A whole pipeline: data -> train -> evaluate -> predict."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+    description: str = ""
+    seed: int = 42
+    stages: list[Literal["train", "evaluate", "predict"]] = Field(default_factory=lambda: list(STAGES))
+    output_root: Path = Path("mlruns/runs")
+    data: DataConfig = Field(default_factory=DataConfig)
+    preprocessing: PreprocessingConfig = Field(default_factory=PreprocessingConfig)
+    augmentation: AugmentationConfig = Field(default_factory=AugmentationConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    postprocessing: PostprocessingConfig = Field(default_factory=PostprocessingConfig)
+    prediction: PredictionConfig = Field(default_factory=PredictionConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    @field_validator("stages")
+    @classmethod
+    def _stages_unique_and_ordered(cls, stages: list[str]) -> list[str]:
+        if not stages:
+            raise ValueError("list at least one stage of train, evaluate, predict")
+        if len(set(stages)) != len(stages):
+            raise ValueError("a stage is listed twice")
+        return sorted(stages, key=STAGES.index)
+
+    @model_validator(mode="after")
+    def _model_source_for_inference_only(self) -> PipelineConfig:
+        if "train" not in self.stages and self.model.checkpoint is None:
+            raise ValueError("without the train stage, set model.checkpoint to a trained run folder or .pt file")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved configuration as plain YAML/JSON-compatible data."""
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        """The resolved configuration as YAML text."""
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _known_name(name: str, registry: dict[str, Any], kind: str) -> str:
+    key = name.lower()
+    if key not in registry:
+        raise ValueError(f"unknown {kind} {name!r}; choose one of {', '.join(sorted(registry))}")
+    return key
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading, merging and overriding raw YAML
+# --------------------------------------------------------------------------------------------------
+
+Provenance = dict[tuple[str, ...], str]
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Read one YAML mapping with ``yaml.safe_load``; errors name the file and line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.__class__.__name__}: {exc})") from None
+    try:
+        content = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}:{where}: invalid YAML: {problem}") from None
+    if content is None:
+        return {}
+    if not isinstance(content, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level, got {type(content).__name__}")
+    return content
+
+
+def _merge(base: dict, update: dict, source: str, provenance: Provenance, prefix: tuple[str, ...] = ()) -> dict:
+    """Deep-merge ``update`` into a copy of ``base``; mappings merge, everything else replaces."""
+    merged = dict(base)
+    for key, value in update.items():
+        path = (*prefix, str(key))
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value, source, provenance, path)
+        else:
+            merged[key] = value
+            for known in [p for p in provenance if p[: len(path)] == path]:
+                del provenance[known]
+        provenance[path] = source
+    return merged
+
+
+def _load_with_presets(path: Path, provenance: Provenance, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    resolved = path.resolve()
+    if resolved in seen:
+        chain = " -> ".join(str(p) for p in (*seen, resolved))
+        raise ConfigError(f"{path}: extends itself in a cycle ({chain})")
+    raw = read_yaml(path)
+    presets = raw.pop("extends", [])
+    if isinstance(presets, str):
+        presets = [presets]
+    if not isinstance(presets, list) or not all(isinstance(p, str) for p in presets):
+        raise ConfigError(f"{path}: extends: expected a preset path or a list of paths")
+    merged: dict[str, Any] = {}
+    for preset in presets:
+        preset_path = (path.parent / preset) if not Path(preset).is_absolute() else Path(preset)
+        if not preset_path.is_file():
+            raise ConfigError(f"{path}: extends: preset {preset_path} not found")
+        merged = _merge(
+            merged, _load_with_presets(preset_path, provenance, (*seen, resolved)), str(preset_path), provenance
+        )
+    return _merge(merged, raw, str(path), provenance)
+
+
+def parse_override(text: str) -> tuple[tuple[str, ...], Any]:
+    """Parse ``key.path=value``; the value is read as YAML (numbers, booleans, lists)."""
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"--set {text}: expected key.path=value, e.g. training.epochs=5")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError:
+        parsed = value
+    return tuple(key.split(".")), parsed
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str], provenance: Provenance) -> dict[str, Any]:
+    """Apply ``--set`` overrides to a merged raw mapping."""
+    for text in overrides:
+        path, value = parse_override(text)
+        update: dict[str, Any] = value
+        for part in reversed(path):
+            update = {part: update}
+        raw = _merge(raw, update, f"--set {text}", provenance)
+    return raw
+
+
+def _allowed_keys(loc: tuple[str | int, ...]) -> list[str]:
+    model: type[BaseModel] | None = PipelineConfig
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part)) if model else None
+        annotation = field.annotation if field else None
+        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+        if model is None:
+            return []
+    return list(model.model_fields) if model else []
+
+
+def _describe(error: dict[str, Any], provenance: Provenance, default_source: str) -> str:
+    loc = tuple(str(p) for p in error["loc"])
+    source = default_source
+    for depth in range(len(loc), 0, -1):
+        if loc[:depth] in provenance:
+            source = provenance[loc[:depth]]
+            break
+    key = ".".join(loc) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        allowed = _allowed_keys(loc)
+        hint = difflib.get_close_matches(loc[-1], allowed, n=1)
+        suggestion = f"; did you mean {hint[0]!r}?" if hint else f"; allowed keys: {', '.join(allowed)}"
+        return f"{source}: {key}: unknown key{suggestion}"
+    message = error["msg"].removeprefix("Value error, ")
+    got = error.get("input")
+    shown = "" if isinstance(got, dict) or error["type"] == "missing" else f" (got {got!r})"
+    return f"{source}: {key}: {message}{shown}"
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> PipelineConfig:
+    """Load, merge, override and validate a pipeline file.
+
+    Args:
+        path: the pipeline YAML file.
+        overrides: ``key.path=value`` strings, applied after the file and its presets.
+
+    Returns:
+        The validated configuration, with ``data.root`` filled from ``$MEDSEG_DATA_ROOT`` when unset.
+
+    Raises:
+        ConfigError: one line naming the file (or override) and key at fault.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a folder; expected a pipeline YAML file")
+    provenance: Provenance = {}
+    raw = _load_with_presets(path, provenance)
+    raw = apply_overrides(raw, overrides or [], provenance)
+    raw.setdefault("name", path.stem)
+    try:
+        config = PipelineConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc.errors()[0], provenance, str(path))) from None
+    if config.data.root is None and os.environ.get(DATA_ROOT_ENV):
+        config.data.root = Path(os.environ[DATA_ROOT_ENV])
+    return config

@@ -1,0 +1,90 @@
+"""MONAI dictionary transforms for 2D images: deterministic preprocessing, then synced augmentation.
+
+The deterministic part ends before the first random transform, so ``CacheDataset`` keeps decoded,
+resized images in memory and only augmentation runs each epoch. Inference uses the same
+preprocessing on the image alone, and ``Invertd`` maps predictions back to the input's own size.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from medseg.config import AugmentationConfig, PipelineConfig
+
+
+def preprocessing(cfg: PipelineConfig, keys: tuple[str, ...] = ("image", "label")) -> list[Any]:
+    """Load, channel-first, scale intensities to [0, 1], binarise the mask (>0), resize."""
+    from monai.transforms import AsDiscreted, EnsureChannelFirstd, LoadImaged, Resized, ScaleIntensityRanged
+
+    transforms: list[Any] = [
+        LoadImaged(keys=list(keys), reader="PILReader", image_only=True),
+        EnsureChannelFirstd(keys=list(keys)),
+        ScaleIntensityRanged(keys="image", a_min=0.0, a_max=255.0, b_min=0.0, b_max=1.0, clip=True),
+    ]
+    if "label" in keys:
+        transforms.append(AsDiscreted(keys="label", threshold=0.5))
+    modes = tuple("nearest" if key == "label" else "bilinear" for key in keys)
+    antialias = tuple(key != "label" for key in keys)
+    transforms.append(
+        Resized(keys=list(keys), spatial_size=cfg.preprocessing.spatial_size, mode=modes, anti_aliasing=antialias)
+    )
+    return transforms
+
+
+def augmentation(aug: AugmentationConfig) -> list[Any]:
+    """Random flips, 90-degree rotations, affine, colour/contrast jitter and noise, image and mask in sync."""
+    if not aug.enabled:
+        return []
+    from monai.transforms import (
+        RandAdjustContrastd,
+        RandAffined,
+        RandFlipd,
+        RandGaussianNoised,
+        RandRotate90d,
+        RandScaleIntensityd,
+        RandShiftIntensityd,
+    )
+
+    keys = ["image", "label"]
+    angle = math.radians(aug.rotate_degrees)
+    return [
+        RandFlipd(keys=keys, prob=aug.flip_prob, spatial_axis=0),
+        RandFlipd(keys=keys, prob=aug.flip_prob, spatial_axis=1),
+        RandRotate90d(keys=keys, prob=aug.rotate90_prob, max_k=3),
+        RandAffined(
+            keys=keys,
+            prob=aug.affine_prob,
+            rotate_range=angle,
+            scale_range=aug.scale_range,
+            mode=("bilinear", "nearest"),
+            padding_mode="reflection",
+        ),
+        RandScaleIntensityd(keys="image", factors=aug.channel_scale, prob=aug.color_prob, channel_wise=True),
+        RandShiftIntensityd(keys="image", offsets=aug.brightness, prob=aug.color_prob),
+        RandAdjustContrastd(keys="image", gamma=aug.contrast_gamma, prob=aug.color_prob),
+        RandGaussianNoised(keys="image", prob=aug.noise_prob, std=aug.noise_std),
+    ]
+
+
+def train_transforms(cfg: PipelineConfig) -> Any:
+    """Preprocessing + augmentation for training; metadata dropped for fast collation."""
+    from monai.transforms import Compose, EnsureTyped
+
+    return Compose(
+        [*preprocessing(cfg), *augmentation(cfg.augmentation), EnsureTyped(keys=["image", "label"], track_meta=False)]
+    )
+
+
+def validation_transforms(cfg: PipelineConfig) -> Any:
+    """Preprocessing only, image and mask at training resolution."""
+    from monai.transforms import Compose, EnsureTyped
+
+    return Compose([*preprocessing(cfg), EnsureTyped(keys=["image", "label"], track_meta=False)])
+
+
+def inference_transforms(cfg: PipelineConfig) -> Any:
+    """Preprocessing of the image alone, metadata kept so ``Invertd`` can undo it."""
+    from monai.transforms import Compose
+
+    return Compose(preprocessing(cfg, keys=("image",)))

@@ -1,0 +1,81 @@
+"""Per-case segmentation metrics on binary masks, through MONAI's metric functions."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+METRIC_NAMES = ("dice", "iou", "jaccard_thresholded", "precision", "recall", "accuracy", "hd95")
+
+
+def _as_batch(mask: np.ndarray):
+    import torch
+
+    return torch.as_tensor(np.ascontiguousarray(mask), dtype=torch.float32)[None, None]
+
+
+def case_metrics(
+    prediction: np.ndarray, truth: np.ndarray, spacing: Sequence[float] | None = None, jaccard_threshold: float = 0.65
+) -> dict[str, float]:
+    """Dice, IoU, ISIC thresholded Jaccard, precision, recall, pixel accuracy and HD95 for one case.
+
+    Args:
+        prediction: boolean mask (2D or 3D, no channel axis).
+        truth: boolean mask of the same shape.
+        spacing: pixel/voxel size for HD95 in physical units (default 1 per axis).
+        jaccard_threshold: a Jaccard below this counts as 0 (ISIC 2018 challenge rule).
+
+    Returns:
+        Metric name -> value; HD95 is NaN when either mask is empty.
+    """
+    from monai.metrics import compute_dice, compute_hausdorff_distance, compute_iou
+    from monai.metrics.confusion_matrix import compute_confusion_matrix_metric, get_confusion_matrix
+
+    if prediction.shape != truth.shape:
+        raise ValueError(f"prediction shape {prediction.shape} differs from truth shape {truth.shape}")
+    pred, gt = _as_batch(prediction > 0), _as_batch(truth > 0)
+    both_empty = not prediction.any() and not truth.any()
+    dice = 1.0 if both_empty else float(compute_dice(pred, gt, ignore_empty=False).item())
+    iou = 1.0 if both_empty else float(compute_iou(pred, gt, ignore_empty=False).item())
+    confusion = get_confusion_matrix(pred, gt)
+    precision, recall, accuracy = (
+        float(compute_confusion_matrix_metric(name, confusion).item())
+        for name in ("precision", "sensitivity", "accuracy")
+    )
+    if prediction.any() and truth.any():
+        hd95 = float(compute_hausdorff_distance(pred, gt, percentile=95, spacing=spacing).item())
+    else:
+        hd95 = math.nan
+    return {
+        "dice": dice,
+        "iou": iou,
+        "jaccard_thresholded": iou if iou >= jaccard_threshold else 0.0,
+        "precision": 1.0 if both_empty else 0.0 if not prediction.any() else precision,
+        "recall": 1.0 if both_empty else recall,
+        "accuracy": accuracy,
+        "hd95": hd95,
+    }
+
+
+def dice_score(prediction: np.ndarray, truth: np.ndarray) -> float:
+    """Dice of two boolean masks (1.0 when both are empty); cheap, for post-processing selection."""
+    pred, gt = prediction > 0, truth > 0
+    total = int(pred.sum()) + int(gt.sum())
+    return 1.0 if total == 0 else 2.0 * int(np.logical_and(pred, gt).sum()) / total
+
+
+def summarise(rows: Sequence[dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Mean, standard deviation and median of each metric over cases (NaNs ignored, counted)."""
+    summary = {}
+    for name in METRIC_NAMES:
+        values = np.array([row[name] for row in rows], dtype=float)
+        finite = values[np.isfinite(values)]
+        summary[name] = {
+            "mean": float(finite.mean()) if finite.size else math.nan,
+            "std": float(finite.std()) if finite.size else math.nan,
+            "median": float(np.median(finite)) if finite.size else math.nan,
+            "n": int(finite.size),
+        }
+    return summary

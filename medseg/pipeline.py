@@ -1,0 +1,151 @@
+"""Run a pipeline: data -> train -> evaluate -> predict, one MLflow parent run, one nested run per stage."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medseg import __version__
+from medseg.config import PipelineConfig
+from medseg.data.dataset import PreparedData, prepare_data
+from medseg.errors import DataError
+from medseg.io import atomic_write_text
+from medseg.tracking import Tracker, build_tracker
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PipelineResult:
+    """Where a run's outputs are and its headline numbers."""
+
+    run_dir: Path
+    run_id: str | None
+    metrics: dict[str, float] = field(default_factory=dict)
+    failed_cases: dict[str, str] = field(default_factory=dict)
+
+
+def git_commit() -> str:
+    """The current git commit of the working directory, or ``unknown``."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True)
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def run_tags(cfg: PipelineConfig, data: PreparedData) -> dict[str, str]:
+    """Tags that make a run identifiable and reproducible."""
+    return {
+        "git_commit": git_commit(),
+        "data_fingerprint": data.fingerprint,
+        "dataset": data.name,
+        "data_synthetic": str(data.synthetic).lower(),
+        "medseg_version": __version__,
+        "pipeline": cfg.name,
+    }
+
+
+def _train_stage(cfg: PipelineConfig, data: PreparedData, run_dir: Path, tracker: Tracker) -> Path:
+    from medseg.evaluation import choose_postprocessing
+    from medseg.inference import Predictor
+    from medseg.training import train
+    from medseg.visualize import plot_training_curves
+
+    result = train(cfg, data, run_dir, tracker)
+    curves = run_dir / "training_curves.png"
+    plot_training_curves(result.history, curves)
+    predictor = Predictor.from_model(result.model_dir, steps=[])
+    choice = choose_postprocessing(predictor, data.subset("val"), cfg, result.model_dir)
+    tracker.log_params({"postprocessing.selected": ",".join(choice["steps"]) or "none"})
+    tracker.log_metrics(
+        {
+            "best_val_dice": result.best_val_dice,
+            "best_epoch": result.best_epoch,
+            "epochs_run": result.epochs_run,
+            "train_minutes": result.minutes,
+        }
+    )
+    for name, value in choice["scores"].items():
+        tracker.log_metrics({f"val_dice_pp_{name}": value})
+    tracker.log_artifact(result.model_dir, "model")
+    tracker.log_artifact(run_dir / "history.json")
+    tracker.log_artifact(curves, "plots")
+    return result.model_dir
+
+
+def run_pipeline(cfg: PipelineConfig, run_name: str | None = None) -> PipelineResult:
+    """Run the configured stages end to end; every stage is tracked."""
+    from medseg.inference import Predictor
+
+    name = run_name or cfg.tracking.run_name or f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = cfg.output_root / cfg.name / name
+    if run_dir.exists():
+        raise DataError(f"{run_dir}: run folder exists already; choose another run name")
+    data = prepare_data(cfg)
+    run_dir.mkdir(parents=True)
+    atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
+    tracker = build_tracker(cfg.tracking, cfg.name)
+    result = PipelineResult(run_dir=run_dir, run_id=None)
+    with tracker.run(name, tags=run_tags(cfg, data)) as run_id:
+        result.run_id = run_id
+        log.info("Run %s (%s), outputs in %s", name, run_id, run_dir)
+        tracker.log_params(cfg.to_dict())
+        tracker.log_artifact(run_dir / "config.yaml")
+        tracker.log_artifact(data.splits_path, "data")
+        model_dir = cfg.model.checkpoint
+        if "train" in cfg.stages:
+            with tracker.run("train", tags={"stage": "train"}):
+                model_dir = _train_stage(cfg, data, run_dir, tracker)
+        predictor = Predictor.from_model(model_dir)
+        if "evaluate" in cfg.stages:
+            result.metrics.update(_evaluate_stage(cfg, data, predictor, run_dir, tracker))
+            tracker.log_metrics(result.metrics)
+        if "predict" in cfg.stages:
+            result.failed_cases = _predict_stage(cfg, data, predictor, run_dir, tracker)
+    return result
+
+
+def _evaluate_stage(
+    cfg: PipelineConfig, data: PreparedData, predictor: Any, run_dir: Path, tracker: Tracker
+) -> dict[str, float]:
+    from medseg.evaluation import evaluate, summary_metrics
+
+    with tracker.run("evaluate", tags={"stage": "evaluate"}):
+        out_dir = run_dir / "evaluation"
+        summary = evaluate(predictor, data.subset(cfg.evaluation.split), cfg, out_dir)
+        metrics = summary_metrics(summary)
+        tracker.log_params(
+            {
+                "postprocessing_steps": ",".join(summary["postprocessing_steps"]) or "none",
+                "split": cfg.evaluation.split,
+                "cases": summary["cases"],
+            }
+        )
+        tracker.log_metrics(metrics)
+        tracker.log_artifact(out_dir, "evaluation")
+    return metrics
+
+
+def _predict_stage(
+    cfg: PipelineConfig, data: PreparedData, predictor: Any, run_dir: Path, tracker: Tracker
+) -> dict[str, str]:
+    from medseg.prediction import image_records, predict_images
+
+    with tracker.run("predict", tags={"stage": "predict"}):
+        pcfg = cfg.prediction
+        records = image_records(pcfg.input) if pcfg.input else data.subset(cfg.evaluation.split)
+        out_dir = pcfg.output_dir or run_dir / "predictions"
+        report = predict_images(predictor, records, out_dir, pcfg.overlays, pcfg.max_overlays)
+        tracker.log_metrics({"predicted_cases": len(report.written), "failed_cases": len(report.failed)})
+        tracker.log_artifact(out_dir / "masks", "predictions/masks")
+        if (out_dir / "overlays").is_dir():
+            tracker.log_artifact(out_dir / "overlays", "predictions/overlays")
+        curves = run_dir / "training_curves.png"
+        if curves.is_file():
+            tracker.log_artifact(curves, "plots")
+    return report.failed
