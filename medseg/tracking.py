@@ -93,7 +93,7 @@ MemoryTracker = Tracker
 class MlflowTracker(Tracker):
     """Tracker that writes to an MLflow tracking store."""
 
-    def __init__(self, uri: str, experiment: str) -> None:
+    def __init__(self, uri: str, experiment: str, artifact_location: str | None = None) -> None:
         super().__init__()
         import mlflow
 
@@ -105,9 +105,6 @@ class MlflowTracker(Tracker):
         client = mlflow.MlflowClient()
         found = client.get_experiment_by_name(experiment)
         if found is None:
-            artifact_location = None
-            if uri.startswith("sqlite:///") and "MLFLOW_TRACKING_URI" not in os.environ:
-                artifact_location = (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").resolve().as_uri()
             client.create_experiment(experiment, artifact_location=artifact_location)
         mlflow.set_experiment(experiment)
 
@@ -143,6 +140,9 @@ def build_tracker(cfg: TrackingConfig, experiment: str) -> Tracker:
     if not cfg.enabled:
         return MemoryTracker()
     uri = cfg.uri or default_tracking_uri()
+    artifact_location = None
     if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    return MlflowTracker(uri, cfg.experiment or experiment)
+        store = Path(uri.removeprefix("sqlite:///")).parent
+        store.mkdir(parents=True, exist_ok=True)
+        artifact_location = (store / "artifacts").resolve().as_uri()  # artefacts beside the database
+    return MlflowTracker(uri, cfg.experiment or experiment, artifact_location)

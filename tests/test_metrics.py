@@ -1,0 +1,90 @@
+"""Metrics on masks whose values are known by hand."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from medseg.metrics import case_metrics, dice_score, summarise
+
+
+def _square(top: int, left: int, size: int, shape: tuple[int, int] = (20, 20)) -> np.ndarray:
+    mask = np.zeros(shape, bool)
+    mask[top : top + size, left : left + size] = True
+    return mask
+
+
+def test_half_overlap_values() -> None:
+    truth = _square(2, 2, 8)  # 64 px
+    prediction = np.zeros_like(truth)
+    prediction[2:10, 2:6] = True  # left half: 32 px, all inside the truth
+    m = case_metrics(prediction, truth)
+    assert m["dice"] == pytest.approx(2 * 32 / 96)
+    assert m["iou"] == pytest.approx(0.5)
+    assert m["jaccard_thresholded"] == 0.0  # 0.5 < 0.65
+    assert m["precision"] == pytest.approx(1.0)
+    assert m["recall"] == pytest.approx(0.5)
+    assert m["accuracy"] == pytest.approx(1 - 32 / 400)
+    assert m["hd95"] == pytest.approx(4.0)
+
+
+def test_thresholded_jaccard_keeps_values_above_threshold() -> None:
+    truth = _square(0, 0, 10)
+    prediction = truth.copy()
+    prediction[0, :] = False  # IoU 0.9
+    m = case_metrics(prediction, truth)
+    assert m["iou"] == pytest.approx(0.9) and m["jaccard_thresholded"] == pytest.approx(0.9)
+
+
+def test_hd95_honours_spacing() -> None:
+    truth = _square(5, 5, 4)
+    shifted = _square(5, 8, 4)
+    assert case_metrics(shifted, truth)["hd95"] == pytest.approx(3.0)
+    assert case_metrics(shifted, truth, spacing=(1.0, 2.0))["hd95"] == pytest.approx(6.0)
+
+
+def test_empty_cases() -> None:
+    empty = np.zeros((8, 8), bool)
+    both = case_metrics(empty, empty)
+    assert both["dice"] == 1.0 and both["iou"] == 1.0 and math.isnan(both["hd95"])
+    missed = case_metrics(empty, _square(1, 1, 3, (8, 8)))
+    assert missed["dice"] == 0.0 and missed["precision"] == 0.0 and missed["recall"] == 0.0
+    assert math.isnan(missed["hd95"])
+
+
+def test_shape_mismatch_is_rejected() -> None:
+    with pytest.raises(ValueError, match="shape"):
+        case_metrics(np.zeros((4, 4), bool), np.zeros((4, 5), bool))
+
+
+def test_dice_score_matches_case_metrics() -> None:
+    a, b = _square(0, 0, 6), _square(2, 2, 6)
+    assert dice_score(a, b) == pytest.approx(case_metrics(a, b)["dice"])
+
+
+def test_summary_ignores_nan_and_counts() -> None:
+    rows = [
+        {
+            "dice": 1.0,
+            "iou": 1.0,
+            "jaccard_thresholded": 1.0,
+            "precision": 1.0,
+            "recall": 1.0,
+            "accuracy": 1.0,
+            "hd95": math.nan,
+        },
+        {
+            "dice": 0.5,
+            "iou": 0.5,
+            "jaccard_thresholded": 0.0,
+            "precision": 1.0,
+            "recall": 0.5,
+            "accuracy": 0.9,
+            "hd95": 4.0,
+        },
+    ]
+    summary = summarise(rows)
+    assert summary["dice"]["mean"] == pytest.approx(0.75) and summary["dice"]["n"] == 2
+    assert summary["hd95"]["mean"] == pytest.approx(4.0) and summary["hd95"]["n"] == 1

@@ -1,0 +1,77 @@
+"""Augmentation moves image and mask together; preprocessing binarises and resizes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medseg.config import PipelineConfig
+from medseg.data.transforms import inference_transforms, train_transforms, validation_transforms
+from tests.conftest import write_pair
+
+
+@pytest.fixture
+def marked_pair(tmp_path: Path) -> dict[str, str]:
+    """An image whose red channel is exactly the (asymmetric) mask, so misalignment is measurable."""
+    mask = np.zeros((60, 80), np.uint8)
+    mask[10:30, 15:60] = 255
+    mask[30:50, 15:25] = 255  # an L shape: flips and rotations change it
+    image = np.zeros((60, 80, 3), np.uint8)
+    image[..., 0] = mask
+    image[..., 1] = 90
+    write_pair(tmp_path, "case", image, mask)
+    return {"image": str(tmp_path / "images" / "case.png"), "label": str(tmp_path / "masks" / "case.png")}
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2 * np.logical_and(a, b).sum() / (a.sum() + b.sum())
+
+
+def test_validation_transforms_binarise_and_resize(marked_pair: dict[str, str]) -> None:
+    cfg = PipelineConfig(name="t", preprocessing={"spatial_size": [32, 48]})
+    out = validation_transforms(cfg)(marked_pair)
+    assert tuple(out["image"].shape) == (3, 32, 48)
+    assert tuple(out["label"].shape) == (1, 32, 48)
+    assert set(np.unique(out["label"].numpy())) == {0.0, 1.0}
+    assert float(out["image"].min()) >= 0.0 and float(out["image"].max()) <= 1.0
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_geometric_augmentation_keeps_image_and_mask_aligned(marked_pair: dict[str, str], seed: int) -> None:
+    aug = {
+        "flip_prob": 1.0,
+        "rotate90_prob": 1.0,
+        "affine_prob": 1.0,
+        "rotate_degrees": 40,
+        "scale_range": 0.2,
+        "color_prob": 0.0,
+        "noise_prob": 0.0,
+    }
+    cfg = PipelineConfig(name="t", preprocessing={"spatial_size": [64, 64]}, augmentation=aug)
+    transform = train_transforms(cfg)
+    transform.set_random_state(seed=seed)
+    out = transform(marked_pair)
+    red = out["image"][0].numpy() > 0.5
+    label = out["label"][0].numpy() > 0.5
+    assert label.sum() > 100
+    assert _dice(red, label) > 0.95
+
+
+def test_augmentation_changes_the_image(marked_pair: dict[str, str]) -> None:
+    cfg = PipelineConfig(
+        name="t",
+        preprocessing={"spatial_size": [64, 64]},
+        augmentation={"flip_prob": 1.0, "rotate90_prob": 0.0, "affine_prob": 0.0},
+    )
+    flipped = train_transforms(cfg)(marked_pair)["label"][0].numpy()
+    plain = validation_transforms(cfg)(marked_pair)["label"][0].numpy()
+    np.testing.assert_array_equal(flipped, plain[::-1, ::-1])
+
+
+def test_inference_transforms_record_the_original_size(marked_pair: dict[str, str]) -> None:
+    cfg = PipelineConfig(name="t", preprocessing={"spatial_size": [32, 32]})
+    out = inference_transforms(cfg)({"image": marked_pair["image"]})
+    assert tuple(out["image"].shape) == (3, 32, 32)
+    assert [int(v) for v in out["image"].meta["spatial_shape"]] == [80, 60]  # PIL order: width, height
