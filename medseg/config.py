@@ -32,7 +32,7 @@ NonNegativeFloat = Annotated[float, Field(ge=0.0)]
 class Section(BaseModel):
     """Base for every config section: unknown keys are errors, values are re-validated on assignment."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, coerce_numbers_to_str=True)
 
 
 class SyntheticConfig(Section):
@@ -41,7 +41,7 @@ class SyntheticConfig(Section):
     fallback: bool = True
     num_cases: Annotated[int, Field(ge=6)] = 60
     image_size: tuple[PositiveInt, PositiveInt] = (192, 256)
-    seed: int = 0
+    seed: NonNegativeInt = 0
     cache_dir: Path = Path("data/cache")
     epochs: PositiveInt | None = None
 
@@ -51,7 +51,7 @@ class SplitConfig(Section):
 
     val_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.15
     test_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.2
-    seed: int | None = None
+    seed: NonNegativeInt | None = None
     file: Path | None = None
 
     @model_validator(mode="after")
@@ -203,7 +203,7 @@ class PipelineConfig(Section):
 
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
     description: str = ""
-    seed: int = 42
+    seed: NonNegativeInt = 42
     stages: list[Literal["train", "evaluate", "predict"]] = Field(default_factory=lambda: list(STAGES))
     output_root: Path = Path("mlruns/runs")
     data: DataConfig = Field(default_factory=DataConfig)
@@ -279,8 +279,11 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return content
 
 
-def _merge(base: dict, update: dict, source: str, provenance: Provenance, prefix: tuple[str, ...] = ()) -> dict:
-    """Deep-merge ``update`` into a copy of ``base``; mappings merge, everything else replaces."""
+def _merge(base: dict, update: dict, source: str | None, provenance: Provenance, prefix: tuple[str, ...] = ()) -> dict:
+    """Deep-merge ``update`` into a copy of ``base``; mappings merge, everything else replaces.
+
+    Records in ``provenance`` which source set each key (``source=None``: already recorded).
+    """
     merged = dict(base)
     for key, value in update.items():
         path = (*prefix, str(key))
@@ -288,9 +291,11 @@ def _merge(base: dict, update: dict, source: str, provenance: Provenance, prefix
             merged[key] = _merge(merged[key], value, source, provenance, path)
         else:
             merged[key] = value
-            for known in [p for p in provenance if p[: len(path)] == path]:
-                del provenance[known]
-        provenance[path] = source
+            if source is not None:
+                for known in [p for p in provenance if p[: len(path)] == path]:
+                    del provenance[known]
+        if source is not None:
+            provenance[path] = source
     return merged
 
 
@@ -310,9 +315,8 @@ def _load_with_presets(path: Path, provenance: Provenance, seen: tuple[Path, ...
         preset_path = (path.parent / preset) if not Path(preset).is_absolute() else Path(preset)
         if not preset_path.is_file():
             raise ConfigError(f"{path}: extends: preset {preset_path} not found")
-        merged = _merge(
-            merged, _load_with_presets(preset_path, provenance, (*seen, resolved)), str(preset_path), provenance
-        )
+        # the preset's own keys were recorded with their files while it loaded
+        merged = _merge(merged, _load_with_presets(preset_path, provenance, (*seen, resolved)), None, provenance)
     return _merge(merged, raw, str(path), provenance)
 
 
@@ -351,23 +355,49 @@ def _allowed_keys(loc: tuple[str | int, ...]) -> list[str]:
     return list(model.model_fields) if model else []
 
 
-def _describe(error: dict[str, Any], provenance: Provenance, default_source: str) -> str:
-    loc = tuple(str(p) for p in error["loc"])
+def _field_path(loc: tuple[str | int, ...]) -> tuple[str, ...]:
+    """The config key path of an error location, without pydantic's union-member tags (``bool``, ``literal[...]``)."""
+    model: type[BaseModel] | None = PipelineConfig
+    path: list[str] = []
+    for part in loc:
+        if model is not None:
+            field = model.model_fields.get(str(part))
+            if field is None:
+                path.append(str(part))  # an unknown key: keep it, the error is about it
+                break
+            annotation = field.annotation
+            model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+            path.append(str(part))
+        elif isinstance(part, int):
+            path.append(str(part))  # an index into a list or tuple
+        # other parts after a non-model field are union-member tags: dropped
+    return tuple(path)
+
+
+def _describe(errors: list[dict[str, Any]], provenance: Provenance, default_source: str) -> str:
+    """One line for the first invalid key, merging the alternatives of a union field."""
+    first = errors[0]
+    loc = _field_path(first["loc"])
     source = default_source
     for depth in range(len(loc), 0, -1):
         if loc[:depth] in provenance:
             source = provenance[loc[:depth]]
             break
-    key = ".".join(loc) or "(top level)"
-    if error["type"] == "extra_forbidden":
+    key = ".".join(loc)
+    if first["type"] == "extra_forbidden":
         allowed = _allowed_keys(loc)
         hint = difflib.get_close_matches(loc[-1], allowed, n=1)
         suggestion = f"; did you mean {hint[0]!r}?" if hint else f"; allowed keys: {', '.join(allowed)}"
         return f"{source}: {key}: unknown key{suggestion}"
-    message = error["msg"].removeprefix("Value error, ")
-    got = error.get("input")
-    shown = "" if isinstance(got, dict) or error["type"] == "missing" else f" (got {got!r})"
-    return f"{source}: {key}: {message}{shown}"
+    messages = []
+    for error in errors:
+        if _field_path(error["loc"]) == loc:
+            message = error["msg"].removeprefix("Value error, ")
+            if message not in messages:
+                messages.append(message)
+    got = first.get("input")
+    shown = "" if isinstance(got, dict) or first["type"] == "missing" else f" (got {got!r})"
+    return f"{source}: {key + ': ' if key else ''}{', or '.join(messages)}{shown}"
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> PipelineConfig:
@@ -393,7 +423,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Pipelin
     try:
         config = PipelineConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc.errors()[0], provenance, str(path))) from None
+        raise ConfigError(_describe(exc.errors(), provenance, str(path))) from None
     if config.data.root is None and os.environ.get(DATA_ROOT_ENV):
         config.data.root = Path(os.environ[DATA_ROOT_ENV])
     return config

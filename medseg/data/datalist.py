@@ -52,7 +52,11 @@ def _folder_datalist(root: Path, cfg: DataConfig, report: DatalistReport) -> lis
     mask_dir = root / cfg.masks_dir
     if not mask_dir.is_dir():
         raise DataError(f"{mask_dir}: mask folder not found")
-    masks = {p.stem: p for p in _images_in(mask_dir)}
+    masks: dict[str, Path] = {}
+    for mask in _images_in(mask_dir):
+        if mask.stem in masks:
+            raise DataError(f"{mask}: ambiguous mask, {masks[mask.stem].name} has the same name")
+        masks[mask.stem] = mask
     records, used = [], set()
     for image in images:
         match = next((masks[image.stem + s] for s in cfg.mask_suffixes if image.stem + s in masks), None)
@@ -67,7 +71,7 @@ def _folder_datalist(root: Path, cfg: DataConfig, report: DatalistReport) -> lis
 
 def _csv_datalist(csv_path: Path) -> list[Record]:
     try:
-        with csv_path.open(newline="", encoding="utf-8") as handle:
+        with csv_path.open(newline="", encoding="utf-8-sig") as handle:  # -sig: Excel's byte-order mark
             rows = list(csv.DictReader(handle))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"{csv_path}: cannot read CSV ({exc})") from None
@@ -78,7 +82,9 @@ def _csv_datalist(csv_path: Path) -> list[Record]:
     if "image" not in columns or mask_column is None:
         raise DataError(f"{csv_path}: expected columns 'image' and 'mask' (or 'label'), got {sorted(columns)}")
     records = []
-    for row in rows:
+    for number, row in enumerate(rows, start=2):
+        if not row.get("image") or not row.get(mask_column):
+            raise DataError(f"{csv_path}: row {number} needs both an image and a {mask_column} path")
         image = csv_path.parent / row["image"]
         records.append(
             {
