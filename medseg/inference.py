@@ -93,7 +93,8 @@ class Predictor:
         try:
             data = self.preprocess({"image": str(image_path)})
         except Exception as exc:  # MONAI wraps reader errors in RuntimeError chains
-            raise MedsegError(f"{image_path}: cannot read image ({_root_cause(exc)})") from None
+            reason = _root_cause(exc).replace(f" for file: {image_path}", "").replace(str(image_path), "").rstrip(". ")
+            raise MedsegError(f"{image_path}: cannot read image ({reason})") from None
         from monai.data import MetaTensor
 
         batch = data["image"].as_tensor()[None]

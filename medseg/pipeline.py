@@ -95,6 +95,17 @@ def run_pipeline(cfg: PipelineConfig, run_name: str | None = None) -> PipelineRe
         result.run_id = run_id
         log.info("Run %s (%s), outputs in %s", name, run_id, run_dir)
         tracker.log_params(cfg.to_dict())
+        report = data.report
+        tracker.log_params(
+            {
+                "data_check": {
+                    "cases": report.cases,
+                    "empty_masks": len(report.empty_masks),
+                    "masks_with_non_binary_pixels": report.masks_with_non_binary_pixels,
+                    "non_binary_pixels": report.non_binary_pixels,
+                }
+            }
+        )
         tracker.log_artifact(run_dir / "config.yaml")
         tracker.log_artifact(data.splits_path, "data")
         model_dir = cfg.model.checkpoint

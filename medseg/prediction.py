@@ -27,6 +27,7 @@ class PredictionReport:
     """Which cases were written and which failed (with the reason)."""
 
     written: list[str] = field(default_factory=list)
+    overlays: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
 
 
@@ -50,14 +51,15 @@ def predict_images(
     """Write ``masks/<id>.png`` (0/255, input size) and, for the first cases, ``overlays/<id>.png``."""
     report = PredictionReport()
     with progress_bar() as progress:
-        for index, record in enumerate(progress.track(records, description="predict")):
+        for record in progress.track(records, description="predict"):
             try:
                 _, mask = predictor.segment(Path(record["image"]))
                 save_png(mask.astype(np.uint8) * 255, out_dir / "masks" / f"{record['id']}.png")
-                if overlays and index < max_overlays:
+                if overlays and len(report.overlays) < max_overlays:
                     image = np.asarray(Image.open(record["image"]).convert("RGB"))
                     truth = read_mask(record["label"]) if record.get("label") else None
                     save_png(overlay(image, mask, truth), out_dir / "overlays" / f"{record['id']}.png")
+                    report.overlays.append(record["id"])
                 report.written.append(record["id"])
             except MedsegError as exc:
                 report.failed[record["id"]] = str(exc)

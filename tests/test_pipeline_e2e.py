@@ -118,7 +118,7 @@ def test_cli_demo_falls_back_to_synthetic_data(tmp_path: Path) -> None:
     assert "SYNTHETIC" in done.stderr
     assert "test_dice" in done.stdout
     assert (tmp_path / "mlruns" / "mlflow.db").is_file()
-    assert (tmp_path / "data" / "splits" / "synthetic-dermoscopy.json").is_file()
+    assert (tmp_path / "data" / "splits" / "synthetic-dermoscopy" / "splits.json").is_file()
 
     import mlflow
 

@@ -83,7 +83,7 @@ def prepare_data(cfg: PipelineConfig) -> PreparedData:
             "%d mask(s) have no image and are ignored, e.g. %s", len(report.unmatched_masks), report.unmatched_masks[0]
         )
     split_cfg = cfg.data.split
-    splits_path = split_cfg.file or Path("data/splits") / f"{name}.json"
+    splits_path = split_cfg.file or Path("data/splits") / name / "splits.json"
     seed = cfg.seed if split_cfg.seed is None else split_cfg.seed
     splits, created = load_or_create_splits(
         splits_path, [r["id"] for r in records], split_cfg.val_fraction, split_cfg.test_fraction, seed
