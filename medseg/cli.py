@@ -75,21 +75,66 @@ def run(
     overrides: SetOption = None,
     debug: DebugOption = False,
     name: Annotated[str | None, typer.Option("--name", help="Run name (default <pipeline>-<timestamp>).")] = None,
+    resume: Annotated[
+        str | None, typer.Option("--resume", help="Continue an interrupted run: its MLflow run id or run folder.")
+    ] = None,
 ) -> None:
     """Run a pipeline: data -> train -> evaluate -> predict, tracked in MLflow."""
 
     def action() -> None:
         from medseg.config import load_config
-        from medseg.pipeline import run_pipeline
+        from medseg.errors import ConfigError
+        from medseg.pipeline import locate_run, run_pipeline
 
         cfg = load_config(pipeline, overrides)
-        result = run_pipeline(cfg, run_name=name)
+        resume_dir = None
+        if resume:
+            resume_dir = locate_run(cfg, resume)
+            saved = load_config(resume_dir / "config.yaml", overrides)
+            if saved.name != cfg.name:
+                raise ConfigError(f"--resume {resume}: that run belongs to pipeline {saved.name!r}, not {cfg.name!r}")
+            cfg = saved
+        result = run_pipeline(cfg, run_name=name, resume_dir=resume_dir)
         metrics = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items() if not k.endswith("_raw"))
         typer.echo(f"run {result.run_id}: {result.run_dir}" + (f"\n{metrics}" if metrics else ""))
+        if result.model_uri:
+            typer.echo(f"model: {result.model_uri}")
         if result.failed_cases:
             typer.echo(
                 f"{len(result.failed_cases)} case(s) failed: " + "; ".join(result.failed_cases.values()), err=True
             )
+            raise typer.Exit(1)
+
+    _guarded(debug, action)
+
+
+@app.command()
+def predict(
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="Run folder, checkpoint, runs:/<id>/model or models:/<name>/<version>.")
+    ],
+    input_path: Annotated[Path, typer.Option("--input", "-i", help="An image or a folder of images.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for masks, overlays and summary.csv.")],
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Recompute cases whose mask exists.")] = False,
+    tta: Annotated[bool | None, typer.Option("--tta/--no-tta", help="Mirror test-time augmentation.")] = None,
+    overlays: Annotated[bool, typer.Option("--overlays/--no-overlays", help="Write overlay PNGs.")] = True,
+    debug: DebugOption = False,
+) -> None:
+    """Segment a folder of images with a trained model (resumable: existing masks are kept)."""
+
+    def action() -> None:
+        from medseg.inference import Predictor
+        from medseg.prediction import predict_folder
+
+        predictor = Predictor.from_model(model, tta=tta)
+        report = predict_folder(predictor, input_path, output, overwrite=overwrite, overlays=overlays)
+        typer.echo(
+            f"{len(report.written)} written, {len(report.skipped)} already done, {len(report.failed)} failed "
+            f"-> {output / 'summary.csv'}"
+        )
+        if report.failed:
+            for case, reason in report.failed.items():
+                typer.echo(f"failed {case}: {reason}", err=True)
             raise typer.Exit(1)
 
     _guarded(debug, action)
@@ -113,6 +158,44 @@ def validate(pipeline: PipelineArg, overrides: SetOption = None, debug: DebugOpt
             console.print(Syntax(cfg.to_yaml(), "yaml"))
         else:
             typer.echo(cfg.to_yaml())
+
+    _guarded(debug, action)
+
+
+@app.command()
+def ui(
+    port: Annotated[int, typer.Option("--port", "-p", help="Port to listen on (0 picks a free one).")] = 5000,
+    host: Annotated[str, typer.Option("--host", help="Interface to bind (default: this machine only).")] = "127.0.0.1",
+    backend_store_uri: Annotated[
+        str | None, typer.Option("--backend-store-uri", help="MLflow store (default: sqlite mlruns/mlflow.db here).")
+    ] = None,
+    debug: DebugOption = False,
+) -> None:
+    """Browse the tracked runs in the MLflow UI (Ctrl-C stops it)."""
+
+    def action() -> None:
+        from medseg.ui import run_ui
+
+        run_ui(backend_store_uri, host, port)
+
+    _guarded(debug, action)
+
+
+@app.command()
+def runs(
+    pipeline: Annotated[
+        str | None, typer.Argument(help="Pipeline YAML file or experiment name (default: all experiments).")
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", help="How many of the most recent runs.")] = 10,
+    store: Annotated[str | None, typer.Option("--store", help="MLflow tracking URI (default: the project's).")] = None,
+    debug: DebugOption = False,
+) -> None:
+    """List the most recent runs in the terminal: params that differ, key metrics."""
+
+    def action() -> None:
+        from medseg.runs_table import print_runs
+
+        print_runs(pipeline, limit, store)
 
     _guarded(debug, action)
 

@@ -196,6 +196,7 @@ class TrackingConfig(Section):
     uri: str | None = None
     experiment: str | None = None
     run_name: str | None = None
+    registered_model: str | None = None
 
 
 class PipelineConfig(Section):

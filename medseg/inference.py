@@ -23,6 +23,7 @@ from medseg.postprocessing import apply_steps, enabled_steps
 log = logging.getLogger(__name__)
 
 POSTPROCESSING_FILE = "postprocessing.json"
+MODEL_URI_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/")
 
 
 def postprocessing_steps(cfg: PipelineConfig, model_dir: Path) -> list[str]:
@@ -73,12 +74,17 @@ class Predictor:
         self.invert = Invertd(keys="pred", transform=self.preprocess, orig_keys="image", nearest_interp=False)
 
     @classmethod
-    def from_model(cls, model: Path, tta: bool | None = None, steps: list[str] | None = None) -> Predictor:
+    def from_model(cls, model: Path | str, tta: bool | None = None, steps: list[str] | None = None) -> Predictor:
         """Build from a run folder, its ``model/`` folder or a checkpoint file.
 
         ``steps`` overrides the post-processing saved with the model (used while choosing it).
         """
-        checkpoint = resolve_checkpoint(model)
+        if isinstance(model, str) and model.startswith(MODEL_URI_SCHEMES):
+            from medseg.tracking import download_model
+
+            checkpoint = download_model(model)
+        else:
+            checkpoint = resolve_checkpoint(Path(model))
         state = load_checkpoint(checkpoint)
         try:
             config = PipelineConfig.model_validate(state["config"])

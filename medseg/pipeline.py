@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
 import time
@@ -10,13 +11,17 @@ from pathlib import Path
 from typing import Any
 
 from medseg import __version__
+from medseg.checkpoint import BEST, LAST
 from medseg.config import PipelineConfig
 from medseg.data.dataset import PreparedData, prepare_data
-from medseg.errors import DataError
+from medseg.errors import DataError, ModelError
+from medseg.inference import POSTPROCESSING_FILE
 from medseg.io import atomic_write_text
 from medseg.tracking import Tracker, build_tracker
 
 log = logging.getLogger(__name__)
+
+TRACKING_FILE = "tracking.json"
 
 
 @dataclass
@@ -25,6 +30,7 @@ class PipelineResult:
 
     run_dir: Path
     run_id: str | None
+    model_uri: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     failed_cases: dict[str, str] = field(default_factory=dict)
 
@@ -50,18 +56,17 @@ def run_tags(cfg: PipelineConfig, data: PreparedData) -> dict[str, str]:
     }
 
 
-def _train_stage(cfg: PipelineConfig, data: PreparedData, run_dir: Path, tracker: Tracker) -> Path:
+def _train_stage(cfg: PipelineConfig, data: PreparedData, run_dir: Path, tracker: Tracker, resume: bool) -> Path:
     from medseg.evaluation import choose_postprocessing
     from medseg.inference import Predictor
     from medseg.training import train
     from medseg.visualize import plot_training_curves
 
-    result = train(cfg, data, run_dir, tracker)
+    result = train(cfg, data, run_dir, tracker, resume=resume)
     curves = run_dir / "training_curves.png"
     plot_training_curves(result.history, curves)
     predictor = Predictor.from_model(result.model_dir, steps=[])
     choice = choose_postprocessing(predictor, data.subset("val"), cfg, result.model_dir)
-    tracker.log_params({"postprocessing.selected": ",".join(choice["steps"]) or "none"})
     tracker.log_metrics(
         {
             "best_val_dice": result.best_val_dice,
@@ -70,48 +75,85 @@ def _train_stage(cfg: PipelineConfig, data: PreparedData, run_dir: Path, tracker
             "train_minutes": result.minutes,
         }
     )
+    tracker.set_tags({"postprocessing_selected": ",".join(choice["steps"]) or "none"})
     for name, value in choice["scores"].items():
         tracker.log_metrics({f"val_dice_pp_{name}": value})
-    tracker.log_artifact(result.model_dir, "model")
+    tracker.log_artifact(result.model_dir, "checkpoints")
     tracker.log_artifact(run_dir / "history.json")
     tracker.log_artifact(curves, "plots")
     return result.model_dir
 
 
-def run_pipeline(cfg: PipelineConfig, run_name: str | None = None) -> PipelineResult:
-    """Run the configured stages end to end; every stage is tracked."""
+def locate_run(cfg: PipelineConfig, reference: str) -> Path:
+    """The folder of a run to resume, from its MLflow run id or its folder path."""
+    run_dir = Path(reference)
+    if not run_dir.is_dir():
+        tags = build_tracker(cfg.tracking, cfg.name).run_tags(reference)
+        if "run_dir" not in tags:
+            raise ModelError(f"run {reference}: not a medseg run (no run_dir tag)")
+        run_dir = Path(tags["run_dir"])
+    if not (run_dir / "model" / LAST).is_file():
+        raise ModelError(f"{run_dir / 'model' / LAST}: no checkpoint to resume from")
+    return run_dir
+
+
+def _log_model(cfg: PipelineConfig, model_dir: Path, run_dir: Path, tracker: Tracker) -> str:
+    """Log the best network with ``mlflow.pytorch`` (signature, input example, medseg checkpoint inside)."""
+    import numpy as np
+
+    from medseg.checkpoint import load_checkpoint, network_from_checkpoint
+
+    checkpoint = model_dir / BEST
+    network = network_from_checkpoint(load_checkpoint(checkpoint), checkpoint)
+    example = np.zeros((1, cfg.model.in_channels, *cfg.preprocessing.spatial_size), dtype=np.float32)
+    files = [checkpoint, model_dir / POSTPROCESSING_FILE, run_dir / "config.yaml"]
+    uri = tracker.log_model(network, example, [f for f in files if f.is_file()], cfg.tracking.registered_model)
+    log.info(
+        "Model logged as %s%s",
+        uri,
+        f", registered as {cfg.tracking.registered_model}" if cfg.tracking.registered_model else "",
+    )
+    return uri
+
+
+def run_pipeline(cfg: PipelineConfig, run_name: str | None = None, resume_dir: Path | None = None) -> PipelineResult:
+    """Run the configured stages end to end; every stage is tracked.
+
+    With ``resume_dir`` (a run folder holding ``model/last.pt``), training continues where it stopped and
+    logs into the same MLflow runs.
+    """
     from medseg.inference import Predictor
 
-    name = run_name or cfg.tracking.run_name or f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir = cfg.output_root / cfg.name / name
-    if run_dir.exists():
-        raise DataError(f"{run_dir}: run folder exists already; choose another run name")
+    ids: dict[str, str] = {}
+    if resume_dir is not None:
+        run_dir, name = resume_dir, resume_dir.name
+        if (resume_dir / TRACKING_FILE).is_file():
+            ids = json.loads((resume_dir / TRACKING_FILE).read_text(encoding="utf-8"))
+    else:
+        name = run_name or cfg.tracking.run_name or f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run_dir = cfg.output_root / cfg.name / name
+        if run_dir.exists():
+            raise DataError(f"{run_dir}: run folder exists already; choose another run name")
     data = prepare_data(cfg)
-    run_dir.mkdir(parents=True)
-    atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
+    if resume_dir is None:
+        run_dir.mkdir(parents=True)
+        atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
     tracker = build_tracker(cfg.tracking, cfg.name)
     result = PipelineResult(run_dir=run_dir, run_id=None)
-    with tracker.run(name, tags=run_tags(cfg, data)) as run_id:
-        result.run_id = run_id
+    tags = {**run_tags(cfg, data), "run_dir": str(run_dir.resolve())}
+    with tracker.run(name, tags=tags, run_id=ids.get("run_id")) as run_id:
+        result.run_id = ids["run_id"] = run_id
+        atomic_write_text(run_dir / TRACKING_FILE, json.dumps(ids, indent=1))
         log.info("Run %s (%s), outputs in %s", name, run_id, run_dir)
-        tracker.log_params(cfg.to_dict())
-        report = data.report
-        tracker.log_params(
-            {
-                "data_check": {
-                    "cases": report.cases,
-                    "empty_masks": len(report.empty_masks),
-                    "masks_with_non_binary_pixels": report.masks_with_non_binary_pixels,
-                    "non_binary_pixels": report.non_binary_pixels,
-                }
-            }
-        )
-        tracker.log_artifact(run_dir / "config.yaml")
-        tracker.log_artifact(data.splits_path, "data")
+        if resume_dir is None:
+            _log_run_inputs(cfg, data, run_dir, tracker)
         model_dir = cfg.model.checkpoint
         if "train" in cfg.stages:
-            with tracker.run("train", tags={"stage": "train"}):
-                model_dir = _train_stage(cfg, data, run_dir, tracker)
+            with tracker.run("train", tags={"stage": "train"}, run_id=ids.get("train_run_id")) as train_id:
+                ids["train_run_id"] = train_id
+                atomic_write_text(run_dir / TRACKING_FILE, json.dumps(ids, indent=1))
+                model_dir = _train_stage(cfg, data, run_dir, tracker, resume=resume_dir is not None)
+            result.model_uri = _log_model(cfg, model_dir, run_dir, tracker)
         predictor = Predictor.from_model(model_dir)
         if "evaluate" in cfg.stages:
             result.metrics.update(_evaluate_stage(cfg, data, predictor, run_dir, tracker))
@@ -119,6 +161,25 @@ def run_pipeline(cfg: PipelineConfig, run_name: str | None = None) -> PipelineRe
         if "predict" in cfg.stages:
             result.failed_cases = _predict_stage(cfg, data, predictor, run_dir, tracker)
     return result
+
+
+def _log_run_inputs(cfg: PipelineConfig, data: PreparedData, run_dir: Path, tracker: Tracker) -> None:
+    """Parameters, data check, data set and split of a new run."""
+    tracker.log_params(cfg.to_dict())
+    report = data.report
+    tracker.log_params(
+        {
+            "data_check": {
+                "cases": report.cases,
+                "empty_masks": len(report.empty_masks),
+                "masks_with_non_binary_pixels": report.masks_with_non_binary_pixels,
+                "non_binary_pixels": report.non_binary_pixels,
+            }
+        }
+    )
+    tracker.log_dataset(data.name, str(data.root.resolve()), data.fingerprint, data.records)
+    tracker.log_artifact(run_dir / "config.yaml")
+    tracker.log_artifact(data.splits_path, "data")
 
 
 def _evaluate_stage(

@@ -8,6 +8,7 @@ directory, artefacts beside it); :class:`MemoryTracker` keeps everything in memo
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 from collections.abc import Iterator, Mapping
@@ -15,10 +16,21 @@ from pathlib import Path
 from typing import Any
 
 from medseg.config import TrackingConfig
+from medseg.errors import MedsegError
 
 log = logging.getLogger(__name__)
 
 DEFAULT_STORE = Path("mlruns")
+
+
+class TrackingError(MedsegError):
+    """An MLflow run or model that was asked for does not exist."""
+
+
+def _medseg_version() -> str:
+    from medseg import __version__
+
+    return __version__
 
 
 def default_tracking_uri(store: Path = DEFAULT_STORE) -> str:
@@ -51,18 +63,24 @@ class Tracker:
         return self._stack[-1]["id"] if self._stack else None
 
     @contextlib.contextmanager
-    def run(self, name: str, tags: Mapping[str, str] | None = None) -> Iterator[str]:
-        """Start a run (nested under the active one, if any) and yield its id."""
-        record = {
-            "id": f"memory-{len(self.runs)}",
-            "name": name,
-            "parent": self.run_id,
-            "tags": dict(tags or {}),
-            "params": {},
-            "metrics": {},
-            "artifacts": [],
-        }
-        self.runs.append(record)
+    def run(self, name: str, tags: Mapping[str, str] | None = None, run_id: str | None = None) -> Iterator[str]:
+        """Start a run (nested under the active one, if any), or reopen ``run_id``, and yield its id."""
+        existing = [r for r in self.runs if r["id"] == run_id]
+        record = (
+            existing[0]
+            if existing
+            else {
+                "id": f"memory-{len(self.runs)}",
+                "name": name,
+                "parent": self.run_id,
+                "tags": dict(tags or {}),
+                "params": {},
+                "metrics": {},
+                "artifacts": [],
+            }
+        )
+        if not existing:
+            self.runs.append(record)
         self._stack.append(record)
         try:
             yield record["id"]
@@ -85,6 +103,22 @@ class Tracker:
     def set_tags(self, tags: Mapping[str, str]) -> None:
         """Set tags on the active run."""
         self._stack[-1]["tags"].update(tags)
+
+    def log_dataset(self, name: str, source: str, digest: str, records: list[dict[str, str]]) -> None:
+        """Record the data set a run used (source and digest tell runs on different data apart)."""
+        self._stack[-1].setdefault("datasets", []).append({"name": name, "source": source, "digest": digest})
+
+    def log_model(self, network: Any, input_example: Any, files: list[Path], registered_name: str | None) -> str:
+        """Log the trained network as a model of the active run; returns its URI."""
+        self._stack[-1]["model"] = {"files": [str(f) for f in files], "registered_name": registered_name}
+        return f"runs:/{self.run_id}/model"
+
+    def run_tags(self, run_id: str) -> dict[str, str]:
+        """Tags of an existing run (to find the folder of a run being resumed)."""
+        for record in self.runs:
+            if record["id"] == run_id:
+                return dict(record["tags"])
+        raise TrackingError(f"run {run_id}: not found in the in-memory tracker")
 
 
 MemoryTracker = Tracker
@@ -109,9 +143,10 @@ class MlflowTracker(Tracker):
         mlflow.set_experiment(experiment)
 
     @contextlib.contextmanager
-    def run(self, name: str, tags: Mapping[str, str] | None = None) -> Iterator[str]:
+    def run(self, name: str, tags: Mapping[str, str] | None = None, run_id: str | None = None) -> Iterator[str]:
         nested = self._mlflow.active_run() is not None
-        with self._mlflow.start_run(run_name=name, nested=nested, tags=dict(tags or {})) as active:
+        name = None if run_id else name
+        with self._mlflow.start_run(run_id=run_id, run_name=name, nested=nested, tags=dict(tags or {})) as active:
             yield active.info.run_id
 
     @property
@@ -133,6 +168,59 @@ class MlflowTracker(Tracker):
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         self._mlflow.set_tags(dict(tags))
+
+    def log_dataset(self, name: str, source: str, digest: str, records: list[dict[str, str]]) -> None:
+        import pandas as pd
+        from mlflow.data.pandas_dataset import from_pandas
+
+        frame = pd.DataFrame(records)
+        dataset = from_pandas(frame, source=source, name=name, digest=digest)
+        self._mlflow.log_input(dataset, context="training")
+
+    def log_model(self, network: Any, input_example: Any, files: list[Path], registered_name: str | None) -> str:
+        import mlflow.pytorch
+        import torch
+        from mlflow.models import infer_signature
+
+        with torch.inference_mode():
+            output = network(torch.from_numpy(input_example)).float().numpy()
+        requirements = [f"torch=={torch.__version__.split('+')[0]}", f"medseg=={_medseg_version()}"]
+        info = mlflow.pytorch.log_model(
+            network,
+            name="model",
+            signature=infer_signature(input_example, output),
+            input_example=input_example,
+            extra_files=[str(f) for f in files],
+            registered_model_name=registered_name,
+            pip_requirements=requirements,
+        )
+        return info.model_uri
+
+    def run_tags(self, run_id: str) -> dict[str, str]:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return dict(self._mlflow.MlflowClient().get_run(run_id).data.tags)
+        except MlflowException:
+            raise TrackingError(f"run {run_id}: no such MLflow run in {self.uri}") from None
+
+
+def download_model(uri: str, cache_root: Path = DEFAULT_STORE / "downloads") -> Path:
+    """Fetch an MLflow model (``runs:/<id>/model``, ``models:/<name>/<version>``) and return its checkpoint."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    mlflow.set_tracking_uri(default_tracking_uri())
+    target = cache_root / hashlib.sha256(uri.encode()).hexdigest()[:16]
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(target)))
+    except (MlflowException, OSError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        raise TrackingError(f"{uri}: cannot fetch the model ({first_line})") from None
+    found = sorted(local.rglob("best.pt"))
+    if not found:
+        raise TrackingError(f"{uri}: the model holds no medseg checkpoint (best.pt)")
+    return found[0]
 
 
 def build_tracker(cfg: TrackingConfig, experiment: str) -> Tracker:

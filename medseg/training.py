@@ -9,16 +9,18 @@ import json
 import logging
 import math
 import os
+import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from medseg import __version__
-from medseg.checkpoint import BEST, LAST, save_checkpoint
+from medseg.checkpoint import BEST, LAST, load_checkpoint, save_checkpoint
 from medseg.config import PipelineConfig
 from medseg.data.dataset import PreparedData
 from medseg.io import atomic_write_text
@@ -127,8 +129,27 @@ def validation_dice(network: nn.Module, loader, threshold: float, bf16: bool) ->
     return value
 
 
-def train(cfg: PipelineConfig, data: PreparedData, run_dir: Path, tracker: Tracker) -> TrainResult:
-    """Fit the configured network on the train split, selecting the best epoch on validation Dice."""
+def seed_epoch(seed: int, epoch: int, transform: Any, generator: torch.Generator) -> None:
+    """Seed everything random in one epoch from (seed, epoch): shuffling, augmentation, torch.
+
+    A resumed run then replays exactly the epochs an uninterrupted run would have.
+    """
+    epoch_seed = (seed * 100_003 + epoch) % (2**32)
+    generator.manual_seed(epoch_seed)
+    torch.manual_seed(epoch_seed)
+    np.random.seed(epoch_seed)
+    random.seed(epoch_seed)
+    transform.set_random_state(seed=epoch_seed)
+
+
+def train(
+    cfg: PipelineConfig, data: PreparedData, run_dir: Path, tracker: Tracker, resume: bool = False
+) -> TrainResult:
+    """Fit the configured network on the train split, selecting the best epoch on validation Dice.
+
+    With ``resume``, training continues after the epoch saved in ``model/last.pt`` (weights, optimiser,
+    schedule, history); every epoch is seeded from (seed, epoch), so the result equals an uninterrupted run.
+    """
     from monai.utils import set_determinism
 
     set_determinism(seed=cfg.seed, use_deterministic_algorithms=cfg.training.deterministic or None)
@@ -151,21 +172,36 @@ def train(cfg: PipelineConfig, data: PreparedData, run_dir: Path, tracker: Track
     spec = network_spec(cfg)
     tcfg = cfg.training
     bf16 = use_bf16(tcfg.bf16)
-    tracker.log_params(
-        {
-            "network_parameters": sum(p.numel() for p in network.parameters()),
-            "bf16_active": bf16,
-            "train_cases": len(train_loader.dataset),
-            "val_cases": len(val_loader.dataset),
-        }
-    )
+    train_transform = train_loader.dataset.transform
 
     history: list[dict[str, float]] = []
-    best_dice, best_epoch, stale_rounds, epoch = -math.inf, 0, 0, 0
+    best_dice, best_epoch, stale_rounds, first_epoch = -math.inf, 0, 0, 1
+    if resume:
+        state = load_checkpoint(model_dir / LAST)
+        network.load_state_dict(state["state_dict"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        history, best_dice, best_epoch = list(state["history"]), state["best_val_dice"], state["best_epoch"]
+        stale_rounds, first_epoch = state["stale_rounds"], state["epoch"] + 1
+        log.info(
+            "Resuming after epoch %d (best validation Dice %.4f at epoch %d)", state["epoch"], best_dice, best_epoch
+        )
+    else:
+        tracker.log_params(
+            {
+                "network_parameters": sum(p.numel() for p in network.parameters()),
+                "bf16_active": bf16,
+                "train_cases": len(train_loader.dataset),
+                "val_cases": len(val_loader.dataset),
+            }
+        )
+
+    epoch = first_epoch - 1
     deadline = started + tcfg.max_minutes * 60 if tcfg.max_minutes else math.inf
     with progress_bar() as progress:
-        task = progress.add_task("train", total=tcfg.epochs * len(train_loader))
-        for epoch in range(1, tcfg.epochs + 1):
+        task = progress.add_task("train", total=tcfg.epochs * len(train_loader), completed=epoch * len(train_loader))
+        for epoch in range(first_epoch, tcfg.epochs + 1):
+            seed_epoch(cfg.seed, epoch, train_transform, train_loader.generator)
             network.train()
             losses = []
             for batch in train_loader:
@@ -198,17 +234,19 @@ def train(cfg: PipelineConfig, data: PreparedData, run_dir: Path, tracker: Track
                     stale_rounds += 1
             history.append(row)
             tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
+            patience_spent = bool(tcfg.early_stopping_patience and stale_rounds >= tcfg.early_stopping_patience)
             save_checkpoint(
                 model_dir / LAST,
                 {
                     "state_dict": network.state_dict(),
                     "network": spec,
                     "config": cfg.to_dict(),
-                    "epoch": epoch,
+                    "epoch": tcfg.epochs if patience_spent else epoch,
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
                     "best_val_dice": best_dice,
                     "best_epoch": best_epoch,
+                    "stale_rounds": stale_rounds,
                     "history": history,
                     "medseg_version": __version__,
                 },
@@ -219,7 +257,7 @@ def train(cfg: PipelineConfig, data: PreparedData, run_dir: Path, tracker: Track
                 row["train_loss"],
                 f", val Dice {row['val_dice']:.4f}" if "val_dice" in row else "",
             )
-            if tcfg.early_stopping_patience and stale_rounds >= tcfg.early_stopping_patience:
+            if patience_spent:
                 log.info("Early stopping: no validation improvement in %d rounds", stale_rounds)
                 break
             if time.perf_counter() > deadline:
