@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -174,7 +175,9 @@ class MlflowTracker(Tracker):
         from mlflow.data.pandas_dataset import from_pandas
 
         frame = pd.DataFrame(records)
-        dataset = from_pandas(frame, source=source, name=name, digest=digest)
+        with warnings.catch_warnings():  # MLflow registers its local source class twice and warns about it
+            warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+            dataset = from_pandas(frame, source=source, name=name, digest=digest)
         self._mlflow.log_input(dataset, context="training")
 
     def log_model(self, network: Any, input_example: Any, files: list[Path], registered_name: str | None) -> str:

@@ -69,6 +69,14 @@ def test_tiny_run_is_fully_tracked(tmp_path: Path, tiny_dataset: Path) -> None:
     assert parent.data.params["model.name"] == "unet"
     assert parent.data.params["preprocessing.spatial_size"] == "[64, 64]"
     assert 0.0 <= parent.data.metrics["test_dice"] <= 1.0
+    # the model is logged with mlflow.pytorch (signature + input example) and carries the medseg checkpoint
+    assert result.model_uri
+    logged = mlflow.models.get_model_info(result.model_uri)
+    assert logged.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == (-1, 3, 64, 64)
+    # the data set is logged with mlflow.data: source and digest tell runs on different data apart
+    inputs = parent.inputs.dataset_inputs
+    assert len(inputs) == 1 and inputs[0].dataset.digest == tags["data_fingerprint"]
+    assert inputs[0].dataset.name == "ph2"
     assert {"config.yaml", "data/splits.json"} <= _artifact_paths(client, result.run_id)
 
     children = client.search_runs(
@@ -81,9 +89,9 @@ def test_tiny_run_is_fully_tracked(tmp_path: Path, tiny_dataset: Path) -> None:
         history = client.get_metric_history(train_id, metric)
         assert [m.step for m in history] == [1, 2], metric
     assert {
-        "model/best.pt",
-        "model/last.pt",
-        "model/postprocessing.json",
+        "checkpoints/best.pt",
+        "checkpoints/last.pt",
+        "checkpoints/postprocessing.json",
         "plots/training_curves.png",
         "history.json",
     } <= _artifact_paths(client, train_id)
