@@ -152,7 +152,7 @@ def validate(pipeline: PipelineArg, overrides: SetOption = None, debug: DebugOpt
         from medseg.registry import build_loss, build_network
 
         cfg = load_config(pipeline, overrides)
-        build_network(cfg.model.name, 2, cfg.model.in_channels, cfg.model.out_channels, cfg.model.args)
+        build_network(cfg.model.name, cfg.spatial_dims, cfg.model.in_channels, cfg.model.out_channels, cfg.model.args)
         build_loss(cfg.loss.name, cfg.model.out_channels, cfg.loss.args)
         if sys.stdout.isatty():
             console.print(Syntax(cfg.to_yaml(), "yaml"))

@@ -67,7 +67,11 @@ class DataConfig(Section):
     name: str = "dataset"
     root: Path | None = None
     dataset_dir: str = ""
-    layout: Literal["auto", "folder", "csv", "msd"] = "auto"
+    layout: Literal["auto", "folder", "csv", "msd", "nnunet", "folders"] = "auto"
+    modalities: list[str] = Field(default_factory=list)
+    labels_dir: str = "labelsTr"
+    foreground_labels: list[int] | None = None
+    label_mapping: dict[int, NonNegativeInt] | None = None
     images_dir: str = "images"
     masks_dir: str = "masks"
     mask_suffixes: list[str] = Field(default_factory=lambda: ["", "_segmentation", "_mask", "_lesion"])
@@ -79,10 +83,32 @@ class DataConfig(Section):
     num_workers: NonNegativeInt = 0
 
 
+class IntensityConfig(Section):
+    """Intensity normalisation: CT clipped to a HU window and scaled to [0, 1]; MRI z-scored over non-zero voxels."""
+
+    kind: Literal["ct", "mri", "none"] = "mri"
+    window: tuple[float, float] = (-160.0, 240.0)
+
+    @model_validator(mode="after")
+    def _window_ordered(self) -> IntensityConfig:
+        if self.window[0] >= self.window[1]:
+            raise ValueError("window must be [low, high] with low < high")
+        return self
+
+
 class PreprocessingConfig(Section):
-    """Deterministic preprocessing shared by training, validation and inference."""
+    """Deterministic preprocessing shared by training, validation and inference.
+
+    2D images are resized to ``spatial_size``; 3D volumes are reoriented, resampled to ``spacing``
+    (``auto``: the median spacing of the training cases), normalised and cropped to the foreground.
+    """
 
     spatial_size: tuple[PositiveInt, PositiveInt] = (256, 256)
+    orientation: Annotated[str, Field(pattern=r"^[LRAPSI]{3}$")] = "RAS"
+    spacing: tuple[PositiveFloat, PositiveFloat, PositiveFloat] | Literal["auto"] | None = None
+    intensity: IntensityConfig = Field(default_factory=IntensityConfig)
+    crop_foreground: bool = True
+    patch_size: tuple[PositiveInt, PositiveInt, PositiveInt] = (96, 96, 96)
 
 
 class AugmentationConfig(Section):
@@ -150,6 +176,7 @@ class TrainingConfig(Section):
 
     epochs: PositiveInt = 40
     batch_size: PositiveInt = 8
+    samples_per_volume: PositiveInt = 2
     val_every: PositiveInt = 1
     early_stopping_patience: PositiveInt | None = 15
     bf16: bool | Literal["auto"] = "auto"
@@ -179,6 +206,17 @@ class PostprocessingConfig(Section):
     radius: PositiveInt = 2
 
 
+class InferenceConfig(Section):
+    """How a trained network is applied: sliding window (3D) with Gaussian blending, optional mirror TTA."""
+
+    roi_size: tuple[PositiveInt, PositiveInt, PositiveInt] | None = None
+    overlap: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.5
+    sw_batch_size: PositiveInt = 2
+    blend_mode: Literal["gaussian", "constant"] = "gaussian"
+    tta: bool = False
+    save_probabilities: bool = False
+
+
 class PredictionConfig(Section):
     """Predict stage: where to read images and write masks and overlays."""
 
@@ -186,7 +224,6 @@ class PredictionConfig(Section):
     output_dir: Path | None = None
     overlays: bool = True
     max_overlays: NonNegativeInt = 24
-    tta: bool = False
 
 
 class TrackingConfig(Section):
@@ -205,6 +242,7 @@ class PipelineConfig(Section):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
     description: str = ""
     seed: NonNegativeInt = 42
+    spatial_dims: Literal[2, 3] = 2
     stages: list[Literal["train", "evaluate", "predict"]] = Field(default_factory=lambda: list(STAGES))
     output_root: Path = Path("mlruns/runs")
     data: DataConfig = Field(default_factory=DataConfig)
@@ -217,6 +255,7 @@ class PipelineConfig(Section):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     postprocessing: PostprocessingConfig = Field(default_factory=PostprocessingConfig)
+    inference: InferenceConfig = Field(default_factory=InferenceConfig)
     prediction: PredictionConfig = Field(default_factory=PredictionConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
@@ -228,6 +267,18 @@ class PipelineConfig(Section):
         if len(set(stages)) != len(stages):
             raise ValueError("a stage is listed twice")
         return sorted(stages, key=STAGES.index)
+
+    @model_validator(mode="after")
+    def _labels_fit_the_network(self) -> PipelineConfig:
+        mapping = self.data.label_mapping
+        if mapping and max(mapping.values()) + 1 != self.model.out_channels:
+            raise ValueError(
+                f"data.label_mapping has {max(mapping.values()) + 1} classes (with background) but "
+                f"model.out_channels is {self.model.out_channels}"
+            )
+        if not mapping and self.model.out_channels != 1:
+            raise ValueError("model.out_channels > 1 needs data.label_mapping (raw label -> class index)")
+        return self
 
     @model_validator(mode="after")
     def _model_source_for_inference_only(self) -> PipelineConfig:

@@ -41,9 +41,7 @@ def choose_postprocessing(
         predictions, truths = [], []
         with progress_bar() as progress:
             for record in progress.track(records, description="choose post-processing"):
-                predictions.append(
-                    (predictor.probability(Path(record["image"])) > predictor.threshold).astype(np.uint8)
-                )
+                predictions.append(predictor.segment(Path(record["image"]))[0])
                 truths.append(read_mask(record["label"]))
         choice["steps"], choice["scores"] = select_steps(predictions, truths, cfg.postprocessing, dice_score)
         log.info(

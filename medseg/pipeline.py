@@ -105,7 +105,8 @@ def _log_model(cfg: PipelineConfig, model_dir: Path, run_dir: Path, tracker: Tra
 
     checkpoint = model_dir / BEST
     network = network_from_checkpoint(load_checkpoint(checkpoint), checkpoint)
-    example = np.zeros((1, cfg.model.in_channels, *cfg.preprocessing.spatial_size), dtype=np.float32)
+    spatial = cfg.preprocessing.spatial_size if cfg.spatial_dims == 2 else cfg.preprocessing.patch_size
+    example = np.zeros((1, cfg.model.in_channels, *spatial), dtype=np.float32)
     files = [checkpoint, model_dir / POSTPROCESSING_FILE, run_dir / "config.yaml"]
     uri = tracker.log_model(network, example, [f for f in files if f.is_file()], cfg.tracking.registered_model)
     log.info(

@@ -53,11 +53,11 @@ def use_bf16(setting: bool | str) -> bool:
     return bool(setting)
 
 
-def network_spec(cfg: PipelineConfig, spatial_dims: int = 2) -> dict[str, Any]:
+def network_spec(cfg: PipelineConfig) -> dict[str, Any]:
     """The arguments that rebuild the network; stored in every checkpoint."""
     return {
         "name": cfg.model.name,
-        "spatial_dims": spatial_dims,
+        "spatial_dims": cfg.spatial_dims,
         "in_channels": cfg.model.in_channels,
         "out_channels": cfg.model.out_channels,
         "args": dict(cfg.model.args),
@@ -109,21 +109,32 @@ def _loaders(cfg: PipelineConfig, data: PreparedData):
         persistent_workers=cfg.data.num_workers > 0,
     )
     val_loader = DataLoader(
-        dataset(val_records, validation_transforms(cfg)), batch_size=cfg.training.batch_size, num_workers=0
+        dataset(val_records, validation_transforms(cfg)),
+        batch_size=cfg.training.batch_size if cfg.spatial_dims == 2 else 1,  # whole volumes differ in size
+        num_workers=0,
     )
     return train_loader, val_loader
 
 
-def validation_dice(network: nn.Module, loader, threshold: float, bf16: bool) -> float:
-    """Mean per-image Dice on the validation loader at training resolution."""
+def validation_dice(network: nn.Module, loader, cfg: PipelineConfig, bf16: bool) -> float:
+    """Mean Dice over validation cases (foreground classes) on the preprocessed grid."""
     from monai.metrics import DiceMetric
+    from monai.networks.utils import one_hot
 
-    metric = DiceMetric(include_background=True, reduction="mean", ignore_empty=False)
+    from medseg.inference import activate, build_inferer
+
+    inferer = build_inferer(cfg)
+    classes = cfg.model.out_channels
+    metric = DiceMetric(include_background=classes == 1, reduction="mean", ignore_empty=False)
     network.eval()
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         for batch in loader:
-            probs = torch.sigmoid(network(batch["image"]).float())
-            metric(y_pred=(probs > threshold).float(), y=batch["label"])
+            probs = activate(inferer(batch["image"], network).float())
+            if classes == 1:
+                metric(y_pred=(probs > cfg.evaluation.threshold).float(), y=batch["label"])
+            else:
+                prediction = one_hot(probs.argmax(dim=1, keepdim=True), classes)
+                metric(y_pred=prediction, y=one_hot(batch["label"].long(), classes))
     value = float(metric.aggregate().item())
     metric.reset()
     return value
@@ -165,7 +176,9 @@ def train(
         len(val_loader.dataset),
         time.perf_counter() - started,
     )
-    network = build_network(cfg.model.name, 2, cfg.model.in_channels, cfg.model.out_channels, cfg.model.args)
+    network = build_network(
+        cfg.model.name, cfg.spatial_dims, cfg.model.in_channels, cfg.model.out_channels, cfg.model.args
+    )
     loss_function = build_loss(cfg.loss.name, cfg.model.out_channels, cfg.loss.args)
     optimizer = build_optimizer(cfg, network)
     scheduler = build_scheduler(cfg, optimizer, len(train_loader))
@@ -216,7 +229,7 @@ def train(
                 progress.update(task, advance=1, description=f"epoch {epoch}/{tcfg.epochs} loss {losses[-1]:.3f}")
             row = {"epoch": epoch, "train_loss": sum(losses) / len(losses), "lr": optimizer.param_groups[0]["lr"]}
             if epoch % tcfg.val_every == 0 or epoch == tcfg.epochs:
-                row["val_dice"] = validation_dice(network, val_loader, cfg.evaluation.threshold, bf16)
+                row["val_dice"] = validation_dice(network, val_loader, cfg, bf16)
                 if row["val_dice"] > best_dice:
                     best_dice, best_epoch, stale_rounds = row["val_dice"], epoch, 0
                     save_checkpoint(

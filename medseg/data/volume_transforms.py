@@ -1,0 +1,182 @@
+"""MONAI dictionary transforms for 3D CT/MRI volumes.
+
+load (NIfTI via nibabel; NRRD/MHA/DICOM via SimpleITK) -> channel first (one channel per modality) ->
+labels remapped -> canonical orientation -> target spacing -> intensity (CT window / MRI z-score) ->
+foreground crop. Training adds positive/negative patch sampling and 3D augmentation; inference keeps
+the metadata so ``Invertd`` maps predictions back to the scan's own grid.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Mapping
+from typing import Any
+
+import torch
+
+from medseg.config import PipelineConfig
+
+
+def nonzero(image: torch.Tensor) -> torch.Tensor:
+    """Foreground for MRI cropping: any non-zero voxel (background is exactly 0 in skull-stripped MRI)."""
+    return image != 0
+
+
+def positive(image: torch.Tensor) -> torch.Tensor:
+    """Foreground for CT cropping after windowing: anything above the bottom of the window (air)."""
+    return image > 0
+
+
+class RemapLabels:
+    """Raw label values -> training classes.
+
+    ``mapping`` {raw: class} (unlisted values -> 0, background); else ``foreground`` values -> 1;
+    else every value > 0 -> 1.
+    """
+
+    def __init__(self, mapping: Mapping[int, int] | None = None, foreground: list[int] | None = None) -> None:
+        self.mapping = dict(mapping or {})
+        self.foreground = list(foreground or [])
+
+    def __call__(self, label: torch.Tensor) -> torch.Tensor:
+        if self.mapping:
+            out = torch.zeros_like(label, dtype=torch.float32)
+            for raw, cls in self.mapping.items():
+                out[label == raw] = float(cls)
+            return out
+        if self.foreground:
+            return torch.isin(label, torch.as_tensor(self.foreground, dtype=label.dtype)).float()
+        return (label > 0).float()
+
+
+def _remapd(cfg: PipelineConfig) -> Any:
+    from monai.transforms import MapTransform
+
+    class RemapLabelsd(MapTransform):
+        """Dictionary wrapper of :class:`RemapLabels`."""
+
+        def __init__(self, keys: Any, remap: RemapLabels) -> None:
+            super().__init__(keys)
+            self.remap = remap
+
+        def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+            d = dict(data)
+            for key in self.key_iterator(d):
+                d[key] = self.remap(d[key])
+            return d
+
+    return RemapLabelsd("label", RemapLabels(cfg.data.label_mapping, cfg.data.foreground_labels))
+
+
+def volume_preprocessing(cfg: PipelineConfig, keys: tuple[str, ...] = ("image", "label")) -> list[Any]:
+    """Deterministic steps shared by training, validation and inference."""
+    from monai.transforms import (
+        CropForegroundd,
+        LoadImaged,
+        NormalizeIntensityd,
+        Orientationd,
+        ScaleIntensityRanged,
+        Spacingd,
+    )
+
+    from medseg.imageio.readers import SimpleITKReader
+
+    pre = cfg.preprocessing
+    interpolation = tuple("nearest" if key == "label" else "bilinear" for key in keys)
+    transforms: list[Any] = [
+        LoadImaged(keys=list(keys), reader=SimpleITKReader(), image_only=True, ensure_channel_first=True)
+    ]
+    if "label" in keys:
+        transforms.append(_remapd(cfg))
+    transforms.append(Orientationd(keys=list(keys), axcodes=pre.orientation))
+    if isinstance(pre.spacing, tuple):
+        transforms.append(Spacingd(keys=list(keys), pixdim=pre.spacing, mode=interpolation))
+    crop = CropForegroundd(
+        keys=list(keys),
+        source_key="image",
+        margin=4,
+        allow_smaller=True,
+        select_fn=positive if pre.intensity.kind == "ct" else nonzero,
+    )
+    if pre.intensity.kind == "ct":
+        low, high = pre.intensity.window
+        transforms.append(ScaleIntensityRanged(keys="image", a_min=low, a_max=high, b_min=0.0, b_max=1.0, clip=True))
+        transforms.extend([crop] if pre.crop_foreground else [])
+    else:
+        transforms.extend([crop] if pre.crop_foreground else [])
+        if pre.intensity.kind == "mri":
+            transforms.append(NormalizeIntensityd(keys="image", nonzero=True, channel_wise=True))
+    return transforms
+
+
+def volume_augmentation(cfg: PipelineConfig) -> list[Any]:
+    """Patch sampling around labels, then flips, rotations, scaling, intensity shifts and noise."""
+    from monai.transforms import (
+        RandAffined,
+        RandCropByPosNegLabeld,
+        RandFlipd,
+        RandGaussianNoised,
+        RandScaleIntensityd,
+        RandShiftIntensityd,
+        SpatialPadd,
+    )
+
+    keys = ["image", "label"]
+    patch = cfg.preprocessing.patch_size
+    aug = cfg.augmentation
+    transforms: list[Any] = [
+        SpatialPadd(keys=keys, spatial_size=patch),
+        RandCropByPosNegLabeld(
+            keys=keys,
+            label_key="label",
+            spatial_size=patch,
+            pos=1,
+            neg=1,
+            num_samples=cfg.training.samples_per_volume,
+            image_key="image",
+            image_threshold=0,
+        ),
+    ]
+    if not aug.enabled:
+        return transforms
+    angle = math.radians(aug.rotate_degrees)
+    return [
+        *transforms,
+        RandFlipd(keys=keys, prob=aug.flip_prob, spatial_axis=0),
+        RandFlipd(keys=keys, prob=aug.flip_prob, spatial_axis=1),
+        RandFlipd(keys=keys, prob=aug.flip_prob, spatial_axis=2),
+        RandAffined(
+            keys=keys,
+            prob=aug.affine_prob,
+            rotate_range=(angle, angle, angle),
+            scale_range=(aug.scale_range,) * 3,
+            mode=("bilinear", "nearest"),
+            padding_mode="zeros",
+        ),
+        RandScaleIntensityd(keys="image", factors=aug.channel_scale, prob=aug.color_prob),
+        RandShiftIntensityd(keys="image", offsets=aug.brightness, prob=aug.color_prob),
+        RandGaussianNoised(keys="image", prob=aug.noise_prob, std=aug.noise_std),
+    ]
+
+
+def volume_train_transforms(cfg: PipelineConfig) -> Any:
+    """Preprocessing (cached) + patch sampling and augmentation."""
+    from monai.transforms import Compose, EnsureTyped
+
+    return Compose(
+        [*volume_preprocessing(cfg), *volume_augmentation(cfg), EnsureTyped(keys=["image", "label"], track_meta=False)]
+    )
+
+
+def volume_validation_transforms(cfg: PipelineConfig) -> Any:
+    """Whole preprocessed volumes for sliding-window validation."""
+    from monai.transforms import Compose, EnsureTyped
+
+    return Compose([*volume_preprocessing(cfg), EnsureTyped(keys=["image", "label"], track_meta=False)])
+
+
+def volume_inference_transforms(cfg: PipelineConfig) -> Any:
+    """Preprocessing of the image alone, metadata kept for ``Invertd``."""
+    from monai.transforms import Compose
+
+    return Compose(volume_preprocessing(cfg, keys=("image",)))
