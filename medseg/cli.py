@@ -117,7 +117,8 @@ def predict(
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for masks, overlays and summary.csv.")],
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Recompute cases whose mask exists.")] = False,
     tta: Annotated[bool | None, typer.Option("--tta/--no-tta", help="Mirror test-time augmentation.")] = None,
-    overlays: Annotated[bool, typer.Option("--overlays/--no-overlays", help="Write overlay PNGs.")] = True,
+    overlays: Annotated[bool, typer.Option("--overlays/--no-overlays", help="Write overlay PNGs (2D).")] = True,
+    probabilities: Annotated[bool, typer.Option("--probabilities", help="Also write probability maps (3D).")] = False,
     debug: DebugOption = False,
 ) -> None:
     """Segment a folder of images with a trained model (resumable: existing masks are kept)."""
@@ -127,7 +128,9 @@ def predict(
         from medseg.prediction import predict_folder
 
         predictor = Predictor.from_model(model, tta=tta)
-        report = predict_folder(predictor, input_path, output, overwrite=overwrite, overlays=overlays)
+        report = predict_folder(
+            predictor, input_path, output, overwrite=overwrite, overlays=overlays, save_probabilities=probabilities
+        )
         typer.echo(
             f"{len(report.written)} written, {len(report.skipped)} already done, {len(report.failed)} failed "
             f"-> {output / 'summary.csv'}"

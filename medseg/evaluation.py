@@ -13,13 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image
 
 from medseg.config import PipelineConfig
 from medseg.data.datalist import Record
 from medseg.inference import POSTPROCESSING_FILE, Predictor
 from medseg.io import atomic_write_text
-from medseg.metrics import METRIC_NAMES, case_metrics, dice_score, summarise
+from medseg.metrics import METRIC_NAMES, VOLUME_METRIC_NAMES, case_metrics, dice_score, summarise, volume_metrics
 from medseg.postprocessing import enabled_steps, select_steps
 from medseg.progress import progress_bar
 
@@ -41,9 +42,14 @@ def choose_postprocessing(
         predictions, truths = [], []
         with progress_bar() as progress:
             for record in progress.track(records, description="choose post-processing"):
-                predictions.append(predictor.segment(Path(record["image"]))[0])
-                truths.append(read_mask(record["label"]))
-        choice["steps"], choice["scores"] = select_steps(predictions, truths, cfg.postprocessing, dice_score)
+                predictions.append(predictor.segment(record["image"])[0])
+                truths.append(read_truth(record, cfg)[0])
+        classes = range(1, max(2, cfg.model.out_channels))
+
+        def mean_dice(prediction: np.ndarray, truth: np.ndarray) -> float:
+            return float(np.mean([dice_score(prediction == c, truth == c) for c in classes]))
+
+        choice["steps"], choice["scores"] = select_steps(predictions, truths, cfg.postprocessing, mean_dice)
         log.info(
             "Post-processing chosen on %d validation cases: %s (validation Dice %s)",
             len(records),
@@ -65,35 +71,79 @@ def _csv_text(rows: list[dict[str, Any]]) -> str:
     return buffer.getvalue()
 
 
+def read_truth(record: Record, cfg: PipelineConfig) -> tuple[np.ndarray, tuple[float, ...] | None]:
+    """Reference labels on the input's own grid (classes remapped as in training) and the voxel spacing."""
+    if cfg.spatial_dims == 2:
+        return read_mask(record["label"]).astype(np.uint8), None
+    from medseg.data.volume_transforms import RemapLabels
+    from medseg.imageio.readers import load_volume
+
+    array, meta = load_volume(Path(record["label"]))
+    labels = RemapLabels(cfg.data.label_mapping, cfg.data.foreground_labels)(torch.as_tensor(np.asarray(array)))
+    spacing = tuple(float(v) for v in np.linalg.norm(np.asarray(meta["affine"], dtype=float)[:3, :3], axis=0))
+    return labels.numpy().astype(np.uint8), spacing
+
+
 def evaluate(predictor: Predictor, records: list[Record], cfg: PipelineConfig, out_dir: Path) -> dict[str, Any]:
-    """Per-case metrics (CSV) and their summary (JSON), raw and post-processed.
+    """Per-case metrics (CSV) and their summary (JSON), raw and post-processed, on the inputs' own grids.
+
+    2D: Dice, IoU, thresholded Jaccard, precision, recall, accuracy, HD95 (pixels). 3D: per foreground class,
+    Dice, IoU, HD95 and average surface distance (mm) and volume error.
 
     Returns:
         The summary: ``{"raw": {...}, "postprocessed": {...}, "postprocessing_steps": [...], "cases": n}``.
     """
+    names = METRIC_NAMES if cfg.spatial_dims == 2 else VOLUME_METRIC_NAMES
+    classes = list(range(1, max(2, cfg.model.out_channels)))
     rows: list[dict[str, Any]] = []
     per_variant: dict[str, list[dict[str, float]]] = {"raw": [], "postprocessed": []}
-    jaccard_threshold = cfg.evaluation.jaccard_threshold
     with progress_bar() as progress:
         for record in progress.track(records, description="evaluate"):
-            raw, post = predictor.segment(Path(record["image"]))
-            truth = read_mask(record["label"])
-            for variant, mask in (("raw", raw), ("postprocessed", post)):
-                values = case_metrics(mask, truth, jaccard_threshold=jaccard_threshold)
-                per_variant[variant].append(values)
-                rows.append({"case": record["id"], "variant": variant, **{k: round(v, 6) for k, v in values.items()}})
-    summary = {variant: summarise(values) for variant, values in per_variant.items()}
-    summary.update({"postprocessing_steps": predictor.steps, "cases": len(records), "split": cfg.evaluation.split})
+            raw, post = predictor.segment(record["image"])
+            truth, spacing = read_truth(record, cfg)
+            for variant, labels in (("raw", raw), ("postprocessed", post)):
+                for cls in classes:
+                    if cfg.spatial_dims == 2:
+                        values = case_metrics(
+                            labels == cls, truth == cls, jaccard_threshold=cfg.evaluation.jaccard_threshold
+                        )
+                    else:
+                        values = volume_metrics(labels == cls, truth == cls, spacing)
+                    per_variant[variant].append(values)
+                    rows.append(
+                        {
+                            "case": record["id"],
+                            "variant": variant,
+                            "class": cls,
+                            **{k: round(v, 6) for k, v in values.items()},
+                        }
+                    )
+    summary: dict[str, Any] = {variant: summarise(values, names) for variant, values in per_variant.items()}
+    if len(classes) > 1:
+        summary["per_class"] = {
+            str(cls): summarise([r for r in rows if r["class"] == cls and r["variant"] == "postprocessed"], names)
+            for cls in classes
+        }
+    summary.update(
+        {
+            "postprocessing_steps": predictor.steps,
+            "cases": len(records),
+            "split": cfg.evaluation.split,
+            "metrics": list(names),
+        }
+    )
     atomic_write_text(out_dir / "per_case_metrics.csv", _csv_text(rows))
     atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=1))
     headline = summary["postprocessed"]
     log.info(
-        "Test (%d cases): Dice %.4f, IoU %.4f, thresholded Jaccard %.4f, HD95 %.1f px (post-processed); raw Dice %.4f",
+        "%s (%d cases): %s (post-processed); raw Dice %.4f",
+        cfg.evaluation.split,
         len(records),
-        headline["dice"]["mean"],
-        headline["iou"]["mean"],
-        headline["jaccard_thresholded"]["mean"],
-        headline["hd95"]["mean"],
+        ", ".join(
+            f"{n} {headline[n]['mean']:.4f}"
+            for n in names
+            if n in ("dice", "iou", "jaccard_thresholded", "hd95", "hd95_mm", "asd_mm")
+        ),
         summary["raw"]["dice"]["mean"],
     )
     return summary
@@ -102,9 +152,11 @@ def evaluate(predictor: Predictor, records: list[Record], cfg: PipelineConfig, o
 def summary_metrics(summary: dict[str, Any], prefix: str = "test") -> dict[str, float]:
     """Flatten a summary to MLflow metrics: ``test_dice`` (post-processed) and ``test_dice_raw``."""
     metrics = {}
-    for name in METRIC_NAMES:
+    for name in summary.get("metrics", METRIC_NAMES):
         for variant, suffix in (("postprocessed", ""), ("raw", "_raw")):
             value = summary[variant][name]["mean"]
             if np.isfinite(value):
                 metrics[f"{prefix}_{name}{suffix}"] = value
+    for cls, per_class in summary.get("per_class", {}).items():
+        metrics[f"{prefix}_dice_class{cls}"] = per_class["dice"]["mean"]
     return metrics

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 
 METRIC_NAMES = ("dice", "iou", "jaccard_thresholded", "precision", "recall", "accuracy", "hd95")
+VOLUME_METRIC_NAMES = ("dice", "iou", "hd95_mm", "asd_mm", "volume_pred_ml", "volume_true_ml", "volume_error_pct")
 
 
 def _as_batch(mask: np.ndarray):
@@ -66,10 +67,39 @@ def dice_score(prediction: np.ndarray, truth: np.ndarray) -> float:
     return 1.0 if total == 0 else 2.0 * int(np.logical_and(pred, gt).sum()) / total
 
 
-def summarise(rows: Sequence[dict[str, float]]) -> dict[str, dict[str, float]]:
+def volume_metrics(prediction: np.ndarray, truth: np.ndarray, spacing: Sequence[float]) -> dict[str, float]:
+    """Dice, IoU, HD95 and average surface distance in mm, and volumes (ml) for one class of one scan.
+
+    Args:
+        prediction: boolean mask on the scan's voxel grid.
+        truth: boolean reference mask, same grid.
+        spacing: voxel size in mm along each array axis.
+    """
+    from monai.metrics import compute_average_surface_distance
+
+    base = case_metrics(prediction, truth, spacing=spacing)
+    pred, gt = _as_batch(prediction > 0), _as_batch(truth > 0)
+    if prediction.any() and truth.any():
+        asd = float(compute_average_surface_distance(pred, gt, symmetric=True, spacing=spacing).item())
+    else:
+        asd = math.nan
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    volume_pred, volume_true = float(prediction.sum()) * voxel_ml, float(truth.sum()) * voxel_ml
+    return {
+        "dice": base["dice"],
+        "iou": base["iou"],
+        "hd95_mm": base["hd95"],
+        "asd_mm": asd,
+        "volume_pred_ml": volume_pred,
+        "volume_true_ml": volume_true,
+        "volume_error_pct": 100.0 * (volume_pred - volume_true) / volume_true if volume_true else math.nan,
+    }
+
+
+def summarise(rows: Sequence[dict[str, float]], names: Sequence[str] = METRIC_NAMES) -> dict[str, dict[str, float]]:
     """Mean, standard deviation and median of each metric over cases (NaNs ignored, counted)."""
     summary = {}
-    for name in METRIC_NAMES:
+    for name in names:
         values = np.array([row[name] for row in rows], dtype=float)
         finite = values[np.isfinite(values)]
         summary[name] = {

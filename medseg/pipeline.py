@@ -207,13 +207,21 @@ def _evaluate_stage(
 def _predict_stage(
     cfg: PipelineConfig, data: PreparedData, predictor: Any, run_dir: Path, tracker: Tracker
 ) -> dict[str, str]:
-    from medseg.prediction import image_records, predict_images
+    from medseg.prediction import image_records, predict_images, predict_volumes, volume_records
 
     with tracker.run("predict", tags={"stage": "predict"}):
         pcfg = cfg.prediction
-        records = image_records(pcfg.input) if pcfg.input else data.subset(cfg.evaluation.split)
         out_dir = pcfg.output_dir or run_dir / "predictions"
-        report = predict_images(predictor, records, out_dir, pcfg.overlays, pcfg.max_overlays)
+        if cfg.spatial_dims == 3:
+            records = (
+                volume_records(pcfg.input, cfg.model.in_channels) if pcfg.input else data.subset(cfg.evaluation.split)
+            )
+            report = predict_volumes(
+                predictor, records, out_dir, overwrite=True, save_probabilities=cfg.inference.save_probabilities
+            )
+        else:
+            records = image_records(pcfg.input) if pcfg.input else data.subset(cfg.evaluation.split)
+            report = predict_images(predictor, records, out_dir, pcfg.overlays, pcfg.max_overlays)
         tracker.log_metrics({"predicted_cases": len(report.written), "failed_cases": len(report.failed)})
         tracker.log_artifact(out_dir / "masks", "predictions/masks")
         if (out_dir / "overlays").is_dir():

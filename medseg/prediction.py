@@ -27,7 +27,18 @@ from medseg.visualize import overlay, save_png
 
 log = logging.getLogger(__name__)
 
-SUMMARY_COLUMNS = ("case", "status", "seconds", "height", "width", "foreground_pixels", "message")
+SUMMARY_COLUMNS = (
+    "case",
+    "status",
+    "seconds",
+    "height",
+    "width",
+    "foreground_pixels",
+    "shape",
+    "spacing",
+    "voxels",
+    "message",
+)
 
 
 @dataclass
@@ -55,9 +66,9 @@ def image_records(source: Path) -> list[Record]:
     return [{"id": p.stem, "image": str(p)} for p in paths]
 
 
-def _output_path(out_dir: Path, kind: str, case_id: str) -> Path:
-    """``out_dir/kind/<id>.png``, refusing ids that would write outside ``out_dir``."""
-    path = out_dir / kind / f"{case_id}.png"
+def _output_path(out_dir: Path, kind: str, case_id: str, suffix: str = ".png") -> Path:
+    """``out_dir/kind/<id><suffix>``, refusing ids that would write outside ``out_dir``."""
+    path = out_dir / kind / f"{case_id}{suffix}"
     if (
         "/" in case_id
         or "\\" in case_id
@@ -92,6 +103,7 @@ def predict_images(
                     report.rows.append({**row, "status": "skipped", "message": "mask exists"})
                     continue
                 _, mask = predictor.segment(Path(record["image"]))
+                mask = mask > 0
                 save_png(mask.astype(np.uint8) * 255, mask_path)
                 if overlays and len(report.overlays) < max_overlays:
                     image = np.asarray(Image.open(record["image"]).convert("RGB"))
@@ -125,12 +137,132 @@ def _write_summary(path: Path, rows: list[dict[str, object]]) -> None:
     atomic_write_text(path, buffer.getvalue())
 
 
-def predict_folder(
-    predictor: Predictor, source: Path, out_dir: Path, overwrite: bool = False, overlays: bool = True
+def volume_records(source: Path, channels: int = 1) -> list[Record]:
+    """Cases from one scan (file or DICOM folder) or a folder of scans.
+
+    With several channels, files follow nnU-Net naming: ``<case>_0000.nii.gz``, ``<case>_0001.nii.gz``...
+    A sub-folder is taken as one DICOM series.
+    """
+    from medseg.data.volumes import VOLUME_SUFFIXES, volume_id
+
+    if not source.exists():
+        raise DataError(f"{source}: prediction input not found")
+    is_scan = source.is_file() or (
+        source.is_dir()
+        and not any(p.is_dir() for p in source.iterdir())
+        and not any(p.name.lower().endswith(VOLUME_SUFFIXES) for p in source.iterdir())
+    )
+    entries = (
+        [source]
+        if is_scan
+        else sorted(p for p in source.iterdir() if p.is_dir() or p.name.lower().endswith(VOLUME_SUFFIXES))
+    )
+    if not entries:
+        raise DataError(f"{source}: no scans found (looked for {', '.join(VOLUME_SUFFIXES)} files and DICOM folders)")
+    if channels == 1:
+        return [{"id": volume_id(p), "image": [str(p)]} for p in entries]
+    cases: dict[str, dict[int, Path]] = {}
+    for path in entries:
+        stem = volume_id(path)
+        case, _, index = stem.rpartition("_")
+        if not case or not (index.isdigit() and len(index) == 4):
+            raise DataError(
+                f"{path}: a {channels}-channel model needs files named <case>_0000 ... <case>_{channels - 1:04d}"
+            )
+        cases.setdefault(case, {})[int(index)] = path
+    records = []
+    for case, files in sorted(cases.items()):
+        if sorted(files) != list(range(channels)):
+            raise DataError(f"{source}: case {case!r} has channels {sorted(files)}, expected 0..{channels - 1}")
+        records.append({"id": case, "image": [str(files[i]) for i in range(channels)]})
+    return records
+
+
+def _mask_suffix(reference: Path) -> str:
+    name = reference.name.lower()
+    for suffix in (".nii.gz", ".nii", ".nrrd", ".mha"):
+        if name.endswith(suffix):
+            return suffix
+    return ".mha" if name.endswith(".mhd") else ".nii.gz"  # DICOM series and others -> NIfTI
+
+
+def predict_volumes(
+    predictor: Predictor,
+    records: list[Record],
+    out_dir: Path,
+    overwrite: bool = False,
+    save_probabilities: bool = False,
 ) -> PredictionReport:
-    """``medseg predict``: every image of ``source`` into ``out_dir`` (resumable unless ``overwrite``)."""
-    if out_dir.resolve() == source.resolve() or (source.is_dir() and out_dir.resolve().parent == source.resolve()):
-        raise DataError(f"{out_dir}: choose an output folder outside the input folder {source}")
+    """Write ``masks/<id>.<ext>`` (uint8, exactly the scan's geometry) and optional probability maps."""
+    from medseg.data.volumes import read_volume_header
+    from medseg.imageio.writers import write_mask_like, write_probability_like
+    from medseg.postprocessing import apply_steps
+
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DataError(f"{out_dir}: output folder is a file")
+    report = PredictionReport()
+    with progress_bar() as progress:
+        for record in progress.track(records, description="predict"):
+            case_id, started = record["id"], time.perf_counter()
+            row: dict[str, object] = {"case": case_id}
+            try:
+                reference = Path(record["image"][0])
+                suffix = _mask_suffix(reference)
+                mask_path = _output_path(out_dir, "masks", case_id, suffix)
+                if mask_path.is_file() and not overwrite:
+                    report.skipped.append(case_id)
+                    report.rows.append({**row, "status": "skipped", "message": "mask exists"})
+                    continue
+                probs = predictor.probabilities(record["image"])
+                labels = apply_steps(predictor.discretise(probs), predictor.steps, predictor.config.postprocessing)
+                if save_probabilities:
+                    for channel in range(probs.shape[0]):
+                        name = case_id if probs.shape[0] == 1 else f"{case_id}_class{channel}"
+                        write_probability_like(
+                            probs[channel], reference, _output_path(out_dir, "probabilities", name, suffix)
+                        )
+                del probs
+                write_mask_like(labels, reference, mask_path)
+                spacing = np.linalg.norm(read_volume_header(mask_path).affine[:3, :3], axis=0)
+                values, counts = np.unique(labels, return_counts=True)
+                report.written.append(case_id)
+                row.update(
+                    status="ok",
+                    shape="x".join(map(str, labels.shape)),
+                    spacing="x".join(f"{v:.5g}" for v in spacing),
+                    voxels=";".join(f"{v}:{c}" for v, c in zip(values, counts, strict=True) if v),
+                )
+            except MedsegError as exc:
+                report.failed[case_id] = str(exc)
+                row.update(status="failed", message=str(exc))
+                log.error("%s", exc)
+            row["seconds"] = round(time.perf_counter() - started, 3)
+            report.rows.append(row)
+    _write_summary(out_dir / "summary.csv", report.rows)
+    log.info(
+        "Predicted %d scan(s) into %s%s%s",
+        len(report.written),
+        out_dir / "masks",
+        f"; {len(report.skipped)} already done" if report.skipped else "",
+        f"; {len(report.failed)} failed: {', '.join(report.failed)}" if report.failed else "",
+    )
+    return report
+
+
+def predict_folder(
+    predictor: Predictor,
+    source: Path,
+    out_dir: Path,
+    overwrite: bool = False,
+    overlays: bool = True,
+    save_probabilities: bool = False,
+) -> PredictionReport:
+    """``medseg predict``: every image or scan of ``source`` into ``out_dir`` (resumable unless ``overwrite``)."""
+    if source.exists() and out_dir.resolve() == source.resolve():
+        raise DataError(f"{out_dir}: choose an output folder other than the input folder")
+    if predictor.config.spatial_dims == 3:
+        records = volume_records(source, predictor.config.model.in_channels)
+        return predict_volumes(predictor, records, out_dir, overwrite=overwrite, save_probabilities=save_probabilities)
     records = image_records(source)
     return predict_images(
         predictor, records, out_dir, overlays=overlays, max_overlays=len(records), overwrite=overwrite

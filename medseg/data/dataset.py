@@ -6,6 +6,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from medseg.config import DATA_ROOT_ENV, PipelineConfig
 from medseg.data.datalist import DatalistReport, Record, build_datalist, data_fingerprint
 from medseg.data.splits import Splits, load_or_create_splits
@@ -14,6 +16,31 @@ from medseg.errors import DataError
 log = logging.getLogger(__name__)
 
 SYNTHETIC_NAME = "synthetic-dermoscopy"
+
+
+def subset(records: list[Record], ids: list[str]) -> list[Record]:
+    """The records with these ids, in that order."""
+    by_id = {r["id"]: r for r in records}
+    return [by_id[i] for i in ids]
+
+
+def _splits(cfg: PipelineConfig, name: str, records: list[Record]) -> tuple[Splits, Path]:
+    split_cfg = cfg.data.split
+    splits_path = split_cfg.file or Path("data/splits") / name / "splits.json"
+    seed = cfg.seed if split_cfg.seed is None else split_cfg.seed
+    splits, created = load_or_create_splits(
+        splits_path, [r["id"] for r in records], split_cfg.val_fraction, split_cfg.test_fraction, seed
+    )
+    log.info(
+        "%s split %s: train %d, val %d, test %d (%s)",
+        "Created" if created else "Reusing",
+        splits_path,
+        len(splits["train"]),
+        len(splits["val"]),
+        len(splits["test"]),
+        name,
+    )
+    return splits, splits_path
 
 
 @dataclass
@@ -31,8 +58,7 @@ class PreparedData:
 
     def subset(self, split: str) -> list[Record]:
         """The records of one split, in split order."""
-        by_id = {r["id"]: r for r in self.records}
-        return [by_id[i] for i in self.splits[split]]
+        return subset(self.records, self.splits[split])
 
 
 def _dataset_folder(cfg: PipelineConfig) -> tuple[str, Path, bool]:
@@ -68,8 +94,86 @@ def _dataset_folder(cfg: PipelineConfig) -> tuple[str, Path, bool]:
     return SYNTHETIC_NAME, folder, True
 
 
+def spacing_in_orientation(affine: np.ndarray, axcodes: str) -> tuple[float, float, float]:
+    """Voxel sizes (mm) along the axes of ``axcodes`` (e.g. RAS) for a voxel-to-RAS affine."""
+    import nibabel as nib
+
+    zooms = nib.affines.voxel_sizes(affine)
+    transform = nib.orientations.ornt_transform(
+        nib.orientations.io_orientation(affine), nib.orientations.axcodes2ornt(tuple(axcodes))
+    )
+    spacing = [0.0, 0.0, 0.0]
+    for source_axis, (target_axis, _) in enumerate(transform[:3]):
+        spacing[int(target_axis)] = float(zooms[source_axis])
+    return (spacing[0], spacing[1], spacing[2])
+
+
+def median_spacing(records: list[Record], axcodes: str) -> tuple[float, float, float]:
+    """Median voxel spacing of the cases' first image, per axis of the target orientation (from headers)."""
+    from medseg.data.volumes import read_volume_header
+
+    spacings = np.array(
+        [spacing_in_orientation(read_volume_header(Path(r["image"][0])).affine, axcodes) for r in records]
+    )
+    median = np.median(spacings, axis=0)
+    return (float(median[0]), float(median[1]), float(median[2]))
+
+
+def _volume_datalist(cfg: PipelineConfig) -> tuple[str, Path, list[Record], str]:
+    from medseg.data.volumes import build_volume_datalist, volume_fingerprint
+
+    data = cfg.data
+    if data.root is None:
+        raise DataError(
+            f"data.root is not set and ${DATA_ROOT_ENV} is empty; point one of them at the folder "
+            f"holding {data.dataset_dir or 'the dataset'}/"
+        )
+    folder = Path(data.root) / data.dataset_dir
+    if not folder.is_dir():
+        raise DataError(
+            f"{folder}: dataset folder not found (data.root={data.root}, data.dataset_dir={data.dataset_dir!r})"
+        )
+    layout = data.layout
+    if layout in ("auto", "folder"):
+        layout = (
+            "msd"
+            if (folder / data.dataset_json).is_file()
+            else "csv"
+            if (folder / data.csv_file).is_file()
+            else "folders"
+            if data.modalities
+            else "nnunet"
+        )
+    records = build_volume_datalist(folder, layout, data.modalities, data.labels_dir, data.dataset_json, data.csv_file)
+    channels = len(records[0]["image"])
+    if channels != cfg.model.in_channels:
+        raise DataError(
+            f"{folder}: cases have {channels} image channel(s) but model.in_channels is {cfg.model.in_channels}"
+        )
+    return data.name, folder, records, volume_fingerprint(records)
+
+
 def prepare_data(cfg: PipelineConfig) -> PreparedData:
     """Find, check and split the dataset; the split file is created once and then reused."""
+    if cfg.spatial_dims == 3:
+        name, folder, records, fingerprint = _volume_datalist(cfg)
+        splits, splits_path = _splits(cfg, name, records)
+        if cfg.preprocessing.spacing == "auto":
+            cfg.preprocessing.spacing = median_spacing(subset(records, splits["train"]), cfg.preprocessing.orientation)
+            log.info(
+                "Target spacing (median of the training cases): %s mm",
+                " x ".join(f"{v:.3g}" for v in cfg.preprocessing.spacing),
+            )
+        return PreparedData(
+            name=name,
+            root=folder,
+            records=records,
+            splits=splits,
+            splits_path=splits_path,
+            fingerprint=fingerprint,
+            synthetic=False,
+            report=DatalistReport(cases=len(records)),
+        )
     name, folder, synthetic = _dataset_folder(cfg)
     records, report = build_datalist(folder, cfg.data, in_channels=cfg.model.in_channels)
     if report.masks_with_non_binary_pixels:
@@ -82,21 +186,7 @@ def prepare_data(cfg: PipelineConfig) -> PreparedData:
         log.warning(
             "%d mask(s) have no image and are ignored, e.g. %s", len(report.unmatched_masks), report.unmatched_masks[0]
         )
-    split_cfg = cfg.data.split
-    splits_path = split_cfg.file or Path("data/splits") / name / "splits.json"
-    seed = cfg.seed if split_cfg.seed is None else split_cfg.seed
-    splits, created = load_or_create_splits(
-        splits_path, [r["id"] for r in records], split_cfg.val_fraction, split_cfg.test_fraction, seed
-    )
-    log.info(
-        "%s split %s: train %d, val %d, test %d (%s)",
-        "Created" if created else "Reusing",
-        splits_path,
-        len(splits["train"]),
-        len(splits["val"]),
-        len(splits["test"]),
-        name,
-    )
+    splits, splits_path = _splits(cfg, name, records)
     return PreparedData(
         name=name,
         root=folder,

@@ -1,0 +1,494 @@
+"""Datalists for 3D CT/MRI volumes where a case may have several modalities (channels), each its own file.
+
+Records are ``{"id": str, "image": [path per modality, in order], "label": path}``; ``label`` is absent for
+cases without one when ``require_labels=False`` (inference). Supported layouts:
+
+- ``msd``: a Medical Segmentation Decathlon ``dataset.json`` with a ``training`` list of ``{"image", "label"}``;
+  ``image`` is one path (a 3D or 4D file) or a list of paths (one per modality), relative to the json's folder.
+- ``nnunet``: nnU-Net v2 raw layout, ``imagesTr/<case>_<4-digit channel><ending>`` and
+  ``<labels_dir>/<case><ending>``; the ending comes from ``dataset.json``'s ``file_ending`` when given.
+- ``csv``: columns ``id`` (optional), ``label`` and either ``image`` or one column per modality.
+- ``folders``: one folder per modality under the root, each holding ``<id><suffix>``, labels in ``labels_dir``.
+
+Every case is checked cheaply, from the file headers only: all files exist, and all modalities and the label
+have the same 3D shape and the same affine (within :data:`AFFINE_TOLERANCE_MM`). A DICOM series folder is
+accepted as an image path without header checks.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medseg.errors import DataError
+
+log = logging.getLogger(__name__)
+
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+VOLUME_LAYOUTS = ("msd", "nnunet", "csv", "folders")
+AFFINE_TOLERANCE_MM = 1e-3
+NNUNET_IMAGES_DIR = "imagesTr"
+_NNUNET_CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+
+VolumeRecord = dict[str, Any]
+
+
+def _volume_suffix(name: str) -> str:
+    """The VOLUME_SUFFIXES entry that ``name`` ends with (case-insensitive), or ""."""
+    lower = name.lower()
+    return next((s for s in VOLUME_SUFFIXES if lower.endswith(s)), "")
+
+
+def volume_id(path: Path) -> str:
+    """The case id of a volume file: its name without a VOLUME_SUFFIXES ending (``x.nii.gz`` -> ``x``).
+
+    A DICOM series folder (or any name without a volume ending) gives its name unchanged.
+    """
+    path = Path(path)
+    if path.is_dir():
+        return path.name
+    suffix = _volume_suffix(path.name)
+    return path.name[: len(path.name) - len(suffix)]
+
+
+# --------------------------------------------------------------------------------------------------
+# Layouts
+# --------------------------------------------------------------------------------------------------
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        description = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: cannot read JSON ({exc})") from None
+    if not isinstance(description, dict):
+        raise DataError(f"{path}: expected a JSON object, got {type(description).__name__}")
+    return description
+
+
+def _msd_datalist(json_path: Path, require_labels: bool) -> list[VolumeRecord]:
+    if not json_path.is_file():
+        raise DataError(f"{json_path}: dataset.json not found")
+    description = _read_json(json_path)
+    entries = description.get("training")
+    if not isinstance(entries, list):
+        raise DataError(f"{json_path}: expected a 'training' list of {{image, label}} entries")
+    if not entries:
+        raise DataError(f"{json_path}: the 'training' list is empty")
+    records = []
+    for number, entry in enumerate(entries):
+        where = f"{json_path}: training entry {number}"
+        if not isinstance(entry, dict) or "image" not in entry:
+            raise DataError(f"{where} has no 'image'")
+        images = entry["image"]
+        if isinstance(images, str):
+            images = [images]
+        if not isinstance(images, list) or not images or not all(isinstance(p, str) and p for p in images):
+            raise DataError(f"{where}: 'image' must be a path or a non-empty list of paths")
+        label = entry.get("label")
+        if label is not None and (not isinstance(label, str) or not label):
+            raise DataError(f"{where}: 'label' must be a path")
+        if label is None and require_labels:
+            raise DataError(f"{where} has no 'label'")
+        case_id = entry.get("id") or volume_id(Path(label or images[0]))
+        record: VolumeRecord = {"id": str(case_id), "image": [str(json_path.parent / p) for p in images]}
+        if label is not None:
+            record["label"] = str(json_path.parent / label)
+        records.append(record)
+    counts = {len(r["image"]) for r in records}
+    if len(counts) > 1:
+        first = records[0]
+        odd = next(r for r in records if len(r["image"]) != len(first["image"]))
+        raise DataError(
+            f"{json_path}: case {odd['id']!r} lists {len(odd['image'])} image(s) "
+            f"but case {first['id']!r} lists {len(first['image'])}"
+        )
+    return records
+
+
+def _msd_channels(json_path: Path, modalities: list[str]) -> int | None:
+    """How many channels each MSD case must have: len(modalities), else the json's 'modality' map."""
+    if modalities:
+        return len(modalities)
+    described = _read_json(json_path).get("modality")
+    return len(described) if isinstance(described, dict) and described else None
+
+
+def _nnunet_datalist(
+    root: Path, labels_dir: str, dataset_json: str, modalities: list[str], require_labels: bool
+) -> list[VolumeRecord]:
+    images_dir = root / NNUNET_IMAGES_DIR
+    json_path = root / dataset_json
+    description = _read_json(json_path) if json_path.is_file() else {}
+    file_ending = description.get("file_ending")
+    if file_ending is not None and (not isinstance(file_ending, str) or not file_ending):
+        raise DataError(f"{json_path}: 'file_ending' must be a non-empty string like '.nii.gz'")
+    if not images_dir.is_dir():
+        raise DataError(f"{images_dir}: image folder not found")
+    looked_for = file_ending or ", ".join(VOLUME_SUFFIXES)
+    cases: dict[str, dict[int, Path]] = {}
+    endings: dict[str, str] = {}
+    for path in sorted(images_dir.iterdir()):
+        if path.name.startswith(".") or not path.is_file():
+            continue
+        ending = file_ending or path.name[len(path.name) - len(_volume_suffix(path.name)) :]
+        if not ending or not path.name.endswith(ending):
+            continue
+        match = _NNUNET_CHANNEL.match(path.name[: len(path.name) - len(ending)])
+        if match is None:
+            raise DataError(f"{path}: not an nnU-Net image name (expected <case>_<4-digit channel>{ending})")
+        case, channel = match["case"], int(match["channel"])
+        channels = cases.setdefault(case, {})
+        if channel in channels:
+            raise DataError(f"{path}: ambiguous image, {channels[channel].name} has the same case and channel")
+        channels[channel] = path
+        endings.setdefault(case, ending)
+    if not cases:
+        raise DataError(f"{images_dir}: no images found (looked for <case>_0000 with {looked_for})")
+    n_channels = max(max(channels) for channels in cases.values()) + 1
+    for case in sorted(cases):
+        missing = [c for c in range(n_channels) if c not in cases[case]]
+        if missing:
+            expected = images_dir / f"{case}_{missing[0]:04d}{endings[case]}"
+            raise DataError(f"{images_dir}: case {case!r} is missing channel {missing[0]:04d} ({expected} not found)")
+    described = description.get("channel_names", description.get("modality"))
+    if isinstance(described, dict) and described and len(described) != n_channels:
+        raise DataError(
+            f"{json_path}: channel_names lists {len(described)} channel(s) but {images_dir} has {n_channels} per case"
+        )
+    if modalities and len(modalities) != n_channels:
+        raise DataError(
+            f"{images_dir}: {n_channels} channel(s) per case but {len(modalities)} modalities given "
+            f"({', '.join(modalities)})"
+        )
+    label_folder = root / labels_dir
+    if file_ending is None:
+        labels = _labels_index(label_folder, require_labels)
+    elif not label_folder.is_dir():
+        if require_labels:
+            raise DataError(f"{label_folder}: label folder not found")
+        labels = {}
+    else:
+        labels = {
+            c: label_folder / f"{c}{file_ending}" for c in cases if (label_folder / f"{c}{file_ending}").is_file()
+        }
+    records = []
+    for case in sorted(cases):
+        record: VolumeRecord = {"id": case, "image": [str(cases[case][c]) for c in range(n_channels)]}
+        if case in labels:
+            record["label"] = str(labels[case])
+        elif require_labels:
+            expected = label_folder / f"{case}{endings[case]}"
+            raise DataError(f"{expected}: label file not found for case {case!r}")
+        records.append(record)
+    return records
+
+
+def _index_volumes(folder: Path, allow_series: bool) -> dict[str, Path]:
+    """id -> volume file (or DICOM series folder when ``allow_series``) in ``folder``; hidden names skipped."""
+    index: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith("."):
+            continue
+        if path.is_dir():
+            if not allow_series:
+                continue
+        elif not _volume_suffix(path.name):
+            continue
+        case = volume_id(path)
+        if case in index:
+            raise DataError(f"{path}: ambiguous volume, {index[case].name} has the same id {case!r}")
+        index[case] = path
+    return index
+
+
+def _labels_index(folder: Path, require_labels: bool) -> dict[str, Path]:
+    if not folder.is_dir():
+        if require_labels:
+            raise DataError(f"{folder}: label folder not found")
+        return {}
+    return _index_volumes(folder, allow_series=False)
+
+
+def _expected_path(folder: Path, case: str, like: Path) -> Path:
+    """Where ``case`` would be in ``folder``, with the same ending as ``like``."""
+    return folder / f"{case}{'' if like.is_dir() else _volume_suffix(like.name)}"
+
+
+def _folders_datalist(root: Path, modalities: list[str], labels_dir: str, require_labels: bool) -> list[VolumeRecord]:
+    if not modalities:
+        raise DataError(f"{root}: the folders layout needs modalities (the image folder names, e.g. ['imagesTr'])")
+    indexes = []
+    for name in modalities:
+        folder = root / name
+        if not folder.is_dir():
+            raise DataError(f"{folder}: modality folder not found")
+        indexes.append(_index_volumes(folder, allow_series=True))
+    first_folder, first = root / modalities[0], indexes[0]
+    if not first:
+        raise DataError(f"{first_folder}: no volumes found (looked for {', '.join(VOLUME_SUFFIXES)} or DICOM folders)")
+    labels = _labels_index(root / labels_dir, require_labels)
+    records = []
+    for case in sorted(first):
+        images = []
+        for name, index in zip(modalities, indexes, strict=True):
+            if case not in index:
+                expected = _expected_path(root / name, case, first[case])
+                raise DataError(f"{expected}: file not found (case {case!r} is in {first_folder} but not in {name})")
+            images.append(str(index[case]))
+        record: VolumeRecord = {"id": case, "image": images}
+        if case in labels:
+            record["label"] = str(labels[case])
+        elif require_labels:
+            expected = _expected_path(root / labels_dir, case, first[case])
+            raise DataError(f"{expected}: label file not found for case {case!r}")
+        records.append(record)
+    return records
+
+
+def _csv_datalist(csv_path: Path, modalities: list[str], require_labels: bool) -> list[VolumeRecord]:
+    if not csv_path.is_file():
+        raise DataError(f"{csv_path}: CSV file not found")
+    try:
+        with csv_path.open(newline="", encoding="utf-8-sig") as handle:  # -sig: Excel's byte-order mark
+            reader = csv.DictReader(handle)
+            rows = list(reader)
+            columns = [c.strip() for c in reader.fieldnames or []]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"{csv_path}: cannot read CSV ({exc})") from None
+    if not rows:
+        raise DataError(f"{csv_path}: no rows")
+    if modalities and all(m in columns for m in modalities):
+        image_columns = list(modalities)
+    elif "image" in columns and len(modalities) <= 1:
+        image_columns = ["image"]
+    else:
+        wanted = ", ".join(repr(m) for m in modalities) if len(modalities) > 1 else "'image'"
+        raise DataError(f"{csv_path}: expected image column(s) {wanted} and 'label', got {columns}")
+    if "label" not in columns and require_labels:
+        raise DataError(f"{csv_path}: expected a 'label' column, got {columns}")
+    records = []
+    for number, raw in enumerate(rows, start=2):  # row 1 is the header
+        row = {(k or "").strip(): (v or "").strip() for k, v in raw.items() if k is not None}
+        required = image_columns + (["label"] if require_labels else [])
+        empty = next((c for c in required if not row.get(c)), None)
+        if empty is not None:
+            raise DataError(f"{csv_path}: row {number} has an empty {empty!r} cell")
+        images = [csv_path.parent / row[c] for c in image_columns]
+        record: VolumeRecord = {"id": row.get("id") or volume_id(images[0]), "image": [str(p) for p in images]}
+        if row.get("label"):
+            record["label"] = str(csv_path.parent / row["label"])
+        records.append(record)
+    return records
+
+
+# --------------------------------------------------------------------------------------------------
+# Header checks
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VolumeHeader:
+    """What the header says: the full shape (spatial first) and the voxel-to-RAS affine (4x4, mm)."""
+
+    shape: tuple[int, ...]
+    affine: np.ndarray
+
+    @property
+    def spatial_shape(self) -> tuple[int, ...]:
+        return self.shape[:3]
+
+    @property
+    def channels(self) -> int:
+        return int(np.prod(self.shape[3:])) if len(self.shape) > 3 else 1
+
+
+def read_volume_header(path: Path) -> VolumeHeader:
+    """Read shape and affine from the header only (nibabel for NIfTI, SimpleITK for the rest).
+
+    Raises:
+        DataError: the header cannot be read, or the image has fewer than 3 dimensions.
+    """
+    path = Path(path)
+    try:
+        if path.name.lower().endswith(NIFTI_SUFFIXES):
+            import nibabel as nib
+
+            image = nib.load(str(path))  # lazy: reads the header, not the voxel data
+            shape, affine = tuple(int(n) for n in image.shape), np.asarray(image.affine, dtype=float)
+        else:
+            shape, affine = _itk_header(path)
+    except Exception as exc:  # any reader failure on user data becomes a one-line DataError
+        detail = " ".join(str(exc).split()).split("sitk::ERROR: ")[-1][:200] or type(exc).__name__
+        raise DataError(f"{path}: cannot read the image header ({detail})") from None
+    if len(shape) < 3:
+        raise DataError(f"{path}: expected a 3D volume, got shape {_fmt(shape)}")
+    return VolumeHeader(shape, affine)
+
+
+def _itk_header(path: Path) -> tuple[tuple[int, ...], np.ndarray]:
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    dim = reader.GetDimension()
+    shape = tuple(int(n) for n in reader.GetSize())
+    if reader.GetNumberOfComponents() > 1:
+        shape = (*shape, int(reader.GetNumberOfComponents()))
+    affine = np.eye(4)
+    if dim >= 3:
+        direction = np.asarray(reader.GetDirection(), dtype=float).reshape(dim, dim)[:3, :3]
+        affine[:3, :3] = direction * np.asarray(reader.GetSpacing()[:3], dtype=float)
+        affine[:3, 3] = reader.GetOrigin()[:3]
+        affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine  # ITK's LPS -> nibabel's RAS
+    return shape, affine
+
+
+def _fmt(shape: tuple[int, ...]) -> str:
+    return "x".join(str(n) for n in shape)
+
+
+def _check_exists(path: Path, role: str) -> bool:
+    """True for a file, False for a DICOM series folder (no header checks); DataError if missing."""
+    if path.is_file():
+        return True
+    if path.is_dir():
+        if not any(p.is_file() for p in path.iterdir()):
+            raise DataError(f"{path}: {role} folder is empty (expected a DICOM series)")
+        return False
+    raise DataError(f"{path}: {role} file not found")
+
+
+def check_volume_record(record: VolumeRecord, channels: int | None = None) -> None:
+    """Check that every file of a case exists and that modalities and label agree in shape and affine.
+
+    Args:
+        record: a datalist record.
+        channels: the number of channels the images must add up to (4D files count their 4th axis), if known.
+    """
+    case = record["id"]
+    files = [(Path(p), "image") for p in record["image"]]
+    if record.get("label"):
+        files.append((Path(record["label"]), "label"))
+    reference: tuple[Path, VolumeHeader] | None = None
+    total_channels = 0
+    for path, role in files:
+        if not _check_exists(path, role):
+            total_channels += role == "image"
+            continue
+        header = read_volume_header(path)
+        if role == "image":
+            total_channels += header.channels
+        if reference is None:
+            reference = (path, header)
+            continue
+        ref_path, ref = reference
+        if header.spatial_shape != ref.spatial_shape:
+            raise DataError(
+                f"case {case!r}: shape {_fmt(ref.spatial_shape)} of {ref_path} differs from "
+                f"shape {_fmt(header.spatial_shape)} of {path}"
+            )
+        difference = float(np.abs(header.affine - ref.affine).max())
+        if difference > AFFINE_TOLERANCE_MM:
+            raise DataError(
+                f"case {case!r}: affines differ between {ref_path} and {path} "
+                f"(largest difference {difference:.3g} mm, tolerance {AFFINE_TOLERANCE_MM} mm)"
+            )
+    if channels is not None and total_channels != channels:
+        raise DataError(
+            f"case {case!r}: the image(s) hold {total_channels} channel(s) but {channels} modalities are expected "
+            f"({', '.join(Path(p).name for p in record['image'])})"
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# Entry points
+# --------------------------------------------------------------------------------------------------
+
+
+def build_volume_datalist(
+    root: Path,
+    layout: str,
+    modalities: list[str],
+    labels_dir: str = "labelsTr",
+    dataset_json: str = "dataset.json",
+    csv_file: str = "pairs.csv",
+    require_labels: bool = True,
+) -> list[VolumeRecord]:
+    """Find the cases of a 3D dataset under ``root`` and check them from their headers.
+
+    Args:
+        root: the dataset folder.
+        layout: ``msd``, ``nnunet``, ``csv`` or ``folders`` (see the module docstring).
+        modalities: ``folders``: the image folder names, in channel order; ``csv``: the image column names
+            (or empty/one name for a single ``image`` column); ``msd``/``nnunet``: optional, the channel
+            count must then match.
+        labels_dir: label folder (``nnunet``, ``folders``).
+        dataset_json: ``msd``: the datalist; ``nnunet``: optional, for ``file_ending`` and ``channel_names``.
+        csv_file: the CSV (``csv``), relative to ``root``.
+        require_labels: False for inference: cases without a label are kept, without a ``label`` key.
+
+    Returns:
+        Records ``{"id": str, "image": [path per modality, in order], "label": path (or absent)}``.
+
+    Raises:
+        DataError: one line naming the file (and case) at fault.
+    """
+    root = Path(root)
+    modalities = list(modalities or [])
+    if layout not in VOLUME_LAYOUTS:
+        raise DataError(f"unknown volume layout {layout!r}; expected one of {', '.join(VOLUME_LAYOUTS)}")
+    if not root.is_dir():
+        raise DataError(f"{root}: dataset folder not found")
+    if not any(root.iterdir()):
+        raise DataError(f"{root}: dataset folder is empty")
+    channels = None
+    source = root
+    if layout == "msd":
+        source = root / dataset_json
+        records = _msd_datalist(source, require_labels)
+        channels = _msd_channels(source, modalities)
+    elif layout == "nnunet":
+        records = _nnunet_datalist(root, labels_dir, dataset_json, modalities, require_labels)
+    elif layout == "csv":
+        source = root / csv_file
+        records = _csv_datalist(source, modalities, require_labels)
+    else:
+        records = _folders_datalist(root, modalities, labels_dir, require_labels)
+    seen: set[str] = set()
+    for record in records:
+        if record["id"] in seen:
+            raise DataError(f"{source}: case id {record['id']!r} appears more than once")
+        seen.add(record["id"])
+    for record in records:
+        check_volume_record(record, channels)
+    log.info("%s: %d case(s), %s layout", root, len(records), layout)
+    return records
+
+
+def _size(path: Path) -> int:
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size
+
+
+def volume_fingerprint(records: list[VolumeRecord]) -> str:
+    """A short hash of ids, file names and sizes: tells runs on different data apart."""
+    digest = hashlib.sha256()
+    for record in sorted(records, key=lambda r: r["id"]):
+        paths = [Path(p) for p in record["image"]]
+        if record.get("label"):
+            paths.append(Path(record["label"]))
+        for path in paths:
+            digest.update(f"{record['id']}:{path.name}:{_size(path)}\n".encode())
+    return digest.hexdigest()[:16]

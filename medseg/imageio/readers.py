@@ -1,0 +1,244 @@
+"""MONAI image readers: NIfTI through nibabel, NRRD / MetaImage / DICOM series through SimpleITK.
+
+:class:`SimpleITKReader` gives the same conventions as MONAI's ``NibabelReader`` for NIfTI, so a pipeline that
+mixes formats sees one convention:
+
+- the array's spatial axes are in (x, y, z) = (i, j, k) voxel-index order (SimpleITK's ``GetArrayFromImage``
+  returns (z, y, x); it is transposed), the pixel type is kept (int16 stays int16), and vector pixels become a
+  last channel axis (``original_channel_dim = -1``; scalar images get ``"no_channel"``);
+- ``affine`` / ``original_affine`` are 4x4 voxel-to-world matrices in RAS+ millimetres (SimpleITK is LPS+:
+  ``affine_lps = [[direction @ diag(spacing), origin], [0, 0, 0, 1]]`` and ``affine_ras = diag(-1, -1, 1, 1) @
+  affine_lps``), with ``space = "RAS"``, so ``Orientationd``, ``Spacingd`` and ``Invertd`` behave as for NIfTI.
+
+MONAI's ITKReader would do the same, but needs the ``itk`` package; this reader needs only SimpleITK.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+from monai.data import ImageReader
+from monai.utils import MetaKeys, SpaceKeys, ensure_tuple
+
+from medseg.errors import DataError
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+SITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
+IMAGE_2D_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
+SUPPORTED_FORMATS = "NIfTI (.nii, .nii.gz), NRRD (.nrrd, .nhdr), MetaImage (.mha, .mhd), a DICOM series folder, " + (
+    "2D images (" + ", ".join(IMAGE_2D_SUFFIXES) + ")"
+)
+
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+PathLike = str | os.PathLike
+
+
+def _one_line(error: BaseException) -> str:
+    """The first non-empty line of an exception's text (SimpleITK errors span several lines)."""
+    text = str(error).strip()
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    # SimpleITK messages start with "Exception thrown in SimpleITK ReadImage: /path/file.cxx:123:"; the useful
+    # part is the next line ("sitk::ERROR: ...").
+    for line in lines:
+        if "ERROR" in line:
+            return line.split("ERROR:", 1)[-1].strip() or line
+    return lines[0] if lines else type(error).__name__
+
+
+def has_suffix(path: PathLike, suffixes: Sequence[str]) -> bool:
+    """Whether ``path``'s name ends with one of ``suffixes`` (case-insensitive)."""
+    name = Path(path).name.lower()
+    return any(name.endswith(s) for s in suffixes)
+
+
+def sitk_affine_ras(image: sitk.Image) -> np.ndarray:
+    """The RAS voxel-to-world affine of a SimpleITK image: 4x4 for 3D and higher (first three axes), 3x3 for 2D."""
+    dim = image.GetDimension()
+    sr = max(1, min(dim, 3))
+    direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(dim, dim)[:sr, :sr]
+    spacing = np.asarray(image.GetSpacing(), dtype=np.float64)[:sr]
+    origin = np.asarray(image.GetOrigin(), dtype=np.float64)[:sr]
+    affine = np.eye(sr + 1)
+    affine[:sr, :sr] = direction @ np.diag(spacing)
+    affine[:sr, sr] = origin
+    flip = np.ones(sr + 1)
+    flip[: min(sr, 2)] = -1.0  # LPS -> RAS negates x and y
+    return np.diag(flip) @ affine
+
+
+def sitk_array_xyz(image: sitk.Image) -> np.ndarray:
+    """The pixel array of ``image`` with axes in (x, y, z[, t]) order, plus a last channel axis for vector pixels."""
+    array = sitk.GetArrayFromImage(image)  # (z, y, x) or (z, y, x, c)
+    dim = image.GetDimension()
+    order = list(range(dim))[::-1] + list(range(dim, array.ndim))
+    return array.transpose(order)
+
+
+def dicom_series_files(folder: Path) -> list[str]:
+    """The slice files of the only DICOM series in ``folder``; DataError when it holds none or several."""
+    folder = Path(folder)
+    try:
+        series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    except RuntimeError as e:
+        raise DataError(f"cannot list DICOM series in folder {folder}: {_one_line(e)}") from e
+    if not series_ids:
+        raise DataError(
+            f"folder {folder} holds no DICOM series (expected a folder of DICOM slices of one series); "
+            f"supported formats: {SUPPORTED_FORMATS}"
+        )
+    if len(series_ids) > 1:
+        raise DataError(
+            f"folder {folder} holds {len(series_ids)} DICOM series; put each series in its own folder "
+            f"(series UIDs: {', '.join(s or '<empty>' for s in series_ids)})"
+        )
+    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_ids[0])
+    if not files:
+        raise DataError(f"folder {folder}: DICOM series {series_ids[0]!r} lists no files")
+    return list(files)
+
+
+def read_sitk_image(path: PathLike) -> sitk.Image:
+    """Read a NRRD / MetaImage / NIfTI file or a one-series DICOM folder with SimpleITK; DataError on failure."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"image not found: {path}")
+    try:
+        if path.is_dir():
+            reader = sitk.ImageSeriesReader()
+            reader.SetFileNames(dicom_series_files(path))
+            return reader.Execute()
+        return sitk.ReadImage(str(path))
+    except RuntimeError as e:
+        kind = "DICOM series" if path.is_dir() else "image"
+        raise DataError(f"cannot read {kind} {path}: {_one_line(e)}") from e
+
+
+class SimpleITKReader(ImageReader):
+    """MONAI ``ImageReader`` for NRRD (.nrrd, .nhdr), MetaImage (.mha, .mhd) and DICOM series folders.
+
+    Use it as ``LoadImage(reader=SimpleITKReader())`` or ``LoadImaged(keys, reader=SimpleITKReader())``.
+    A list of files is stacked as channels (first axis), as with MONAI's readers.
+
+    Args:
+        channel_dim: sets ``original_channel_dim`` (``None``: ``"no_channel"`` for scalar images, -1 for vector
+            images, whose components are the last axis).
+    """
+
+    def __init__(self, channel_dim: str | int | None = None) -> None:
+        super().__init__()
+        self.channel_dim = float("nan") if channel_dim == "no_channel" else channel_dim
+
+    def verify_suffix(self, filename: Sequence[PathLike] | PathLike) -> bool:
+        """True when every name is a NRRD / MetaImage file or a folder (a DICOM series)."""
+        return all(Path(f).is_dir() or has_suffix(f, SITK_SUFFIXES) for f in ensure_tuple(filename))
+
+    def read(self, data: Sequence[PathLike] | PathLike, **kwargs: Any) -> sitk.Image | list[sitk.Image]:
+        """Read one image (a file or a DICOM series folder) or a list of them; DataError naming the path on failure."""
+        filenames = ensure_tuple(data)
+        images = [read_sitk_image(name) for name in filenames]
+        return images if len(filenames) > 1 else images[0]
+
+    def get_data(self, img: sitk.Image | Sequence[sitk.Image]) -> tuple[np.ndarray, dict]:
+        """The (x, y, z[, c]) array and its metadata, as ``NibabelReader`` gives for NIfTI."""
+        arrays: list[np.ndarray] = []
+        meta: dict = {}
+        for image in ensure_tuple(img):
+            array = sitk_array_xyz(image)
+            header = self._meta(image)
+            if self.channel_dim is None:
+                spatial = len(header[MetaKeys.SPATIAL_SHAPE])
+                header[MetaKeys.ORIGINAL_CHANNEL_DIM] = float("nan") if array.ndim == spatial else -1
+            else:
+                header[MetaKeys.ORIGINAL_CHANNEL_DIM] = self.channel_dim
+            if meta:
+                if not np.allclose(header[MetaKeys.AFFINE], meta[MetaKeys.AFFINE], atol=1e-4):
+                    raise DataError("images stacked as channels have different affines")
+                if tuple(header[MetaKeys.SPATIAL_SHAPE]) != tuple(meta[MetaKeys.SPATIAL_SHAPE]):
+                    raise DataError("images stacked as channels have different shapes")
+            else:
+                meta = header
+            arrays.append(array)
+        if len(arrays) == 1:
+            return arrays[0], meta
+        channel_dim = meta.get(MetaKeys.ORIGINAL_CHANNEL_DIM)
+        if isinstance(channel_dim, int):
+            return np.concatenate(arrays, axis=channel_dim), meta
+        meta[MetaKeys.ORIGINAL_CHANNEL_DIM] = 0
+        return np.stack(arrays, axis=0), meta
+
+    def _meta(self, image: sitk.Image) -> dict:
+        dim = image.GetDimension()
+        sr = max(1, min(dim, 3))
+        affine = sitk_affine_ras(image)
+        size = list(image.GetSize())
+        if isinstance(self.channel_dim, int) and image.GetNumberOfComponentsPerPixel() == 1 and dim > sr:
+            size.pop(self.channel_dim)
+        return {
+            MetaKeys.AFFINE: affine,
+            MetaKeys.ORIGINAL_AFFINE: affine.copy(),
+            MetaKeys.SPATIAL_SHAPE: np.asarray(size[:sr]),
+            MetaKeys.SPACE: SpaceKeys.RAS,
+            # SimpleITK's own (LPS) geometry, for reference; the affine above is what transforms use.
+            "spacing": np.asarray(image.GetSpacing(), dtype=np.float64),
+            "lps_origin": np.asarray(image.GetOrigin(), dtype=np.float64),
+            "lps_direction": np.asarray(image.GetDirection(), dtype=np.float64).reshape(dim, dim),
+        }
+
+
+def reader_for(path: PathLike) -> str | ImageReader:
+    """The MONAI reader for ``path``: ``"NibabelReader"``, a :class:`SimpleITKReader`, or ``"PILReader"``.
+
+    A folder is read as a DICOM series. Raises DataError for other names.
+    """
+    path = Path(path)
+    if path.is_dir():
+        return SimpleITKReader()
+    if has_suffix(path, NIFTI_SUFFIXES):
+        return "NibabelReader"
+    if has_suffix(path, SITK_SUFFIXES):
+        return SimpleITKReader()
+    if has_suffix(path, IMAGE_2D_SUFFIXES):
+        return "PILReader"
+    if has_suffix(path, DICOM_SUFFIXES):
+        raise DataError(f"{path} is a single DICOM file: pass the folder holding the whole series instead")
+    raise DataError(f"unsupported image format: {path}; supported formats: {SUPPORTED_FORMATS}")
+
+
+def _reader_instance(reader: str | ImageReader) -> ImageReader:
+    if isinstance(reader, ImageReader):
+        return reader
+    from monai.data import NibabelReader, PILReader
+
+    return {"NibabelReader": NibabelReader, "PILReader": PILReader}[reader]()
+
+
+def load_volume(path: PathLike, dtype: Any = None) -> tuple[np.ndarray, dict]:
+    """Load ``path`` with :func:`reader_for`'s reader through ``monai.transforms.LoadImage``.
+
+    Returns the array (native pixel type unless ``dtype`` is given; (x, y, z) axes, no channel axis added) and
+    the metadata dict (``affine`` in RAS, ``spatial_shape``, ``filename_or_obj``, ...). Any failure to read raises
+    DataError naming the file.
+    """
+    from monai.transforms import LoadImage
+
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"image not found: {path}")
+    reader = _reader_instance(reader_for(path))
+    loader = LoadImage(reader=reader, image_only=False, dtype=dtype)
+    try:
+        # Passing the reader at call time makes LoadImage use it alone: with only the constructor argument it
+        # would fall back to its other readers on failure and raise a RuntimeError holding every traceback.
+        image, meta = loader(path, reader=reader)
+    except DataError:
+        raise
+    except Exception as e:  # nibabel / PIL / zlib errors for corrupt or truncated files
+        raise DataError(f"cannot read image {path}: {_one_line(e)}") from e
+    return np.asarray(image.numpy() if hasattr(image, "numpy") else image), dict(meta)
