@@ -53,6 +53,7 @@ class SplitConfig(Section):
     test_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.2
     seed: NonNegativeInt | None = None
     file: Path | None = None
+    tiny: bool = False
 
     @model_validator(mode="after")
     def _fractions_leave_training_data(self) -> SplitConfig:
@@ -61,14 +62,23 @@ class SplitConfig(Section):
         return self
 
 
+class CaseConfig(Section):
+    """One case listed in the pipeline file (paths relative to the dataset folder)."""
+
+    id: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+    image: list[str]
+    label: str | None = None
+
+
 class DataConfig(Section):
     """Where the images and masks are and how they are matched."""
 
     name: str = "dataset"
     root: Path | None = None
     dataset_dir: str = ""
-    layout: Literal["auto", "folder", "csv", "msd", "nnunet", "folders"] = "auto"
+    layout: Literal["auto", "folder", "csv", "msd", "nnunet", "folders", "list"] = "auto"
     modalities: list[str] = Field(default_factory=list)
+    cases: list[CaseConfig] = Field(default_factory=list)
     labels_dir: str = "labelsTr"
     foreground_labels: list[int] | None = None
     label_mapping: dict[int, NonNegativeInt] | None = None

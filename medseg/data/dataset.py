@@ -29,8 +29,12 @@ def _splits(cfg: PipelineConfig, name: str, records: list[Record]) -> tuple[Spli
     splits_path = split_cfg.file or Path("data/splits") / name / "splits.json"
     seed = cfg.seed if split_cfg.seed is None else split_cfg.seed
     splits, created = load_or_create_splits(
-        splits_path, [r["id"] for r in records], split_cfg.val_fraction, split_cfg.test_fraction, seed
+        splits_path, [r["id"] for r in records], split_cfg.val_fraction, split_cfg.test_fraction, seed, split_cfg.tiny
     )
+    if split_cfg.tiny and splits["val"] == splits["test"]:
+        log.warning(
+            "Tiny data set: validation and test share %s; the numbers are a smoke test, not accuracy", splits["test"]
+        )
     log.info(
         "%s split %s: train %d, val %d, test %d (%s)",
         "Created" if created else "Reusing",
@@ -120,7 +124,7 @@ def median_spacing(records: list[Record], axcodes: str) -> tuple[float, float, f
 
 
 def _volume_datalist(cfg: PipelineConfig) -> tuple[str, Path, list[Record], str]:
-    from medseg.data.volumes import build_volume_datalist, volume_fingerprint
+    from medseg.data.volumes import build_volume_datalist, check_volume_record, volume_fingerprint
 
     data = cfg.data
     if data.root is None:
@@ -144,7 +148,21 @@ def _volume_datalist(cfg: PipelineConfig) -> tuple[str, Path, list[Record], str]
             if data.modalities
             else "nnunet"
         )
-    records = build_volume_datalist(folder, layout, data.modalities, data.labels_dir, data.dataset_json, data.csv_file)
+    if data.cases:
+        records = [
+            {
+                "id": c.id,
+                "image": [str(folder / p) for p in c.image],
+                **({"label": str(folder / c.label)} if c.label else {}),
+            }
+            for c in data.cases
+        ]
+        for record in records:
+            check_volume_record(record)
+    else:
+        records = build_volume_datalist(
+            folder, layout, data.modalities, data.labels_dir, data.dataset_json, data.csv_file
+        )
     channels = len(records[0]["image"])
     if channels != cfg.model.in_channels:
         raise DataError(

@@ -16,12 +16,14 @@ MONAI's ITKReader would do the same, but needs the ``itk`` package; this reader 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
+import torch
 from monai.data import ImageReader
 from monai.utils import MetaKeys, SpaceKeys, ensure_tuple
 
@@ -40,16 +42,21 @@ LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 PathLike = str | os.PathLike
 
 
-def _one_line(error: BaseException) -> str:
-    """The first non-empty line of an exception's text (SimpleITK errors span several lines)."""
-    text = str(error).strip()
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    # SimpleITK messages start with "Exception thrown in SimpleITK ReadImage: /path/file.cxx:123:"; the useful
-    # part is the next line ("sitk::ERROR: ...").
-    for line in lines:
-        if "ERROR" in line:
-            return line.split("ERROR:", 1)[-1].strip() or line
-    return lines[0] if lines else type(error).__name__
+def error_summary(error: BaseException) -> str:
+    """A one-line summary of an exception's text (SimpleITK errors span several lines)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    # SimpleITK: "Exception thrown in SimpleITK ImageFileReader_Execute: /path/file.cxx:99:" then
+    # "sitk::ERROR: ..." or "ITK ERROR: NrrdImageIO(0x...): Read: Error reading ...:" then library detail lines.
+    for i, line in enumerate(lines):
+        if "ERROR:" in line:
+            message = re.sub(r"^\w+\(0x[0-9a-fA-F]+\):\s*", "", line.split("ERROR:", 1)[1].strip())
+            if message.endswith(":") and i + 1 < len(lines):
+                detail = re.sub(r"^\[\w+\]\s*", "", lines[-1])
+                message = f"{message} {detail}"
+            return message
+    return lines[0]
 
 
 def has_suffix(path: PathLike, suffixes: Sequence[str]) -> bool:
@@ -84,10 +91,14 @@ def sitk_array_xyz(image: sitk.Image) -> np.ndarray:
 def dicom_series_files(folder: Path) -> list[str]:
     """The slice files of the only DICOM series in ``folder``; DataError when it holds none or several."""
     folder = Path(folder)
+    warnings_on = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # GDCM prints "No Series were found" for a non-DICOM folder
     try:
         series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
     except RuntimeError as e:
-        raise DataError(f"cannot list DICOM series in folder {folder}: {_one_line(e)}") from e
+        raise DataError(f"cannot list DICOM series in folder {folder}: {error_summary(e)}") from e
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(warnings_on)
     if not series_ids:
         raise DataError(
             f"folder {folder} holds no DICOM series (expected a folder of DICOM slices of one series); "
@@ -117,7 +128,7 @@ def read_sitk_image(path: PathLike) -> sitk.Image:
         return sitk.ReadImage(str(path))
     except RuntimeError as e:
         kind = "DICOM series" if path.is_dir() else "image"
-        raise DataError(f"cannot read {kind} {path}: {_one_line(e)}") from e
+        raise DataError(f"cannot read {kind} {path}: {error_summary(e)}") from e
 
 
 class SimpleITKReader(ImageReader):
@@ -149,7 +160,8 @@ class SimpleITKReader(ImageReader):
         """The (x, y, z[, c]) array and its metadata, as ``NibabelReader`` gives for NIfTI."""
         arrays: list[np.ndarray] = []
         meta: dict = {}
-        for image in ensure_tuple(img):
+        images = [img] if isinstance(img, sitk.Image) else list(img)  # a sitk.Image iterates over its pixels
+        for image in images:
             array = sitk_array_xyz(image)
             header = self._meta(image)
             if self.channel_dim is None:
@@ -240,5 +252,6 @@ def load_volume(path: PathLike, dtype: Any = None) -> tuple[np.ndarray, dict]:
     except DataError:
         raise
     except Exception as e:  # nibabel / PIL / zlib errors for corrupt or truncated files
-        raise DataError(f"cannot read image {path}: {_one_line(e)}") from e
-    return np.asarray(image.numpy() if hasattr(image, "numpy") else image), dict(meta)
+        raise DataError(f"cannot read image {path}: {error_summary(e)}") from e
+    meta = {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in meta.items()}
+    return np.asarray(image.numpy() if isinstance(image, torch.Tensor) else image), meta
