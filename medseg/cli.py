@@ -38,7 +38,8 @@ def _setup_logging(debug: bool) -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", datefmt="%H:%M:%S"))
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, handlers=[handler], force=True)
     for noisy in ("alembic", "mlflow", "urllib3", "matplotlib", "PIL", "git", "torch._export", "torch.export"):
-        logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.WARNING)
+        level = logging.ERROR if noisy.startswith("torch") else logging.WARNING
+        logging.getLogger(noisy).setLevel(logging.DEBUG if debug else level)
     if not debug:
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
