@@ -18,6 +18,7 @@ from PIL import Image
 
 from medseg.config import PipelineConfig
 from medseg.data.datalist import Record
+from medseg.errors import DataError
 from medseg.inference import POSTPROCESSING_FILE, Predictor
 from medseg.io import atomic_write_text
 from medseg.metrics import METRIC_NAMES, VOLUME_METRIC_NAMES, case_metrics, dice_score, summarise, volume_metrics
@@ -71,16 +72,41 @@ def _csv_text(rows: list[dict[str, Any]]) -> str:
     return buffer.getvalue()
 
 
+def align_to_grid(
+    labels: np.ndarray, affine: np.ndarray, target_affine: np.ndarray, target_shape: tuple[int, ...], name: str
+) -> np.ndarray:
+    """Reorient a label array onto another voxel grid that differs only by axis flips/permutations.
+
+    (E.g. a LAS label of an LPS DICOM series.) Raises DataError if the grids really differ.
+    """
+    import nibabel as nib
+
+    if np.allclose(affine, target_affine, atol=1e-3) and labels.shape == target_shape:
+        return labels
+    transform = nib.orientations.ornt_transform(
+        nib.orientations.io_orientation(affine), nib.orientations.io_orientation(target_affine)
+    )
+    aligned = nib.orientations.apply_orientation(labels, transform)
+    moved = affine @ nib.orientations.inv_ornt_aff(transform, labels.shape)
+    if aligned.shape != target_shape or not np.allclose(moved, target_affine, atol=1e-3):
+        raise DataError(f"{name}: the label's voxel grid does not match the image's (shape or affine differs)")
+    return np.ascontiguousarray(aligned)
+
+
 def read_truth(record: Record, cfg: PipelineConfig) -> tuple[np.ndarray, tuple[float, ...] | None]:
-    """Reference labels on the input's own grid (classes remapped as in training) and the voxel spacing."""
+    """Reference labels on the image's own voxel grid (classes remapped as in training) and the voxel spacing."""
     if cfg.spatial_dims == 2:
         return read_mask(record["label"]).astype(np.uint8), None
     from medseg.data.volume_transforms import RemapLabels
     from medseg.imageio.readers import load_volume
 
     array, meta = load_volume(Path(record["label"]))
-    labels = RemapLabels(cfg.data.label_mapping, cfg.data.foreground_labels)(torch.as_tensor(np.asarray(array)))
-    spacing = tuple(float(v) for v in np.linalg.norm(np.asarray(meta["affine"], dtype=float)[:3, :3], axis=0))
+    _, image_meta = load_volume(Path(record["image"][0]))
+    affine = np.asarray(image_meta["affine"], dtype=float)
+    shape = tuple(int(n) for n in image_meta["spatial_shape"])
+    array = align_to_grid(np.asarray(array), np.asarray(meta["affine"], dtype=float), affine, shape, record["label"])
+    labels = RemapLabels(cfg.data.label_mapping, cfg.data.foreground_labels)(torch.as_tensor(array))
+    spacing = tuple(float(v) for v in np.linalg.norm(affine[:3, :3], axis=0))
     return labels.numpy().astype(np.uint8), spacing
 
 

@@ -79,12 +79,12 @@ def volume_preprocessing(cfg: PipelineConfig, keys: tuple[str, ...] = ("image", 
         Spacingd,
     )
 
-    from medseg.imageio.readers import SimpleITKReader
+    from medseg.imageio.readers import VolumeReader
 
     pre = cfg.preprocessing
     interpolation = tuple("nearest" if key == "label" else "bilinear" for key in keys)
     transforms: list[Any] = [
-        LoadImaged(keys=list(keys), reader=SimpleITKReader(), image_only=True, ensure_channel_first=True)
+        LoadImaged(keys=list(keys), reader=VolumeReader(), image_only=True, ensure_channel_first=True)
     ]
     if "label" in keys:
         transforms.append(_remapd(cfg))

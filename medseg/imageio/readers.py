@@ -135,7 +135,9 @@ class SimpleITKReader(ImageReader):
     """MONAI ``ImageReader`` for NRRD (.nrrd, .nhdr), MetaImage (.mha, .mhd) and DICOM series folders.
 
     Use it as ``LoadImage(reader=SimpleITKReader())`` or ``LoadImaged(keys, reader=SimpleITKReader())``.
-    A list of files is stacked as channels (first axis), as with MONAI's readers.
+    A list of files is stacked as channels (first axis), as with MONAI's readers. ``read`` also accepts NIfTI
+    (ITK reads it; same result as ``NibabelReader`` unless the file's qform and sform disagree, where ITK and
+    nibabel may pick different ones), though ``verify_suffix`` claims only NRRD, MetaImage and folders.
 
     Args:
         channel_dim: sets ``original_channel_dim`` (``None``: ``"no_channel"`` for scalar images, -1 for vector
@@ -202,6 +204,36 @@ class SimpleITKReader(ImageReader):
             "lps_origin": np.asarray(image.GetOrigin(), dtype=np.float64),
             "lps_direction": np.asarray(image.GetDirection(), dtype=np.float64).reshape(dim, dim),
         }
+
+
+class VolumeReader(ImageReader):
+    """One MONAI reader for every volume format: nibabel for NIfTI, :class:`SimpleITKReader` for the rest.
+
+    MONAI does not consult ``verify_suffix`` for a reader passed to ``LoadImage``, so a lone
+    ``SimpleITKReader`` would also read NIfTI (through ITK, which prefers the qform where nibabel uses the
+    sform). This reader picks per file; ``get_data`` dispatches on the image type, so it is safe when
+    ``CacheDataset`` loads cases in threads.
+    """
+
+    def __init__(self) -> None:
+        from monai.data import NibabelReader
+
+        super().__init__()
+        self.nifti = NibabelReader()
+        self.sitk = SimpleITKReader()
+
+    def verify_suffix(self, filename: Sequence[PathLike] | PathLike) -> bool:
+        return all(has_suffix(f, NIFTI_SUFFIXES) for f in ensure_tuple(filename)) or self.sitk.verify_suffix(filename)
+
+    def read(self, data: Sequence[PathLike] | PathLike, **kwargs: Any) -> Any:
+        names = ensure_tuple(data)
+        if all(has_suffix(name, NIFTI_SUFFIXES) for name in names):
+            return self.nifti.read(data, **kwargs)
+        return self.sitk.read(data, **kwargs)
+
+    def get_data(self, img: Any) -> tuple[np.ndarray, dict]:
+        first = img[0] if isinstance(img, (list, tuple)) else img
+        return self.sitk.get_data(img) if isinstance(first, sitk.Image) else self.nifti.get_data(img)
 
 
 def reader_for(path: PathLike) -> str | ImageReader:

@@ -5,8 +5,9 @@ convention), so ``write_mask_like(mask, scan, out)`` overlays on ``scan`` in 3D 
 
 - NIfTI reference: the reference header is copied (qform and sform with their codes, pixdim, units) with nibabel;
   only the data type changes and intensity scaling is switched off.
-- NRRD / MetaImage / DICOM-series reference: SimpleITK writes the mask with the reference's origin, spacing and
-  direction (``CopyInformation``); a DICOM reference needs a NIfTI (or NRRD / MetaImage) output name.
+- NRRD / MetaImage / DICOM-series reference: SimpleITK writes the mask with the reference's exact origin, spacing
+  and direction (``CopyInformation`` from the series for DICOM; for files the same values are read from the header
+  alone, without loading the voxels); a DICOM reference needs a NIfTI (or NRRD / MetaImage) output name.
 
 Every output is written under a temporary name in the output folder and renamed into place.
 """
@@ -115,7 +116,9 @@ def _write_nifti_like(array: np.ndarray, reference: Path, output: Path, what: st
         image.header[key] = ref.header[key]
     for key in ("qoffset_x", "qoffset_y", "qoffset_z", "srow_x", "srow_y", "srow_z", "xyzt_units"):
         image.header[key] = ref.header[key]
-    image.header["pixdim"][: 1 + min(3, array.ndim)] = ref.header["pixdim"][: 1 + min(3, array.ndim)]
+    pixdim = np.array(image.header["pixdim"], copy=True)
+    pixdim[:4] = ref.header["pixdim"][:4]  # qfac and voxel sizes
+    image.header["pixdim"] = pixdim
     with atomic_path(output) as tmp:
         nib.save(image, str(tmp))
     return output
