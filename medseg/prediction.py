@@ -11,6 +11,7 @@ import csv
 import io
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -79,6 +80,46 @@ def _output_path(out_dir: Path, kind: str, case_id: str, suffix: str = ".png") -
     return path
 
 
+def _run_batch(
+    records: list[Record],
+    out_dir: Path,
+    mask_path_of: Callable[[Record], Path],
+    predict_case: Callable[[Record, Path], dict[str, object]],
+    overwrite: bool,
+) -> PredictionReport:
+    """The shared batch loop: skip finished cases, isolate failures, time each case, write summary.csv."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DataError(f"{out_dir}: output folder is a file")
+    report = PredictionReport()
+    with progress_bar() as progress:
+        for record in progress.track(records, description="predict"):
+            case_id, started = record["id"], time.perf_counter()
+            row: dict[str, object] = {"case": case_id}
+            try:
+                mask_path = mask_path_of(record)
+                if mask_path.is_file() and not overwrite:
+                    report.skipped.append(case_id)
+                    report.rows.append({**row, "status": "skipped", "message": "mask exists"})
+                    continue
+                row.update(status="ok", **predict_case(record, mask_path))
+                report.written.append(case_id)
+            except MedsegError as exc:
+                report.failed[case_id] = str(exc)
+                row.update(status="failed", message=str(exc))
+                log.error("%s", exc)
+            row["seconds"] = round(time.perf_counter() - started, 3)
+            report.rows.append(row)
+    _write_summary(out_dir / "summary.csv", report.rows)
+    log.info(
+        "Predicted %d case(s) into %s%s%s",
+        len(report.written),
+        out_dir / "masks",
+        f"; {len(report.skipped)} already done" if report.skipped else "",
+        f"; {len(report.failed)} failed: {', '.join(report.failed)}" if report.failed else "",
+    )
+    return report
+
+
 def predict_images(
     predictor: Predictor,
     records: list[Record],
@@ -88,44 +129,20 @@ def predict_images(
     overwrite: bool = True,
 ) -> PredictionReport:
     """Write ``masks/<id>.png`` (0/255, input size) and, for the first cases, ``overlays/<id>.png``."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise DataError(f"{out_dir}: output folder is a file")
-    report = PredictionReport()
-    with progress_bar() as progress:
-        for record in progress.track(records, description="predict"):
-            case_id = record["id"]
-            started = time.perf_counter()
-            row: dict[str, object] = {"case": case_id}
-            try:
-                mask_path = _output_path(out_dir, "masks", case_id)
-                if mask_path.is_file() and not overwrite:
-                    report.skipped.append(case_id)
-                    report.rows.append({**row, "status": "skipped", "message": "mask exists"})
-                    continue
-                _, mask = predictor.segment(Path(record["image"]))
-                mask = mask > 0
-                save_png(mask.astype(np.uint8) * 255, mask_path)
-                if overlays and len(report.overlays) < max_overlays:
-                    image = np.asarray(Image.open(record["image"]).convert("RGB"))
-                    truth = read_mask(record["label"]) if record.get("label") else None
-                    save_png(overlay(image, mask, truth), _output_path(out_dir, "overlays", case_id))
-                    report.overlays.append(case_id)
-                report.written.append(case_id)
-                row.update(status="ok", height=mask.shape[0], width=mask.shape[1], foreground_pixels=int(mask.sum()))
-            except MedsegError as exc:
-                report.failed[case_id] = str(exc)
-                row.update(status="failed", message=str(exc))
-                log.error("%s", exc)
-            row["seconds"] = round(time.perf_counter() - started, 3)
-            report.rows.append(row)
-    _write_summary(out_dir / "summary.csv", report.rows)
-    log.info(
-        "Predicted %d mask(s) into %s%s%s",
-        len(report.written),
-        out_dir / "masks",
-        f"; {len(report.skipped)} already done" if report.skipped else "",
-        f"; {len(report.failed)} failed: {', '.join(report.failed)}" if report.failed else "",
-    )
+    drawn: list[str] = []
+
+    def predict_case(record: Record, mask_path: Path) -> dict[str, object]:
+        mask = predictor.segment(Path(record["image"]))[1] > 0
+        save_png(mask.astype(np.uint8) * 255, mask_path)
+        if overlays and len(drawn) < max_overlays:
+            image = np.asarray(Image.open(record["image"]).convert("RGB"))
+            truth = read_mask(record["label"]) if record.get("label") else None
+            save_png(overlay(image, mask, truth), _output_path(out_dir, "overlays", record["id"]))
+            drawn.append(record["id"])
+        return {"height": mask.shape[0], "width": mask.shape[1], "foreground_pixels": int(mask.sum())}
+
+    report = _run_batch(records, out_dir, lambda r: _output_path(out_dir, "masks", r["id"]), predict_case, overwrite)
+    report.overlays = drawn
     return report
 
 
@@ -198,55 +215,30 @@ def predict_volumes(
     from medseg.imageio.writers import write_mask_like, write_probability_like
     from medseg.postprocessing import apply_steps
 
-    if out_dir.exists() and not out_dir.is_dir():
-        raise DataError(f"{out_dir}: output folder is a file")
-    report = PredictionReport()
-    with progress_bar() as progress:
-        for record in progress.track(records, description="predict"):
-            case_id, started = record["id"], time.perf_counter()
-            row: dict[str, object] = {"case": case_id}
-            try:
-                reference = Path(record["image"][0])
-                suffix = _mask_suffix(reference)
-                mask_path = _output_path(out_dir, "masks", case_id, suffix)
-                if mask_path.is_file() and not overwrite:
-                    report.skipped.append(case_id)
-                    report.rows.append({**row, "status": "skipped", "message": "mask exists"})
-                    continue
-                probs = predictor.probabilities(record["image"])
-                labels = apply_steps(predictor.discretise(probs), predictor.steps, predictor.config.postprocessing)
-                if save_probabilities:
-                    for channel in range(probs.shape[0]):
-                        name = case_id if probs.shape[0] == 1 else f"{case_id}_class{channel}"
-                        write_probability_like(
-                            probs[channel], reference, _output_path(out_dir, "probabilities", name, suffix)
-                        )
-                del probs
-                write_mask_like(labels, reference, mask_path)
-                spacing = np.linalg.norm(read_volume_header(mask_path).affine[:3, :3], axis=0)
-                values, counts = np.unique(labels, return_counts=True)
-                report.written.append(case_id)
-                row.update(
-                    status="ok",
-                    shape="x".join(map(str, labels.shape)),
-                    spacing="x".join(f"{v:.5g}" for v in spacing),
-                    voxels=";".join(f"{v}:{c}" for v, c in zip(values, counts, strict=True) if v),
+    def mask_path_of(record: Record) -> Path:
+        return _output_path(out_dir, "masks", record["id"], _mask_suffix(Path(record["image"][0])))
+
+    def predict_case(record: Record, mask_path: Path) -> dict[str, object]:
+        reference, case_id = Path(record["image"][0]), record["id"]
+        probs = predictor.probabilities(record["image"])
+        labels = apply_steps(predictor.discretise(probs), predictor.steps, predictor.config.postprocessing)
+        if save_probabilities:
+            for channel in range(probs.shape[0]):
+                name = case_id if probs.shape[0] == 1 else f"{case_id}_class{channel}"
+                write_probability_like(
+                    probs[channel], reference, _output_path(out_dir, "probabilities", name, _mask_suffix(reference))
                 )
-            except MedsegError as exc:
-                report.failed[case_id] = str(exc)
-                row.update(status="failed", message=str(exc))
-                log.error("%s", exc)
-            row["seconds"] = round(time.perf_counter() - started, 3)
-            report.rows.append(row)
-    _write_summary(out_dir / "summary.csv", report.rows)
-    log.info(
-        "Predicted %d scan(s) into %s%s%s",
-        len(report.written),
-        out_dir / "masks",
-        f"; {len(report.skipped)} already done" if report.skipped else "",
-        f"; {len(report.failed)} failed: {', '.join(report.failed)}" if report.failed else "",
-    )
-    return report
+        del probs
+        write_mask_like(labels, reference, mask_path)
+        spacing = np.linalg.norm(read_volume_header(mask_path).affine[:3, :3], axis=0)
+        values, counts = np.unique(labels, return_counts=True)
+        return {
+            "shape": "x".join(map(str, labels.shape)),
+            "spacing": "x".join(f"{v:.5g}" for v in spacing),
+            "voxels": ";".join(f"{v}:{c}" for v, c in zip(values, counts, strict=True) if v),
+        }
+
+    return _run_batch(records, out_dir, mask_path_of, predict_case, overwrite)
 
 
 def predict_folder(
