@@ -438,10 +438,20 @@ def test_every_shipped_pipeline_loads_and_builds(pipeline: Path, tmp_path: Path)
 
     cfg = load_config(pipeline)
     assert cfg.name
-    net = build_network(cfg.model.name, 2, cfg.model.in_channels, cfg.model.out_channels, cfg.model.args)
+    import torch
+
+    from medseg.data.transforms import inference_transforms, train_transforms, validation_transforms
+
+    net = build_network(cfg.model.name, cfg.spatial_dims, cfg.model.in_channels, cfg.model.out_channels, cfg.model.args)
     loss = build_loss(cfg.loss.name, cfg.model.out_channels, cfg.loss.args)
-    assert sum(p.numel() for p in net.parameters()) > 0
-    assert callable(loss)
+    batch = torch.rand(1, cfg.model.in_channels, *([32] * cfg.spatial_dims))
+    with torch.no_grad():
+        logits = net.eval()(batch)
+    assert tuple(logits.shape) == (1, cfg.model.out_channels, *([32] * cfg.spatial_dims))
+    target = torch.zeros(1, 1, *([32] * cfg.spatial_dims))
+    assert float(loss(logits, target)) >= 0.0
+    for build in (train_transforms, validation_transforms, inference_transforms):
+        assert build(cfg).transforms
     again = load_config(write(tmp_path / "dumped.yaml", cfg.to_yaml()))
     assert again == cfg
 

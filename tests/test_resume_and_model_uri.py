@@ -76,21 +76,25 @@ def test_predict_with_an_mlflow_run_uri_is_resumable(
     from medseg.cli import app
     from medseg.pipeline import run_pipeline
 
-    cfg = _config(tmp_path, tiny_dataset, "training.epochs=1", "stages=[train]")
+    cfg = _config(
+        tmp_path, tiny_dataset, "training.epochs=1", "stages=[train]", "tracking.registered_model=tiny-lesion"
+    )
     result = run_pipeline(cfg, run_name="for-uri")
     assert result.model_uri and result.model_uri.startswith("models:/") or result.model_uri.startswith("runs:/")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", cfg.tracking.uri)
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "predicted"
     runner = CliRunner()
-    for uri in (f"runs:/{result.run_id}/model", result.model_uri):
+    for uri in (f"runs:/{result.run_id}/model", result.model_uri, "models:/tiny-lesion/1"):
         done = runner.invoke(app, ["predict", "-m", uri, "-i", str(tiny_dataset / "images"), "-o", str(out)])
         assert done.exit_code == 0, done.output
     masks = sorted((out / "masks").glob("*.png"))
     assert len(masks) == 12
     assert np.asarray(Image.open(masks[0])).shape == (64, 96)
     summary = (out / "summary.csv").read_text().splitlines()
-    assert summary[0].startswith("case,status,seconds") and sum(",skipped," in line for line in summary) == 12
+    assert (
+        summary[0].startswith("case,status,seconds") and sum(",skipped," in line for line in summary) == 12
+    )  # the 2nd and 3rd calls resumed
 
     missing = runner.invoke(
         app, ["predict", "-m", "runs:/0123456789abcdef/model", "-i", str(tiny_dataset), "-o", str(tmp_path / "x")]
