@@ -50,7 +50,10 @@ def network_from_checkpoint(state: dict[str, Any], path: Path) -> nn.Module:
     try:
         network.load_state_dict(state["state_dict"])
     except RuntimeError as exc:
-        raise ModelError(f"{path}: weights do not fit network {spec['name']} ({str(exc).splitlines()[0]})") from None
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        detail = " ".join(lines[1:2] or lines[:1])  # line 1 only says "Error(s) in loading state_dict for UNet:"
+        detail = detail if len(detail) <= 200 else detail[:197] + "..."
+        raise ModelError(f"{path}: weights do not fit network {spec['name']} ({detail})") from None
     return network.eval()
 
 

@@ -48,7 +48,7 @@ def _setup_logging(debug: bool) -> None:
 
 def _guarded(debug: bool, action: Callable[[], Any]) -> Any:
     """Run a command; user errors become one line on stderr and exit code 2 (tracebacks with --debug)."""
-    from medseg.errors import MedsegError
+    from medseg.errors import MedsegError, user_error_in
 
     _setup_logging(debug)
     try:
@@ -61,9 +61,15 @@ def _guarded(debug: bool, action: Callable[[], Any]) -> Any:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         raise typer.Exit(130) from None
+    except (typer.Exit, typer.Abort):  # click's exits are RuntimeErrors: a command's own exit code, not a crash
+        raise
     except Exception as exc:
         if debug:
             raise
+        wrapped = user_error_in(exc)  # e.g. a DataError re-raised as RuntimeError by a MONAI transform
+        if wrapped is not None:
+            print(f"error: {wrapped}", file=sys.stderr)
+            raise typer.Exit(wrapped.exit_code) from None
         print(
             f"internal error: {exc.__class__.__name__}: {exc} (rerun with --debug for the traceback)", file=sys.stderr
         )

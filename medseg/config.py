@@ -208,6 +208,13 @@ class PostprocessingConfig(Section):
 
     mode: Literal["auto", "on", "off"] = "auto"
     fill_holes: bool = True
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _yaml_booleans(cls, value: Any) -> Any:
+        """YAML 1.1 reads a bare ``on``/``off`` as a boolean: take it as meant."""
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+
     largest_component: bool = True
     remove_small_objects: bool = True
     min_size: PositiveInt = 64
@@ -225,6 +232,7 @@ class InferenceConfig(Section):
     blend_mode: Literal["gaussian", "constant"] = "gaussian"
     tta: bool = False
     save_probabilities: bool = False
+    max_voxels: PositiveInt = 1_000_000_000  # larger inputs are refused from their header, before reading voxels
 
 
 class PredictionConfig(Section):

@@ -22,3 +22,15 @@ class DataError(MedsegError):
 
 class ModelError(MedsegError):
     """A checkpoint or trained-model folder is missing, corrupt or incompatible."""
+
+
+def user_error_in(exc: BaseException) -> MedsegError | None:
+    """The first medseg error in ``exc``'s chain of causes (MONAI re-raises transform errors as RuntimeError)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, MedsegError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None

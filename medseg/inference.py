@@ -18,7 +18,7 @@ from torch import nn
 
 from medseg.checkpoint import load_checkpoint, network_from_checkpoint, resolve_checkpoint
 from medseg.config import PipelineConfig
-from medseg.errors import MedsegError, ModelError
+from medseg.errors import DataError, MedsegError, ModelError, user_error_in
 from medseg.postprocessing import apply_steps, enabled_steps
 
 log = logging.getLogger(__name__)
@@ -126,26 +126,51 @@ class Predictor:
 
         source = [str(p) for p in image] if isinstance(image, (list, tuple)) else str(image)
         name = source[0] if isinstance(source, list) else source
+        check_input([Path(p) for p in (source if isinstance(source, list) else [source])], self.config)
         try:
-            data = self.preprocess({"image": source})
+            data = self.preprocess({"image": source}, end=1)  # load only: check the voxels as read
+            uniform = check_voxels(data["image"], source)
+            data = self.preprocess(data, start=1)
         except MedsegError:
             raise
         except Exception as exc:  # MONAI wraps reader errors in RuntimeError chains
+            wrapped = user_error_in(exc)
+            if wrapped is not None:
+                raise wrapped from None
             reason = _root_cause(exc).replace(f" for file: {name}", "").replace(name, "").rstrip(". ")
             raise MedsegError(f"{name}: cannot read image ({reason})") from None
         batch = data["image"].as_tensor()[None]
+        channels, dims = self.config.model.in_channels, self.config.spatial_dims
+        if batch.ndim != dims + 2 or batch.shape[1] != channels:
+            raise DataError(
+                f"{name}: image of shape {'x'.join(map(str, batch.shape[1:]))} (channels first) after preprocessing, "
+                f"but the {dims}D model expects {channels} channel(s)"
+            )
         # keep only the metadata of the preprocessed image: Invertd needs its history, not its voxels
         data["image"] = MetaTensor(
             torch.empty(0), meta=data["image"].meta, applied_operations=data["image"].applied_operations
         )
         with torch.inference_mode():
-            probs = mirrored_probabilities(self.network, batch, self.tta, self.inferer)
+            if uniform:  # nothing to segment: background everywhere, without asking the network
+                probs = torch.zeros((1, self.config.model.out_channels, *batch.shape[2:]))
+                probs[:, 0] = 0.0 if probs.shape[1] == 1 else 1.0
+            else:
+                probs = mirrored_probabilities(self.network, batch, self.tta, self.inferer)
         del batch
+        if self.config.spatial_dims == 3:
+            from medseg.resampling import resample_to_grid
+
+            meta = data["image"].meta
+            shape = tuple(int(n) for n in meta["spatial_shape"])
+            crop = next((op for op in data["image"].applied_operations if op["class"] == "CropForeground"), None)
+            cropped = tuple(bool(n) for n in crop["extra_info"]["cropped"]) if crop else (False,) * 6
+            probs = resample_to_grid(
+                probs[0], _numpy(meta["affine"]), _numpy(meta["original_affine"]), shape, cropped_sides=cropped
+            )
+            return probs.numpy()
         data["pred"] = MetaTensor(probs[0])  # a MetaTensor, or Invertd silently leaves it untouched
         inverted = np.asarray(self.invert(data)["pred"], dtype=np.float32)
-        if self.config.spatial_dims == 2:
-            return inverted.transpose(0, 2, 1)  # the PIL reader is (W, H); images are (H, W)
-        return inverted
+        return inverted.transpose(0, 2, 1)  # the PIL reader is (W, H); images are (H, W)
 
     def probability(self, image_path: Path) -> np.ndarray:
         """Foreground probability of a binary model, shape of the input."""
@@ -161,6 +186,129 @@ class Predictor:
         """Label maps before and after post-processing (uint8, the input's shape)."""
         raw = self.discretise(self.probabilities(image))
         return raw, apply_steps(raw, self.steps, self.config.postprocessing)
+
+
+def _check_openable(path: Path) -> None:
+    """DataError for a path that cannot be opened: missing, a broken or looping symlink, no permission."""
+    if path.is_dir():
+        return  # a DICOM series folder
+    try:
+        with open(path, "rb"):
+            pass
+    except FileNotFoundError:
+        raise DataError(f"{path}: {'broken symbolic link' if path.is_symlink() else 'file not found'}") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot open ({exc.strerror or exc.__class__.__name__})") from None
+
+
+def _check_volume_headers(paths: list[Path], cfg: PipelineConfig) -> None:
+    import SimpleITK as sitk
+
+    from medseg.data.volumes import read_volume_header
+    from medseg.imageio.readers import (
+        IMAGE_2D_SUFFIXES,
+        SUPPORTED_FORMATS,
+        dicom_series_files,
+        error_summary,
+        has_suffix,
+    )
+
+    limit, channels = cfg.inference.max_voxels, 0
+    for path in paths:
+        if has_suffix(path, IMAGE_2D_SUFFIXES):
+            raise DataError(f"{path}: a 2D image, but the model is 3D (it reads {SUPPORTED_FORMATS.split(', 2D')[0]})")
+        if path.is_dir():
+            files = dicom_series_files(path)
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(files[0])
+            try:
+                reader.ReadImageInformation()
+            except RuntimeError as exc:
+                raise DataError(f"{files[0]}: cannot read the DICOM header ({error_summary(exc)})") from None
+            shape: tuple[int, ...] = (*reader.GetSize()[:2], len(files))
+            count = reader.GetNumberOfComponents()
+        else:
+            header = read_volume_header(path)  # DataError for an unreadable header or fewer than 3 dimensions
+            shape, count = header.spatial_shape, header.channels
+        voxels = int(np.prod(shape, dtype=np.int64)) * count
+        if voxels > limit:
+            raise DataError(
+                f"{path}: {'x'.join(map(str, shape))} x {count} channel(s) = {voxels:,} voxels, "
+                f"above inference.max_voxels={limit:,}"
+            )
+        channels += count
+    if channels != cfg.model.in_channels:
+        raise DataError(
+            f"{paths[0]}: the scan holds {channels} channel(s) but the model expects {cfg.model.in_channels}"
+        )
+
+
+def _check_image_header(path: Path, cfg: PipelineConfig) -> None:
+    from PIL import Image, UnidentifiedImageError
+
+    from medseg.data.datalist import IMAGE_EXTENSIONS
+    from medseg.data.volumes import VOLUME_SUFFIXES
+
+    if path.is_dir() or path.name.lower().endswith(VOLUME_SUFFIXES):
+        raise DataError(f"{path}: a 3D scan, but the model is 2D (it reads {', '.join(IMAGE_EXTENSIONS)} images)")
+    limit, channels = cfg.inference.max_voxels, cfg.model.in_channels
+    try:
+        with Image.open(path) as image:
+            mode, bands, frames = image.mode, len(image.getbands()), getattr(image, "n_frames", 1)
+            if image.width * image.height > limit:
+                raise DataError(
+                    f"{path}: {image.width}x{image.height} = {image.width * image.height:,} pixels, "
+                    f"above inference.max_voxels={limit:,}"
+                )
+            image.load()
+    except MedsegError:
+        raise
+    except UnidentifiedImageError:
+        raise DataError(f"{path}: not a readable image") from None
+    except Exception as exc:  # PIL: OSError, SyntaxError, ValueError, struct.error, DecompressionBombError
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        raise DataError(f"{path}: corrupt or truncated image ({detail})") from None
+    if frames > 1:
+        raise DataError(f"{path}: {frames} frames (a 3D stack), but the model is 2D")
+    expected = {1: ("L",), 3: ("RGB",)}.get(channels, ())
+    if (expected and mode not in expected) or (not expected and bands != channels):
+        wanted = f" ({'/'.join(expected)})" if expected else ""
+        raise DataError(
+            f"{path}: image mode {mode} ({bands} channel(s)) but the model expects {channels} channel(s){wanted}"
+        )
+
+
+def check_input(paths: list[Path], cfg: PipelineConfig) -> None:
+    """Checks from the file headers, before any voxel is read: the files open, they are 2D or 3D as the model,
+    they hold the channels it expects, and they are not larger than ``inference.max_voxels``."""
+    for path in paths:
+        _check_openable(path)
+    if cfg.spatial_dims == 3:
+        _check_volume_headers(paths, cfg)
+    else:
+        for path in paths:
+            _check_image_header(path, cfg)
+
+
+def check_voxels(image: torch.Tensor, source: str | list[str]) -> bool:
+    """DataError if a loaded image holds NaN or infinite values; True if it is uniform (e.g. all zero)."""
+    values = torch.as_tensor(image)
+    if values.is_floating_point():
+        bad = ~torch.isfinite(values)
+        if bool(bad.any()):
+            names = source if isinstance(source, list) else [source]
+            per_channel = bad.flatten(1).sum(1) if len(names) > 1 and values.shape[0] == len(names) else None
+            name = names[int(torch.nonzero(per_channel)[0])] if per_channel is not None else names[0]
+            raise DataError(f"{name}: {int(bad.sum()):,} voxel(s) are NaN or infinite; fix the scan before segmenting")
+    if values.numel() and bool(values.min() == values.max()):
+        name = source[0] if isinstance(source, list) else source
+        log.warning("%s: every voxel is %s; nothing to segment, the mask is empty", name, values.flatten()[0].item())
+        return True
+    return False
+
+
+def _numpy(affine: object) -> np.ndarray:
+    return np.asarray(affine.numpy() if isinstance(affine, torch.Tensor) else affine, dtype=np.float64)
 
 
 def _root_cause(exc: BaseException) -> str:

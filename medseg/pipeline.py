@@ -135,6 +135,11 @@ def run_pipeline(cfg: PipelineConfig, run_name: str | None = None, resume_dir: P
         run_dir = cfg.output_root / cfg.name / name
         if run_dir.exists():
             raise DataError(f"{run_dir}: run folder exists already; choose another run name")
+        blocking = next((p for p in run_dir.parents if p.exists() and not p.is_dir()), None)
+        if blocking is not None:
+            raise DataError(f"{blocking}: is a file, not a folder; cannot create the run folder {run_dir}")
+    # without training, the given model is loaded and checked before any output is written
+    predictor = None if "train" in cfg.stages else _compatible_predictor(cfg)
     data = prepare_data(cfg)
     if resume_dir is None:
         run_dir.mkdir(parents=True)
@@ -155,13 +160,28 @@ def run_pipeline(cfg: PipelineConfig, run_name: str | None = None, resume_dir: P
                 atomic_write_text(run_dir / TRACKING_FILE, json.dumps(ids, indent=1))
                 model_dir = _train_stage(cfg, data, run_dir, tracker, resume=resume_dir is not None)
             result.model_uri = _log_model(cfg, model_dir, run_dir, tracker)
-        predictor = Predictor.from_model(model_dir)
+        predictor = predictor or Predictor.from_model(model_dir)
         if "evaluate" in cfg.stages:
             result.metrics.update(_evaluate_stage(cfg, data, predictor, run_dir, tracker))
             tracker.log_metrics(result.metrics)
         if "predict" in cfg.stages:
             result.failed_cases = _predict_stage(cfg, data, predictor, run_dir, tracker)
     return result
+
+
+def _compatible_predictor(cfg: PipelineConfig) -> Any:
+    """The predictor of ``model.checkpoint``; ModelError if it is not a model for this pipeline's images."""
+    from medseg.inference import Predictor
+
+    predictor = Predictor.from_model(cfg.model.checkpoint)
+    trained = predictor.config
+    if (trained.spatial_dims, trained.model.in_channels) != (cfg.spatial_dims, cfg.model.in_channels):
+        raise ModelError(
+            f"model.checkpoint {cfg.model.checkpoint}: a {trained.spatial_dims}D model with "
+            f"{trained.model.in_channels} input channel(s), but pipeline {cfg.name} has {cfg.spatial_dims}D images "
+            f"with {cfg.model.in_channels} channel(s)"
+        )
+    return predictor
 
 
 def _log_run_inputs(cfg: PipelineConfig, data: PreparedData, run_dir: Path, tracker: Tracker) -> None:

@@ -1,4 +1,4 @@
-"""Mask clean-up with scikit-image, applied per foreground label, and its selection on validation data.
+"""Mask clean-up (scikit-image, scipy.ndimage) per foreground label, and its selection on validation data.
 
 In ``auto`` mode a step is kept only if it raises the mean validation Dice (nnU-Net's rule); the chosen
 steps are saved with the model and replayed at evaluation and prediction.
@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 from scipy import ndimage
-from skimage import measure, morphology
+from skimage import morphology
 
 from medseg.config import PostprocessingConfig
 
@@ -18,13 +18,17 @@ STEP_ORDER = ("fill_holes", "largest_component", "remove_small_objects", "openin
 MIN_GAIN = 1e-4
 
 
-def _largest_component(mask: np.ndarray, cfg: PostprocessingConfig) -> np.ndarray:
-    labelled = measure.label(mask, connectivity=mask.ndim)
-    if labelled.max() <= 1:
-        return mask
+def _components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Connected components (full connectivity; int32 labels, a quarter of skimage's int64) and their sizes."""
+    labelled, _ = ndimage.label(mask, structure=ndimage.generate_binary_structure(mask.ndim, mask.ndim))
     sizes = np.bincount(labelled.ravel())
     sizes[0] = 0
-    return labelled == sizes.argmax()
+    return labelled, sizes
+
+
+def _largest_component(mask: np.ndarray, cfg: PostprocessingConfig) -> np.ndarray:
+    labelled, sizes = _components(mask)
+    return mask if len(sizes) <= 2 else labelled == sizes.argmax()
 
 
 def _fill_holes(mask: np.ndarray, cfg: PostprocessingConfig) -> np.ndarray:
@@ -32,7 +36,8 @@ def _fill_holes(mask: np.ndarray, cfg: PostprocessingConfig) -> np.ndarray:
 
 
 def _remove_small_objects(mask: np.ndarray, cfg: PostprocessingConfig) -> np.ndarray:
-    return morphology.remove_small_objects(mask, max_size=cfg.min_size - 1, connectivity=mask.ndim)
+    labelled, sizes = _components(mask)
+    return (sizes >= cfg.min_size)[labelled]
 
 
 def _footprint(ndim: int, radius: int) -> np.ndarray:
@@ -66,7 +71,7 @@ def apply_steps(labels: np.ndarray, steps: Sequence[str], cfg: PostprocessingCon
     if not steps:
         return labels
     result = np.zeros_like(labels)
-    for value in np.unique(labels):
+    for value in np.flatnonzero(np.bincount(labels.ravel())):  # present labels, without sorting the volume
         if value == 0:
             continue
         mask = labels == value

@@ -60,7 +60,8 @@ def image_records(source: Path) -> list[Record]:
     paths = (
         [source]
         if source.is_file()
-        else sorted(p for p in source.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        # not p.is_dir(): a broken or looping symlink with an image name is reported as a failed case, not skipped
+        else sorted(p for p in source.iterdir() if not p.is_dir() and p.suffix.lower() in IMAGE_EXTENSIONS)
     )
     if not paths:
         raise DataError(f"{source}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)})")
@@ -231,11 +232,11 @@ def predict_volumes(
         del probs
         write_mask_like(labels, reference, mask_path)
         spacing = np.linalg.norm(read_volume_header(mask_path).affine[:3, :3], axis=0)
-        values, counts = np.unique(labels, return_counts=True)
+        counts = np.bincount(labels.ravel())  # no sorted copy of the volume, unlike np.unique
         return {
             "shape": "x".join(map(str, labels.shape)),
             "spacing": "x".join(f"{v:.5g}" for v in spacing),
-            "voxels": ";".join(f"{v}:{c}" for v, c in zip(values, counts, strict=True) if v),
+            "voxels": ";".join(f"{v}:{c}" for v, c in enumerate(counts) if v and c),
         }
 
     return _run_batch(records, out_dir, mask_path_of, predict_case, overwrite)

@@ -36,13 +36,18 @@ class DatalistReport:
     masks_with_non_binary_pixels: int = 0
     non_binary_pixels: int = 0
     empty_masks: list[str] = field(default_factory=list)
+    non_binary_example: str = ""  # the first mask with non-binary pixels, for the warning
     unmatched_masks: list[str] = field(default_factory=list)
 
 
 def _images_in(folder: Path) -> list[Path]:
     if not folder.is_dir():
         raise DataError(f"{folder}: image folder not found")
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and not p.is_dir())
+    broken = next((p for p in images if not p.is_file()), None)  # a dangling or looping symbolic link
+    if broken is not None:
+        raise DataError(f"{broken}: broken symbolic link (its target is missing or it links to itself)")
+    return images
 
 
 def _folder_datalist(root: Path, cfg: DataConfig, report: DatalistReport) -> list[Record]:
@@ -139,10 +144,18 @@ def build_datalist(root: Path, cfg: DataConfig, in_channels: int = 3) -> tuple[l
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
         raise DataError(f"{root}: case id {duplicates[0]!r} appears more than once")
+    for case_id in ids:
+        check_case_id(case_id, root)
     for record in records:
         check_pair(record, in_channels, report)
     report.cases = len(records)
     return records, report
+
+
+def check_case_id(case_id: str, source: Path) -> None:
+    """DataError for a case id that could name a path outside an output folder (separators, ``..``, empty)."""
+    if not case_id.strip() or case_id in {".", ".."} or any(c in case_id for c in "/\\\0"):
+        raise DataError(f"{source}: case id {case_id!r} is not a plain name (no path separators, '..' or empty ids)")
 
 
 def _open(path: Path, role: str) -> Image.Image:
@@ -182,6 +195,7 @@ def check_pair(record: Record, in_channels: int, report: DatalistReport) -> None
     if non_binary:
         report.masks_with_non_binary_pixels += 1
         report.non_binary_pixels += non_binary
+        report.non_binary_example = report.non_binary_example or str(mask_path)
     if top == 0:
         report.empty_masks.append(record["id"])
 

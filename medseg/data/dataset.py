@@ -168,7 +168,27 @@ def _volume_datalist(cfg: PipelineConfig) -> tuple[str, Path, list[Record], str]
         raise DataError(
             f"{folder}: cases have {channels} image channel(s) but model.in_channels is {cfg.model.in_channels}"
         )
+    _check_labels(records, data.label_mapping)
     return data.name, folder, records, volume_fingerprint(records)
+
+
+def _check_labels(records: list[Record], mapping: dict[int, int] | None) -> None:
+    """Read every label once before any output: DataError for values that are not class labels; a warning for
+    values that ``data.label_mapping`` does not list (they become background)."""
+    from medseg.data.volumes import label_values
+
+    unmapped: dict[int, str] = {}
+    for record in records:
+        if record.get("label"):
+            values = label_values(Path(record["label"]))
+            for value in sorted(values - set(mapping or {}) - {0}) if mapping else []:
+                unmapped.setdefault(value, Path(record["label"]).name)
+    if unmapped:
+        log.warning(
+            "Label value(s) %s are not in data.label_mapping and become background (e.g. %s)",
+            ", ".join(map(str, sorted(unmapped))),
+            ", ".join(f"{v} in {name}" for v, name in sorted(unmapped.items())[:3]),
+        )
 
 
 def prepare_data(cfg: PipelineConfig) -> PreparedData:
@@ -196,9 +216,10 @@ def prepare_data(cfg: PipelineConfig) -> PreparedData:
     records, report = build_datalist(folder, cfg.data, in_channels=cfg.model.in_channels)
     if report.masks_with_non_binary_pixels:
         log.warning(
-            "%d mask(s) hold %d non-binary pixel(s); masks are binarised at > 0",
+            "%d mask(s) hold %d non-binary pixel(s), e.g. %s; masks are binarised at > 0",
             report.masks_with_non_binary_pixels,
             report.non_binary_pixels,
+            report.non_binary_example,
         )
     if report.unmatched_masks:
         log.warning(

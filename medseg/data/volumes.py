@@ -465,15 +465,47 @@ def build_volume_datalist(
         records = _csv_datalist(source, modalities, require_labels)
     else:
         records = _folders_datalist(root, modalities, labels_dir, require_labels)
+    from medseg.data.datalist import check_case_id
+
     seen: set[str] = set()
     for record in records:
         if record["id"] in seen:
             raise DataError(f"{source}: case id {record['id']!r} appears more than once")
+        check_case_id(record["id"], source)
         seen.add(record["id"])
     for record in records:
         check_volume_record(record, channels)
     log.info("%s: %d case(s), %s layout", root, len(records), layout)
     return records
+
+
+def label_values(path: Path) -> set[int]:
+    """The distinct values of a label volume (its voxels are read).
+
+    Raises:
+        DataError: unreadable, or values that are not class labels: NaN, infinite, negative or non-integer
+            (an image given as a label, or a label resampled with linear interpolation).
+    """
+    from medseg.imageio.readers import load_volume
+
+    array, _ = load_volume(path)
+    if np.issubdtype(array.dtype, np.floating):
+        finite = np.isfinite(array)
+        if not finite.all():
+            raise DataError(f"{path}: label holds {int(array.size - finite.sum()):,} NaN or infinite value(s)")
+        fractional = array[array != np.floor(array)]
+        if fractional.size:
+            raise DataError(
+                f"{path}: label holds non-integer values (e.g. {float(fractional.flat[0]):.4g}); expected integer "
+                "class labels (an image given as a label, or a label resampled with linear interpolation?)"
+            )
+    if array.size and array.min() < 0:
+        raise DataError(f"{path}: label holds negative values (down to {array.min():g}); expected labels 0, 1, 2, ...")
+    if not array.size:
+        return set()
+    array = array.astype(np.int64, copy=False).ravel()
+    counts = np.bincount(array) if array.max() < 2**24 else None
+    return {int(v) for v in (np.flatnonzero(counts) if counts is not None else np.unique(array))}
 
 
 def _size(path: Path) -> int:

@@ -228,12 +228,43 @@ class VolumeReader(ImageReader):
     def read(self, data: Sequence[PathLike] | PathLike, **kwargs: Any) -> Any:
         names = ensure_tuple(data)
         if all(has_suffix(name, NIFTI_SUFFIXES) for name in names):
-            return self.nifti.read(data, **kwargs)
-        return self.sitk.read(data, **kwargs)
+            return self.nifti.read(data, **kwargs)  # lazy: voxels are read (and checked) in get_data
+        images = self.sitk.read(data, **kwargs)
+        for name, image in zip(names, images if isinstance(images, list) else [images], strict=True):
+            check_finite(sitk.GetArrayViewFromImage(image), name)
+        return images
 
     def get_data(self, img: Any) -> tuple[np.ndarray, dict]:
+        """The array and metadata; DataError naming the file for voxels that cannot be read (a truncated
+        ``.nii.gz``) or are NaN or infinite (training would diverge, predictions would mean nothing)."""
         first = img[0] if isinstance(img, (list, tuple)) else img
-        return self.sitk.get_data(img) if isinstance(first, sitk.Image) else self.nifti.get_data(img)
+        if isinstance(first, sitk.Image):
+            return self.sitk.get_data(img)
+        images = list(img) if isinstance(img, (list, tuple)) else [img]
+        names = [str(i.get_filename()) for i in images]
+        try:
+            array, meta = self.nifti.get_data(img)
+        except Exception as e:  # nibabel reads NIfTI voxels lazily: truncated or corrupt data fails here
+            culprit = next((n for i, n in zip(images, names, strict=True) if not _readable(i)), ", ".join(names))
+            raise DataError(f"cannot read image {culprit}: {error_summary(e)}") from e
+        check_finite(array, ", ".join(names))
+        return array, meta
+
+
+def _readable(nifti_image: Any) -> bool:
+    try:
+        np.asarray(nifti_image.dataobj)
+    except Exception:
+        return False
+    return True
+
+
+def check_finite(array: np.ndarray, name: str) -> None:
+    """DataError naming ``name`` if a floating-point array holds NaN or infinite values."""
+    if np.issubdtype(array.dtype, np.floating):
+        finite = int(np.isfinite(array).sum())
+        if finite != array.size:
+            raise DataError(f"{name}: {array.size - finite:,} voxel(s) are NaN or infinite; fix the scan first")
 
 
 def reader_for(path: PathLike) -> str | ImageReader:
