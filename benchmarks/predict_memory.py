@@ -65,7 +65,13 @@ def make_volume(path: Path, shape: tuple[int, int, int], seed: int) -> None:
 
 def run_child(command: list[str]) -> tuple[float, list[float]]:
     """Run a command under GNU time; return its peak RSS in GiB and the per-case seconds it printed."""
-    done = subprocess.run(["/usr/bin/time", "-f", "MAXRSS_KB %M", *command], capture_output=True, text=True)
+    done = subprocess.run(
+        ["/usr/bin/time", "-f", "MAXRSS_KB %M", *command],
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+    )
     if done.returncode != 0:
         raise SystemExit(f"{command[:4]} failed:\n{done.stderr[-3000:]}")
     peak_kb = next(int(line.split()[1]) for line in reversed(done.stderr.splitlines()) if line.startswith("MAXRSS_KB"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import reprlib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -325,6 +326,8 @@ def _known_name(name: str, registry: dict[str, Any], kind: str) -> str:
 # --------------------------------------------------------------------------------------------------
 
 Provenance = dict[tuple[str, ...], str]
+_SHORT = reprlib.Repr()  # (keyword arguments need Python 3.12)
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxtuple, _SHORT.maxdict, _SHORT.maxstring, _SHORT.maxother = 2, 6, 6, 6, 80, 80
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
@@ -466,7 +469,8 @@ def _describe(errors: list[dict[str, Any]], provenance: Provenance, default_sour
             if message not in messages:
                 messages.append(message)
     got = first.get("input")
-    shown = "" if isinstance(got, dict) or first["type"] == "missing" else f" (got {got!r})"
+    # reprlib: a value built from YAML aliases can be enormous (a "billion laughs" list): show its start only
+    shown = "" if isinstance(got, dict) or first["type"] == "missing" else f" (got {_SHORT.repr(got)})"
     return f"{source}: {key + ': ' if key else ''}{', or '.join(messages)}{shown}"
 
 

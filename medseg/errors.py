@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+# what str.splitlines() breaks on, written as escapes: a message quoting user text (a --set value, a CSV cell,
+# a file name) stays one line
+_LINE_BREAKS = {ord(c): repr(c)[1:-1] for c in "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"}
+
 
 class MedsegError(Exception):
     """Base class for errors caused by the user's input (config, data, model files).
@@ -10,6 +14,9 @@ class MedsegError(Exception):
     """
 
     exit_code = 2
+
+    def __init__(self, message: object = "") -> None:
+        super().__init__(str(message).translate(_LINE_BREAKS))
 
 
 class ConfigError(MedsegError):

@@ -129,7 +129,11 @@ class Predictor:
         check_input([Path(p) for p in (source if isinstance(source, list) else [source])], self.config)
         try:
             data = self.preprocess({"image": source}, end=1)  # load only: check the voxels as read
-            uniform = check_voxels(data["image"], source)
+            if check_voxels(data["image"], source):  # uniform: nothing to segment, background everywhere
+                shape = [int(n) for n in data["image"].meta["spatial_shape"]]
+                probs = np.zeros((self.config.model.out_channels, *shape[:: -1 if len(shape) == 2 else 1]), np.float32)
+                probs[0] = 0.0 if probs.shape[0] == 1 else 1.0  # (2D: the PIL reader's (W, H) -> (H, W))
+                return probs
             data = self.preprocess(data, start=1)
         except MedsegError:
             raise
@@ -151,11 +155,7 @@ class Predictor:
             torch.empty(0), meta=data["image"].meta, applied_operations=data["image"].applied_operations
         )
         with torch.inference_mode():
-            if uniform:  # nothing to segment: background everywhere, without asking the network
-                probs = torch.zeros((1, self.config.model.out_channels, *batch.shape[2:]))
-                probs[:, 0] = 0.0 if probs.shape[1] == 1 else 1.0
-            else:
-                probs = mirrored_probabilities(self.network, batch, self.tta, self.inferer)
+            probs = mirrored_probabilities(self.network, batch, self.tta, self.inferer)
         del batch
         if self.config.spatial_dims == 3:
             from medseg.resampling import resample_to_grid

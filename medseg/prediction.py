@@ -91,6 +91,7 @@ def _run_batch(
     """The shared batch loop: skip finished cases, isolate failures, time each case, write summary.csv."""
     if out_dir.exists() and not out_dir.is_dir():
         raise DataError(f"{out_dir}: output folder is a file")
+    _remove_stale_temporaries(out_dir)
     report = PredictionReport()
     with progress_bar() as progress:
         for record in progress.track(records, description="predict"):
@@ -119,6 +120,29 @@ def _run_batch(
         f"; {len(report.failed)} failed: {', '.join(report.failed)}" if report.failed else "",
     )
     return report
+
+
+def _remove_stale_temporaries(out_dir: Path) -> None:
+    """Delete the temporary files (``.<name>.<random>.tmp...``) of a batch that was killed while writing.
+
+    Outputs are written under such names and renamed, so they are never half-written files with real names; only
+    a process killed mid-write (SIGKILL, power loss) leaves one behind. One batch per output folder at a time.
+    """
+    import shutil
+
+    stale = [
+        path
+        for folder in (out_dir, *(out_dir / kind for kind in ("masks", "overlays", "probabilities")))
+        if folder.is_dir()
+        for path in folder.glob(".*.tmp*")
+    ]
+    for path in stale:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)  # the folder of a detached-header (.nhdr/.mhd) write
+        else:
+            path.unlink(missing_ok=True)
+    if stale:
+        log.info("Removed %d temporary file(s) left by an interrupted batch in %s", len(stale), out_dir)
 
 
 def predict_images(

@@ -121,7 +121,9 @@ def test_cli_demo_falls_back_to_synthetic_data(tmp_path: Path) -> None:
     command = [sys.executable, "-m", "medseg.cli", "run", str(PIPELINE), "--name", "demo"]
     for override in overrides:
         command += ["--set", override]
-    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        command, cwd=tmp_path, env=env, capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=600
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "SYNTHETIC" in done.stderr
     assert "test_dice" in done.stdout

@@ -78,7 +78,13 @@ def test_cli_ui_missing_store_is_one_line(tmp_path: Path) -> None:
 
 def _server_processes(port: int) -> list[str]:
     """Command lines of processes serving ``port`` (the mlflow CLI and its uvicorn both carry ``--port N``)."""
-    found = subprocess.run(["pgrep", "-af", f"mlflow.* --port {port}( |$)"], capture_output=True, text=True)
+    found = subprocess.run(
+        ["pgrep", "-af", f"mlflow.* --port {port}( |$)"],
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+    )
     return found.stdout.strip().splitlines()
 
 
@@ -114,7 +120,9 @@ def test_cli_ui_serves_and_stops_cleanly(ui_store: tuple[str, dict[str, str]], s
 
     uri, _ = ui_store
     command = [sys.executable, "-m", "medseg.cli", "ui", "--port", "0", "--backend-store-uri", uri]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace"
+    )
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=_read_lines, args=(process.stdout, lines), daemon=True).start()
     port = None
@@ -157,7 +165,15 @@ def chromium() -> Path:
     start = time.monotonic()
     try:
         for step in (["apt-get", "update"], ["apt-get", "install", "-y", "chromium", "chromium-driver"]):
-            done = subprocess.run(step, capture_output=True, text=True, env=env, timeout=INSTALL_TIMEOUT_S)
+            done = subprocess.run(
+                step,
+                capture_output=True,
+                text=True,
+                encoding="utf-8",
+                errors="replace",
+                env=env,
+                timeout=INSTALL_TIMEOUT_S,
+            )
             if done.returncode != 0:
                 pytest.skip(f"{CHROMIUM} missing; `{' '.join(step)}` failed: {done.stderr.strip()[-500:]}")
     except subprocess.TimeoutExpired as exc:
@@ -193,7 +209,13 @@ def _chromium(binary: Path, profile: Path, url: str, *extra: str, timeout: float
         url,
     ]
     process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+        start_new_session=True,
     )
     try:
         out, err = process.communicate(timeout=timeout)

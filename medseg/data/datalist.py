@@ -13,6 +13,7 @@ import csv
 import hashlib
 import json
 import logging
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -166,7 +167,11 @@ def _open(path: Path, role: str) -> Image.Image:
         image.load()
     except UnidentifiedImageError:
         raise DataError(f"{path}: not a readable image") from None
-    except (OSError, SyntaxError, ValueError) as exc:
+    except PermissionError:
+        raise DataError(f"{path}: cannot open ({role} file: permission denied)") from None
+    except Image.DecompressionBombError as exc:
+        raise DataError(f"{path}: {role} too large ({exc})") from None
+    except (OSError, SyntaxError, ValueError, struct.error) as exc:
         raise DataError(f"{path}: corrupt or truncated {role} ({exc})") from None
     return image
 
