@@ -13,6 +13,7 @@ from __future__ import annotations
 import ast
 import csv
 import hashlib
+import locale
 import logging
 import os
 import shutil
@@ -170,10 +171,8 @@ def copy2d(tmp: Path, get: Get) -> Path:
 
 
 def run2d(tmp: Path, data: Path, names: str, problem: str, *extra: str, **kwargs) -> Scenario:
-    absent = [tmp / "runs", tmp / "splits.json"]
-    return Scenario(
-        ["run", str(SKIN), *sets(run2d_overrides(tmp, data, *extra))], names, problem, [data], absent, **kwargs
-    )
+    kwargs.setdefault("absent", [] if kwargs.get("accepted") else [tmp / "runs", tmp / "splits.json"])
+    return Scenario(["run", str(SKIN), *sets(run2d_overrides(tmp, data, *extra))], names, problem, [data], **kwargs)
 
 
 def copy3d(tmp: Path, get: Get) -> Path:
@@ -199,8 +198,10 @@ def first_image(data: Path) -> Path:
     return sorted((data / "images").iterdir())[0]
 
 
-def predict(model: Path, source: Path, out: Path, names: str, problem: str, **kwargs) -> Scenario:
+def predict(model: Path | str, source: Path, out: Path, names: str, problem: str, **kwargs) -> Scenario:
+    """``medseg predict``; exit code 1 when cases fail, 2 (and no output folder) when the whole call is refused."""
     kwargs.setdefault("exit_code", 1)
+    kwargs.setdefault("absent", [out] if kwargs["exit_code"] == 2 else [])
     args = ["predict", "-m", str(model), "-i", str(source), "-o", str(out)]
     return Scenario(args, names, problem, [source, model], out=out, **kwargs)
 
@@ -254,6 +255,7 @@ def dicom_two_series(folder: Path) -> Path:
     folder.mkdir()
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
+    saved = locale.setlocale(locale.LC_ALL)  # GDCM leaves the process in the "C" locale after writing positions
     for series, uid in enumerate(("1.2.826.0.1.3680043.2.1125.1", "1.2.826.0.1.3680043.2.1125.2")):
         for z in range(4):
             slice_ = sitk.GetImageFromArray(np.full((8, 10), 10 * z + series, np.int16))
@@ -268,6 +270,7 @@ def dicom_two_series(folder: Path) -> Path:
                 slice_.SetMetaData(tag, value)
             writer.SetFileName(str(folder / f"s{series}_{z}.dcm"))
             writer.Execute(slice_)
+    locale.setlocale(locale.LC_ALL, saved)  # (later tests write text in the locale's encoding)
     return folder
 
 
@@ -286,521 +289,498 @@ class RunsCode:
         return (os.system, (f"touch {self.marker}",))
 
 
-# Each kind: (command family, builder). A builder makes the bad input under tmp and says what to expect.
-def kinds() -> dict[str, tuple[str, Callable[[Path, Get], Scenario]]]:
-    k: dict[str, tuple[str, Callable[[Path, Get], Scenario]]] = {}
+# Each kind registers (family, builder); a builder makes the bad input under tmp and says what to expect.
+# Families: config and data kinds fail in under a second; train, model and mlflow kinds need a trained model,
+# start a training or an MLflow store, and are marked slow.
+Builder = Callable[[Path, Get], Scenario]
+KINDS: dict[str, tuple[str, Builder]] = {}
 
-    # ---- pipeline YAML and --set (medseg validate / run)
-    k["yaml_unknown_key"] = (
-        "validate",
-        lambda t, g: validate(t, "training:\n  epoch: 3\n", "training.epoch", "unknown key", subprocess=True),
-    )
-    k["yaml_wrong_type"] = (
-        "validate",
-        lambda t, g: validate(t, "training:\n  batch_size: eight\n", "training.batch_size", "valid integer"),
-    )
-    k["yaml_negative_epoch_count"] = (
-        "validate",
-        lambda t, g: validate(t, "training:\n  epochs: -3\n", "training.epochs", "greater than 0"),
-    )
-    k["yaml_syntax_error"] = (
-        "validate",
-        lambda t, g: validate(t, "training: [1, 2\n", "pipeline.yaml", "invalid YAML"),
-    )
-    k["yaml_not_a_mapping"] = (
-        "validate",
-        lambda t, g: validate(t, "- train\n- evaluate\n", "pipeline.yaml", "expected a mapping"),
-    )
-    k["yaml_python_object_tag"] = (
-        "validate",
-        lambda t, g: validate(
-            t,
-            f"name: !!python/object/apply:os.system ['touch {t / 'pwned'}']\n",
-            "pipeline.yaml",
-            "invalid YAML",
-            absent=[t / "pwned"],
-        ),
-    )
-    k["yaml_binary_file"] = (
-        "validate",
-        lambda t, g: Scenario(
-            ["validate", str(truncated(REPO / "README.md", t / "pipeline.yaml", 0))]
-            if False
-            else ["validate", str(_binary_yaml(t))],
-            "pipeline.yaml",
-            "cannot read",
-            [t / "pipeline.yaml"],
-        ),
-    )
-    k["yaml_missing_file"] = (
-        "validate",
-        lambda t, g: Scenario(["validate", str(t / "nope.yaml")], "nope.yaml", "file not found", []),
-    )
-    k["yaml_missing_preset"] = (
-        "validate",
-        lambda t, g: validate(t, "extends: presets/none.yaml\n", "none.yaml", "not found"),
-    )
-    k["yaml_unknown_network"] = (
-        "validate",
-        lambda t, g: validate(t, "model:\n  name: resnet9000\n", "model.name", "unknown network"),
-    )
-    k["set_unknown_key"] = (
-        "validate",
-        lambda t, g: Scenario(
-            ["validate", str(SKIN), "--set", "training.epoch=3"], "--set training.epoch=3", "unknown key", [SKIN]
-        ),
-    )
-    k["set_negative_epoch_count"] = (
-        "validate",
-        lambda t, g: Scenario(
-            ["validate", str(SKIN), "--set", "training.epochs=-1"], "training.epochs", "greater than 0", [SKIN]
-        ),
-    )
 
-    # ---- 2D datasets (medseg run)
-    k["missing_dataset_path"] = (
-        "run",
-        lambda t, g: run2d(t, t / "no_such_folder", "no_such_folder", "dataset folder not found"),
-    )
-    k["empty_dataset_folder"] = (
-        "run",
-        lambda t, g: (lambda d: run2d(t, d, "images", "image folder not found"))(_mkdir(t / "empty")),
-    )
-    k["folder_of_non_image_files"] = (
-        "run",
-        lambda t, g: (lambda d: run2d(t, d, "images", "no images found"))(_non_images(t / "notes")),
-    )
-    k["image_without_mask"] = (
-        "run",
-        lambda t, g: (lambda d: run2d(t, d, "synth_003.png", "no mask found"))(
-            _unlink(copy2d(t, g), "masks/synth_003.png")
-        ),
-    )
-    k["mask_and_image_of_different_size_2d"] = (
-        "run",
-        lambda t, g: (lambda d: run2d(t, d, "masks/synth_002.png", "differs from image size"))(
-            _edit_mask(copy2d(t, g), "synth_002.png", lambda m: m.resize((50, 40)))
-        ),
-    )
-    k["grey_scale_image_where_rgb_is_expected"] = (
-        "run",
-        lambda t, g: (lambda d: run2d(t, d, "synth_001.png", "image mode L"))(
-            _edit_image(copy2d(t, g), "synth_001.png", lambda i: i.convert("L"))
-        ),
-    )
-    k["rgba_png_in_dataset"] = (
-        "run",
-        lambda t, g: (lambda d: run2d(t, d, "synth_001.png", "image mode RGBA"))(
-            _edit_image(copy2d(t, g), "synth_001.png", lambda i: i.convert("RGBA"))
-        ),
-    )
-    k["png_16_bit_in_dataset"] = (
-        "run",
-        lambda t, g: (lambda d: run2d(t, d, "synth_004.png", "image mode I;16"))(
-            _edit_image(copy2d(t, g), "synth_004.png", lambda i: _sixteen_bit(i))
-        ),
-    )
-    k["truncated_png_in_dataset"] = (
-        "run",
-        lambda t, g: (lambda d: run2d(t, d, "synth_005.png", "corrupt or truncated"))(
-            _truncate_in_place(copy2d(t, g) / "images" / "synth_005.png", 300).parents[1]
-        ),
-    )
-    k["non_image_file_with_an_image_name"] = (
-        "run",
-        lambda t, g: (lambda d: run2d(t, d, "synth_006.png", "not a readable image"))(
-            _overwrite(copy2d(t, g), "images/synth_006.png", b"<html>not a picture</html>")
-        ),
-    )
-    k["symlink_loop_in_dataset"] = (
-        "run",
-        lambda t, g: (lambda d: run2d(t, d, "zz_loop.png", "broken symbolic link"))(
-            _with(copy2d(t, g), lambda d: symlink_loop(d / "images" / "zz_loop.png"))
-        ),
-    )
-    k["case_id_with_dot_dot"] = (
-        "run",
-        lambda t, g: (lambda d: run2d(t, d, "'../../escape'", "not a plain name", "data.layout=csv"))(
-            _csv_with_id(copy2d(t, g), "../../escape")
-        ),
-    )
-    k["output_folder_is_a_file_run"] = (
-        "run",
-        lambda t, g: (lambda d: run2d(t, d, "runs", "is a file, not a folder", absent=[t / "splits.json"]))(
-            _with(copy2d(t, g), lambda d: (t / "runs").write_text("a file\n"))
-        ),
-    )
-    k["non_binary_mask_values"] = (
-        "run",
-        lambda t, g: (lambda d: run2d(t, d, "masks/synth_007.png", "non-binary", "stages=[train]", accepted=True))(
-            _edit_mask(copy2d(t, g), "synth_007.png", lambda m: Image.fromarray(_three_levels(m)))
-        ),
+def kind(family: str) -> Callable[[Builder], Builder]:
+    def register(build: Builder) -> Builder:
+        KINDS[build.__name__] = (family, build)
+        return build
+
+    return register
+
+
+# ---- pipeline YAML and --set (medseg validate)
+
+
+@kind("config")
+def yaml_unknown_key(t: Path, g: Get) -> Scenario:
+    return validate(t, "training:\n  epoch: 3\n", "training.epoch", "unknown key", subprocess=True)
+
+
+@kind("config")
+def yaml_wrong_type(t: Path, g: Get) -> Scenario:
+    return validate(t, "training:\n  batch_size: eight\n", "training.batch_size", "valid integer")
+
+
+@kind("config")
+def yaml_negative_epoch_count(t: Path, g: Get) -> Scenario:
+    return validate(t, "training:\n  epochs: -3\n", "training.epochs", "greater than 0")
+
+
+@kind("config")
+def yaml_syntax_error(t: Path, g: Get) -> Scenario:
+    return validate(t, "training: [1, 2\n", "pipeline.yaml", "invalid YAML")
+
+
+@kind("config")
+def yaml_not_a_mapping(t: Path, g: Get) -> Scenario:
+    return validate(t, "- train\n- evaluate\n", "pipeline.yaml", "expected a mapping")
+
+
+@kind("config")
+def yaml_python_object_tag(t: Path, g: Get) -> Scenario:
+    text = f"name: !!python/object/apply:os.system ['touch {t / 'pwned'}']\n"
+    return validate(t, text, "pipeline.yaml", "invalid YAML", absent=[t / "pwned"])
+
+
+@kind("config")
+def yaml_alias_bomb(t: Path, g: Get) -> Scenario:
+    """'Billion laughs': 9^8 list items from 80 bytes of aliases; the error shows the start of the value only."""
+    levels = [f"l0: &l0 [{', '.join(['x'] * 9)}]"]
+    levels += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 8)]
+    text = "\n".join(levels) + "\ntraining: {epochs: *l7}\n"
+    return validate(t, text, "training.epochs", "valid integer")
+
+
+@kind("config")
+def yaml_binary_file(t: Path, g: Get) -> Scenario:
+    path = _write(t / "pipeline.yaml", b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01 a JPEG saved as YAML \xfe\xfe")
+    return Scenario(["validate", str(path)], "pipeline.yaml", "cannot read", [path])
+
+
+@kind("config")
+def yaml_missing_file(t: Path, g: Get) -> Scenario:
+    return Scenario(["validate", str(t / "nope.yaml")], "nope.yaml", "file not found", [])
+
+
+@kind("config")
+def yaml_missing_preset(t: Path, g: Get) -> Scenario:
+    return validate(t, "extends: presets/none.yaml\n", "none.yaml", "not found")
+
+
+@kind("config")
+def yaml_unknown_network(t: Path, g: Get) -> Scenario:
+    return validate(t, "model:\n  name: resnet9000\n", "model.name", "unknown network")
+
+
+@kind("config")
+def set_unknown_key(t: Path, g: Get) -> Scenario:
+    return Scenario(
+        ["validate", str(SKIN), "--set", "training.epoch=3"], "--set training.epoch=3", "unknown key", [SKIN]
     )
 
-    # ---- 3D datasets (medseg run)
-    k["mask_and_image_of_different_shape_3d"] = (
-        "run",
-        lambda t, g: (lambda d: run3d(t, d, "labelsTr/case1.nii.gz", "differs from shape"))(
-            _with(copy3d(t, g), lambda d: save_nifti(a_label(d)[1], a_label(d)[0][:20]))
-        ),
-    )
-    k["mask_and_image_with_different_affines"] = (
-        "run",
-        lambda t, g: (lambda d: run3d(t, d, "labelsTr/case1.nii.gz", "affines differ"))(
-            _with(copy3d(t, g), lambda d: save_nifti(a_label(d)[1], a_label(d)[0], AFFINE @ np.diag([1, 1, 2, 1])))
-        ),
-    )
-    k["non_integer_label_values"] = (
-        "run",
-        lambda t, g: (lambda d: run3d(t, d, "labelsTr/case1.nii.gz", "non-integer values"))(
-            _with(copy3d(t, g), lambda d: save_nifti(a_label(d)[1], a_label(d)[0] * np.float32(0.5)))
-        ),
-    )
-    k["negative_label_values"] = (
-        "run",
-        lambda t, g: (lambda d: run3d(t, d, "labelsTr/case1.nii.gz", "negative values"))(
-            _with(copy3d(t, g), lambda d: save_nifti(a_label(d)[1], -a_label(d)[0]))
-        ),
-    )
-    k["label_value_outside_label_mapping"] = (
-        "run",
-        lambda t, g: (
-            lambda d: run3d(
-                t,
-                d,
-                "7 in case1.nii.gz",
-                "not in data.label_mapping",
-                "stages=[train]",
-                "model.out_channels=3",
-                "data.label_mapping={1: 1, 2: 2}",
-                accepted=True,
-                absent=[],
-            )
-        )(_with(copy3d(t, g), lambda d: save_nifti(a_label(d)[1], np.where(a_label(d)[0] == 2, 7, a_label(d)[0])))),
-    )
-    k["truncated_label_nii_gz"] = (
-        "run",
-        lambda t, g: (lambda d: run3d(t, d, "labelsTr/case1.nii.gz", "cannot read image"))(
-            _truncate_in_place(copy3d(t, g) / "labelsTr" / "case1.nii.gz", 600).parents[1]
-        ),
-    )
-    k["2d_nifti_where_3d_is_expected_dataset"] = (
-        "run",
-        lambda t, g: (lambda d: run3d(t, d, "imagesTr/case1.nii.gz", "expected a 3D volume"))(
-            _with(copy3d(t, g), lambda d: save_nifti(an_image(d)[1], an_image(d)[0][:, :, 8]))
-        ),
-    )
-    # found only when the voxels are read, while the training data is cached: the run stops before the first
-    # epoch; its folder keeps config.yaml and tracking.json, but no checkpoint, metrics or predictions
-    k["nan_voxels_in_training_scan"] = (
-        "run",
-        lambda t, g: (lambda d: run3d(t, d, "imagesTr/case1.nii.gz", "NaN or infinite", absent=_no_model(t)))(
-            _with(
-                copy3d(t, g),
-                lambda d: save_nifti(an_image(d)[1], np.where(an_image(d)[0] > 1.5, np.nan, an_image(d)[0])),
-            )
-        ),
-    )
-    k["truncated_image_nii_gz_in_dataset"] = (
-        "run",
-        lambda t, g: (lambda d: run3d(t, d, "imagesTr/case1.nii.gz", "cannot read image", absent=_no_model(t)))(
-            _truncate_in_place(copy3d(t, g) / "imagesTr" / "case1.nii.gz", 2000).parents[1]
-        ),
-    )
 
-    # ---- models, checkpoints, MLflow and output folders (medseg predict / run / run --resume)
-    k["missing_checkpoint"] = (
-        "predict",
-        lambda t, g: predict(
-            t / "no_model.pt",
-            g("dataset2d") / "images",
-            t / "out",
-            "no_model.pt",
-            "no checkpoint found",
-            exit_code=2,
-            absent=[t / "out"],
-        ),
-    )
-    k["truncated_checkpoint"] = (
-        "predict",
-        lambda t, g: predict(
-            truncated(g("model2d") / "model" / "best.pt", t / "cut.pt", 5000),
-            g("dataset2d") / "images",
-            t / "out",
-            "cut.pt",
-            "not a readable medseg checkpoint",
-            exit_code=2,
-            absent=[t / "out"],
-            subprocess=True,
-        ),
-    )
-    k["checkpoint_of_another_architecture"] = (
-        "predict",
-        lambda t, g: predict(
-            _other_architecture(g("model2d"), t / "segresnet.pt"),
-            g("dataset2d") / "images",
-            t / "out",
-            "segresnet.pt",
-            "weights do not fit network segresnet",
-            exit_code=2,
-            absent=[t / "out"],
-        ),
-    )
-    k["checkpoint_that_would_run_code"] = (
-        "predict",
-        lambda t, g: predict(
-            torch_file(t / "evil.pt", {"state_dict": {}, "network": RunsCode(t / "pwned")}),
-            g("dataset2d") / "images",
-            t / "out",
-            "evil.pt",
-            "not a readable medseg checkpoint",
-            exit_code=2,
-            absent=[t / "out", t / "pwned"],
-        ),
-    )
-    k["torch_file_that_is_not_a_medseg_checkpoint"] = (
-        "predict",
-        lambda t, g: predict(
-            torch_file(t / "plain.pt", {"weights": torch.zeros(3)}),
-            g("dataset2d") / "images",
-            t / "out",
-            "plain.pt",
-            "not a medseg checkpoint",
-            exit_code=2,
-            absent=[t / "out"],
-        ),
-    )
-    k["model_of_the_wrong_dimensionality"] = (
-        "run",
-        lambda t, g: run3d(
-            t, g("phantoms"), "model.checkpoint", "a 2D model", "stages=[evaluate]", f"model.checkpoint={g('model2d')}"
-        ),
-    )
-    k["mlflow_run_id_that_does_not_exist"] = (
-        "resume",
-        lambda t, g: Scenario(
-            ["run", str(SKIN), *sets(_tracked(t, g)), "--resume", "0123456789abcdef0123456789abcdef"],
-            "run 0123456789abcdef0123456789abcdef",
-            "no such MLflow run",
-            [g("dataset2d")],
-            [t / "runs"],
-        ),
-    )
-    k["mlflow_model_uri_that_does_not_exist"] = (
-        "predict",
-        lambda t, g: predict(
-            "runs:/0123456789abcdef0123456789abcdef/model",
-            g("dataset2d") / "images",
-            t / "out",  # type: ignore[arg-type]
-            "runs:/0123456789abcdef0123456789abcdef/model",
-            "cannot fetch the model",
-            exit_code=2,
-            absent=[t / "out"],
-            env={"MLFLOW_TRACKING_URI": f"sqlite:///{t / 'store' / 'mlflow.db'}"},
-        ),
-    )
-    k["resume_folder_without_checkpoint"] = (
-        "resume",
-        lambda t, g: Scenario(
-            ["run", str(SKIN), *sets(run2d_overrides(t, g("dataset2d"))), "--resume", str(_mkdir(t / "old_run"))],
-            "old_run/model/last.pt",
-            "no checkpoint to resume from",
-            [g("dataset2d"), t / "old_run"],
-            [t / "runs"],
-        ),
-    )
-    k["output_folder_is_a_file"] = (
-        "predict",
-        lambda t, g: predict(
-            g("model2d"), g("dataset2d") / "images", _file(t / "out"), "out", "output folder is a file", exit_code=2
-        ),
-    )
-    k["output_folder_is_the_input_folder"] = (
-        "predict",
-        lambda t, g: predict(
-            g("model2d"),
-            _copy_folder(g("dataset2d") / "images", t / "photos"),
-            t / "photos",
-            "photos",
-            "other than the input folder",
-            exit_code=2,
-        ),
-    )
-    k["empty_input_folder"] = (
-        "predict",
-        lambda t, g: predict(
-            g("model2d"), _mkdir(t / "photos"), t / "out", "photos", "no images found", exit_code=2, absent=[t / "out"]
-        ),
-    )
-    k["input_folder_of_non_image_files"] = (
-        "predict",
-        lambda t, g: predict(
-            g("model2d"),
-            _non_images(t / "notes") / "images",
-            t / "out",
-            "images",
-            "no images found",
-            exit_code=2,
-            absent=[t / "out"],
-        ),
-    )
-    k["missing_input_path"] = (
-        "predict",
-        lambda t, g: predict(
-            g("model2d"),
-            t / "nowhere",
-            t / "out",
-            "nowhere",
-            "prediction input not found",
-            exit_code=2,
-            absent=[t / "out"],
-        ),
-    )
+@kind("config")
+def set_negative_epoch_count(t: Path, g: Get) -> Scenario:
+    args = ["validate", str(SKIN), "--set", "training.epochs=-1"]
+    return Scenario(args, "--set training.epochs=-1: training.epochs", "greater than 0", [SKIN])
 
-    # ---- a bad scan in a batch beside a good one (medseg predict, 3D model)
-    k["truncated_nii_gz"] = (
-        "predict",
-        lambda t, g: batch3d(
-            t,
-            g,
-            lambda s: truncated(g("phantoms") / "imagesTr" / "case1.nii.gz", s / "bad.nii.gz", 2000),
-            "cannot read image",
-            subprocess=True,
-        ),
-    )
-    k["non_nifti_file_with_a_nifti_name"] = (
-        "predict",
-        lambda t, g: batch3d(
-            t,
-            g,
-            lambda s: _write(s / "bad.nii.gz", b"PK\x03\x04 a zip, not NIfTI" * 20),
-            "cannot read the image header",
-        ),
-    )
-    k["nan_voxels"] = (
-        "predict",
-        lambda t, g: batch3d(
-            t,
-            g,
-            lambda s: save_nifti(s / "bad.nii.gz", np.where(phantom_scan(g) > 1.5, np.nan, phantom_scan(g))),
-            "NaN or infinite",
-        ),
-    )
-    k["inf_voxels"] = (
-        "predict",
-        lambda t, g: batch3d(
-            t,
-            g,
-            lambda s: save_nifti(s / "bad.nii.gz", np.where(phantom_scan(g) > 1.5, -np.inf, phantom_scan(g))),
-            "NaN or infinite",
-        ),
-    )
-    k["2d_nifti_where_3d_is_expected"] = (
-        "predict",
-        lambda t, g: batch3d(
-            t, g, lambda s: save_nifti(s / "bad.nii.gz", phantom_scan(g)[:, :, 8]), "expected a 3D volume"
-        ),
-    )
-    k["png_given_to_a_3d_model"] = (
-        "predict",
-        lambda t, g: predict(
-            g("model3d"),
-            _copy(first_image(g("dataset2d")), t / "photo.png"),
-            t / "out",
-            "photo.png",
-            "a 2D image, but the model is 3D",
-        ),
-    )
-    k["two_channel_scan_for_a_one_channel_model"] = (
-        "predict",
-        lambda t, g: batch3d(
-            t,
-            g,
-            lambda s: save_nifti(s / "bad.nii.gz", np.stack([phantom_scan(g)] * 2, axis=-1)),
-            "holds 2 channel(s) but the model expects 1",
-        ),
-    )
-    k["dicom_folder_with_two_series"] = (
-        "predict",
-        lambda t, g: batch3d(t, g, lambda s: dicom_two_series(s / "bad"), "holds 2 DICOM series"),
-    )
-    k["scan_larger_than_the_configured_limit"] = (
-        "predict",
-        lambda t, g: batch3d(t, g, lambda s: _large_scan_header_only(s / "bad.nii"), "above inference.max_voxels"),
-    )
-    k["symlink_loop_scan"] = (
-        "predict",
-        lambda t, g: batch3d(t, g, lambda s: symlink_loop(s / "bad.nii.gz"), "Too many levels of symbolic links"),
-    )
-    k["unreadable_file_permission"] = (
-        "predict",
-        lambda t, g: batch3d(
-            t,
-            g,
-            lambda s: _unreadable(save_nifti(s / "bad.nii.gz", phantom_scan(g))),
-            "Permission denied",
-            subprocess=True,
-            unprivileged=True,
-        ),
-    )
-    k["all_zero_scan"] = (
-        "predict",
-        lambda t, g: batch3d(
-            t,
-            g,
-            lambda s: save_nifti(s / "bad.nii.gz", np.zeros((24, 24, 16), np.float32)),
-            "nothing to segment",
-            exit_code=0,
-            accepted=True,
-        ),
-    )
 
-    # ---- a bad image in a batch beside a good one (medseg predict, 2D model)
-    k["rgba_png"] = (
-        "predict",
-        lambda t, g: batch2d(
-            t, g, lambda p: save_image(p / "bad.png", Image.new("RGBA", (40, 30), (9, 9, 9, 99))), "image mode RGBA"
-        ),
-    )
-    k["png_16_bit"] = (
-        "predict",
-        lambda t, g: batch2d(
-            t, g, lambda p: save_image(p / "bad.png", _sixteen_bit(Image.new("L", (40, 30), 9))), "image mode I;16"
-        ),
-    )
-    k["grey_scale_png_where_rgb_is_expected"] = (
-        "predict",
-        lambda t, g: batch2d(t, g, lambda p: save_image(p / "bad.png", Image.new("L", (40, 30), 90)), "image mode L"),
-    )
-    k["truncated_png"] = (
-        "predict",
-        lambda t, g: batch2d(
-            t, g, lambda p: truncated(first_image(g("dataset2d")), p / "bad.png", 200), "corrupt or truncated"
-        ),
-    )
-    k["text_file_with_a_png_name"] = (
-        "predict",
-        lambda t, g: batch2d(t, g, lambda p: _write(p / "bad.png", b"just some text\n"), "not a readable image"),
-    )
-    k["multi_frame_tiff_where_2d_is_expected"] = (
-        "predict",
-        lambda t, g: batch2d(t, g, lambda p: _stack_tiff(p / "bad.tif"), "3 frames"),
-    )
-    k["nifti_volume_given_to_a_2d_model"] = (
-        "predict",
-        lambda t, g: predict(
-            g("model2d"),
-            _copy(g("phantoms") / "imagesTr" / "case0.nii.gz", t / "scan.nii.gz"),
-            t / "out",
-            "scan.nii.gz",
-            "a 3D scan, but the model is 2D",
-        ),
-    )
-    k["symlink_loop_photo"] = (
-        "predict",
-        lambda t, g: batch2d(t, g, lambda p: symlink_loop(p / "bad.png"), "Too many levels of symbolic links"),
-    )
-    return k
+# ---- 2D datasets (medseg run): found while the datalist is checked, before any output
+
+
+@kind("data")
+def missing_dataset_path(t: Path, g: Get) -> Scenario:
+    return run2d(t, t / "no_such_folder", "no_such_folder", "dataset folder not found")
+
+
+@kind("data")
+def empty_dataset_folder(t: Path, g: Get) -> Scenario:
+    return run2d(t, _mkdir(t / "empty"), "empty/images", "image folder not found")
+
+
+@kind("data")
+def folder_of_non_image_files(t: Path, g: Get) -> Scenario:
+    return run2d(t, _non_images(t / "notes"), "notes/images", "no images found")
+
+
+@kind("data")
+def image_without_mask(t: Path, g: Get) -> Scenario:
+    data = copy2d(t, g)
+    (data / "masks" / "synth_003.png").unlink()
+    return run2d(t, data, "images/synth_003.png", "no mask found")
+
+
+@kind("data")
+def mask_and_image_of_different_size_2d(t: Path, g: Get) -> Scenario:
+    data = _edit(copy2d(t, g) / "masks" / "synth_002.png", lambda m: m.resize((50, 40)))
+    return run2d(t, data, "masks/synth_002.png", "differs from image size")
+
+
+@kind("data")
+def grey_scale_image_where_rgb_is_expected(t: Path, g: Get) -> Scenario:
+    data = _edit(copy2d(t, g) / "images" / "synth_001.png", lambda i: i.convert("L"))
+    return run2d(t, data, "images/synth_001.png", "image mode L")
+
+
+@kind("data")
+def rgba_png_in_dataset(t: Path, g: Get) -> Scenario:
+    data = _edit(copy2d(t, g) / "images" / "synth_001.png", lambda i: i.convert("RGBA"))
+    return run2d(t, data, "images/synth_001.png", "image mode RGBA")
+
+
+@kind("data")
+def png_16_bit_in_dataset(t: Path, g: Get) -> Scenario:
+    data = _edit(copy2d(t, g) / "images" / "synth_004.png", _sixteen_bit)
+    return run2d(t, data, "images/synth_004.png", "image mode I;16")
+
+
+@kind("data")
+def truncated_png_in_dataset(t: Path, g: Get) -> Scenario:
+    data = copy2d(t, g)
+    _truncate_in_place(data / "images" / "synth_005.png", 300)
+    return run2d(t, data, "images/synth_005.png", "corrupt or truncated")
+
+
+@kind("data")
+def non_image_file_with_an_image_name(t: Path, g: Get) -> Scenario:
+    data = copy2d(t, g)
+    _write(data / "images" / "synth_006.png", b"<html>not a picture</html>")
+    return run2d(t, data, "images/synth_006.png", "not a readable image")
+
+
+@kind("data")
+def symlink_loop_in_dataset(t: Path, g: Get) -> Scenario:
+    data = copy2d(t, g)
+    symlink_loop(data / "images" / "zz_loop.png")
+    return run2d(t, data, "images/zz_loop.png", "broken symbolic link")
+
+
+@kind("data")
+def unreadable_image_in_dataset(t: Path, g: Get) -> Scenario:
+    data = copy2d(t, g)
+    _unreadable(data / "images" / "synth_008.png")
+    return run2d(t, data, "images/synth_008.png", "permission denied", subprocess=True, unprivileged=True)
+
+
+@kind("data")
+def case_id_with_dot_dot(t: Path, g: Get) -> Scenario:
+    data = _csv_with_id(copy2d(t, g), "../../escape")
+    return run2d(t, data, "'../../escape'", "not a plain name", "data.layout=csv")
+
+
+@kind("data")
+def output_folder_is_a_file_run(t: Path, g: Get) -> Scenario:
+    _file(t / "runs")
+    return run2d(t, copy2d(t, g), "runs", "is a file, not a folder", absent=[t / "splits.json"])
+
+
+# ---- 3D datasets (medseg run): labels are read before any output; images while the data is cached
+
+
+@kind("data")
+def mask_and_image_of_different_shape_3d(t: Path, g: Get) -> Scenario:
+    data = copy3d(t, g)
+    label, path = a_label(data)
+    save_nifti(path, label[:20])
+    return run3d(t, data, "labelsTr/case1.nii.gz", "differs from shape")
+
+
+@kind("data")
+def mask_and_image_with_different_affines(t: Path, g: Get) -> Scenario:
+    data = copy3d(t, g)
+    label, path = a_label(data)
+    save_nifti(path, label, AFFINE @ np.diag([1, 1, 2, 1]))
+    return run3d(t, data, "labelsTr/case1.nii.gz", "affines differ")
+
+
+@kind("data")
+def non_integer_label_values(t: Path, g: Get) -> Scenario:
+    data = copy3d(t, g)
+    label, path = a_label(data)
+    save_nifti(path, label * np.float32(0.5))
+    return run3d(t, data, "labelsTr/case1.nii.gz", "non-integer values")
+
+
+@kind("data")
+def negative_label_values(t: Path, g: Get) -> Scenario:
+    data = copy3d(t, g)
+    label, path = a_label(data)
+    save_nifti(path, -label)
+    return run3d(t, data, "labelsTr/case1.nii.gz", "negative values")
+
+
+@kind("data")
+def truncated_label_nii_gz(t: Path, g: Get) -> Scenario:
+    data = copy3d(t, g)
+    _truncate_in_place(data / "labelsTr" / "case1.nii.gz", 600)
+    return run3d(t, data, "labelsTr/case1.nii.gz", "cannot read image")
+
+
+@kind("data")
+def two_d_nifti_where_3d_is_expected_in_dataset(t: Path, g: Get) -> Scenario:
+    data = copy3d(t, g)
+    image, path = an_image(data)
+    save_nifti(path, image[:, :, 8])
+    return run3d(t, data, "imagesTr/case1.nii.gz", "expected a 3D volume, got shape 24x24")
+
+
+@kind("train")
+def label_value_outside_label_mapping(t: Path, g: Get) -> Scenario:
+    """Accepted by design: labels that data.label_mapping does not list become background, with a warning."""
+    data = copy3d(t, g)
+    label, path = a_label(data)
+    save_nifti(path, np.where(label == 2, 7, label))
+    extra = ("stages=[train]", "model.out_channels=3", "data.label_mapping={1: 1, 2: 2}")
+    return run3d(t, data, "7 in case1.nii.gz", "not in data.label_mapping", *extra, accepted=True, absent=[])
+
+
+@kind("train")
+def non_binary_mask_values(t: Path, g: Get) -> Scenario:
+    """Accepted by design: 2D masks are binarised at > 0, with a warning naming a mask."""
+    data = _edit(copy2d(t, g) / "masks" / "synth_007.png", lambda m: Image.fromarray(_three_levels(m)))
+    return run2d(t, data, "masks/synth_007.png", "non-binary", "stages=[train]", accepted=True)
+
+
+@kind("train")
+def nan_voxels_in_training_scan(t: Path, g: Get) -> Scenario:
+    """Found when the voxels are cached, before the first epoch: the run folder keeps config.yaml and
+    tracking.json, but no checkpoint, metrics or predictions."""
+    data = copy3d(t, g)
+    image, path = an_image(data)
+    save_nifti(path, np.where(image > 1.5, np.nan, image))
+    return run3d(t, data, "imagesTr/case1.nii.gz", "NaN or infinite", absent=_no_model(t))
+
+
+@kind("train")
+def truncated_image_nii_gz_in_dataset(t: Path, g: Get) -> Scenario:
+    data = copy3d(t, g)
+    _truncate_in_place(data / "imagesTr" / "case1.nii.gz", 2000)
+    return run3d(t, data, "imagesTr/case1.nii.gz", "cannot read image", absent=_no_model(t))
+
+
+# ---- models, checkpoints, MLflow ids and output folders (medseg predict / run / run --resume)
+
+
+def _photos(g: Get) -> Path:
+    return g("dataset2d") / "images"
+
+
+@kind("model")
+def missing_checkpoint(t: Path, g: Get) -> Scenario:
+    return predict(t / "no_model.pt", _photos(g), t / "out", "no_model.pt", "no checkpoint found", exit_code=2)
+
+
+@kind("model")
+def truncated_checkpoint(t: Path, g: Get) -> Scenario:
+    model = truncated(g("model2d") / "model" / "best.pt", t / "cut.pt", 5000)
+    problem = "not a readable medseg checkpoint"
+    return predict(model, _photos(g), t / "out", "cut.pt", problem, exit_code=2, subprocess=True)
+
+
+@kind("model")
+def checkpoint_of_another_architecture(t: Path, g: Get) -> Scenario:
+    """The 2D UNet's weights in a checkpoint that describes a SegResNet."""
+    state = torch.load(g("model2d") / "model" / "best.pt", map_location="cpu", weights_only=True)
+    state["network"] = {**state["network"], "name": "segresnet", "args": {}}
+    model = torch_file(t / "segresnet.pt", state)
+    problem = "weights do not fit network segresnet"
+    return predict(model, _photos(g), t / "out", "segresnet.pt", problem, exit_code=2)
+
+
+@kind("model")
+def checkpoint_that_would_run_code(t: Path, g: Get) -> Scenario:
+    model = torch_file(t / "evil.pt", {"state_dict": {}, "network": RunsCode(t / "pwned")})
+    problem = "not a readable medseg checkpoint"
+    return predict(model, _photos(g), t / "out", "evil.pt", problem, exit_code=2, absent=[t / "pwned"])
+
+
+@kind("model")
+def torch_file_that_is_not_a_medseg_checkpoint(t: Path, g: Get) -> Scenario:
+    model = torch_file(t / "plain.pt", {"weights": torch.zeros(3)})
+    return predict(model, _photos(g), t / "out", "plain.pt", "not a medseg checkpoint", exit_code=2)
+
+
+@kind("model")
+def model_of_the_wrong_dimensionality(t: Path, g: Get) -> Scenario:
+    extra = ("stages=[evaluate]", f"model.checkpoint={g('model2d')}")
+    return run3d(t, g("phantoms"), "model.checkpoint", "a 2D model with 3 input channel(s)", *extra)
+
+
+@kind("mlflow")
+def mlflow_run_id_that_does_not_exist(t: Path, g: Get) -> Scenario:
+    run_id = "0123456789abcdef0123456789abcdef"
+    args = ["run", str(SKIN), *sets([*tiny_overrides(t, g("dataset2d"))]), "--resume", run_id]
+    return Scenario(args, f"run {run_id}", "no such MLflow run", [g("dataset2d")], [t / "runs"])
+
+
+@kind("mlflow")
+def mlflow_model_uri_that_does_not_exist(t: Path, g: Get) -> Scenario:
+    uri = "runs:/0123456789abcdef0123456789abcdef/model"
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{t / 'store' / 'mlflow.db'}"}
+    return predict(uri, _photos(g), t / "out", uri, "cannot fetch the model", exit_code=2, env=env)
+
+
+@kind("model")
+def resume_folder_without_checkpoint(t: Path, g: Get) -> Scenario:
+    old = _mkdir(t / "old_run")
+    args = ["run", str(SKIN), *sets(run2d_overrides(t, g("dataset2d"))), "--resume", str(old)]
+    return Scenario(args, "old_run/model/last.pt", "no checkpoint to resume from", [g("dataset2d"), old], [t / "runs"])
+
+
+@kind("model")
+def output_folder_is_a_file(t: Path, g: Get) -> Scenario:
+    out = _file(t / "out")
+    return predict(g("model2d"), _photos(g), out, "out", "output folder is a file", exit_code=2, absent=[])
+
+
+@kind("model")
+def output_folder_is_the_input_folder(t: Path, g: Get) -> Scenario:
+    photos = _copy_folder(_photos(g), t / "photos")
+    problem = "other than the input folder"
+    return predict(g("model2d"), photos, photos, "photos", problem, exit_code=2, absent=[photos / "masks"])
+
+
+@kind("model")
+def empty_input_folder(t: Path, g: Get) -> Scenario:
+    return predict(g("model2d"), _mkdir(t / "photos"), t / "out", "photos", "no images found", exit_code=2)
+
+
+@kind("model")
+def input_folder_of_non_image_files(t: Path, g: Get) -> Scenario:
+    source = _non_images(t / "notes") / "images"
+    return predict(g("model2d"), source, t / "out", "notes/images", "no images found", exit_code=2)
+
+
+@kind("model")
+def missing_input_path(t: Path, g: Get) -> Scenario:
+    problem = "prediction input not found"
+    return predict(g("model2d"), t / "nowhere", t / "out", "nowhere", problem, exit_code=2)
+
+
+# ---- a bad scan in a batch beside a good one (medseg predict, 3D model)
+
+
+@kind("model")
+def truncated_nii_gz(t: Path, g: Get) -> Scenario:
+    source = g("phantoms") / "imagesTr" / "case1.nii.gz"
+    return batch3d(t, g, lambda s: truncated(source, s / "bad.nii.gz", 2000), "cannot read image", subprocess=True)
+
+
+@kind("model")
+def non_nifti_file_with_a_nifti_name(t: Path, g: Get) -> Scenario:
+    content = b"PK\x03\x04 a zip archive, not NIfTI " * 20
+    return batch3d(t, g, lambda s: _write(s / "bad.nii.gz", content), "cannot read the image header")
+
+
+@kind("model")
+def nan_voxels(t: Path, g: Get) -> Scenario:
+    scan = phantom_scan(g)
+    return batch3d(t, g, lambda s: save_nifti(s / "bad.nii.gz", np.where(scan > 1.5, np.nan, scan)), "NaN or infinite")
+
+
+@kind("model")
+def inf_voxels(t: Path, g: Get) -> Scenario:
+    scan = phantom_scan(g)
+    return batch3d(t, g, lambda s: save_nifti(s / "bad.nii.gz", np.where(scan > 1.5, -np.inf, scan)), "NaN or infinite")
+
+
+@kind("model")
+def two_d_nifti_where_3d_is_expected(t: Path, g: Get) -> Scenario:
+    scan = phantom_scan(g)
+    return batch3d(t, g, lambda s: save_nifti(s / "bad.nii.gz", scan[:, :, 8]), "expected a 3D volume")
+
+
+@kind("model")
+def png_given_to_a_3d_model(t: Path, g: Get) -> Scenario:
+    photo = _copy(first_image(g("dataset2d")), t / "photo.png")
+    return predict(g("model3d"), photo, t / "out", "photo.png", "a 2D image, but the model is 3D")
+
+
+@kind("model")
+def two_channel_scan_for_a_one_channel_model(t: Path, g: Get) -> Scenario:
+    scan = np.stack([phantom_scan(g)] * 2, axis=-1)
+    problem = "holds 2 channel(s) but the model expects 1"
+    return batch3d(t, g, lambda s: save_nifti(s / "bad.nii.gz", scan), problem)
+
+
+@kind("model")
+def dicom_folder_with_two_series(t: Path, g: Get) -> Scenario:
+    return batch3d(t, g, lambda s: dicom_two_series(s / "bad"), "holds 2 DICOM series")
+
+
+@kind("model")
+def scan_larger_than_the_configured_limit(t: Path, g: Get) -> Scenario:
+    return batch3d(t, g, lambda s: _large_scan_header_only(s / "bad.nii"), "above inference.max_voxels=20,000")
+
+
+@kind("model")
+def symlink_loop_scan(t: Path, g: Get) -> Scenario:
+    return batch3d(t, g, lambda s: symlink_loop(s / "bad.nii.gz"), "Too many levels of symbolic links")
+
+
+@kind("model")
+def unreadable_file_permission(t: Path, g: Get) -> Scenario:
+    scan = phantom_scan(g)
+    make = lambda s: _unreadable(save_nifti(s / "bad.nii.gz", scan))  # noqa: E731
+    return batch3d(t, g, make, "Permission denied", subprocess=True, unprivileged=True)
+
+
+@kind("model")
+def all_zero_scan(t: Path, g: Get) -> Scenario:
+    """Accepted by design: a uniform scan has nothing to segment; its mask is empty, with a warning."""
+    zeros = np.zeros((24, 24, 16), np.float32)
+    return batch3d(t, g, lambda s: save_nifti(s / "bad.nii.gz", zeros), "nothing to segment", accepted=True)
+
+
+# ---- a bad image in a batch beside a good one (medseg predict, 2D model)
+
+
+@kind("model")
+def rgba_png(t: Path, g: Get) -> Scenario:
+    image = Image.new("RGBA", (40, 30), (9, 9, 9, 99))
+    return batch2d(t, g, lambda p: save_image(p / "bad.png", image), "image mode RGBA")
+
+
+@kind("model")
+def png_16_bit(t: Path, g: Get) -> Scenario:
+    image = _sixteen_bit(Image.new("L", (40, 30), 9))
+    return batch2d(t, g, lambda p: save_image(p / "bad.png", image), "image mode I;16")
+
+
+@kind("model")
+def grey_scale_png_where_rgb_is_expected(t: Path, g: Get) -> Scenario:
+    image = Image.new("L", (40, 30), 90)
+    return batch2d(t, g, lambda p: save_image(p / "bad.png", image), "image mode L")
+
+
+@kind("model")
+def truncated_png(t: Path, g: Get) -> Scenario:
+    source = first_image(g("dataset2d"))
+    return batch2d(t, g, lambda p: truncated(source, p / "bad.png", 200), "corrupt or truncated")
+
+
+@kind("model")
+def text_file_with_a_png_name(t: Path, g: Get) -> Scenario:
+    return batch2d(t, g, lambda p: _write(p / "bad.png", b"just some text\n"), "not a readable image")
+
+
+@kind("model")
+def multi_frame_tiff_where_2d_is_expected(t: Path, g: Get) -> Scenario:
+    return batch2d(t, g, lambda p: _stack_tiff(p / "bad.tif"), "3 frames (a 3D stack)")
+
+
+@kind("model")
+def nifti_volume_given_to_a_2d_model(t: Path, g: Get) -> Scenario:
+    scan = _copy(g("phantoms") / "imagesTr" / "case0.nii.gz", t / "scan.nii.gz")
+    return predict(g("model2d"), scan, t / "out", "scan.nii.gz", "a 3D scan, but the model is 2D")
+
+
+@kind("model")
+def all_black_photo(t: Path, g: Get) -> Scenario:
+    """Accepted by design, as the all-zero scan: an empty mask of the photo's own size, with a warning."""
+    image = Image.new("RGB", (40, 30))
+    return batch2d(t, g, lambda p: save_image(p / "bad.png", image), "nothing to segment", accepted=True)
+
+
+@kind("model")
+def symlink_loop_photo(t: Path, g: Get) -> Scenario:
+    return batch2d(t, g, lambda p: symlink_loop(p / "bad.png"), "Too many levels of symbolic links")
 
 
 # ---- small builders used above
@@ -831,21 +811,6 @@ def _copy_folder(source: Path, target: Path) -> Path:
     return target
 
 
-def _with(data: Path, action: Callable[[Path], object]) -> Path:
-    action(data)
-    return data
-
-
-def _unlink(data: Path, relative: str) -> Path:
-    (data / relative).unlink()
-    return data
-
-
-def _overwrite(data: Path, relative: str, content: bytes) -> Path:
-    (data / relative).write_bytes(content)
-    return data
-
-
 def _truncate_in_place(path: Path, keep: int) -> Path:
     path.write_bytes(path.read_bytes()[:keep])
     return path
@@ -859,16 +824,10 @@ def _non_images(folder: Path) -> Path:
     return folder
 
 
-def _edit_image(data: Path, name: str, edit: Callable[[Image.Image], Image.Image]) -> Path:
-    path = data / "images" / name
+def _edit(path: Path, edit: Callable[[Image.Image], Image.Image]) -> Path:
+    """Rewrite one image of a copied dataset in place; returns the dataset folder."""
     edit(Image.open(path)).save(path)
-    return data
-
-
-def _edit_mask(data: Path, name: str, edit: Callable[[Image.Image], Image.Image]) -> Path:
-    path = data / "masks" / name
-    edit(Image.open(path)).save(path)
-    return data
+    return path.parents[1]
 
 
 def _sixteen_bit(image: Image.Image) -> Image.Image:
@@ -880,12 +839,6 @@ def _three_levels(mask: Image.Image) -> np.ndarray:
     out = np.where(values > 0, 255, 0).astype(np.uint8)
     out[: out.shape[0] // 2][out[: out.shape[0] // 2] > 0] = 128  # the upper half of the lesion at 128
     return out
-
-
-def _binary_yaml(tmp: Path) -> Path:
-    path = tmp / "pipeline.yaml"
-    path.write_bytes(b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01 a JPEG saved as YAML \xfe\xfe")
-    return path
 
 
 def _csv_with_id(data: Path, case_id: str) -> Path:
@@ -904,23 +857,11 @@ def _no_model(tmp: Path) -> list[Path]:
     return [run_dir / "*" / "model" / "best.pt", run_dir / "*" / "model" / "last.pt", run_dir / "*" / "predictions"]
 
 
-def _tracked(tmp: Path, get: Get) -> list[str]:
-    return [*tiny_overrides(tmp, get("dataset2d")), "training.epochs=1"]
-
-
-def _other_architecture(run_dir: Path, target: Path) -> Path:
-    """The 2D UNet's weights under a checkpoint that describes a SegResNet."""
-    state = torch.load(run_dir / "model" / "best.pt", map_location="cpu", weights_only=True)
-    state["network"] = {**state["network"], "name": "segresnet", "args": {}}
-    return torch_file(target, state)
-
-
 def _large_scan_header_only(path: Path) -> Path:
     """A NIfTI header for 40 x 40 x 20 = 32,000 voxels (above the 3D model's limit) with no voxel data at all:
     the limit must be checked from the header, before any voxel is read."""
-    image = nib.Nifti1Image(np.zeros((40, 40, 20), np.float32), AFFINE)
-    full = image.to_bytes()
-    path.write_bytes(full[: int(image.header["vox_offset"])])
+    full = nib.Nifti1Image(np.zeros((40, 40, 20), np.float32), AFFINE).to_bytes()
+    path.write_bytes(full[:352])  # a single-file NIfTI-1 header is 348 bytes + 4 extension flags; voxels follow
     return path
 
 
@@ -938,9 +879,6 @@ def _unreadable(path: Path) -> Path:
 # --------------------------------------------------------------------------------------------------
 # Running and checking
 # --------------------------------------------------------------------------------------------------
-
-KINDS = kinds()
-NEEDS_TRAINING = ("model2d", "model3d", "train")
 
 
 def fingerprint(paths: list[Path]) -> dict[str, str]:
@@ -991,17 +929,10 @@ def run_cli(scenario: Scenario, tmp: Path, monkeypatch: pytest.MonkeyPatch) -> O
 
 
 def _params() -> list:
-    params = []
-    for name, (family, _) in KINDS.items():
-        heavy = family in ("predict", "resume") or name.endswith(("_3d", "_dataset")) or "label" in name
-        heavy = heavy or name in {
-            "non_binary_mask_values",
-            "nan_voxels_in_training_scan",
-            "model_of_the_wrong_dimensionality",
-        }
-        heavy = heavy or name.startswith(("mask_and_image",))
-        params.append(pytest.param(name, id=name, marks=[slow] if heavy else []))
-    return params
+    return [
+        pytest.param(name, id=name, marks=[slow] if family in ("train", "model", "mlflow") else [])
+        for name, (family, _) in KINDS.items()
+    ]
 
 
 def absent_paths(patterns: list[Path]) -> list[Path]:
@@ -1027,7 +958,7 @@ def test_bad_input(kind: str, tmp_path: Path, request: pytest.FixtureRequest, mo
     assert "internal error" not in everything, everything
 
     if scenario.accepted:
-        assert outcome.exit_code == scenario.exit_code if scenario.out else outcome.exit_code == 0, everything
+        assert outcome.exit_code == 0, everything
         warnings = [line for line in outcome.stderr.splitlines() if scenario.problem in line]
         assert len(warnings) == 1 and scenario.names in warnings[0], everything
     elif scenario.out is not None and scenario.exit_code == 1:
@@ -1043,14 +974,15 @@ def test_bad_input(kind: str, tmp_path: Path, request: pytest.FixtureRequest, mo
         errors = [line for line in outcome.stderr.splitlines() if line.startswith("error:")]
         assert len(errors) == 1, everything
         assert scenario.names in errors[0] and scenario.problem in errors[0], errors[0]
-        if family == "validate":
+        assert len(errors[0]) < 600, f"a short line: {errors[0][:200]}..."
+        if family == "config":
             assert outcome.stdout == ""
 
-    if scenario.out is not None and scenario.out.is_dir():
+    if scenario.out is not None and (scenario.accepted or scenario.exit_code == 1):
         masks = sorted(p.name for p in (scenario.out / "masks").iterdir()) if (scenario.out / "masks").is_dir() else []
         expected = [scenario.good] if scenario.good else []
-        if scenario.accepted:
-            expected = sorted([*expected, "bad.nii.gz"])
+        if scenario.accepted:  # the bad case's mask too, with the good one's suffix
+            expected = sorted([*expected, "bad" + scenario.good.removeprefix("good")])
         assert masks == expected, f"written: {masks}"  # outputs lost: none; nothing written for the bad case
         assert not list(scenario.out.rglob("*.tmp*")), "no temporary files left"
         rows = {row["case"]: row for row in csv.DictReader((scenario.out / "summary.csv").open())}
@@ -1061,6 +993,9 @@ def test_bad_input(kind: str, tmp_path: Path, request: pytest.FixtureRequest, mo
     if kind == "all_zero_scan":
         empty = np.asarray(nib.load(scenario.out / "masks" / "bad.nii.gz").dataobj)
         assert empty.shape == (24, 24, 16) and not empty.any(), "a uniform scan gives an empty mask"
+    if kind == "all_black_photo":
+        empty = np.asarray(Image.open(scenario.out / "masks" / "bad.png"))
+        assert empty.shape == (30, 40) and not empty.any(), "a uniform photo gives an empty mask"
 
 
 def test_the_corpus_is_large_enough() -> None:
@@ -1069,7 +1004,7 @@ def test_the_corpus_is_large_enough() -> None:
     for required in (
         "truncated_nii_gz",
         "non_nifti_file_with_a_nifti_name",
-        "2d_nifti_where_3d_is_expected",
+        "two_d_nifti_where_3d_is_expected",
         "nifti_volume_given_to_a_2d_model",
         "nan_voxels",
         "all_zero_scan",
@@ -1151,7 +1086,7 @@ def test_servers_bind_to_localhost_by_default() -> None:
     from medseg import cli, ui
 
     assert ui.DEFAULT_HOST == "127.0.0.1"
-    assert inspect.signature(cli.ui).parameters["host"].default.default == "127.0.0.1"
+    assert inspect.signature(cli.ui).parameters["host"].default == "127.0.0.1"
 
 
 @slow
@@ -1169,3 +1104,15 @@ def test_case_ids_cannot_write_outside_the_output_folder(tmp_path: Path, model2d
     assert all("would write outside" in reason for reason in report.failed.values())
     written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
     assert written == ["deep/out/masks/ok.png", "deep/out/overlays/ok.png", "deep/out/summary.csv"]
+
+
+def test_volume_reader_pairs_images_with_their_own_files(phantoms: Path) -> None:
+    """CacheDataset loads cases in threads through one reader: a label read in between (another thread) must not
+    cut a two-channel case to one channel (MONAI's NibabelReader keeps the last read's file names)."""
+    from medseg.imageio.readers import VolumeReader
+
+    reader = VolumeReader()
+    images = reader.read([str(phantoms / "imagesTr" / "case0.nii.gz"), str(phantoms / "imagesTr" / "case1.nii.gz")])
+    reader.read(str(phantoms / "labelsTr" / "case0.nii.gz"))
+    array, _ = reader.get_data(images)
+    assert array.shape == (2, 24, 24, 16)

@@ -94,7 +94,7 @@ def _listening(port: int) -> set[str]:
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         if not Path(table).is_file():
             continue
-        for line in Path(table).read_text().splitlines()[1:]:
+        for line in Path(table).read_text(encoding="utf-8").splitlines()[1:]:
             local, state = line.split()[1], line.split()[3]
             address, hex_port = local.split(":")
             if state == "0A" and int(hex_port, 16) == port:
@@ -182,7 +182,7 @@ def chromium() -> Path:
         pytest.skip(f"apt-get installed chromium but {CHROMIUM} is still missing")
     ARTIFACTS.mkdir(exist_ok=True)
     took = f"installed chromium in {time.monotonic() - start:.0f} s\n"
-    (ARTIFACTS / "chromium-install.txt").write_text(took)
+    (ARTIFACTS / "chromium-install.txt").write_text(took, encoding="utf-8")
     sys.stderr.write(took)
     return CHROMIUM
 
@@ -251,12 +251,12 @@ def test_ui_shows_runs_in_a_real_browser(
     profile = tmp_path / "chromium-profile"
 
     dom = _chromium(chromium, profile, experiment_page, "--dump-dom")
-    (ARTIFACTS / "ui-experiment.html").write_text(dom)
+    (ARTIFACTS / "ui-experiment.html").write_text(dom, encoding="utf-8")
     for expected in ("skin_lesion", "baseline-epochs2", "longer-epochs3"):
         assert expected in dom, f"{expected!r} not on the experiment page (DOM in test-artifacts/ui-experiment.html)"
 
     dom = _chromium(chromium, profile, run_page, "--dump-dom")
-    (ARTIFACTS / "ui-run.html").write_text(dom)
+    (ARTIFACTS / "ui-run.html").write_text(dom, encoding="utf-8")
     assert "0.8765" in dom, "test_dice 0.8765 not on the run page (DOM in test-artifacts/ui-run.html)"
     assert "baseline-epochs2" in dom and "test_dice" in dom
 

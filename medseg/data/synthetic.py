@@ -304,7 +304,7 @@ def _expected_manifest(num_cases: int, image_size: tuple[int, int], seed: int) -
 def _is_complete(out_dir: Path, expected: dict) -> bool:
     """Whether ``out_dir`` already holds a complete dataset generated with ``expected`` parameters."""
     try:
-        manifest = json.loads((out_dir / _MANIFEST).read_text())
+        manifest = json.loads((out_dir / _MANIFEST).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
     if not isinstance(manifest, dict) or any(manifest.get(k) != v for k, v in expected.items()):
@@ -321,7 +321,7 @@ def _is_replaceable(out_dir: Path) -> bool:
     if not entries:
         return True
     try:
-        manifest = json.loads((out_dir / _MANIFEST).read_text())
+        manifest = json.loads((out_dir / _MANIFEST).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return entries <= {"images", "masks"}
     return isinstance(manifest, dict) and manifest.get("generator") == GENERATOR_NAME

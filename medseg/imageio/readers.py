@@ -242,8 +242,12 @@ class VolumeReader(ImageReader):
             return self.sitk.get_data(img)
         images = list(img) if isinstance(img, (list, tuple)) else [img]
         names = [str(i.get_filename()) for i in images]
+        # a NibabelReader pairs the images with the file names of its own last read(), which another CacheDataset
+        # thread may have replaced meanwhile (a label's: the case then had one channel): one reader per call
+        nifti = type(self.nifti)()
+        nifti.filenames = tuple(names)
         try:
-            array, meta = self.nifti.get_data(img)
+            array, meta = nifti.get_data(img)
         except Exception as e:  # nibabel reads NIfTI voxels lazily: truncated or corrupt data fails here
             culprit = next((n for i, n in zip(images, names, strict=True) if not _readable(i)), ", ".join(names))
             raise DataError(f"cannot read image {culprit}: {error_summary(e)}") from e
