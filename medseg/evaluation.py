@@ -98,12 +98,18 @@ def read_truth(record: Record, cfg: PipelineConfig) -> tuple[np.ndarray, tuple[f
     if cfg.spatial_dims == 2:
         return read_mask(record["label"]).astype(np.uint8), None
     from medseg.data.volume_transforms import RemapLabels
+    from medseg.data.volumes import read_volume_header
     from medseg.imageio.readers import load_volume
 
     array, meta = load_volume(Path(record["label"]))
-    _, image_meta = load_volume(Path(record["image"][0]))
-    affine = np.asarray(image_meta["affine"], dtype=float)
-    shape = tuple(int(n) for n in image_meta["spatial_shape"])
+    image = Path(record["image"][0])
+    if image.is_file():  # the header is enough; a DICOM series folder has to be read
+        header = read_volume_header(image)
+        affine, shape = header.affine, tuple(header.spatial_shape)
+    else:
+        _, image_meta = load_volume(image)
+        affine = np.asarray(image_meta["affine"], dtype=float)
+        shape = tuple(int(n) for n in image_meta["spatial_shape"])
     array = align_to_grid(np.asarray(array), np.asarray(meta["affine"], dtype=float), affine, shape, record["label"])
     labels = RemapLabels(cfg.data.label_mapping, cfg.data.foreground_labels)(torch.as_tensor(array))
     spacing = tuple(float(v) for v in np.linalg.norm(affine[:3, :3], axis=0))
