@@ -46,7 +46,7 @@ class TrainResult:
 def use_bf16(setting: bool | str) -> bool:
     """bf16 autocast: ``auto`` turns it on only where the CPU has native bf16 (AVX512-BF16/AMX).
 
-    On CPUs without it (e.g. AVX2-only) bf16 is emulated and measured ~10x slower than fp32.
+    On CPUs without it (e.g. AVX2-only) bf16 is emulated and measured ~20x slower than fp32.
     """
     if setting == "auto":
         return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
