@@ -97,7 +97,12 @@ class Predictor:
         self.threshold = self.config.evaluation.threshold
         self.preprocess = inference_transforms(self.config)
         self.inferer = build_inferer(self.config)
-        self.invert = Invertd(keys="pred", transform=self.preprocess, orig_keys="image", nearest_interp=False)
+        # 2D: MONAI's Invertd; 3D: medseg.resampling (same result, a fraction of Invertd's memory)
+        self.invert = (
+            Invertd(keys="pred", transform=self.preprocess, orig_keys="image", nearest_interp=False)
+            if self.config.spatial_dims == 2
+            else None
+        )
 
     @classmethod
     def from_model(cls, model: Path | str, tta: bool | None = None, steps: list[str] | None = None) -> Predictor:

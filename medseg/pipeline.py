@@ -64,7 +64,10 @@ def run_tags(cfg: PipelineConfig, data: PreparedData) -> dict[str, str]:
     }
 
 
-def _train_stage(cfg: PipelineConfig, data: PreparedData, run_dir: Path, tracker: Tracker, resume: bool) -> Path:
+def _train_stage(
+    cfg: PipelineConfig, data: PreparedData, run_dir: Path, tracker: Tracker, resume: bool
+) -> tuple[Path, Any]:
+    """Train, choose the post-processing on validation; returns the model folder and its ready predictor."""
     from medseg.evaluation import choose_postprocessing
     from medseg.inference import Predictor
     from medseg.training import train
@@ -89,7 +92,7 @@ def _train_stage(cfg: PipelineConfig, data: PreparedData, run_dir: Path, tracker
     tracker.log_artifact(result.model_dir, "checkpoints")
     tracker.log_artifact(run_dir / "history.json")
     tracker.log_artifact(curves, "plots")
-    return result.model_dir
+    return result.model_dir, predictor  # the predictor now carries the chosen post-processing
 
 
 def locate_run(cfg: PipelineConfig, reference: str) -> Path:
@@ -105,14 +108,11 @@ def locate_run(cfg: PipelineConfig, reference: str) -> Path:
     return run_dir
 
 
-def _log_model(cfg: PipelineConfig, model_dir: Path, run_dir: Path, tracker: Tracker) -> str:
+def _log_model(cfg: PipelineConfig, network: Any, model_dir: Path, run_dir: Path, tracker: Tracker) -> str:
     """Log the best network with ``mlflow.pytorch`` (signature, input example, medseg checkpoint inside)."""
     import numpy as np
 
-    from medseg.checkpoint import load_checkpoint, network_from_checkpoint
-
     checkpoint = model_dir / BEST
-    network = network_from_checkpoint(load_checkpoint(checkpoint), checkpoint)
     spatial = cfg.preprocessing.spatial_size if cfg.spatial_dims == 2 else cfg.preprocessing.patch_size
     example = np.zeros((1, cfg.model.in_channels, *spatial), dtype=np.float32)
     files = [checkpoint, model_dir / POSTPROCESSING_FILE, run_dir / "config.yaml"]
@@ -166,8 +166,8 @@ def run_pipeline(cfg: PipelineConfig, run_name: str | None = None, resume_dir: P
             with tracker.run("train", tags={"stage": "train"}, run_id=ids.get("train_run_id")) as train_id:
                 ids["train_run_id"] = train_id
                 atomic_write_text(run_dir / TRACKING_FILE, json.dumps(ids, indent=1))
-                model_dir = _train_stage(cfg, data, run_dir, tracker, resume=resume_dir is not None)
-            result.model_uri = _log_model(cfg, model_dir, run_dir, tracker)
+                model_dir, predictor = _train_stage(cfg, data, run_dir, tracker, resume=resume_dir is not None)
+            result.model_uri = _log_model(cfg, predictor.network, model_dir, run_dir, tracker)
         predictor = predictor or Predictor.from_model(model_dir)
         if "evaluate" in cfg.stages:
             result.metrics.update(_evaluate_stage(cfg, data, predictor, run_dir, tracker))

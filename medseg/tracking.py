@@ -1,7 +1,7 @@
 """Experiment tracking behind a small interface, so stages never talk to ``mlflow`` directly.
 
 :class:`MlflowTracker` writes to MLflow (default: a sqlite store under ``mlruns/`` in the working
-directory, artefacts beside it); :class:`MemoryTracker` keeps everything in memory for tests and for
+directory, artefacts beside it); :class:`Tracker` itself keeps everything in memory for tests and for
 ``tracking.enabled: false``.
 """
 
@@ -122,9 +122,6 @@ class Tracker:
         raise TrackingError(f"run {run_id}: not found in the in-memory tracker")
 
 
-MemoryTracker = Tracker
-
-
 class MlflowTracker(Tracker):
     """Tracker that writes to an MLflow tracking store."""
 
@@ -229,7 +226,7 @@ def download_model(uri: str, cache_root: Path = DEFAULT_STORE / "downloads") -> 
 def build_tracker(cfg: TrackingConfig, experiment: str) -> Tracker:
     """An MLflow tracker for the configured store, or an in-memory one when tracking is disabled."""
     if not cfg.enabled:
-        return MemoryTracker()
+        return Tracker()
     uri = cfg.uri or default_tracking_uri()
     artifact_location = None
     if uri.startswith("sqlite:///"):
