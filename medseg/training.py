@@ -209,6 +209,7 @@ def train(
             }
         )
 
+    spent_minutes = history[-1].get("minutes", 0.0) if history else 0.0
     epoch = first_epoch - 1
     deadline = started + tcfg.max_minutes * 60 if tcfg.max_minutes else math.inf
     with progress_bar() as progress:
@@ -228,6 +229,7 @@ def train(
                 losses.append(float(loss.detach()))
                 progress.update(task, advance=1, description=f"epoch {epoch}/{tcfg.epochs} loss {losses[-1]:.3f}")
             row = {"epoch": epoch, "train_loss": sum(losses) / len(losses), "lr": optimizer.param_groups[0]["lr"]}
+            row["minutes"] = spent_minutes + (time.perf_counter() - started) / 60  # wall clock, across resumes
             if epoch % tcfg.val_every == 0 or epoch == tcfg.epochs:
                 row["val_dice"] = validation_dice(network, val_loader, cfg, bf16)
                 if row["val_dice"] > best_dice:
@@ -246,7 +248,7 @@ def train(
                 else:
                     stale_rounds += 1
             history.append(row)
-            tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
+            tracker.log_metrics({k: v for k, v in row.items() if k not in ("epoch", "minutes")}, step=epoch)
             patience_spent = bool(tcfg.early_stopping_patience and stale_rounds >= tcfg.early_stopping_patience)
             save_checkpoint(
                 model_dir / LAST,
