@@ -54,7 +54,8 @@ def main() -> None:
     for metric in (*METRICS, "minutes"):
         values = [s[metric] for _, s in rows]
         spread = statistics.stdev(values) if len(values) > 1 else 0.0
-        print(f"{metric}: mean {statistics.mean(values):.4f}, sd {spread:.4f}, min {min(values):.4f}, max {max(values):.4f}")
+        mean = statistics.mean(values)
+        print(f"{metric}: mean {mean:.4f}, sd {spread:.4f}, min {min(values):.4f}, max {max(values):.4f}")
 
 
 if __name__ == "__main__":

@@ -63,4 +63,7 @@ def resolve_checkpoint(model: Path) -> Path:
     for candidate in (model, model / BEST, model / "model" / BEST):
         if candidate.is_file():
             return candidate
-    raise ModelError(f"{model}: no checkpoint found (expected a .pt file or a run folder with model/{BEST})")
+    raise ModelError(
+        f"{model}: no checkpoint found (expected a .pt checkpoint, a .onnx or .ts export, or a run folder with "
+        f"model/{BEST})"
+    )

@@ -118,7 +118,12 @@ def run(
 @app.command()
 def predict(
     model: Annotated[
-        str, typer.Option("--model", "-m", help="Run folder, checkpoint, runs:/<id>/model or models:/<name>/<version>.")
+        str,
+        typer.Option(
+            "--model",
+            "-m",
+            help="Run folder, checkpoint, exported .onnx/.ts file, runs:/<id>/model or models:/<name>/<version>.",
+        ),
     ],
     input_path: Annotated[Path, typer.Option("--input", "-i", help="An image or a folder of images.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for masks, overlays and summary.csv.")],
@@ -146,6 +151,42 @@ def predict(
             for case, reason in report.failed.items():
                 typer.echo(f"failed {case}: {reason}", err=True)
             raise typer.Exit(1)
+
+    _guarded(debug, action)
+
+
+@app.command()
+def export(
+    model: Annotated[str, typer.Argument(help="Run folder, checkpoint, runs:/<id>/model or models:/<name>/<version>.")],
+    export_format: Annotated[
+        str, typer.Option("--format", "-f", help="onnx (runs on ONNX Runtime) or torchscript.")
+    ] = "onnx",
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="File to write (default: model.onnx / model.ts beside it).")
+    ] = None,
+    check_input: Annotated[
+        Path | None,
+        typer.Option(
+            "--check-input",
+            help="Image or folder to compare the backends on, end to end (default: "
+            "random tensors of the working shape through the networks).",
+        ),
+    ] = None,
+    debug: DebugOption = False,
+) -> None:
+    """Export a trained model to ONNX or TorchScript; written only if it reproduces the PyTorch network."""
+
+    def action() -> None:
+        from medseg.export import export_model
+
+        result = export_model(model, export_format, output, check_input)
+        parity = result.parity
+        typer.echo(
+            f"{result.path} ({result.format}): parity on {parity.cases} {parity.inputs}: max |logit difference| "
+            f"{parity.max_abs_logit_difference:.2e}, max |probability difference| "
+            f"{parity.max_abs_probability_difference:.2e}, mask Dice {parity.mask_dice:.4f}"
+        )
+        typer.echo(f"predict with: medseg predict -m {result.path} -i IMAGES -o OUTPUT")
 
     _guarded(debug, action)
 

@@ -106,21 +106,23 @@ class Predictor:
 
     @classmethod
     def from_model(cls, model: Path | str, tta: bool | None = None, steps: list[str] | None = None) -> Predictor:
-        """Build from a run folder, its ``model/`` folder, a checkpoint file or an MLflow model URI.
+        """Build from a run folder, its ``model/`` folder, a checkpoint, an MLflow model URI, or a file
+        written by ``medseg export`` (``.onnx`` runs on ONNX Runtime, ``.ts`` on TorchScript).
 
         ``steps`` overrides the post-processing saved with the model (used while choosing it).
         """
-        if isinstance(model, str) and model.startswith(MODEL_URI_SCHEMES):
-            from medseg.tracking import download_model
+        from medseg.export import export_format, read_exported
 
-            checkpoint = download_model(model)
-        else:
-            checkpoint = resolve_checkpoint(Path(model))
+        checkpoint = resolve_model(model)
+        if export_format(checkpoint) is not None:
+            network, metadata = read_exported(checkpoint)
+            config = _validated_config(metadata.get("config"), checkpoint)
+            steps = list(metadata.get("postprocessing", [])) if steps is None else steps
+            if config.postprocessing.mode == "off":
+                steps = []
+            return cls(network, config, steps, config.inference.tta if tta is None else tta)
         state = load_checkpoint(checkpoint)
-        try:
-            config = PipelineConfig.model_validate(state["config"])
-        except (KeyError, ValueError) as exc:
-            raise ModelError(f"{checkpoint}: the configuration stored in the checkpoint is invalid ({exc})") from None
+        config = _validated_config(state.get("config"), checkpoint)
         network = network_from_checkpoint(state, checkpoint)
         steps = postprocessing_steps(config, checkpoint.parent) if steps is None else steps
         return cls(network, config, steps, config.inference.tta if tta is None else tta)
@@ -191,6 +193,26 @@ class Predictor:
         """Label maps before and after post-processing (uint8, the input's shape)."""
         raw = self.discretise(self.probabilities(image))
         return raw, apply_steps(raw, self.steps, self.config.postprocessing)
+
+
+def resolve_model(model: Path | str) -> Path:
+    """The model file behind a run folder, ``model/`` folder, file path or MLflow model URI."""
+    if isinstance(model, str) and model.startswith(MODEL_URI_SCHEMES):
+        from medseg.tracking import download_model
+
+        return download_model(model)
+    path = Path(model)
+    return path if path.is_file() else resolve_checkpoint(path)
+
+
+def _validated_config(raw: object, source: Path) -> PipelineConfig:
+    """The pipeline configuration saved with a model; ModelError if missing or invalid."""
+    try:
+        return PipelineConfig.model_validate(raw)
+    except ValueError as exc:
+        first = str(exc).splitlines()
+        detail = " ".join(line.strip() for line in first[1:3]) if len(first) > 1 else str(exc)
+        raise ModelError(f"{source}: the configuration stored with the model is invalid ({detail})") from None
 
 
 def _check_openable(path: Path) -> None:

@@ -1,0 +1,151 @@
+"""``medseg export``: ONNX and TorchScript files that reproduce the PyTorch network and predict on their own."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from medseg import export as export_module
+from medseg.checkpoint import BEST, save_checkpoint
+from medseg.cli import app
+from medseg.config import PipelineConfig
+from medseg.errors import ModelError
+from medseg.export import export_model, read_exported
+from medseg.inference import POSTPROCESSING_FILE, Predictor
+from medseg.registry import build_network
+
+ARGS = {"channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 1}
+
+
+def _checkpoint(folder: Path, cfg: PipelineConfig, steps: list[str]) -> Path:
+    """A run's model folder: a seeded network with its config and the chosen post-processing."""
+    torch.manual_seed(0)
+    m = cfg.model
+    network = build_network(m.name, cfg.spatial_dims, m.in_channels, m.out_channels, m.args)
+    spec = {"name": m.name, "spatial_dims": cfg.spatial_dims, "in_channels": m.in_channels}
+    spec |= {"out_channels": m.out_channels, "args": m.args}
+    path = folder / "model" / BEST
+    save_checkpoint(path, {"state_dict": network.state_dict(), "network": spec, "config": cfg.to_dict()})
+    (path.parent / POSTPROCESSING_FILE).write_text(json.dumps({"mode": "auto", "steps": steps}), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def model_2d(tmp_path: Path) -> Path:
+    cfg = PipelineConfig(name="t2d", preprocessing={"spatial_size": [64, 64]}, model={"args": ARGS})
+    return _checkpoint(tmp_path / "run2d", cfg, ["fill_holes", "largest_component"])
+
+
+@pytest.fixture
+def images(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(1)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for name, (h, w) in {"a.png": (50, 70), "b.jpg": (64, 40)}.items():
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(folder / name)
+    return folder
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_export_reproduces_the_network_and_predicts_the_same_masks(fmt: str, model_2d: Path, images: Path) -> None:
+    result = export_model(model_2d.parent.parent, fmt)
+    assert result.path == model_2d.parent / ("model.onnx" if fmt == "onnx" else "model.ts")
+    parity = result.parity
+    assert parity.passed and parity.cases == 2
+    assert parity.max_abs_logit_difference < 1e-4
+    assert parity.mask_dice == 1.0
+    assert json.loads(result.path.with_name(result.path.name + ".parity.json").read_text())["passed"] is True
+
+    _, metadata = read_exported(result.path)
+    assert metadata["postprocessing"] == ["fill_holes", "largest_component"]
+    assert metadata["network"]["args"] == ARGS
+    reference, exported = Predictor.from_model(model_2d), Predictor.from_model(result.path)
+    assert exported.steps == reference.steps and exported.config == reference.config
+    for image in sorted(images.iterdir()):
+        ours, theirs = reference.probabilities(image), exported.probabilities(image)
+        assert theirs.shape == ours.shape
+        np.testing.assert_allclose(theirs, ours, atol=1e-5)
+        np.testing.assert_array_equal(exported.segment(image)[1], reference.segment(image)[1])
+
+
+def test_parity_on_real_inputs_goes_through_the_whole_predictor(model_2d: Path, images: Path) -> None:
+    parity = export_model(model_2d, "onnx", model_2d.parent / "m.onnx", check_inputs=images).parity
+    assert parity.cases == 2 and [row["case"] for row in parity.per_case] == ["a.png", "b.jpg"]
+    assert parity.max_abs_probability_difference < 1e-5 and parity.mask_dice == 1.0
+
+
+def test_3d_onnx_predicts_the_same_mask_on_the_scan_grid(tmp_path: Path) -> None:
+    cfg = PipelineConfig(
+        name="t3d",
+        spatial_dims=3,
+        preprocessing={"spacing": [2.0, 2.0, 2.0], "intensity": {"kind": "mri"}, "patch_size": [16, 16, 16]},
+        model={"in_channels": 1, "out_channels": 2, "args": ARGS},
+        data={"label_mapping": {0: 0, 1: 1}},
+        inference={"sw_batch_size": 2, "overlap": 0.25},
+    )
+    model = _checkpoint(tmp_path / "run3d", cfg, [])
+    rng = np.random.default_rng(0)
+    affine = np.diag([-1.5, 1.2, 2.5, 1.0])
+    affine[:3, 3] = [40.0, -30.0, 12.0]
+    scan = tmp_path / "scan.nii.gz"
+    nib.save(nib.Nifti1Image(rng.normal(100, 20, (30, 26, 14)).astype(np.float32), affine), scan)
+
+    exported = Predictor.from_model(export_model(model, "onnx").path)
+    reference = Predictor.from_model(model)
+    ours, theirs = reference.probabilities([scan]), exported.probabilities([scan])
+    assert theirs.shape == ours.shape == (2, 30, 26, 14)
+    np.testing.assert_allclose(theirs, ours, atol=1e-5)
+
+
+def test_cli_export_then_predict_with_the_onnx_file(model_2d: Path, images: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    result = runner.invoke(app, ["export", str(model_2d.parent.parent), "--format", "onnx"])
+    assert result.exit_code == 0, result.output
+    onnx_file = model_2d.parent / "model.onnx"
+    assert f"{onnx_file} (onnx): parity on 2 random tensors" in result.output
+    assert "mask Dice 1.0000" in result.output
+
+    for model, out in ((onnx_file, tmp_path / "onnx_out"), (model_2d, tmp_path / "torch_out")):
+        result = runner.invoke(app, ["predict", "-m", str(model), "-i", str(images), "-o", str(out), "--no-overlays"])
+        assert result.exit_code == 0, result.output
+        assert "2 written, 0 already done, 0 failed" in result.output
+    for mask in sorted((tmp_path / "torch_out" / "masks").iterdir()):
+        ours = np.asarray(Image.open(mask))
+        theirs = np.asarray(Image.open(tmp_path / "onnx_out" / "masks" / mask.name))
+        np.testing.assert_array_equal(theirs, ours)
+
+
+def test_export_errors_are_one_line_and_write_nothing(model_2d: Path, tmp_path: Path, monkeypatch) -> None:
+    runner = CliRunner()
+    result = runner.invoke(app, ["export", str(model_2d), "--format", "tflite"])
+    assert result.exit_code == 2
+    assert result.output.strip() == "error: export format 'tflite': expected one of onnx, torchscript"
+
+    result = runner.invoke(app, ["export", str(model_2d), "-o", str(tmp_path / "model.pt")])
+    assert result.exit_code == 2 and "model.pt: a onnx export must end in .onnx" in result.output
+
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"not a protobuf at all")
+    with pytest.raises(ModelError, match="garbage.onnx: not a"):
+        Predictor.from_model(garbage)
+
+    import onnx
+
+    plain = tmp_path / "plain.onnx"
+    torch.onnx.export(torch.nn.Conv2d(3, 1, 1), (torch.zeros(1, 3, 8, 8),), str(plain), dynamo=False)
+    assert onnx.load(str(plain)).metadata_props is not None
+    with pytest.raises(ModelError, match="plain.onnx: an ONNX file without medseg metadata"):
+        Predictor.from_model(plain)
+
+    monkeypatch.setattr(export_module, "MAX_ABS_LOGIT_DIFFERENCE", -1.0)  # no export can pass
+    target = tmp_path / "strict.onnx"
+    with pytest.raises(ModelError, match="strict.onnx: the onnx export does not reproduce the network"):
+        export_model(model_2d, "onnx", target)
+    assert not target.exists() and not list(tmp_path.glob(".strict*")), "a failed export leaves no file"
