@@ -140,6 +140,19 @@ def validation_dice(network: nn.Module, loader, cfg: PipelineConfig, bf16: bool)
     return value
 
 
+def training_step(
+    network: nn.Module, batch: dict[str, torch.Tensor], loss_function: nn.Module, optimizer, bf16: bool
+) -> float:
+    """One optimiser step on a batch; the loss is reduced in fp32 even under bf16 autocast."""
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        logits = network(batch["image"])
+    loss = loss_function(logits.float(), batch["label"])
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach())
+
+
 def seed_epoch(seed: int, epoch: int, transform: Any, generator: torch.Generator) -> None:
     """Seed everything random in one epoch from (seed, epoch): shuffling, augmentation, torch.
 
@@ -219,14 +232,8 @@ def train(
             network.train()
             losses = []
             for batch in train_loader:
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                    logits = network(batch["image"])
-                loss = loss_function(logits.float(), batch["label"])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                losses.append(training_step(network, batch, loss_function, optimizer, bf16))
                 scheduler.step()
-                losses.append(float(loss.detach()))
                 progress.update(task, advance=1, description=f"epoch {epoch}/{tcfg.epochs} loss {losses[-1]:.3f}")
             row = {"epoch": epoch, "train_loss": sum(losses) / len(losses), "lr": optimizer.param_groups[0]["lr"]}
             row["minutes"] = spent_minutes + (time.perf_counter() - started) / 60  # wall clock, across resumes

@@ -1,0 +1,159 @@
+"""2D training throughput: medseg's training epoch versus the loop a tutorial writes, same network and size.
+
+    MEDSEG_DATA_ROOT=../shared/data python benchmarks/train_throughput.py [--epochs 2] [--repeats 3]
+
+Both train the skin-lesion UNet (pipelines/skin_lesion.yaml) at 256x256, batch 8, on the PH2 training split
+(or on synthetic JPEGs when PH2 is absent):
+
+- tutorial: a ``torch.utils.data.Dataset`` that opens, decodes and resizes every image and mask with PIL
+  each time it is read, random flips, ``DataLoader(batch_size=8, shuffle=True)`` with its defaults,
+  fp32, NCHW, ``DiceCELoss`` + AdamW;
+- medseg: ``medseg.training``'s loaders (decoded and resized once into a ``CacheDataset``, MONAI random
+  affine, flips, colour and noise augmentation per epoch) and its ``training_step``;
+- medseg variants: each lever of issue #6 that applies on a CPU (channels-last, ``torch.compile``, a loader
+  worker), so that only levers that measure are kept.
+
+Prints samples per second (median over repeats of whole epochs, data loading included) and the ratio
+against the tutorial measured in the same run. The one-off cache build is reported separately.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from medseg.config import PipelineConfig, load_config
+from medseg.data.dataset import prepare_data
+from medseg.registry import build_loss, build_network
+from medseg.training import _loaders, build_optimizer, training_step
+
+PIPELINE = Path("pipelines/skin_lesion.yaml")
+
+
+class TutorialDataset(torch.utils.data.Dataset):
+    """What a tutorial writes: decode and resize on every read, flips as augmentation."""
+
+    def __init__(self, records: list[dict], size: int) -> None:
+        self.records, self.size = records, size
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        record = self.records[index]
+        image = Image.open(record["image"]).convert("RGB").resize((self.size, self.size), Image.BILINEAR)
+        mask = Image.open(record["label"]).convert("L").resize((self.size, self.size), Image.NEAREST)
+        image_t = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
+        mask_t = torch.from_numpy((np.asarray(mask) > 127).astype(np.float32))[None]
+        for axis in (1, 2):
+            if torch.rand(()) < 0.5:
+                image_t, mask_t = image_t.flip(axis), mask_t.flip(axis)
+        return {"image": image_t.contiguous(), "label": mask_t.contiguous()}
+
+
+def epoch_rate(loader: Iterable, step: Callable[[dict], float], samples: int, epochs: int) -> float:
+    """Samples per second over ``epochs`` whole epochs (loading + forward + backward + update)."""
+    started = time.perf_counter()
+    for _ in range(epochs):
+        for batch in loader:
+            step(batch)
+    return samples * epochs / (time.perf_counter() - started)
+
+
+def make_step(cfg: PipelineConfig, channels_last: bool = False, compiled: bool = False) -> Callable[[dict], float]:
+    torch.manual_seed(0)
+    m = cfg.model
+    network = build_network(m.name, 2, m.in_channels, m.out_channels, m.args).train()
+    if channels_last:
+        network = network.to(memory_format=torch.channels_last)
+    model = torch.compile(network) if compiled else network
+    loss_function = build_loss(cfg.loss.name, m.out_channels, cfg.loss.args)
+    optimizer = build_optimizer(cfg, network)
+
+    def step(batch: dict) -> float:
+        if channels_last:
+            batch = {**batch, "image": batch["image"].contiguous(memory_format=torch.channels_last)}
+        return training_step(model, batch, loss_function, optimizer, bf16=False)
+
+    return step
+
+
+def synthetic_ph2(folder: Path, count: int = 98) -> Path:
+    """PH2-like JPEG photographs (512x384) with PNG masks, when the real data is absent."""
+    rng = np.random.default_rng(0)
+    (folder / "ph2" / "images").mkdir(parents=True)
+    (folder / "ph2" / "masks").mkdir(parents=True)
+    yy, xx = np.mgrid[:384, :512]
+    for i in range(count):
+        cy, cx, r = rng.uniform(120, 260), rng.uniform(150, 360), rng.uniform(50, 110)
+        lesion = (yy - cy) ** 2 + (xx - cx) ** 2 < r**2
+        image = rng.normal(190, 12, (384, 512, 3))
+        image[lesion] -= 90
+        Image.fromarray(image.clip(0, 255).astype(np.uint8)).save(folder / "ph2" / "images" / f"c{i:03d}.jpg")
+        Image.fromarray((lesion * 255).astype(np.uint8)).save(folder / "ph2" / "masks" / f"c{i:03d}.png")
+    return folder
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--epochs", type=int, default=2, help="epochs per measurement")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--skip-compile", action="store_true", help="leave out the torch.compile variant")
+    args = parser.parse_args()
+
+    scratch = tempfile.TemporaryDirectory()
+    data_root = os.environ.get("MEDSEG_DATA_ROOT")
+    if not data_root or not (Path(data_root) / "ph2").is_dir():
+        data_root = str(synthetic_ph2(Path(scratch.name)))
+        print("PH2 not found (set MEDSEG_DATA_ROOT): synthetic 512x384 JPEGs")
+    overrides = [f"data.root={data_root}", "data.synthetic.fallback=false", "tracking.enabled=false"]
+    overrides.append(f"data.split.file={Path(scratch.name) / 'splits.json'}" if scratch.name in data_root else "")
+    cfg = load_config(PIPELINE, [o for o in overrides if o])
+    torch.set_num_threads(cfg.training.num_threads or os.cpu_count() or 1)
+    data = prepare_data(cfg)
+    records = data.subset("train")
+    size, batch = cfg.preprocessing.spatial_size[0], cfg.training.batch_size
+    print(f"{len(records)} training images -> {size}x{size}, batch {batch}, {torch.get_num_threads()} threads")
+
+    tutorial_loader = torch.utils.data.DataLoader(TutorialDataset(records, size), batch_size=batch, shuffle=True)
+    started = time.perf_counter()
+    medseg_loader, _ = _loaders(cfg, data)
+    print(f"medseg cache build (once per training run): {time.perf_counter() - started:.1f} s")
+    worker_cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"num_workers": 1})})
+    worker_loader, _ = _loaders(worker_cfg, data)
+
+    variants: dict[str, tuple[Iterable, Callable[[dict], float]]] = {
+        "tutorial (decode+resize per read, fp32 NCHW)": (tutorial_loader, make_step(cfg)),
+        "medseg (cached, fp32 NCHW)": (medseg_loader, make_step(cfg)),
+        "medseg + channels-last": (medseg_loader, make_step(cfg, channels_last=True)),
+        "medseg + 1 loader worker": (worker_loader, make_step(cfg)),
+    }
+    if not args.skip_compile:
+        variants["medseg + torch.compile"] = (medseg_loader, make_step(cfg, compiled=True))
+    for name, (loader, step) in variants.items():  # warm-up: allocator, oneDNN kernels, compilation
+        started = time.perf_counter()
+        epoch_rate(loader, step, len(records), 1)
+        print(f"warm-up {name}: {time.perf_counter() - started:.1f} s")
+    rates: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(args.repeats):  # interleaved, so that drifts in machine load hit every variant
+        for name, (loader, step) in variants.items():
+            rates[name].append(epoch_rate(loader, step, len(records), args.epochs))
+    baseline = statistics.median(rates[next(iter(variants))])
+    print(f"\nmedian of {args.repeats} x {args.epochs} epochs")
+    print("| variant | samples/s | ratio vs tutorial |\n| --- | --- | --- |")
+    for name, values in rates.items():
+        median = statistics.median(values)
+        print(f"| {name} | {median:.1f} | {median / baseline:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
