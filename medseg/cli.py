@@ -131,15 +131,22 @@ def predict(
     tta: Annotated[bool | None, typer.Option("--tta/--no-tta", help="Mirror test-time augmentation.")] = None,
     overlays: Annotated[bool, typer.Option("--overlays/--no-overlays", help="Write overlay PNGs (2D).")] = True,
     probabilities: Annotated[bool, typer.Option("--probabilities", help="Also write probability maps (3D).")] = False,
+    backend: Annotated[
+        str | None,
+        typer.Option("--backend", help="auto (ONNX Runtime in 3D), torch or onnxruntime; default: the model's."),
+    ] = None,
     debug: DebugOption = False,
 ) -> None:
     """Segment a folder of images with a trained model (resumable: existing masks are kept)."""
 
     def action() -> None:
+        from medseg.errors import ConfigError
         from medseg.inference import Predictor
         from medseg.prediction import predict_folder
 
-        predictor = Predictor.from_model(model, tta=tta)
+        if backend not in (None, "auto", "torch", "onnxruntime"):
+            raise ConfigError(f"--backend {backend}: expected auto, torch or onnxruntime")
+        predictor = Predictor.from_model(model, tta=tta, backend=backend)
         report = predict_folder(
             predictor, input_path, output, overwrite=overwrite, overlays=overlays, save_probabilities=probabilities
         )

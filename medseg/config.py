@@ -232,6 +232,9 @@ class InferenceConfig(Section):
     sw_batch_size: PositiveInt = 2
     blend_mode: Literal["gaussian", "constant"] = "gaussian"
     tta: bool = False
+    # onnxruntime: the trained network is exported in memory and run by ONNX Runtime (measured ~2x faster than
+    # PyTorch for 3D convolutions on CPU, benchmarks/sliding_window_3d.py); auto = onnxruntime in 3D, torch in 2D
+    backend: Literal["auto", "torch", "onnxruntime"] = "auto"
     save_probabilities: bool = False
     max_voxels: PositiveInt = 1_000_000_000  # larger inputs are refused from their header, before reading voxels
 

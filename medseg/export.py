@@ -88,6 +88,15 @@ class OnnxNetwork(nn.Module):
         return torch.from_numpy(self.session.run(None, {self.input_name: array})[0])
 
 
+def session_network(network: nn.Module, cfg: Any) -> OnnxNetwork:
+    """Export ``network`` to a temporary ONNX file and return its ONNX Runtime session as a module."""
+    example = _random_inputs(cfg.model.in_channels, _working_shape(cfg.to_dict()), 1)[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "network.onnx"
+        _export_onnx(network, example, {}, path)
+        return OnnxNetwork(path)  # the session holds the model in memory; the file can go
+
+
 def _working_shape(config: dict[str, Any]) -> tuple[int, ...]:
     """The spatial shape the network sees: the resized image (2D) or the sliding-window ROI (3D)."""
     pre, inference = config["preprocessing"], config.get("inference", {})
@@ -220,7 +229,7 @@ def check_parity(reference: Any, exported: Any, images: list[Path] | None = None
         cfg = reference.config.to_dict()
         for index, batch in enumerate(_random_inputs(reference.config.model.in_channels, _working_shape(cfg))):
             with torch.inference_mode():
-                ours, theirs = reference.network(batch).float(), exported.network(batch).float()
+                ours, theirs = reference.network(batch).float(), exported.runtime(batch).float()
             ours_p, theirs_p = activate(ours)[0].numpy(), activate(theirs)[0].numpy()
             rows.append(
                 {
@@ -275,12 +284,13 @@ def export_model(
     checkpoint = resolve_model(model)
     if export_format(checkpoint) is not None:
         raise ModelError(f"{checkpoint}: already an exported model; export from a run folder or checkpoint")
-    reference = Predictor.from_model(checkpoint)
+    reference = Predictor.from_model(checkpoint, backend="torch")
     state = load_checkpoint(checkpoint)
     target = Path(output) if output is not None else checkpoint.parent / f"model{FORMATS[fmt]}"
     if export_format(target) != fmt:
         raise ModelError(f"{target}: a {fmt} export must end in {FORMATS[fmt]}")
     metadata = _metadata(state, reference.steps, checkpoint)
+    metadata["config"].setdefault("inference", {})["backend"] = "auto"  # the file decides: ONNX Runtime or TorchScript
     example = _random_inputs(reference.config.model.in_channels, _working_shape(state["config"]), 1)[0]
     target.parent.mkdir(parents=True, exist_ok=True)
     staged = target.with_name(f".{target.stem}.checking{target.suffix}")

@@ -41,6 +41,25 @@ def postprocessing_steps(cfg: PipelineConfig, model_dir: Path) -> list[str]:
     return []
 
 
+def inference_backend(cfg: PipelineConfig) -> str:
+    """``torch`` or ``onnxruntime`` for this pipeline (``auto``: ONNX Runtime for 3D sliding windows)."""
+    backend = cfg.inference.backend
+    return ("onnxruntime" if cfg.spatial_dims == 3 else "torch") if backend == "auto" else backend
+
+
+def runtime_network(network: nn.Module, cfg: PipelineConfig) -> nn.Module:
+    """The network as it will run: ONNX Runtime when the backend says so (PyTorch if the export fails)."""
+    from medseg.export import OnnxNetwork, session_network
+
+    if inference_backend(cfg) != "onnxruntime" or isinstance(network, OnnxNetwork | torch.jit.ScriptModule):
+        return network
+    try:
+        return session_network(network.eval(), cfg)
+    except Exception as exc:  # any exporter failure: PyTorch still gives the same result, only slower
+        log.warning("ONNX Runtime backend unavailable (%s); running the network in PyTorch", str(exc)[:200])
+        return network
+
+
 def activate(logits: torch.Tensor) -> torch.Tensor:
     """Sigmoid for a 1-channel (binary) output, softmax over classes otherwise."""
     return torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
@@ -94,6 +113,7 @@ class Predictor:
         from medseg.data.transforms import inference_transforms
 
         self.network.eval()
+        self.runtime = runtime_network(self.network, self.config)  # what runs: PyTorch or ONNX Runtime
         self.threshold = self.config.evaluation.threshold
         self.preprocess = inference_transforms(self.config)
         self.inferer = build_inferer(self.config)
@@ -105,24 +125,27 @@ class Predictor:
         )
 
     @classmethod
-    def from_model(cls, model: Path | str, tta: bool | None = None, steps: list[str] | None = None) -> Predictor:
+    def from_model(
+        cls, model: Path | str, tta: bool | None = None, steps: list[str] | None = None, backend: str | None = None
+    ) -> Predictor:
         """Build from a run folder, its ``model/`` folder, a checkpoint, an MLflow model URI, or a file
         written by ``medseg export`` (``.onnx`` runs on ONNX Runtime, ``.ts`` on TorchScript).
 
-        ``steps`` overrides the post-processing saved with the model (used while choosing it).
+        ``steps`` overrides the post-processing saved with the model (used while choosing it); ``backend``
+        overrides ``inference.backend``.
         """
         from medseg.export import export_format, read_exported
 
         checkpoint = resolve_model(model)
         if export_format(checkpoint) is not None:
             network, metadata = read_exported(checkpoint)
-            config = _validated_config(metadata.get("config"), checkpoint)
+            config = _validated_config(metadata.get("config"), checkpoint, backend)
             steps = list(metadata.get("postprocessing", [])) if steps is None else steps
             if config.postprocessing.mode == "off":
                 steps = []
             return cls(network, config, steps, config.inference.tta if tta is None else tta)
         state = load_checkpoint(checkpoint)
-        config = _validated_config(state.get("config"), checkpoint)
+        config = _validated_config(state.get("config"), checkpoint, backend)
         network = network_from_checkpoint(state, checkpoint)
         steps = postprocessing_steps(config, checkpoint.parent) if steps is None else steps
         return cls(network, config, steps, config.inference.tta if tta is None else tta)
@@ -162,7 +185,7 @@ class Predictor:
             torch.empty(0), meta=data["image"].meta, applied_operations=data["image"].applied_operations
         )
         with torch.inference_mode():
-            probs = mirrored_probabilities(self.network, batch, self.tta, self.inferer)
+            probs = mirrored_probabilities(self.runtime, batch, self.tta, self.inferer)
         del batch
         if self.config.spatial_dims == 3:
             from medseg.resampling import resample_to_grid
@@ -205,10 +228,13 @@ def resolve_model(model: Path | str) -> Path:
     return path if path.is_file() else resolve_checkpoint(path)
 
 
-def _validated_config(raw: object, source: Path) -> PipelineConfig:
-    """The pipeline configuration saved with a model; ModelError if missing or invalid."""
+def _validated_config(raw: object, source: Path, backend: str | None = None) -> PipelineConfig:
+    """The pipeline configuration saved with a model (``backend`` replacing its inference backend)."""
     try:
-        return PipelineConfig.model_validate(raw)
+        config = PipelineConfig.model_validate(raw)
+        if backend is not None:
+            config = config.model_copy(update={"inference": config.inference.model_copy(update={"backend": backend})})
+        return config
     except ValueError as exc:
         first = str(exc).splitlines()
         detail = " ".join(line.strip() for line in first[1:3]) if len(first) > 1 else str(exc)

@@ -98,7 +98,7 @@ def test_3d_onnx_predicts_the_same_mask_on_the_scan_grid(tmp_path: Path) -> None
     nib.save(nib.Nifti1Image(rng.normal(100, 20, (30, 26, 14)).astype(np.float32), affine), scan)
 
     exported = Predictor.from_model(export_model(model, "onnx").path)
-    reference = Predictor.from_model(model)
+    reference = Predictor.from_model(model, backend="torch")
     ours, theirs = reference.probabilities([scan]), exported.probabilities([scan])
     assert theirs.shape == ours.shape == (2, 30, 26, 14)
     np.testing.assert_allclose(theirs, ours, atol=1e-5)
@@ -149,3 +149,35 @@ def test_export_errors_are_one_line_and_write_nothing(model_2d: Path, tmp_path: 
     with pytest.raises(ModelError, match="strict.onnx: the onnx export does not reproduce the network"):
         export_model(model_2d, "onnx", target)
     assert not target.exists() and not list(tmp_path.glob(".strict*")), "a failed export leaves no file"
+
+
+def test_3d_runs_on_onnx_runtime_by_default_and_matches_pytorch(tmp_path: Path) -> None:
+    from medseg.export import OnnxNetwork
+
+    cfg = PipelineConfig(
+        name="t3d",
+        spatial_dims=3,
+        preprocessing={"spacing": None, "patch_size": [16, 16, 16]},
+        model={"in_channels": 1, "out_channels": 1, "args": ARGS},
+    )
+    model = _checkpoint(tmp_path / "run", cfg, [])
+    scan = tmp_path / "scan.nii.gz"
+    nib.save(nib.Nifti1Image(np.random.default_rng(0).normal(0, 1, (20, 18, 17)).astype(np.float32), np.eye(4)), scan)
+    default, pytorch = Predictor.from_model(model), Predictor.from_model(model, backend="torch")
+    assert isinstance(default.runtime, OnnxNetwork) and pytorch.runtime is pytorch.network
+    np.testing.assert_allclose(default.probabilities([scan]), pytorch.probabilities([scan]), atol=1e-5)
+    two_d = PipelineConfig(name="t2d", preprocessing={"spatial_size": [32, 32]}, model={"args": ARGS})
+    assert Predictor(build_network("unet", 2, 3, 1, ARGS), two_d).runtime.__class__.__name__ == "UNet"
+
+
+def test_backend_falls_back_to_pytorch_when_the_export_fails(tmp_path: Path, monkeypatch, caplog) -> None:
+    def broken(*args, **kwargs):
+        raise RuntimeError("exporter exploded")
+
+    monkeypatch.setattr(export_module, "_export_onnx", broken)
+    cfg = PipelineConfig(name="t3d", spatial_dims=3, preprocessing={"patch_size": [16, 16, 16]}, model={"args": ARGS})
+    network = build_network("unet", 3, 1, 1, ARGS)
+    with caplog.at_level("WARNING"):
+        predictor = Predictor(network, cfg)
+    assert predictor.runtime is network
+    assert "ONNX Runtime backend unavailable (exporter exploded); running the network in PyTorch" in caplog.text

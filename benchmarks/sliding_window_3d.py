@@ -1,0 +1,188 @@
+"""3D sliding-window inference: medseg's predictor versus a plain MONAI ``sliding_window_inference`` call.
+
+    MEDSEG_DATA_ROOT=../shared/data python benchmarks/sliding_window_3d.py [--model RUN_OR_CKPT] [--repeats 3]
+
+Same trained network (the newest ``brain_tumor_mri`` run by default), same ROI (96^3) and overlap (0.5), on
+a 240x240x155 two-channel BraTS volume (FLAIR + T1c of the held-out case, or a synthetic one without data).
+Both go from the files to a mask on the scan's own grid:
+
+- baseline: ``LoadImaged`` -> RAS -> z-score over non-zero voxels -> ``sliding_window_inference`` with its
+  defaults (sw_batch_size 1, constant blending) in fp32 under ``torch.no_grad`` -> sigmoid -> ``Invertd``;
+- medseg: ``Predictor.probabilities`` with the pipeline's settings (brain crop, Gaussian blending,
+  ``inference_mode``, resampling back slab by slab), plus variants for each lever of issue #6.
+
+Prints voxels per second of the input volume (median over repeats, interleaved), the ratio against the
+baseline and the Dice between each variant's mask and the baseline's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+
+from medseg.checkpoint import load_checkpoint, network_from_checkpoint, resolve_checkpoint
+from medseg.config import PipelineConfig, load_config
+from medseg.inference import Predictor
+
+PIPELINE = Path("pipelines/brain_tumor_mri.yaml")
+CASE = "brats_2013_pat0006_1"
+
+
+def newest_run_checkpoint() -> Path | None:
+    runs = sorted(Path("mlruns/runs/brain_tumor_mri").glob("*/model/best.pt"), key=lambda p: p.stat().st_mtime)
+    return runs[-1] if runs else None
+
+
+def synthetic_case(folder: Path) -> list[str]:
+    """Two 240x240x155 channels: a brain-like ellipsoid with a bright lesion, zero outside (as BraTS)."""
+    rng = np.random.default_rng(0)
+    x, y, z = np.ogrid[:240, :240, :155]
+    brain = ((x - 120) / 70) ** 2 + ((y - 120) / 85) ** 2 + ((z - 77) / 65) ** 2 < 1
+    lesion = ((x - 95) / 20) ** 2 + ((y - 130) / 25) ** 2 + ((z - 80) / 18) ** 2 < 1
+    paths = []
+    for channel in range(2):
+        volume = np.where(brain, rng.normal(400 + 100 * channel, 40, brain.shape), 0).astype(np.float32)
+        volume[lesion] += 300
+        paths.append(str(folder / f"synthetic_{channel}.nii.gz"))
+        nib.save(nib.Nifti1Image(volume, np.diag([-1.0, -1.0, 1.0, 1.0])), paths[-1])
+    return paths
+
+
+def baseline(network: torch.nn.Module, roi: tuple[int, ...], overlap: float) -> Callable[[list[str]], np.ndarray]:
+    """The plain MONAI script: load, orient, normalise, sliding window with defaults, invert."""
+    from monai.inferers import sliding_window_inference
+    from monai.transforms import (
+        Compose,
+        EnsureChannelFirstd,
+        Invertd,
+        LoadImaged,
+        NormalizeIntensityd,
+        Orientationd,
+    )
+
+    preprocess = Compose(
+        [
+            LoadImaged("image", image_only=False),
+            EnsureChannelFirstd("image"),
+            Orientationd("image", "RAS"),
+            NormalizeIntensityd("image", nonzero=True, channel_wise=True),
+        ]
+    )
+    invert = Invertd("pred", preprocess, orig_keys="image", nearest_interp=False)
+
+    def run(paths: list[str]) -> np.ndarray:
+        data = preprocess({"image": paths})
+        with torch.no_grad():
+            logits = sliding_window_inference(data["image"][None], roi, 1, network, overlap=overlap)
+        data["pred"] = torch.sigmoid(logits[0])
+        return np.asarray(invert(data)["pred"][0]) > 0.5
+
+    return run
+
+
+class ChannelsLast3d(torch.nn.Module):
+    """Feed the network NDHWC tensors (the channels-last lever)."""
+
+    def __init__(self, network: torch.nn.Module) -> None:
+        super().__init__()
+        self.network = network.to(memory_format=torch.channels_last_3d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.network(x.contiguous(memory_format=torch.channels_last_3d))
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    total = int(a.sum()) + int(b.sum())
+    return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=None, help="run folder or checkpoint (default: newest run)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--skip-onnx", action="store_true")
+    args = parser.parse_args()
+    scratch = tempfile.TemporaryDirectory()
+
+    cfg: PipelineConfig = load_config(PIPELINE, ["tracking.enabled=false"])
+    checkpoint = resolve_checkpoint(args.model) if args.model else newest_run_checkpoint()
+    if checkpoint is not None:
+        network = network_from_checkpoint(load_checkpoint(checkpoint), checkpoint)
+        print(f"network: {checkpoint}")
+    else:
+        from medseg.registry import build_network
+
+        torch.manual_seed(0)
+        m = cfg.model
+        network = build_network(m.name, 3, m.in_channels, m.out_channels, m.args).eval()
+        print("network: untrained (no brain_tumor_mri run found; the Dice agreement is then less telling)")
+    data_root = Path(os.environ.get("MEDSEG_DATA_ROOT", "../shared/data")) / "brats2015-sample"
+    if (data_root / "imagesTr" / f"{CASE}.nii.gz").is_file():
+        paths = [str(data_root / folder / f"{CASE}.nii.gz") for folder in cfg.data.modalities]
+        print(f"volume: {CASE} (FLAIR + T1c), {nib.load(paths[0]).shape}")
+    else:
+        paths = synthetic_case(Path(scratch.name))
+        print("volume: synthetic 240x240x155 x 2 channels (BraTS not found; set MEDSEG_DATA_ROOT)")
+    voxels = int(np.prod(nib.load(paths[0]).shape))
+    roi, overlap = tuple(cfg.inference.roi_size or cfg.preprocessing.patch_size), cfg.inference.overlap
+    print(f"ROI {roi}, overlap {overlap}, {torch.get_num_threads()} threads\n")
+
+    def predictor(config: PipelineConfig, net: torch.nn.Module = network) -> Callable[[list[str]], np.ndarray]:
+        p = Predictor(net, config, steps=[])
+        return lambda files: p.probabilities(files)[0] > config.evaluation.threshold
+
+    def with_inference(**changes) -> PipelineConfig:
+        return cfg.model_copy(update={"inference": cfg.inference.model_copy(update=changes)})
+
+    no_crop = cfg.model_copy(update={"preprocessing": cfg.preprocessing.model_copy(update={"crop_foreground": False})})
+    variants: dict[str, Callable[[list[str]], np.ndarray]] = {
+        "baseline: plain sliding_window_inference (sw_batch 1, constant, no_grad)": baseline(network, roi, overlap),
+        f"medseg predictor (brain crop, Gaussian, sw_batch {cfg.inference.sw_batch_size})": predictor(cfg),
+        "medseg without the brain crop": predictor(no_crop),
+        "medseg, sw_batch 4": predictor(with_inference(sw_batch_size=4)),
+        "medseg, channels-last 3D": predictor(cfg, ChannelsLast3d(network)),
+    }
+    if not args.skip_onnx:
+        from medseg.export import OnnxNetwork, _export_onnx
+
+        onnx_path = Path(scratch.name) / "model.onnx"
+        example = torch.zeros(1, cfg.model.in_channels, *roi)
+        _export_onnx(network, example, {"benchmark": True}, onnx_path)
+        variants["medseg, ONNX Runtime backend"] = predictor(cfg, OnnxNetwork(onnx_path))
+        variants["medseg, ONNX Runtime backend, sw_batch 4"] = predictor(
+            with_inference(sw_batch_size=4), OnnxNetwork(onnx_path)
+        )
+
+    masks, seconds = {}, {name: [] for name in variants}
+    for name, run in variants.items():  # warm-up, and the masks compared
+        masks[name] = run(paths)
+    for _ in range(args.repeats):
+        for name, run in variants.items():
+            started = time.perf_counter()
+            run(paths)
+            seconds[name].append(time.perf_counter() - started)
+    reference_name = next(iter(variants))
+    reference_time = statistics.median(seconds[reference_name])
+    print(f"median of {args.repeats}, whole volume from files to mask")
+    print("| variant | s/volume | Mvoxel/s | speed ratio | Dice vs baseline mask |\n| --- | --- | --- | --- | --- |")
+    for name, values in seconds.items():
+        median = statistics.median(values)
+        agreement = dice(masks[name], masks[reference_name])
+        print(
+            f"| {name} | {median:.1f} | {voxels / median / 1e6:.2f} | {reference_time / median:.2f}x | "
+            f"{agreement:.4f} |"
+        )
+    print(f"\nbaseline mask: {int(masks[reference_name].sum())} foreground voxels")
+
+
+if __name__ == "__main__":
+    main()
