@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from medseg import __version__
-from medseg.errors import DataError, ModelError
+from medseg.errors import ModelError
 from medseg.io import atomic_path, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -202,7 +202,7 @@ def _foreground_dice(a: np.ndarray, b: np.ndarray) -> float:
     return _dice(np.asarray(a) > 0, np.asarray(b) > 0)
 
 
-def check_parity(reference: Any, exported: Any, images: list[Path] | None = None) -> ParityReport:
+def check_parity(reference: Any, exported: Any, images: list[str | list[str]] | None = None) -> ParityReport:
     """Compare two predictors that differ only in their network backend.
 
     With ``images``, each one goes through the whole predictor (preprocessing, sliding window, TTA, inverse
@@ -219,7 +219,7 @@ def check_parity(reference: Any, exported: Any, images: list[Path] | None = None
             theirs = exported.probabilities(image)
             rows.append(
                 {
-                    "case": Path(image).name,
+                    "case": Path(image[0] if isinstance(image, list) else image).name,
                     "max_abs_logit_difference": float("nan"),
                     "max_abs_probability_difference": float(np.abs(ours - theirs).max()),
                     "mask_dice": _foreground_dice(_labels(ours, threshold), _labels(theirs, threshold)),
@@ -257,16 +257,13 @@ def check_parity(reference: Any, exported: Any, images: list[Path] | None = None
     )
 
 
-def parity_images(source: Path) -> list[Path]:
-    """An image, or the images of a folder (the inputs ``medseg predict`` would read)."""
+def parity_inputs(source: Path, config: Any) -> list[str | list[str]]:
+    """The cases ``medseg predict`` would read from ``source``: images (2D) or scans, one list per case (3D)."""
     from medseg.prediction import image_records, volume_records
 
-    if not source.exists():
-        raise DataError(f"{source}: no such file or folder for the parity check")
-    if source.is_file():
-        return [source]
-    records = image_records(source) or volume_records(source)
-    return [Path(r["image"]) if not isinstance(r["image"], list) else r["image"] for r in records]
+    if config.spatial_dims == 2:
+        return [record["image"] for record in image_records(source)]
+    return [record["image"] for record in volume_records(source, config.model.in_channels)]
 
 
 def export_model(
@@ -297,7 +294,7 @@ def export_model(
     (_export_onnx if fmt == "onnx" else _export_torchscript)(reference.network, example, metadata, staged)
     try:
         exported = Predictor.from_model(staged)
-        images = parity_images(check_inputs)[:max_cases] if check_inputs is not None else None
+        images = parity_inputs(check_inputs, reference.config)[:max_cases] if check_inputs is not None else None
         parity = check_parity(reference, exported, images)
         if not parity.passed:
             raise ModelError(

@@ -97,7 +97,9 @@ def test_3d_onnx_predicts_the_same_mask_on_the_scan_grid(tmp_path: Path) -> None
     scan = tmp_path / "scan.nii.gz"
     nib.save(nib.Nifti1Image(rng.normal(100, 20, (30, 26, 14)).astype(np.float32), affine), scan)
 
-    exported = Predictor.from_model(export_model(model, "onnx").path)
+    result = export_model(model, "onnx", check_inputs=scan)
+    assert [row["case"] for row in result.parity.per_case] == ["scan.nii.gz"] and result.parity.mask_dice == 1.0
+    exported = Predictor.from_model(result.path)
     reference = Predictor.from_model(model, backend="torch")
     ours, theirs = reference.probabilities([scan]), exported.probabilities([scan])
     assert theirs.shape == ours.shape == (2, 30, 26, 14)
