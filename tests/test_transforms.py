@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from medseg.config import PipelineConfig
 from medseg.data.transforms import inference_transforms, train_transforms, validation_transforms
@@ -75,3 +76,19 @@ def test_inference_transforms_record_the_original_size(marked_pair: dict[str, st
     out = inference_transforms(cfg)({"image": marked_pair["image"]})
     assert tuple(out["image"].shape) == (3, 32, 32)
     assert [int(v) for v in out["image"].meta["spatial_shape"]] == [80, 60]  # PIL order: width, height
+
+
+def test_constant_mri_background_becomes_zero_so_the_brain_crop_works() -> None:
+    """Pre-normalised MRI (BraTS derivatives) has a constant non-zero background, e.g. -3.8."""
+    from medseg.data.volume_transforms import zero_constant_background
+
+    brain = torch.zeros(20, 18, 16, dtype=torch.bool)
+    brain[5:15, 4:12, 3:13] = True
+    normalised = torch.where(brain, torch.randn(20, 18, 16), torch.tensor(-3.8))
+    noisy = torch.randn(20, 18, 16)  # corners differ: not a constant background, left alone
+    raw = torch.where(brain, torch.rand(20, 18, 16) + 1, torch.tensor(0.0))
+    out = zero_constant_background(torch.stack([normalised, noisy, raw]))
+    assert bool((out[0][~brain] == 0).all()) and torch.equal(out[0][brain], normalised[brain])
+    assert torch.equal(out[1], noisy) and torch.equal(out[2], raw)
+    nonzero = out[0].nonzero()
+    assert nonzero.min(0).values.tolist() == [5, 4, 3] and nonzero.max(0).values.tolist() == [14, 11, 12]

@@ -22,6 +22,22 @@ def nonzero(image: torch.Tensor) -> torch.Tensor:
     return image != 0
 
 
+def zero_constant_background(image: torch.Tensor) -> torch.Tensor:
+    """Per channel, set a constant background to 0: the value all eight corners share, if they share one.
+
+    Skull-stripped MRI saved after its own normalisation (BraTS derivatives: z-scored inside the brain,
+    background a constant such as -3.8) then crops to the brain and is z-scored over the brain, like raw
+    skull-stripped MRI with its zero background. Channels whose corners differ are left as they are.
+    """
+    out = image.clone()
+    for channel in out:
+        corners = channel[tuple(slice(None, None, max(n - 1, 1)) for n in channel.shape)]
+        value = corners.flatten()[0]
+        if value != 0 and bool((corners == value).all()):
+            channel[channel == value] = 0
+    return out
+
+
 def positive(image: torch.Tensor) -> torch.Tensor:
     """Foreground for CT cropping after windowing: anything above the bottom of the window (air)."""
     return image > 0
@@ -72,6 +88,7 @@ def volume_preprocessing(cfg: PipelineConfig, keys: tuple[str, ...] = ("image", 
     """Deterministic steps shared by training, validation and inference."""
     from monai.transforms import (
         CropForegroundd,
+        Lambdad,
         LoadImaged,
         NormalizeIntensityd,
         Orientationd,
@@ -103,6 +120,8 @@ def volume_preprocessing(cfg: PipelineConfig, keys: tuple[str, ...] = ("image", 
         transforms.append(ScaleIntensityRanged(keys="image", a_min=low, a_max=high, b_min=0.0, b_max=1.0, clip=True))
         transforms.extend([crop] if pre.crop_foreground else [])
     else:
+        if pre.intensity.kind == "mri":
+            transforms.append(Lambdad(keys="image", func=zero_constant_background))
         transforms.extend([crop] if pre.crop_foreground else [])
         if pre.intensity.kind == "mri":
             transforms.append(NormalizeIntensityd(keys="image", nonzero=True, channel_wise=True))
