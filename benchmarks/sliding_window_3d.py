@@ -6,10 +6,11 @@ Same trained network (the newest ``brain_tumor_mri`` run by default), same ROI (
 a 240x240x155 two-channel BraTS volume (FLAIR + T1c of the held-out case, or a synthetic one without data).
 Both go from the files to a mask on the scan's own grid:
 
-- baseline: ``LoadImaged`` -> RAS -> z-score over non-zero voxels -> ``sliding_window_inference`` with its
-  defaults (sw_batch_size 1, constant blending) in fp32 under ``torch.no_grad`` -> sigmoid -> ``Invertd``;
+- baseline: ``LoadImaged`` -> RAS -> the same intensity normalisation as training (constant background to 0,
+  z-score over the brain) -> ``sliding_window_inference`` with its defaults (sw_batch_size 1, constant
+  blending) in fp32 under ``torch.no_grad`` over the whole volume -> sigmoid -> ``Invertd``;
 - medseg: ``Predictor.probabilities`` with the pipeline's settings (brain crop, Gaussian blending,
-  ``inference_mode``, resampling back slab by slab), plus variants for each lever of issue #6.
+  ``inference_mode``, ONNX Runtime, resampling back slab by slab), plus a variant per lever of issue #6.
 
 Prints voxels per second of the input volume (median over repeats, interleaved), the ratio against the
 baseline and the Dice between each variant's mask and the baseline's.
@@ -18,6 +19,7 @@ baseline and the Dice between each variant's mask and the baseline's.
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import statistics
 import tempfile
@@ -64,16 +66,20 @@ def baseline(network: torch.nn.Module, roi: tuple[int, ...], overlap: float) -> 
         Compose,
         EnsureChannelFirstd,
         Invertd,
+        Lambdad,
         LoadImaged,
         NormalizeIntensityd,
         Orientationd,
     )
+
+    from medseg.data.volume_transforms import zero_constant_background
 
     preprocess = Compose(
         [
             LoadImaged("image", image_only=False),
             EnsureChannelFirstd("image"),
             Orientationd("image", "RAS"),
+            Lambdad("image", zero_constant_background),
             NormalizeIntensityd("image", nonzero=True, channel_wise=True),
         ]
     )
@@ -109,7 +115,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=None, help="run folder or checkpoint (default: newest run)")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--skip-onnx", action="store_true")
     args = parser.parse_args()
     scratch = tempfile.TemporaryDirectory()
 
@@ -140,27 +145,22 @@ def main() -> None:
         p = Predictor(net, config, steps=[])
         return lambda files: p.probabilities(files)[0] > config.evaluation.threshold
 
-    def with_inference(**changes) -> PipelineConfig:
-        return cfg.model_copy(update={"inference": cfg.inference.model_copy(update=changes)})
+    def with_inference(config: PipelineConfig = cfg, **changes) -> PipelineConfig:
+        return config.model_copy(update={"inference": config.inference.model_copy(update=changes)})
 
+    torch_cfg = with_inference(backend="torch")
     no_crop = cfg.model_copy(update={"preprocessing": cfg.preprocessing.model_copy(update={"crop_foreground": False})})
+    sw = cfg.inference.sw_batch_size
     variants: dict[str, Callable[[list[str]], np.ndarray]] = {
-        "baseline: plain sliding_window_inference (sw_batch 1, constant, no_grad)": baseline(network, roi, overlap),
-        f"medseg predictor (brain crop, Gaussian, sw_batch {cfg.inference.sw_batch_size})": predictor(cfg),
-        "medseg without the brain crop": predictor(no_crop),
-        "medseg, sw_batch 4": predictor(with_inference(sw_batch_size=4)),
-        "medseg, channels-last 3D": predictor(cfg, ChannelsLast3d(network)),
+        "baseline: plain sliding_window_inference (sw_batch 1, constant, no_grad, PyTorch)": baseline(
+            network, roi, overlap
+        ),
+        f"medseg default (brain crop, Gaussian, sw_batch {sw}, ONNX Runtime)": predictor(cfg),
+        f"medseg, PyTorch backend (sw_batch {sw})": predictor(torch_cfg),
+        "medseg, PyTorch backend, channels-last 3D": predictor(torch_cfg, ChannelsLast3d(copy.deepcopy(network))),
+        "medseg, ONNX Runtime, no brain crop": predictor(with_inference(no_crop)),
+        "medseg, ONNX Runtime, sw_batch 4": predictor(with_inference(sw_batch_size=4)),
     }
-    if not args.skip_onnx:
-        from medseg.export import OnnxNetwork, _export_onnx
-
-        onnx_path = Path(scratch.name) / "model.onnx"
-        example = torch.zeros(1, cfg.model.in_channels, *roi)
-        _export_onnx(network, example, {"benchmark": True}, onnx_path)
-        variants["medseg, ONNX Runtime backend"] = predictor(cfg, OnnxNetwork(onnx_path))
-        variants["medseg, ONNX Runtime backend, sw_batch 4"] = predictor(
-            with_inference(sw_batch_size=4), OnnxNetwork(onnx_path)
-        )
 
     masks, seconds = {}, {name: [] for name in variants}
     for name, run in variants.items():  # warm-up, and the masks compared

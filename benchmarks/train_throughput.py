@@ -1,6 +1,7 @@
 """2D training throughput: medseg's training epoch versus the loop a tutorial writes, same network and size.
 
     MEDSEG_DATA_ROOT=../shared/data python benchmarks/train_throughput.py [--epochs 2] [--repeats 3]
+    python benchmarks/train_throughput.py --synthetic-size 2048 1536   # ISIC-sized photographs
 
 Both train the skin-lesion UNet (pipelines/skin_lesion.yaml) at 256x256, batch 8, on the PH2 training split
 (or on synthetic JPEGs when PH2 is absent):
@@ -87,16 +88,17 @@ def make_step(cfg: PipelineConfig, channels_last: bool = False, compiled: bool =
     return step
 
 
-def synthetic_ph2(folder: Path, count: int = 98) -> Path:
-    """PH2-like JPEG photographs (512x384) with PNG masks, when the real data is absent."""
+def synthetic_ph2(folder: Path, width: int, height: int, count: int = 98) -> Path:
+    """PH2-like JPEG photographs with PNG masks (when the real data is absent, or to try larger photographs)."""
     rng = np.random.default_rng(0)
     (folder / "ph2" / "images").mkdir(parents=True)
     (folder / "ph2" / "masks").mkdir(parents=True)
-    yy, xx = np.mgrid[:384, :512]
+    yy, xx = np.mgrid[:height, :width]
     for i in range(count):
-        cy, cx, r = rng.uniform(120, 260), rng.uniform(150, 360), rng.uniform(50, 110)
+        cy, cx = rng.uniform(0.3, 0.7) * height, rng.uniform(0.3, 0.7) * width
+        r = rng.uniform(0.12, 0.28) * min(width, height)
         lesion = (yy - cy) ** 2 + (xx - cx) ** 2 < r**2
-        image = rng.normal(190, 12, (384, 512, 3))
+        image = rng.normal(190, 12, (height, width, 3))
         image[lesion] -= 90
         Image.fromarray(image.clip(0, 255).astype(np.uint8)).save(folder / "ph2" / "images" / f"c{i:03d}.jpg")
         Image.fromarray((lesion * 255).astype(np.uint8)).save(folder / "ph2" / "masks" / f"c{i:03d}.png")
@@ -108,13 +110,22 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2, help="epochs per measurement")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-compile", action="store_true", help="leave out the torch.compile variant")
+    parser.add_argument(
+        "--synthetic-size",
+        type=int,
+        nargs=2,
+        metavar=("W", "H"),
+        help="train on synthetic JPEGs of this size instead of PH2 (e.g. 2048 1536, ISIC-sized photographs)",
+    )
     args = parser.parse_args()
 
     scratch = tempfile.TemporaryDirectory()
     data_root = os.environ.get("MEDSEG_DATA_ROOT")
-    if not data_root or not (Path(data_root) / "ph2").is_dir():
-        data_root = str(synthetic_ph2(Path(scratch.name)))
-        print("PH2 not found (set MEDSEG_DATA_ROOT): synthetic 512x384 JPEGs")
+    if args.synthetic_size or not data_root or not (Path(data_root) / "ph2").is_dir():
+        width, height = args.synthetic_size or (512, 384)
+        data_root = str(synthetic_ph2(Path(scratch.name), width, height))
+        why = "" if args.synthetic_size else " (PH2 not found: set MEDSEG_DATA_ROOT)"
+        print(f"synthetic {width}x{height} JPEGs{why}")
     overrides = [f"data.root={data_root}", "data.synthetic.fallback=false", "tracking.enabled=false"]
     overrides.append(f"data.split.file={Path(scratch.name) / 'splits.json'}" if scratch.name in data_root else "")
     cfg = load_config(PIPELINE, [o for o in overrides if o])
