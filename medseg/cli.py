@@ -189,7 +189,7 @@ def export(
         result = export_model(model, export_format, output, check_input)
         parity = result.parity
         typer.echo(
-            f"{result.path} ({result.format}): parity on {parity.cases} {parity.inputs}: max |logit difference| "
+            f"{result.path} ({result.format}): parity on {parity.inputs}: max |logit difference| "
             f"{parity.max_abs_logit_difference:.2e}, max |probability difference| "
             f"{parity.max_abs_probability_difference:.2e}, mask Dice {parity.mask_dice:.4f}"
         )

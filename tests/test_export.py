@@ -77,7 +77,8 @@ def test_export_reproduces_the_network_and_predicts_the_same_masks(fmt: str, mod
 
 def test_parity_on_real_inputs_goes_through_the_whole_predictor(model_2d: Path, images: Path) -> None:
     parity = export_model(model_2d, "onnx", model_2d.parent / "m.onnx", check_inputs=images).parity
-    assert parity.cases == 2 and [row["case"] for row in parity.per_case] == ["a.png", "b.jpg"]
+    assert [row["case"] for row in parity.per_case] == ["random-0", "random-1", "a.png", "b.jpg"]
+    assert parity.inputs == "2 random tensors at the working shape and 2 inputs end to end"
     assert parity.max_abs_probability_difference < 1e-5 and parity.mask_dice == 1.0
 
 
@@ -98,7 +99,8 @@ def test_3d_onnx_predicts_the_same_mask_on_the_scan_grid(tmp_path: Path) -> None
     nib.save(nib.Nifti1Image(rng.normal(100, 20, (30, 26, 14)).astype(np.float32), affine), scan)
 
     result = export_model(model, "onnx", check_inputs=scan)
-    assert [row["case"] for row in result.parity.per_case] == ["scan.nii.gz"] and result.parity.mask_dice == 1.0
+    assert [row["case"] for row in result.parity.per_case] == ["random-0", "random-1", "scan.nii.gz"]
+    assert result.parity.mask_dice == 1.0
     exported = Predictor.from_model(result.path)
     reference = Predictor.from_model(model, backend="torch")
     ours, theirs = reference.probabilities([scan]), exported.probabilities([scan])
@@ -183,3 +185,15 @@ def test_backend_falls_back_to_pytorch_when_the_export_fails(tmp_path: Path, mon
         predictor = Predictor(network, cfg)
     assert predictor.runtime is network
     assert "ONNX Runtime backend unavailable (exporter exploded); running the network in PyTorch" in caplog.text
+
+
+def test_written_files_get_ordinary_permissions(model_2d: Path) -> None:
+    """Atomic writes go through mkstemp (0600); the final file must be readable like any other output."""
+    import os
+
+    mask = os.umask(0o022)
+    try:
+        path = export_model(model_2d, "onnx").path
+    finally:
+        os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o644
