@@ -20,6 +20,7 @@ def resample_to_grid(
     target_shape: tuple[int, int, int],
     cropped_sides: tuple[bool, ...] = (False,) * 6,
     slab_voxels: int = 4_000_000,
+    exact_shortcut: bool = True,
 ) -> torch.Tensor:
     """Trilinear resampling of ``values`` (C, X, Y, Z) on ``source_affine`` onto a target voxel grid.
 
@@ -32,6 +33,8 @@ def resample_to_grid(
             away; beyond a cropped side values fall to 0, beyond the scan's own edge they are clamped (as
             MONAI's crop and Spacing inverses do).
         slab_voxels: about how many target voxels to compute per slab.
+        exact_shortcut: when the grids differ only by axis flips, permutations and whole-voxel shifts (no
+            resampling in preprocessing), copy voxels by index instead of interpolating (same values).
 
     Returns:
         (C, *target_shape) float32.
@@ -46,6 +49,8 @@ def resample_to_grid(
     shift = np.eye(4)
     shift[:3, 3] = 1.0  # padded index = index + 1
     index_map = torch.as_tensor(shift @ np.linalg.inv(source_affine) @ target_affine, dtype=torch.float64)
+    if exact_shortcut and _is_whole_voxel_map(index_map.numpy()):
+        return _copy_by_index(source[0], index_map.numpy(), target_shape)
     output = torch.zeros((values.shape[0], *target_shape), dtype=torch.float32)
     scale = torch.tensor([2.0 / max(n - 1, 1) for n in source_shape], dtype=torch.float64)
     x = torch.arange(target_shape[0], dtype=torch.float64)
@@ -59,3 +64,28 @@ def resample_to_grid(
         slab = F.grid_sample(source, normalised[None], mode="bilinear", padding_mode="border", align_corners=True)
         output[:, :, :, start : start + len(z)] = slab[0]
     return output
+
+
+def _is_whole_voxel_map(index_map: np.ndarray, tolerance: float = 1e-4) -> bool:
+    """True if target -> source voxel indices is a signed axis permutation plus a whole-voxel shift."""
+    linear, offset = index_map[:3, :3], index_map[:3, 3]
+    rounded = np.round(linear)
+    is_permutation = (np.abs(rounded).sum(axis=0) == 1).all() and (np.abs(rounded).sum(axis=1) == 1).all()
+    return bool(
+        is_permutation
+        and np.abs(linear - rounded).max() < tolerance
+        and np.abs(offset - np.round(offset)).max() < tolerance
+    )
+
+
+def _copy_by_index(source: torch.Tensor, index_map: np.ndarray, target_shape: tuple[int, int, int]) -> torch.Tensor:
+    """Gather ``source`` (C, X+2, Y+2, Z+2, padded) at whole-voxel indices; clamped at the edge like ``border``."""
+    linear, offset = np.round(index_map[:3, :3]).astype(int), np.round(index_map[:3, 3]).astype(int)
+    axes, indices = [], []
+    for target_axis in range(3):
+        source_axis = int(np.flatnonzero(linear[:, target_axis])[0])
+        positions = linear[source_axis, target_axis] * np.arange(target_shape[target_axis]) + offset[source_axis]
+        axes.append(source_axis)
+        indices.append(torch.as_tensor(np.clip(positions, 0, source.shape[1 + source_axis] - 1)))
+    ordered = source.permute(0, *(1 + a for a in axes))  # source axes in target order
+    return ordered[:, indices[0][:, None, None], indices[1][None, :, None], indices[2][None, None, :]].contiguous()

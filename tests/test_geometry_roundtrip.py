@@ -28,11 +28,11 @@ CASES = {  # scan, reference label (or None), intensity preset
 ARGS = {"channels": [4, 8], "strides": [2], "num_res_units": 0}
 
 
-def _config(kind: str) -> PipelineConfig:
+def _config(kind: str, spacing: list[float] | None = (2.0, 2.5, 3.0)) -> PipelineConfig:
     return PipelineConfig(
         name="geometry",
         spatial_dims=3,
-        preprocessing={"spacing": [2.0, 2.5, 3.0], "intensity": {"kind": kind}, "patch_size": [32, 32, 16]},
+        preprocessing={"spacing": spacing, "intensity": {"kind": kind}, "patch_size": [32, 32, 16]},
         model={"in_channels": 1, "out_channels": 1, "args": ARGS},
         inference={"sw_batch_size": 4, "overlap": 0.25},
     )
@@ -90,17 +90,20 @@ def test_label_through_preprocessing_and_back_keeps_dice(case: str, grid: str, s
     assert dice >= (0.99 if grid == "native" else 0.90), dice
 
 
+@pytest.mark.parametrize("resampled", [True, False], ids=["resampled", "native-spacing"])
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_slab_resampler_matches_monai_invertd(case: str, shared_data: Path) -> None:
-    """The memory-lean inversion equals MONAI's Invertd (orientation + spacing + crop undone)."""
+def test_slab_resampler_matches_monai_invertd(case: str, resampled: bool, shared_data: Path) -> None:
+    """The memory-lean inversion equals MONAI's Invertd (orientation + spacing + crop undone). Without
+    resampling, the grids differ by flips and whole-voxel shifts only and voxels are copied, not interpolated."""
     from monai.data import MetaTensor
     from monai.transforms import Compose, Invertd
 
     from medseg.data.volume_transforms import volume_preprocessing
-    from medseg.resampling import resample_to_grid
+    from medseg.resampling import _is_whole_voxel_map, resample_to_grid
 
     scan_rel, _, kind = CASES[case]
-    preprocess = Compose(volume_preprocessing(_config(kind), keys=("image",)))
+    cfg = _config(kind) if resampled else _config(kind, spacing=None)
+    preprocess = Compose(volume_preprocessing(cfg, keys=("image",)))
     data = preprocess({"image": [str(shared_data / scan_rel)]})
     torch.manual_seed(0)
     field = torch.nn.functional.avg_pool3d(torch.rand(1, 1, *data["image"].shape[1:]), 5, 1, 2)[0]
@@ -110,8 +113,12 @@ def test_slab_resampler_matches_monai_invertd(case: str, shared_data: Path) -> N
     shape = tuple(int(n) for n in meta["spatial_shape"])
     crop = next(op for op in data["image"].applied_operations if op["class"] == "CropForeground")
     cropped = tuple(bool(n) for n in crop["extra_info"]["cropped"])
-    ours = resample_to_grid(
-        field, np.asarray(meta["affine"]), np.asarray(meta["original_affine"]), shape, cropped, slab_voxels=50_000
-    ).numpy()
+    source_affine, target_affine = np.asarray(meta["affine"]), np.asarray(meta["original_affine"])
+    ours = resample_to_grid(field, source_affine, target_affine, shape, cropped, slab_voxels=50_000).numpy()
     assert ours.shape == expected.shape
     np.testing.assert_allclose(ours, expected, atol=1e-5)
+    shift = np.eye(4)
+    shift[:3, 3] = 1.0
+    assert _is_whole_voxel_map(shift @ np.linalg.inv(source_affine) @ target_affine) is not resampled
+    interpolated = resample_to_grid(field, source_affine, target_affine, shape, cropped, exact_shortcut=False)
+    np.testing.assert_allclose(ours, interpolated.numpy(), atol=1e-5)
