@@ -6,9 +6,9 @@ Same trained network (the newest ``brain_tumor_mri`` run by default), same ROI (
 a 240x240x155 two-channel BraTS volume (FLAIR + T1c of the held-out case, or a synthetic one without data).
 Both go from the files to a mask on the scan's own grid:
 
-- baseline: ``LoadImaged`` -> RAS -> the same intensity normalisation as training (constant background to 0,
-  z-score over the brain) -> ``sliding_window_inference`` with its defaults (sw_batch_size 1, constant
-  blending) in fp32 under ``torch.no_grad`` over the whole volume -> sigmoid -> ``Invertd``;
+- baseline: ``LoadImaged`` -> RAS -> z-score over non-zero voxels (as in training) ->
+  ``sliding_window_inference`` with its defaults (sw_batch_size 1, constant blending) in fp32 under
+  ``torch.no_grad`` over the whole volume -> sigmoid -> ``Invertd``;
 - medseg: ``Predictor.probabilities`` with the pipeline's settings (brain crop, Gaussian blending,
   ``inference_mode``, ONNX Runtime, resampling back slab by slab), plus a variant per lever of issue #6.
 
@@ -66,20 +66,16 @@ def baseline(network: torch.nn.Module, roi: tuple[int, ...], overlap: float) -> 
         Compose,
         EnsureChannelFirstd,
         Invertd,
-        Lambdad,
         LoadImaged,
         NormalizeIntensityd,
         Orientationd,
     )
-
-    from medseg.data.volume_transforms import zero_constant_background
 
     preprocess = Compose(
         [
             LoadImaged("image", image_only=False),
             EnsureChannelFirstd("image"),
             Orientationd("image", "RAS"),
-            Lambdad("image", zero_constant_background),
             NormalizeIntensityd("image", nonzero=True, channel_wise=True),
         ]
     )

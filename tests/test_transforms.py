@@ -78,17 +78,16 @@ def test_inference_transforms_record_the_original_size(marked_pair: dict[str, st
     assert [int(v) for v in out["image"].meta["spatial_shape"]] == [80, 60]  # PIL order: width, height
 
 
-def test_constant_mri_background_becomes_zero_so_the_brain_crop_works() -> None:
+def test_mri_crop_finds_the_brain_on_a_constant_non_zero_background() -> None:
     """Pre-normalised MRI (BraTS derivatives) has a constant non-zero background, e.g. -3.8."""
-    from medseg.data.volume_transforms import zero_constant_background
+    from medseg.data.volume_transforms import nonbackground
 
     brain = torch.zeros(20, 18, 16, dtype=torch.bool)
     brain[5:15, 4:12, 3:13] = True
     normalised = torch.where(brain, torch.randn(20, 18, 16), torch.tensor(-3.8))
-    noisy = torch.randn(20, 18, 16)  # corners differ: not a constant background, left alone
     raw = torch.where(brain, torch.rand(20, 18, 16) + 1, torch.tensor(0.0))
-    out = zero_constant_background(torch.stack([normalised, noisy, raw]))
-    assert bool((out[0][~brain] == 0).all()) and torch.equal(out[0][brain], normalised[brain])
-    assert torch.equal(out[1], noisy) and torch.equal(out[2], raw)
-    nonzero = out[0].nonzero()
-    assert nonzero.min(0).values.tolist() == [5, 4, 3] and nonzero.max(0).values.tolist() == [14, 11, 12]
+    masks = nonbackground(torch.stack([normalised, raw]))
+    assert masks.shape == (2, 20, 18, 16)
+    assert torch.equal(masks[0], brain) and torch.equal(masks[1], brain)
+    noisy = torch.randn(1, 20, 18, 16)  # corners differ: no constant background, every non-zero voxel counts
+    assert torch.equal(nonbackground(noisy)[0], noisy[0] != 0)

@@ -17,25 +17,18 @@ import torch
 from medseg.config import PipelineConfig
 
 
-def nonzero(image: torch.Tensor) -> torch.Tensor:
-    """Foreground for MRI cropping: any non-zero voxel (background is exactly 0 in skull-stripped MRI)."""
-    return image != 0
+def nonbackground(image: torch.Tensor) -> torch.Tensor:
+    """Foreground for MRI cropping: voxels that differ from the background, per channel.
 
-
-def zero_constant_background(image: torch.Tensor) -> torch.Tensor:
-    """Per channel, set a constant background to 0: the value all eight corners share, if they share one.
-
-    Skull-stripped MRI saved after its own normalisation (BraTS derivatives: z-scored inside the brain,
-    background a constant such as -3.8) then crops to the brain and is z-scored over the brain, like raw
-    skull-stripped MRI with its zero background. Channels whose corners differ are left as they are.
+    The background is 0 in raw skull-stripped MRI, and a constant (the value all eight corners share) in
+    MRI saved after its own normalisation (BraTS derivatives: about -3.8) or z-scored over non-zero voxels.
     """
-    out = image.clone()
-    for channel in out:
+    masks = []
+    for channel in image:
         corners = channel[tuple(slice(None, None, max(n - 1, 1)) for n in channel.shape)]
         value = corners.flatten()[0]
-        if value != 0 and bool((corners == value).all()):
-            channel[channel == value] = 0
-    return out
+        masks.append(channel != (value if bool((corners == value).all()) else 0))
+    return torch.stack(masks)  # (C, ...): MONAI's bounding box takes any channel
 
 
 def positive(image: torch.Tensor) -> torch.Tensor:
@@ -88,7 +81,6 @@ def volume_preprocessing(cfg: PipelineConfig, keys: tuple[str, ...] = ("image", 
     """Deterministic steps shared by training, validation and inference."""
     from monai.transforms import (
         CropForegroundd,
-        Lambdad,
         LoadImaged,
         NormalizeIntensityd,
         Orientationd,
@@ -113,18 +105,16 @@ def volume_preprocessing(cfg: PipelineConfig, keys: tuple[str, ...] = ("image", 
         source_key="image",
         margin=4,
         allow_smaller=True,
-        select_fn=positive if pre.intensity.kind == "ct" else nonzero,
+        select_fn=positive if pre.intensity.kind == "ct" else nonbackground,
     )
     if pre.intensity.kind == "ct":
         low, high = pre.intensity.window
         transforms.append(ScaleIntensityRanged(keys="image", a_min=low, a_max=high, b_min=0.0, b_max=1.0, clip=True))
         transforms.extend([crop] if pre.crop_foreground else [])
-    else:
-        if pre.intensity.kind == "mri":
-            transforms.append(Lambdad(keys="image", func=zero_constant_background))
-        transforms.extend([crop] if pre.crop_foreground else [])
+    else:  # MRI: z-score over non-zero voxels, then crop to what differs from the (constant) background
         if pre.intensity.kind == "mri":
             transforms.append(NormalizeIntensityd(keys="image", nonzero=True, channel_wise=True))
+        transforms.extend([crop] if pre.crop_foreground else [])
     return transforms
 
 
