@@ -169,14 +169,19 @@ def export(
         str, typer.Option("--format", "-f", help="onnx (runs on ONNX Runtime) or torchscript.")
     ] = "onnx",
     output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="File to write (default: model.onnx / model.ts beside it).")
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="File to write (default: model.onnx / model.ts beside the checkpoint; in this folder for a URI).",
+        ),
     ] = None,
     check_input: Annotated[
         Path | None,
         typer.Option(
             "--check-input",
-            help="Image or folder to compare the backends on, end to end (default: "
-            "random tensors of the working shape through the networks).",
+            help="Image or folder (as for predict) to also compare the backends on end to end; random "
+            "tensors of the working shape always go through both networks.",
         ),
     ] = None,
     debug: DebugOption = False,

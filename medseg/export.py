@@ -269,7 +269,7 @@ def export_model(
     Raises ModelError, after writing nothing, if the export does not reproduce the network.
     """
     from medseg.checkpoint import load_checkpoint
-    from medseg.inference import Predictor, resolve_model
+    from medseg.inference import MODEL_URI_SCHEMES, Predictor, resolve_model
 
     if fmt not in FORMATS:
         raise ModelError(f"export format {fmt!r}: expected one of {', '.join(FORMATS)}")
@@ -278,7 +278,9 @@ def export_model(
         raise ModelError(f"{checkpoint}: already an exported model; export from a run folder or checkpoint")
     reference = Predictor.from_model(checkpoint, backend="torch")
     state = load_checkpoint(checkpoint)
-    target = Path(output) if output is not None else checkpoint.parent / f"model{FORMATS[fmt]}"
+    from_uri = isinstance(model, str) and model.startswith(MODEL_URI_SCHEMES)
+    default_folder = Path.cwd() if from_uri else checkpoint.parent  # not inside the download cache
+    target = Path(output) if output is not None else default_folder / f"model{FORMATS[fmt]}"
     if export_format(target) != fmt:
         raise ModelError(f"{target}: a {fmt} export must end in {FORMATS[fmt]}")
     metadata = _metadata(state, reference.steps, checkpoint)
