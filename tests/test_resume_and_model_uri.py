@@ -96,6 +96,16 @@ def test_predict_with_an_mlflow_run_uri_is_resumable(
         summary[0].startswith("case,status,seconds") and sum(",skipped," in line for line in summary) == 12
     )  # the 2nd and 3rd calls resumed
 
+    exported = runner.invoke(app, ["export", "models:/tiny-lesion/1", "--format", "onnx"])
+    assert exported.exit_code == 0, exported.output
+    assert (tmp_path / "model.onnx").is_file(), "a URI exports into the current folder, not the download cache"
+    again = runner.invoke(app, ["predict", "-m", "model.onnx", "-i", str(tiny_dataset / "images"), "-o", "onnx_out"])
+    assert again.exit_code == 0 and "12 written" in again.output, again.output
+    for mask in masks:
+        np.testing.assert_array_equal(
+            np.asarray(Image.open(tmp_path / "onnx_out" / "masks" / mask.name)), np.asarray(Image.open(mask))
+        )
+
     missing = runner.invoke(
         app, ["predict", "-m", "runs:/0123456789abcdef/model", "-i", str(tiny_dataset), "-o", str(tmp_path / "x")]
     )
