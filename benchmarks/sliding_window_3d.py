@@ -13,7 +13,8 @@ Both go from the files to a mask on the scan's own grid:
   ``inference_mode``, ONNX Runtime, resampling back slab by slab), plus a variant per lever of issue #6.
 
 Prints voxels per second of the input volume (median over repeats, interleaved), the ratio against the
-baseline and the Dice between each variant's mask and the baseline's.
+baseline, the Dice between each variant's mask and the baseline's, and each mask's Dice against the ground
+truth (raw masks, before post-processing).
 """
 
 from __future__ import annotations
@@ -156,6 +157,10 @@ def main() -> None:
         "medseg, PyTorch backend, channels-last 3D": predictor(torch_cfg, ChannelsLast3d(copy.deepcopy(network))),
         "medseg, ONNX Runtime, no brain crop": predictor(with_inference(no_crop)),
         "medseg, ONNX Runtime, sw_batch 4": predictor(with_inference(sw_batch_size=4)),
+        "medseg, constant blending (as the baseline)": predictor(with_inference(blend_mode="constant")),
+        "medseg, constant blending, no brain crop (the baseline's windows)": predictor(
+            with_inference(no_crop, blend_mode="constant")
+        ),
     }
 
     masks, seconds = {}, {name: [] for name in variants}
@@ -169,13 +174,17 @@ def main() -> None:
     reference_name = next(iter(variants))
     reference_time = statistics.median(seconds[reference_name])
     print(f"median of {args.repeats}, whole volume from files to mask")
-    print("| variant | s/volume | Mvoxel/s | speed ratio | Dice vs baseline mask |\n| --- | --- | --- | --- | --- |")
+    label = Path(paths[0]).parent.parent / "labelsTr" / Path(paths[0]).name
+    truth = nib.load(label).get_fdata() > 0 if label.is_file() else None
+    print("| variant | s/volume | Mvoxel/s | speed ratio | Dice vs baseline mask | Dice vs ground truth |")
+    print("| --- | --- | --- | --- | --- | --- |")
     for name, values in seconds.items():
         median = statistics.median(values)
         agreement = dice(masks[name], masks[reference_name])
+        accuracy = f"{dice(masks[name], truth):.4f}" if truth is not None else "n/a"
         print(
             f"| {name} | {median:.1f} | {voxels / median / 1e6:.2f} | {reference_time / median:.2f}x | "
-            f"{agreement:.4f} |"
+            f"{agreement:.4f} | {accuracy} |"
         )
     print(f"\nbaseline mask: {int(masks[reference_name].sum())} foreground voxels")
 

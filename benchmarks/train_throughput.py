@@ -110,6 +110,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2, help="epochs per measurement")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-compile", action="store_true", help="leave out the torch.compile variant")
+    parser.add_argument("--data-only", action="store_true", help="time the loaders alone, without the network")
     parser.add_argument(
         "--synthetic-size",
         type=int,
@@ -142,6 +143,16 @@ def main() -> None:
     worker_cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"num_workers": 1})})
     worker_loader, _ = _loaders(worker_cfg, data)
 
+    if args.data_only:
+        for name, loader in (("tutorial", tutorial_loader), ("medseg", medseg_loader)):
+            times = []
+            for _ in range(args.repeats):
+                started = time.perf_counter()
+                for _batch in loader:
+                    pass
+                times.append(time.perf_counter() - started)
+            print(f"{name} loader alone: {statistics.median(times):.2f} s per epoch (median of {args.repeats})")
+        return
     variants: dict[str, tuple[Iterable, Callable[[dict], float]]] = {
         "tutorial (decode+resize per read, fp32 NCHW)": (tutorial_loader, make_step(cfg)),
         "medseg (cached, fp32 NCHW)": (medseg_loader, make_step(cfg)),
