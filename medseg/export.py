@@ -69,19 +69,18 @@ def export_format(path: Path) -> str | None:
 class OnnxNetwork(nn.Module):
     """An ONNX Runtime session behind the ``nn.Module`` call the inferers and TTA expect."""
 
-    def __init__(self, path: Path, threads: int | None = None) -> None:
+    def __init__(self, path: Path) -> None:
         super().__init__()
         import onnxruntime as ort
 
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.intra_op_num_threads = torch.get_num_threads()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types
             raise ModelError(f"{path}: not a loadable ONNX model ({str(exc).splitlines()[0][:200]})") from None
         self.input_name = self.session.get_inputs()[0].name
-        self.path = path
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         array = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
@@ -90,19 +89,18 @@ class OnnxNetwork(nn.Module):
 
 def session_network(network: nn.Module, cfg: Any) -> OnnxNetwork:
     """Export ``network`` to a temporary ONNX file and return its ONNX Runtime session as a module."""
-    example = _random_inputs(cfg.model.in_channels, _working_shape(cfg.to_dict()), 1)[0]
+    example = _random_inputs(cfg.model.in_channels, _working_shape(cfg), 1)[0]
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "network.onnx"
         _export_onnx(network, example, {}, path)
         return OnnxNetwork(path)  # the session holds the model in memory; the file can go
 
 
-def _working_shape(config: dict[str, Any]) -> tuple[int, ...]:
+def _working_shape(cfg: Any) -> tuple[int, ...]:
     """The spatial shape the network sees: the resized image (2D) or the sliding-window ROI (3D)."""
-    pre, inference = config["preprocessing"], config.get("inference", {})
-    if config["spatial_dims"] == 2:
-        return tuple(pre["spatial_size"])
-    return tuple(inference.get("roi_size") or pre["patch_size"])
+    if cfg.spatial_dims == 2:
+        return tuple(cfg.preprocessing.spatial_size)
+    return tuple(cfg.inference.roi_size or cfg.preprocessing.patch_size)
 
 
 def _metadata(state: dict[str, Any], steps: list[str], source: Path) -> dict[str, Any]:
@@ -188,20 +186,6 @@ def _random_inputs(channels: int, shape: tuple[int, ...], count: int = 2) -> lis
     return [torch.randn((1, channels, *shape), generator=generator) for _ in range(count)]
 
 
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
-
-
-def _labels(probs: np.ndarray, threshold: float) -> np.ndarray:
-    return probs[0] > threshold if probs.shape[0] == 1 else probs.argmax(axis=0)
-
-
-def _foreground_dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice of the foreground (label > 0) of two label maps."""
-    return _dice(np.asarray(a) > 0, np.asarray(b) > 0)
-
-
 def check_parity(reference: Any, exported: Any, images: list[str | list[str]] | None = None) -> ParityReport:
     """Compare two predictors that differ only in their network backend.
 
@@ -210,11 +194,11 @@ def check_parity(reference: Any, exported: Any, images: list[str | list[str]] | 
     window, TTA, inverse resampling; probabilities and mask Dice compared).
     """
     from medseg.inference import activate
+    from medseg.metrics import dice_score
 
-    threshold = reference.config.evaluation.threshold
     rows: list[dict[str, Any]] = []
-    cfg = reference.config.to_dict()
-    for index, batch in enumerate(_random_inputs(reference.config.model.in_channels, _working_shape(cfg))):
+    shape = _working_shape(reference.config)
+    for index, batch in enumerate(_random_inputs(reference.config.model.in_channels, shape)):
         with torch.inference_mode():
             ours, theirs = reference.network(batch).float(), exported.runtime(batch).float()
         ours_p, theirs_p = activate(ours)[0].numpy(), activate(theirs)[0].numpy()
@@ -223,7 +207,7 @@ def check_parity(reference: Any, exported: Any, images: list[str | list[str]] | 
                 "case": f"random-{index}",
                 "max_abs_logit_difference": float((ours - theirs).abs().max()),
                 "max_abs_probability_difference": float(np.abs(ours_p - theirs_p).max()),
-                "mask_dice": _foreground_dice(_labels(ours_p, threshold), _labels(theirs_p, threshold)),
+                "mask_dice": dice_score(reference.discretise(ours_p), reference.discretise(theirs_p)),
             }
         )
     for image in images or []:
@@ -232,7 +216,7 @@ def check_parity(reference: Any, exported: Any, images: list[str | list[str]] | 
             {
                 "case": Path(image[0] if isinstance(image, list) else image).name,
                 "max_abs_probability_difference": float(np.abs(ours_p - theirs_p).max()),
-                "mask_dice": _foreground_dice(_labels(ours_p, threshold), _labels(theirs_p, threshold)),
+                "mask_dice": dice_score(reference.discretise(ours_p), reference.discretise(theirs_p)),
             }
         )
     logit = max(row["max_abs_logit_difference"] for row in rows if "max_abs_logit_difference" in row)
@@ -285,7 +269,7 @@ def export_model(
         raise ModelError(f"{target}: a {fmt} export must end in {FORMATS[fmt]}")
     metadata = _metadata(state, reference.steps, checkpoint)
     metadata["config"].setdefault("inference", {})["backend"] = "auto"  # the file decides: ONNX Runtime or TorchScript
-    example = _random_inputs(reference.config.model.in_channels, _working_shape(state["config"]), 1)[0]
+    example = _random_inputs(reference.config.model.in_channels, _working_shape(reference.config), 1)[0]
     target.parent.mkdir(parents=True, exist_ok=True)
     staged = target.with_name(f".{target.stem}.checking{target.suffix}")
     (_export_onnx if fmt == "onnx" else _export_torchscript)(reference.network, example, metadata, staged)

@@ -140,9 +140,7 @@ class Predictor:
         if export_format(checkpoint) is not None:
             network, metadata = read_exported(checkpoint)
             config = _validated_config(metadata.get("config"), checkpoint, backend)
-            steps = list(metadata.get("postprocessing", [])) if steps is None else steps
-            if config.postprocessing.mode == "off":
-                steps = []
+            steps = list(metadata.get("postprocessing", [])) if steps is None else steps  # resolved at export
             return cls(network, config, steps, config.inference.tta if tta is None else tta)
         state = load_checkpoint(checkpoint)
         config = _validated_config(state.get("config"), checkpoint, backend)
@@ -224,8 +222,7 @@ def resolve_model(model: Path | str) -> Path:
         from medseg.tracking import download_model
 
         return download_model(model)
-    path = Path(model)
-    return path if path.is_file() else resolve_checkpoint(path)
+    return resolve_checkpoint(Path(model))
 
 
 def _validated_config(raw: object, source: Path, backend: str | None = None) -> PipelineConfig:
@@ -361,7 +358,9 @@ def check_voxels(image: torch.Tensor, source: str | list[str]) -> bool:
 
 
 def _numpy(affine: object) -> np.ndarray:
-    return np.asarray(affine.numpy() if isinstance(affine, torch.Tensor) else affine, dtype=np.float64)
+    from monai.utils import convert_to_numpy
+
+    return convert_to_numpy(affine, dtype=np.float64)
 
 
 def _root_cause(exc: BaseException) -> str:

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def _new_file(folder: Path, prefix: str, suffix: str) -> Path:
+    """Create an empty file with a unique name, with the permissions open() gives (mkstemp's are 0600)."""
+    while True:
+        candidate = folder / f"{prefix}{secrets.token_hex(6)}{suffix}"
+        try:
+            os.close(os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return candidate
+        except FileExistsError:
+            continue
 
 
 @contextlib.contextmanager
@@ -20,15 +25,9 @@ def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(
-        prefix=f".{path.name}.", suffix=".tmp" + "".join(path.suffixes), dir=path.parent
-    )
-    os.close(handle)
-    tmp = Path(tmp_name)
+    tmp = _new_file(path.parent, f".{path.name}.", ".tmp" + "".join(path.suffixes))
     try:
         yield tmp
-        if tmp.exists():  # mkstemp creates 0600; give the file the permissions a plain open() would
-            os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
