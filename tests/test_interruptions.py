@@ -61,6 +61,20 @@ def clean_env() -> dict[str, str]:
     return env
 
 
+def start_cli(cwd: Path, *args: str) -> subprocess.Popen:
+    """``medseg ARGS`` in a child process, output captured, to be killed mid-work."""
+    return subprocess.Popen(
+        cli_command(*args),
+        cwd=cwd,
+        env=clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+    )
+
+
 def kill_when(process: subprocess.Popen, ready: Callable[[], bool], timeout: float = 240.0) -> None:
     """SIGKILL ``process`` as soon as ``ready()`` holds (polled every 10 ms)."""
     deadline = time.monotonic() + timeout
@@ -161,16 +175,7 @@ def test_training_killed_mid_epoch_resumes_to_the_uninterrupted_result(
                 seen["epoch"] = load_checkpoint(last)["epoch"]
         return seen["epoch"] >= 2
 
-    process = subprocess.Popen(
-        cli_command("run", str(SKIN), *sets(overrides), "--name", "killed"),
-        cwd=tmp_path,
-        env=clean_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        encoding="utf-8",
-        errors="replace",
-    )
+    process = start_cli(tmp_path, "run", str(SKIN), *sets(overrides), "--name", "killed")
     kill_when(process, after_epoch_two)
     stopped_at = load_checkpoint(last)["epoch"]
     assert 2 <= stopped_at < EPOCHS, "killed during training, after epoch 2"
@@ -236,16 +241,7 @@ def test_predict_killed_mid_batch_reruns_to_identical_masks(tmp_path: Path, refe
     def three_masks() -> bool:
         return masks.is_dir() and sum(not p.name.startswith(".") for p in masks.iterdir()) >= 3
 
-    process = subprocess.Popen(
-        cli_command("predict", "-m", str(reference), "-i", str(photos), "-o", str(out)),
-        cwd=tmp_path,
-        env=clean_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        encoding="utf-8",
-        errors="replace",
-    )
+    process = start_cli(tmp_path, "predict", "-m", str(reference), "-i", str(photos), "-o", str(out))
     kill_when(process, three_masks)
     finished = sorted(p.name for p in masks.iterdir() if not p.name.startswith("."))
     assert 3 <= len(finished) < 30, "killed mid-batch"
