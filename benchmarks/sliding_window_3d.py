@@ -34,7 +34,7 @@ import torch
 
 from medseg.checkpoint import load_checkpoint, network_from_checkpoint, resolve_checkpoint
 from medseg.config import PipelineConfig, load_config
-from medseg.inference import Predictor
+from medseg.infer.predictor import Predictor
 
 PIPELINE = Path("pipelines/brain_tumor_mri.yaml")
 CASE = "brats_2013_pat0006_1"

@@ -35,7 +35,7 @@ from PIL import Image
 from medseg.config import PipelineConfig, load_config
 from medseg.data.dataset import prepare_data
 from medseg.registry import build_loss, build_network
-from medseg.training import _loaders, build_optimizer, training_step
+from medseg.training import build_loaders, build_optimizer, training_step
 
 PIPELINE = Path("pipelines/skin_lesion.yaml")
 
@@ -138,10 +138,10 @@ def main() -> None:
 
     tutorial_loader = torch.utils.data.DataLoader(TutorialDataset(records, size), batch_size=batch, shuffle=True)
     started = time.perf_counter()
-    medseg_loader, _ = _loaders(cfg, data)
+    medseg_loader, _ = build_loaders(cfg, data)
     print(f"medseg cache build (once per training run): {time.perf_counter() - started:.1f} s")
     worker_cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"num_workers": 1})})
-    worker_loader, _ = _loaders(worker_cfg, data)
+    worker_loader, _ = build_loaders(worker_cfg, data)
 
     if args.data_only:
         for name, loader in (("tutorial", tutorial_loader), ("medseg", medseg_loader)):

@@ -1,3 +1,46 @@
-"""medseg: medical-image segmentation pipelines."""
+"""medseg: medical-image segmentation pipelines.
+
+The public Python API, for notebooks and scripts (imported on first use, so ``import medseg`` stays fast)::
+
+    import medseg
+
+    cfg = medseg.load_config("pipelines/skin_lesion.yaml", ["training.epochs=5"])
+    result = medseg.run_pipeline(cfg)
+    predictor = medseg.Predictor.from_model(result.run_dir)
+    segmentation = predictor.predict("image.png")  # .labels, .header (3D geometry), .probabilities
+
+Everything else is internal and may change.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+__all__ = ["Predictor", "Segmentation", "load_config", "run_pipeline"]
+
+_PUBLIC = {
+    "load_config": "medseg.config",
+    "run_pipeline": "medseg.pipeline",
+    "Predictor": "medseg.infer.predictor",
+    "Segmentation": "medseg.infer.predictor",
+}
+
+if TYPE_CHECKING:
+    from medseg.config import load_config
+    from medseg.infer.predictor import Predictor, Segmentation
+    from medseg.pipeline import run_pipeline
+
+
+def __getattr__(name: str) -> Any:
+    if name in _PUBLIC:
+        value = getattr(importlib.import_module(_PUBLIC[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'medseg' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

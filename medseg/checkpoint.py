@@ -11,11 +11,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from medseg.errors import ModelError
-from medseg.io import atomic_write_bytes
-
-BEST = "best.pt"
-LAST = "last.pt"
+from medseg.atomic import atomic_write_bytes
+from medseg.errors import ModelError, error_summary
+from medseg.layout import BEST_CHECKPOINT, MODEL_DIR, checkpoint_candidates
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -32,8 +30,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, pickle.UnpicklingError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-        raise ModelError(f"{path}: not a readable medseg checkpoint ({first_line})") from None
+        raise ModelError(f"{path}: not a readable medseg checkpoint ({error_summary(exc)})") from None
     if not isinstance(state, dict) or "state_dict" not in state or "network" not in state:
         raise ModelError(f"{path}: not a medseg checkpoint (missing network description or weights)")
     return state
@@ -60,10 +57,10 @@ def network_from_checkpoint(state: dict[str, Any], path: Path) -> nn.Module:
 def resolve_checkpoint(model: Path) -> Path:
     """Accept a trained run folder, its ``model/`` folder, or a ``.pt`` file."""
     model = Path(model)
-    for candidate in (model, model / BEST, model / "model" / BEST):
+    for candidate in checkpoint_candidates(model):
         if candidate.is_file():
             return candidate
     raise ModelError(
         f"{model}: no checkpoint found (expected a .pt checkpoint, a .onnx or .ts export, or a run folder with "
-        f"model/{BEST})"
+        f"{MODEL_DIR}/{BEST_CHECKPOINT})"
     )

@@ -141,8 +141,8 @@ def predict(
 
     def action() -> None:
         from medseg.errors import ConfigError
-        from medseg.inference import Predictor
-        from medseg.prediction import predict_folder
+        from medseg.infer.batch import predict_folder
+        from medseg.infer.predictor import Predictor
 
         if backend not in (None, "auto", "torch", "onnxruntime"):
             raise ConfigError(f"--backend {backend}: expected auto, torch or onnxruntime")
@@ -189,7 +189,7 @@ def export(
     """Export a trained model to ONNX or TorchScript; written only if it reproduces the PyTorch network."""
 
     def action() -> None:
-        from medseg.export import export_model
+        from medseg.infer.export import export_model
 
         result = export_model(model, export_format, output, check_input)
         parity = result.parity
@@ -237,7 +237,7 @@ def ui(
     """Browse the tracked runs in the MLflow UI (Ctrl-C stops it)."""
 
     def action() -> None:
-        from medseg.ui import run_ui
+        from medseg.tracking.ui import run_ui
 
         run_ui(backend_store_uri, host, port)
 
@@ -256,7 +256,7 @@ def runs(
     """List the most recent runs in the terminal: params that differ, key metrics."""
 
     def action() -> None:
-        from medseg.runs_table import print_runs
+        from medseg.tracking.runs_table import print_runs
 
         print_runs(pipeline, limit, store)
 

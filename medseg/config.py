@@ -31,9 +31,9 @@ NonNegativeFloat = Annotated[float, Field(ge=0.0)]
 
 
 class Section(BaseModel):
-    """Base for every config section: unknown keys are errors, values are re-validated on assignment."""
+    """Base for every config section: unknown keys are errors; a validated config is never changed (frozen)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, coerce_numbers_to_str=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
 
 
 class SyntheticConfig(Section):
@@ -316,6 +316,19 @@ class PipelineConfig(Section):
         """The resolved configuration as YAML text."""
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
+    def with_values(self, values: dict[str, Any]) -> PipelineConfig:
+        """A new, validated configuration with dotted keys replaced (``{"training.epochs": 5}``)."""
+        if not values:
+            return self
+        raw = self.to_dict()
+        for key, value in values.items():
+            *parents, last = key.split(".")
+            section = raw
+            for part in parents:
+                section = section[part]
+            section[last] = list(value) if isinstance(value, tuple) else value
+        return PipelineConfig.model_validate(raw)
+
 
 def _known_name(name: str, registry: dict[str, Any], kind: str) -> str:
     key = name.lower()
@@ -497,10 +510,10 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Pipelin
     raw = _load_with_presets(path, provenance)
     raw = apply_overrides(raw, overrides or [], provenance)
     raw.setdefault("name", path.stem)
+    data = raw.get("data", {})
+    if os.environ.get(DATA_ROOT_ENV) and isinstance(data, dict) and data.get("root") is None:
+        raw["data"] = {**data, "root": os.environ[DATA_ROOT_ENV]}  # the environment fills an unset data.root
     try:
-        config = PipelineConfig.model_validate(raw)
+        return PipelineConfig.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(_describe(exc.errors(), provenance, str(path))) from None
-    if config.data.root is None and os.environ.get(DATA_ROOT_ENV):
-        config.data.root = Path(os.environ[DATA_ROOT_ENV])
-    return config

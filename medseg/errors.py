@@ -41,3 +41,25 @@ def user_error_in(exc: BaseException) -> MedsegError | None:
         seen.add(id(current))
         current = current.__cause__ or current.__context__
     return None
+
+
+def error_summary(error: BaseException) -> str:
+    """One line of an exception's text, for a message that names the file at fault.
+
+    SimpleITK errors span several lines (``Exception thrown in SimpleITK ...: file.cxx:99:``, then
+    ``sitk::ERROR: ...`` or ``ITK ERROR: NrrdImageIO(0x...): ...``, then detail): the ``ERROR:`` line is kept.
+    Other errors give their first non-empty line, or their type's name when they have no text.
+    """
+    import re
+
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    for i, line in enumerate(lines):
+        if "ERROR:" in line:
+            message = re.sub(r"^\w+\(0x[0-9a-fA-F]+\):\s*", "", line.split("ERROR:", 1)[1].strip())
+            if message.endswith(":") and i + 1 < len(lines):
+                detail = re.sub(r"^\[\w+\]\s*", "", lines[-1])
+                message = f"{message} {detail}"
+            return message
+    return lines[0]

@@ -1,7 +1,5 @@
-"""Evaluate stage: metrics at the images' own size, before and after post-processing.
-
-Also chooses the post-processing on the validation split after training (``postprocessing.mode: auto``).
-"""
+"""Evaluate stage: metrics at the images' own size, before and after post-processing; and the validation label
+maps that :mod:`medseg.postprocessing` chooses its steps on."""
 
 from __future__ import annotations
 
@@ -13,55 +11,29 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from PIL import Image
 
+from medseg.atomic import atomic_write_text
 from medseg.config import PipelineConfig
-from medseg.data.datalist import Record
-from medseg.errors import DataError
-from medseg.inference import POSTPROCESSING_FILE, Predictor
-from medseg.io import atomic_write_text
-from medseg.metrics import METRIC_NAMES, VOLUME_METRIC_NAMES, case_metrics, dice_score, summarise, volume_metrics
-from medseg.postprocessing import enabled_steps, select_steps
+from medseg.data.records import Record
+from medseg.imageio.headers import ScanHeader
+from medseg.infer.predictor import Predictor
+from medseg.metrics import METRIC_NAMES, VOLUME_METRIC_NAMES, case_metrics, summarise, volume_metrics
 from medseg.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
 
-def read_mask(path: str | Path) -> np.ndarray:
-    """A reference mask as a boolean (H, W) array (binarised at > 0)."""
-    return np.asarray(Image.open(path)) > 0
-
-
-def choose_postprocessing(
-    predictor: Predictor, records: list[Record], cfg: PipelineConfig, model_dir: Path
-) -> dict[str, Any]:
-    """Select post-processing steps on validation cases and save the choice beside the model."""
-    candidates = enabled_steps(cfg.postprocessing)
-    choice: dict[str, Any] = {"mode": cfg.postprocessing.mode, "candidates": candidates, "steps": [], "scores": {}}
-    if cfg.postprocessing.mode == "auto" and candidates:
-        predictions, truths = [], []
-        with progress_bar() as progress:
-            for record in progress.track(records, description="choose post-processing"):
-                predictions.append(predictor.segment(record["image"])[0])
-                truths.append(read_truth(record, cfg)[0])
-        classes = range(1, max(2, cfg.model.out_channels))
-
-        def mean_dice(prediction: np.ndarray, truth: np.ndarray) -> float:
-            return float(np.mean([dice_score(prediction == c, truth == c) for c in classes]))
-
-        choice["steps"], choice["scores"] = select_steps(predictions, truths, cfg.postprocessing, mean_dice)
-        log.info(
-            "Post-processing chosen on %d validation cases: %s (validation Dice %s)",
-            len(records),
-            ", ".join(choice["steps"]) or "none",
-            ", ".join(f"{k} {v:.4f}" for k, v in choice["scores"].items()),
-        )
-    elif cfg.postprocessing.mode == "on":
-        choice["steps"] = candidates
-    atomic_write_text(model_dir / POSTPROCESSING_FILE, json.dumps(choice, indent=1))
-    predictor.steps = list(choice["steps"])
-    return choice
+def validation_label_maps(
+    predictor: Predictor, records: list[Record], cfg: PipelineConfig
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Raw predicted label maps and reference labels of the cases, to choose the post-processing on."""
+    predictions, truths = [], []
+    with progress_bar() as progress:
+        for record in progress.track(records, description="choose post-processing"):
+            result = predictor.predict(record["image"])
+            predictions.append(result.raw)
+            truths.append(read_truth(record, cfg, result.header)[0])
+    return predictions, truths
 
 
 def _csv_text(rows: list[dict[str, Any]]) -> str:
@@ -72,48 +44,27 @@ def _csv_text(rows: list[dict[str, Any]]) -> str:
     return buffer.getvalue()
 
 
-def align_to_grid(
-    labels: np.ndarray, affine: np.ndarray, target_affine: np.ndarray, target_shape: tuple[int, ...], name: str
-) -> np.ndarray:
-    """Reorient a label array onto another voxel grid that differs only by axis flips/permutations.
+def read_truth(
+    record: Record, cfg: PipelineConfig, header: ScanHeader | None = None
+) -> tuple[np.ndarray, tuple[float, ...] | None]:
+    """Reference labels on the image's own voxel grid (classes remapped as in training) and the voxel spacing.
 
-    (E.g. a LAS label of an LPS DICOM series.) Raises DataError if the grids really differ.
+    ``header``: the image's header, as read for the prediction (3D; read here if not given).
     """
-    import nibabel as nib
+    from medseg.imageio.images import read_mask
 
-    if np.allclose(affine, target_affine, atol=1e-3) and labels.shape == target_shape:
-        return labels
-    transform = nib.orientations.ornt_transform(
-        nib.orientations.io_orientation(affine), nib.orientations.io_orientation(target_affine)
-    )
-    aligned = nib.orientations.apply_orientation(labels, transform)
-    moved = affine @ nib.orientations.inv_ornt_aff(transform, labels.shape)
-    if aligned.shape != target_shape or not np.allclose(moved, target_affine, atol=1e-3):
-        raise DataError(f"{name}: the label's voxel grid does not match the image's (shape or affine differs)")
-    return np.ascontiguousarray(aligned)
-
-
-def read_truth(record: Record, cfg: PipelineConfig) -> tuple[np.ndarray, tuple[float, ...] | None]:
-    """Reference labels on the image's own voxel grid (classes remapped as in training) and the voxel spacing."""
     if cfg.spatial_dims == 2:
         return read_mask(record["label"]).astype(np.uint8), None
-    from medseg.data.volume_transforms import RemapLabels
-    from medseg.data.volumes import read_volume_header
-    from medseg.imageio.readers import load_volume
+    import torch
 
-    array, meta = load_volume(Path(record["label"]))
-    image = Path(record["image"][0])
-    if image.is_file():  # the header is enough; a DICOM series folder has to be read
-        header = read_volume_header(image)
-        affine, shape = header.affine, tuple(header.spatial_shape)
-    else:
-        _, image_meta = load_volume(image)
-        affine = np.asarray(image_meta["affine"], dtype=float)
-        shape = tuple(int(n) for n in image_meta["spatial_shape"])
-    array = align_to_grid(np.asarray(array), np.asarray(meta["affine"], dtype=float), affine, shape, record["label"])
+    from medseg.imageio.headers import read_header
+    from medseg.imageio.readers import read_label_on_grid
+    from medseg.transforms.labels import RemapLabels
+
+    header = header or read_header(Path(record["image"][0]))
+    array = read_label_on_grid(Path(record["label"]), header)
     labels = RemapLabels(cfg.data.label_mapping, cfg.data.foreground_labels)(torch.as_tensor(array))
-    spacing = tuple(float(v) for v in np.linalg.norm(affine[:3, :3], axis=0))
-    return labels.numpy().astype(np.uint8), spacing
+    return labels.numpy().astype(np.uint8), header.spacing
 
 
 def evaluate(predictor: Predictor, records: list[Record], cfg: PipelineConfig, out_dir: Path) -> dict[str, Any]:
@@ -131,8 +82,9 @@ def evaluate(predictor: Predictor, records: list[Record], cfg: PipelineConfig, o
     per_variant: dict[str, list[dict[str, float]]] = {"raw": [], "postprocessed": []}
     with progress_bar() as progress:
         for record in progress.track(records, description="evaluate"):
-            raw, post = predictor.segment(record["image"])
-            truth, spacing = read_truth(record, cfg)
+            result = predictor.predict(record["image"])
+            raw, post = result.raw, result.labels
+            truth, spacing = read_truth(record, cfg, result.header)
             for variant, labels in (("raw", raw), ("postprocessed", post)):
                 for cls in classes:
                     if cfg.spatial_dims == 2:

@@ -8,20 +8,20 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from medseg import __version__
-from medseg.checkpoint import BEST, LAST
+from medseg.atomic import atomic_write_text
 from medseg.config import PipelineConfig
 from medseg.data.dataset import PreparedData, prepare_data
 from medseg.errors import DataError, ModelError
-from medseg.inference import POSTPROCESSING_FILE
-from medseg.io import atomic_write_text
-from medseg.tracking import Tracker, build_tracker
+from medseg.layout import RunLayout
+from medseg.tracking.tracker import Tracker, build_tracker
+
+if TYPE_CHECKING:
+    from medseg.infer.predictor import Predictor
 
 log = logging.getLogger(__name__)
-
-TRACKING_FILE = "tracking.json"
 
 
 @dataclass
@@ -65,19 +65,24 @@ def run_tags(cfg: PipelineConfig, data: PreparedData) -> dict[str, str]:
 
 
 def _train_stage(
-    cfg: PipelineConfig, data: PreparedData, run_dir: Path, tracker: Tracker, resume: bool
-) -> tuple[Path, Any]:
+    cfg: PipelineConfig, data: PreparedData, run: RunLayout, tracker: Tracker, resume: bool
+) -> tuple[Path, Predictor]:
     """Train, choose the post-processing on validation; returns the model folder and its ready predictor."""
-    from medseg.evaluation import choose_postprocessing
-    from medseg.inference import Predictor
+    from medseg.evaluation import validation_label_maps
+    from medseg.infer.predictor import Predictor
+    from medseg.postprocessing import choose_postprocessing, enabled_steps, save_choice
     from medseg.training import train
     from medseg.visualize import plot_training_curves
 
-    result = train(cfg, data, run_dir, tracker, resume=resume)
-    curves = run_dir / "training_curves.png"
-    plot_training_curves(result.history, curves)
+    result = train(cfg, data, run.root, tracker, resume=resume)
+    plot_training_curves(result.history, run.curves)
     predictor = Predictor.from_model(result.model_dir, steps=[])
-    choice = choose_postprocessing(predictor, data.subset("val"), cfg, result.model_dir)
+    if cfg.postprocessing.mode == "auto" and enabled_steps(cfg.postprocessing):
+        predictions, truths = validation_label_maps(predictor, data.subset("val"), cfg)
+    else:
+        predictions, truths = [], []
+    choice = choose_postprocessing(predictions, truths, cfg.postprocessing, cfg.model.out_channels)
+    save_choice(choice, result.model_dir)
     tracker.log_metrics(
         {
             "best_val_dice": result.best_val_dice,
@@ -90,9 +95,9 @@ def _train_stage(
     for name, value in choice["scores"].items():
         tracker.log_metrics({f"val_dice_pp_{name}": value})
     tracker.log_artifact(result.model_dir, "checkpoints")
-    tracker.log_artifact(run_dir / "history.json")
-    tracker.log_artifact(curves, "plots")
-    return result.model_dir, predictor  # the predictor now carries the chosen post-processing
+    tracker.log_artifact(run.history)
+    tracker.log_artifact(run.curves, "plots")
+    return result.model_dir, predictor.with_steps(choice["steps"])
 
 
 def locate_run(cfg: PipelineConfig, reference: str) -> Path:
@@ -103,19 +108,19 @@ def locate_run(cfg: PipelineConfig, reference: str) -> Path:
         if "run_dir" not in tags:
             raise ModelError(f"run {reference}: not a medseg run (no run_dir tag)")
         run_dir = Path(tags["run_dir"])
-    if not (run_dir / "model" / LAST).is_file():
-        raise ModelError(f"{run_dir / 'model' / LAST}: no checkpoint to resume from")
+    last = RunLayout(run_dir).model.last
+    if not last.is_file():
+        raise ModelError(f"{last}: no checkpoint to resume from")
     return run_dir
 
 
-def _log_model(cfg: PipelineConfig, network: Any, model_dir: Path, run_dir: Path, tracker: Tracker) -> str:
+def _log_model(cfg: PipelineConfig, network: Any, run: RunLayout, tracker: Tracker) -> str:
     """Log the best network with ``mlflow.pytorch`` (signature, input example, medseg checkpoint inside)."""
     import numpy as np
 
-    checkpoint = model_dir / BEST
     spatial = cfg.preprocessing.spatial_size if cfg.spatial_dims == 2 else cfg.preprocessing.patch_size
     example = np.zeros((1, cfg.model.in_channels, *spatial), dtype=np.float32)
-    files = [checkpoint, model_dir / POSTPROCESSING_FILE, run_dir / "config.yaml"]
+    files = [run.model.best, run.model.postprocessing, run.config]
     uri = tracker.log_model(network, example, [f for f in files if f.is_file()], cfg.tracking.registered_model)
     log.info(
         "Model logged as %s%s",
@@ -125,61 +130,69 @@ def _log_model(cfg: PipelineConfig, network: Any, model_dir: Path, run_dir: Path
     return uri
 
 
+def _new_run_folder(cfg: PipelineConfig, run_name: str | None) -> tuple[Path, str]:
+    """The folder and name of a new run; DataError if the folder exists or cannot be made."""
+    name = run_name or cfg.tracking.run_name or f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = cfg.output_root / cfg.name / name
+    if run_dir.exists():
+        raise DataError(f"{run_dir}: run folder exists already; choose another run name")
+    blocking = next((p for p in run_dir.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise DataError(f"{blocking}: is a file, not a folder; cannot create the run folder {run_dir}")
+    return run_dir, name
+
+
 def run_pipeline(cfg: PipelineConfig, run_name: str | None = None, resume_dir: Path | None = None) -> PipelineResult:
     """Run the configured stages end to end; every stage is tracked.
 
     With ``resume_dir`` (a run folder holding ``model/last.pt``), training continues where it stopped and
     logs into the same MLflow runs.
     """
-    from medseg.inference import Predictor
+    from medseg.infer.predictor import Predictor
 
     ids: dict[str, str] = {}
     if resume_dir is not None:
         run_dir, name = resume_dir, resume_dir.name
-        if (resume_dir / TRACKING_FILE).is_file():
-            ids = json.loads((resume_dir / TRACKING_FILE).read_text(encoding="utf-8"))
+        if RunLayout(run_dir).tracking.is_file():
+            ids = json.loads(RunLayout(run_dir).tracking.read_text(encoding="utf-8"))
     else:
-        name = run_name or cfg.tracking.run_name or f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        run_dir = cfg.output_root / cfg.name / name
-        if run_dir.exists():
-            raise DataError(f"{run_dir}: run folder exists already; choose another run name")
-        blocking = next((p for p in run_dir.parents if p.exists() and not p.is_dir()), None)
-        if blocking is not None:
-            raise DataError(f"{blocking}: is a file, not a folder; cannot create the run folder {run_dir}")
+        run_dir, name = _new_run_folder(cfg, run_name)
+    run = RunLayout(run_dir)
     # without training, the given model is loaded and checked before any output is written
     predictor = None if "train" in cfg.stages else _compatible_predictor(cfg)
     data = prepare_data(cfg)
+    cfg = cfg.with_values(data.resolved)  # e.g. the target spacing measured on the training cases
     if resume_dir is None:
         run_dir.mkdir(parents=True)
-        atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
+        atomic_write_text(run.config, cfg.to_yaml())
     tracker = build_tracker(cfg.tracking, cfg.name)
     result = PipelineResult(run_dir=run_dir, run_id=None)
     tags = {**run_tags(cfg, data), "run_dir": str(run_dir.resolve())}
     with tracker.run(name, tags=tags, run_id=ids.get("run_id")) as run_id:
         result.run_id = ids["run_id"] = run_id
-        atomic_write_text(run_dir / TRACKING_FILE, json.dumps(ids, indent=1))
+        atomic_write_text(run.tracking, json.dumps(ids, indent=1))
         log.info("Run %s (%s), outputs in %s", name, run_id, run_dir)
         if resume_dir is None:
-            _log_run_inputs(cfg, data, run_dir, tracker)
+            _log_run_inputs(cfg, data, run, tracker)
         model_dir = cfg.model.checkpoint
         if "train" in cfg.stages:
             with tracker.run("train", tags={"stage": "train"}, run_id=ids.get("train_run_id")) as train_id:
                 ids["train_run_id"] = train_id
-                atomic_write_text(run_dir / TRACKING_FILE, json.dumps(ids, indent=1))
-                model_dir, predictor = _train_stage(cfg, data, run_dir, tracker, resume=resume_dir is not None)
-            result.model_uri = _log_model(cfg, predictor.network, model_dir, run_dir, tracker)
+                atomic_write_text(run.tracking, json.dumps(ids, indent=1))
+                model_dir, predictor = _train_stage(cfg, data, run, tracker, resume=resume_dir is not None)
+            result.model_uri = _log_model(cfg, predictor.network, run, tracker)
         predictor = predictor or Predictor.from_model(model_dir)
         if "evaluate" in cfg.stages:
-            result.metrics.update(_evaluate_stage(cfg, data, predictor, run_dir, tracker))
+            result.metrics.update(_evaluate_stage(cfg, data, predictor, run, tracker))
             tracker.log_metrics(result.metrics)
         if "predict" in cfg.stages:
-            result.failed_cases = _predict_stage(cfg, data, predictor, run_dir, tracker)
+            result.failed_cases = _predict_stage(cfg, data, predictor, run, tracker)
     return result
 
 
-def _compatible_predictor(cfg: PipelineConfig) -> Any:
+def _compatible_predictor(cfg: PipelineConfig) -> Predictor:
     """The predictor of ``model.checkpoint``; ModelError if it is not a model for this pipeline's images."""
-    from medseg.inference import Predictor
+    from medseg.infer.predictor import Predictor
 
     predictor = Predictor.from_model(cfg.model.checkpoint)
     trained = predictor.config
@@ -192,7 +205,7 @@ def _compatible_predictor(cfg: PipelineConfig) -> Any:
     return predictor
 
 
-def _log_run_inputs(cfg: PipelineConfig, data: PreparedData, run_dir: Path, tracker: Tracker) -> None:
+def _log_run_inputs(cfg: PipelineConfig, data: PreparedData, run: RunLayout, tracker: Tracker) -> None:
     """Parameters, data check, data set and split of a new run."""
     tracker.log_params(cfg.to_dict())
     report = data.report
@@ -207,18 +220,17 @@ def _log_run_inputs(cfg: PipelineConfig, data: PreparedData, run_dir: Path, trac
         }
     )
     tracker.log_dataset(data.name, str(data.root.resolve()), data.fingerprint, data.records)
-    tracker.log_artifact(run_dir / "config.yaml")
+    tracker.log_artifact(run.config)
     tracker.log_artifact(data.splits_path, "data")
 
 
 def _evaluate_stage(
-    cfg: PipelineConfig, data: PreparedData, predictor: Any, run_dir: Path, tracker: Tracker
+    cfg: PipelineConfig, data: PreparedData, predictor: Predictor, run: RunLayout, tracker: Tracker
 ) -> dict[str, float]:
     from medseg.evaluation import evaluate, summary_metrics
 
     with tracker.run("evaluate", tags={"stage": "evaluate"}):
-        out_dir = run_dir / "evaluation"
-        summary = evaluate(predictor, data.subset(cfg.evaluation.split), cfg, out_dir)
+        summary = evaluate(predictor, data.subset(cfg.evaluation.split), cfg, run.evaluation)
         metrics = summary_metrics(summary)
         tracker.log_params(
             {
@@ -228,33 +240,36 @@ def _evaluate_stage(
             }
         )
         tracker.log_metrics(metrics)
-        tracker.log_artifact(out_dir, "evaluation")
+        tracker.log_artifact(run.evaluation, "evaluation")
     return metrics
 
 
 def _predict_stage(
-    cfg: PipelineConfig, data: PreparedData, predictor: Any, run_dir: Path, tracker: Tracker
+    cfg: PipelineConfig, data: PreparedData, predictor: Predictor, run: RunLayout, tracker: Tracker
 ) -> dict[str, str]:
-    from medseg.prediction import image_records, predict_images, predict_volumes, volume_records
+    from medseg.data.inputs import predict_inputs
+    from medseg.infer.batch import predict_images, predict_volumes
+    from medseg.layout import PredictionLayout
 
     with tracker.run("predict", tags={"stage": "predict"}):
         pcfg = cfg.prediction
-        out_dir = pcfg.output_dir or run_dir / "predictions"
+        out_dir = pcfg.output_dir or run.predictions.root
+        records = (
+            predict_inputs(pcfg.input, cfg.spatial_dims, cfg.model.in_channels)
+            if pcfg.input
+            else data.subset(cfg.evaluation.split)
+        )
         if cfg.spatial_dims == 3:
-            records = (
-                volume_records(pcfg.input, cfg.model.in_channels) if pcfg.input else data.subset(cfg.evaluation.split)
-            )
             report = predict_volumes(
                 predictor, records, out_dir, overwrite=True, save_probabilities=cfg.inference.save_probabilities
             )
         else:
-            records = image_records(pcfg.input) if pcfg.input else data.subset(cfg.evaluation.split)
             report = predict_images(predictor, records, out_dir, pcfg.overlays, pcfg.max_overlays)
         tracker.log_metrics({"predicted_cases": len(report.written), "failed_cases": len(report.failed)})
-        tracker.log_artifact(out_dir / "masks", "predictions/masks")
-        if (out_dir / "overlays").is_dir():
-            tracker.log_artifact(out_dir / "overlays", "predictions/overlays")
-        curves = run_dir / "training_curves.png"
-        if curves.is_file():
-            tracker.log_artifact(curves, "plots")
+        layout = PredictionLayout(out_dir)
+        tracker.log_artifact(layout.folder(layout.MASKS), "predictions/masks")
+        if layout.folder(layout.OVERLAYS).is_dir():
+            tracker.log_artifact(layout.folder(layout.OVERLAYS), "predictions/overlays")
+        if run.curves.is_file():
+            tracker.log_artifact(run.curves, "plots")
     return report.failed

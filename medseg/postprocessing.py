@@ -1,18 +1,27 @@
 """Mask clean-up (scikit-image, scipy.ndimage) per foreground label, and its selection on validation data.
 
-In ``auto`` mode a step is kept only if it raises the mean validation Dice (nnU-Net's rule); the chosen
-steps are saved with the model and replayed at evaluation and prediction.
+In ``auto`` mode a step is kept only if it raises the mean validation Dice (nnU-Net's rule). This module
+decides, saves the choice beside the model (``model/postprocessing.json``) and reads it back; predictors are
+built with the steps it returns.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
 from skimage import morphology
 
+from medseg.atomic import atomic_write_text
 from medseg.config import PostprocessingConfig
+from medseg.layout import ModelLayout
+
+log = logging.getLogger(__name__)
 
 STEP_ORDER = ("fill_holes", "largest_component", "remove_small_objects", "opening", "closing")
 MIN_GAIN = 1e-4
@@ -105,3 +114,51 @@ def select_steps(
         if trial > best + MIN_GAIN:
             chosen, best = [*chosen, name], trial
     return chosen, scores
+
+
+def choose_postprocessing(
+    predictions: Sequence[np.ndarray], truths: Sequence[np.ndarray], cfg: PostprocessingConfig, classes: int
+) -> dict[str, Any]:
+    """The post-processing to replay, decided on validation label maps (``auto``), or as configured.
+
+    Returns:
+        ``{"mode", "candidates", "steps", "scores"}``; ``scores`` holds the mean validation Dice per candidate.
+    """
+    from medseg.metrics import dice_score
+
+    candidates = enabled_steps(cfg)
+    choice: dict[str, Any] = {"mode": cfg.mode, "candidates": candidates, "steps": [], "scores": {}}
+    if cfg.mode == "auto" and candidates:
+        foreground = range(1, max(2, classes))
+
+        def mean_dice(prediction: np.ndarray, truth: np.ndarray) -> float:
+            return float(np.mean([dice_score(prediction == c, truth == c) for c in foreground]))
+
+        choice["steps"], choice["scores"] = select_steps(predictions, truths, cfg, mean_dice)
+        log.info(
+            "Post-processing chosen on %d validation cases: %s (validation Dice %s)",
+            len(predictions),
+            ", ".join(choice["steps"]) or "none",
+            ", ".join(f"{k} {v:.4f}" for k, v in choice["scores"].items()),
+        )
+    elif cfg.mode == "on":
+        choice["steps"] = candidates
+    return choice
+
+
+def save_choice(choice: dict[str, Any], model_dir: Path) -> None:
+    """Write the choice beside the model's checkpoints."""
+    atomic_write_text(ModelLayout(model_dir).postprocessing, json.dumps(choice, indent=1))
+
+
+def saved_steps(cfg: PostprocessingConfig, model_dir: Path) -> list[str]:
+    """The steps to replay: chosen on validation (``auto``), as configured (``on``), or none (``off``)."""
+    if cfg.mode == "off":
+        return []
+    if cfg.mode == "on":
+        return enabled_steps(cfg)
+    chosen = ModelLayout(model_dir).postprocessing
+    if chosen.is_file():
+        return list(json.loads(chosen.read_text(encoding="utf-8"))["steps"])
+    log.warning("%s: no post-processing choice saved with the model; applying none", chosen)
+    return []

@@ -11,7 +11,7 @@ import math
 import os
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +20,15 @@ import torch
 from torch import nn
 
 from medseg import __version__
-from medseg.checkpoint import BEST, LAST, load_checkpoint, save_checkpoint
+from medseg.atomic import atomic_write_text
+from medseg.checkpoint import load_checkpoint, save_checkpoint
 from medseg.config import PipelineConfig
 from medseg.data.dataset import PreparedData
-from medseg.io import atomic_write_text
+from medseg.infer.inferers import activate, build_inferer
+from medseg.layout import ModelLayout, RunLayout
 from medseg.progress import progress_bar
 from medseg.registry import build_loss, build_network
-from medseg.tracking import Tracker
+from medseg.tracking.tracker import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -87,10 +89,11 @@ def build_scheduler(cfg: PipelineConfig, optimizer: torch.optim.Optimizer, steps
     )
 
 
-def _loaders(cfg: PipelineConfig, data: PreparedData):
+def build_loaders(cfg: PipelineConfig, data: PreparedData) -> tuple[Any, Any]:
+    """The training loader (shuffled, augmented, cached preprocessing) and the validation loader."""
     from monai.data import CacheDataset, DataLoader, Dataset
 
-    from medseg.data.transforms import train_transforms, validation_transforms
+    from medseg.transforms import train_transforms, validation_transforms
 
     def dataset(records, transform):
         if cfg.data.cache == "memory":
@@ -116,12 +119,10 @@ def _loaders(cfg: PipelineConfig, data: PreparedData):
     return train_loader, val_loader
 
 
-def validation_dice(network: nn.Module, loader, cfg: PipelineConfig, bf16: bool) -> float:
+def validation_dice(network: nn.Module, loader: Any, cfg: PipelineConfig, bf16: bool) -> float:
     """Mean Dice over validation cases (foreground classes) on the preprocessed grid."""
     from monai.metrics import DiceMetric
     from monai.networks.utils import one_hot
-
-    from medseg.inference import activate, build_inferer
 
     inferer = build_inferer(cfg)
     classes = cfg.model.out_channels
@@ -166,6 +167,140 @@ def seed_epoch(seed: int, epoch: int, transform: Any, generator: torch.Generator
     transform.set_random_state(seed=epoch_seed)
 
 
+@dataclass
+class TrainingState:
+    """Where training stands: saved in ``last.pt`` after every epoch, restored by ``--resume``."""
+
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_dice: float = -math.inf
+    best_epoch: int = 0
+    stale_rounds: int = 0
+    epoch: int = 0  # the last finished epoch
+
+    def record(self, state: dict[str, Any]) -> dict[str, Any]:
+        """``state`` with this progress added (for ``last.pt``)."""
+        return {
+            **state,
+            "best_val_dice": self.best_dice,
+            "best_epoch": self.best_epoch,
+            "stale_rounds": self.stale_rounds,
+            "history": self.history,
+        }
+
+    @classmethod
+    def restored(cls, state: dict[str, Any]) -> TrainingState:
+        return cls(
+            list(state["history"]), state["best_val_dice"], state["best_epoch"], state["stale_rounds"], state["epoch"]
+        )
+
+
+class Trainer:
+    """The parts of one training run, built once from the config; :meth:`fit` runs the epochs."""
+
+    def __init__(self, cfg: PipelineConfig, data: PreparedData, model: ModelLayout) -> None:
+        self.cfg, self.model = cfg, model
+        started = time.perf_counter()
+        self.train_loader, self.val_loader = build_loaders(cfg, data)
+        log.info(
+            "Cached %d training and %d validation images in %.1f s",
+            len(self.train_loader.dataset),
+            len(self.val_loader.dataset),
+            time.perf_counter() - started,
+        )
+        self.network = build_network(
+            cfg.model.name, cfg.spatial_dims, cfg.model.in_channels, cfg.model.out_channels, cfg.model.args
+        )
+        self.loss_function = build_loss(cfg.loss.name, cfg.model.out_channels, cfg.loss.args)
+        self.optimizer = build_optimizer(cfg, self.network)
+        self.scheduler = build_scheduler(cfg, self.optimizer, len(self.train_loader))
+        self.bf16 = use_bf16(cfg.training.bf16)
+
+    def checkpoint(self, epoch: int, **extra: Any) -> dict[str, Any]:
+        """What every checkpoint holds: weights, the network's arguments, the config, the epoch."""
+        return {
+            "state_dict": self.network.state_dict(),
+            "network": network_spec(self.cfg),
+            "config": self.cfg.to_dict(),
+            "epoch": epoch,
+            "medseg_version": __version__,
+            **extra,
+        }
+
+    def resume(self) -> TrainingState:
+        """Weights, optimiser, schedule and progress from ``last.pt``."""
+        state = load_checkpoint(self.model.last)
+        self.network.load_state_dict(state["state_dict"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        progress = TrainingState.restored(state)
+        log.info(
+            "Resuming after epoch %d (best validation Dice %.4f at epoch %d)",
+            progress.epoch,
+            progress.best_dice,
+            progress.best_epoch,
+        )
+        return progress
+
+    def run_epoch(self, epoch: int, advance: Any) -> float:
+        """One seeded pass over the training loader; the mean loss."""
+        seed_epoch(self.cfg.seed, epoch, self.train_loader.dataset.transform, self.train_loader.generator)
+        self.network.train()
+        losses = []
+        for batch in self.train_loader:
+            losses.append(training_step(self.network, batch, self.loss_function, self.optimizer, self.bf16))
+            self.scheduler.step()
+            advance(losses[-1])
+        return sum(losses) / len(losses)
+
+    def fit(self, tracker: Tracker, progress: TrainingState, started: float) -> TrainingState:
+        """Train from ``progress.epoch + 1``: validate, keep the best checkpoint, save ``last.pt`` every epoch."""
+        tcfg = self.cfg.training
+        spent_minutes = progress.history[-1].get("minutes", 0.0) if progress.history else 0.0
+        deadline = started + tcfg.max_minutes * 60 if tcfg.max_minutes else math.inf
+        steps = len(self.train_loader)
+        with progress_bar() as bar:
+            task = bar.add_task("train", total=tcfg.epochs * steps, completed=progress.epoch * steps)
+            for epoch in range(progress.epoch + 1, tcfg.epochs + 1):
+
+                def advance(loss: float, epoch: int = epoch) -> None:
+                    bar.update(task, advance=1, description=f"epoch {epoch}/{tcfg.epochs} loss {loss:.3f}")
+
+                row = {"epoch": epoch, "train_loss": self.run_epoch(epoch, advance)}
+                row["lr"] = self.optimizer.param_groups[0]["lr"]
+                row["minutes"] = spent_minutes + (time.perf_counter() - started) / 60  # wall clock, across resumes
+                if epoch % tcfg.val_every == 0 or epoch == tcfg.epochs:
+                    row["val_dice"] = validation_dice(self.network, self.val_loader, self.cfg, self.bf16)
+                    if row["val_dice"] > progress.best_dice:
+                        progress.best_dice, progress.best_epoch, progress.stale_rounds = row["val_dice"], epoch, 0
+                        save_checkpoint(self.model.best, self.checkpoint(epoch, val_dice=progress.best_dice))
+                    else:
+                        progress.stale_rounds += 1
+                progress.history.append(row)
+                progress.epoch = epoch
+                tracker.log_metrics({k: v for k, v in row.items() if k not in ("epoch", "minutes")}, step=epoch)
+                patience = tcfg.early_stopping_patience
+                patience_spent = bool(patience and progress.stale_rounds >= patience)
+                last = self.checkpoint(
+                    tcfg.epochs if patience_spent else epoch,  # a resumed run that stopped early stays stopped
+                    optimizer=self.optimizer.state_dict(),
+                    scheduler=self.scheduler.state_dict(),
+                )
+                save_checkpoint(self.model.last, progress.record(last))
+                log.info(
+                    "epoch %d: loss %.4f%s",
+                    epoch,
+                    row["train_loss"],
+                    f", val Dice {row['val_dice']:.4f}" if "val_dice" in row else "",
+                )
+                if patience_spent:
+                    log.info("Early stopping: no validation improvement in %d rounds", progress.stale_rounds)
+                    break
+                if time.perf_counter() > deadline:
+                    log.info("Stopping: training.max_minutes=%s reached", tcfg.max_minutes)
+                    break
+        return progress
+
+
 def train(
     cfg: PipelineConfig, data: PreparedData, run_dir: Path, tracker: Tracker, resume: bool = False
 ) -> TrainResult:
@@ -178,114 +313,26 @@ def train(
 
     set_determinism(seed=cfg.seed, use_deterministic_algorithms=cfg.training.deterministic or None)
     torch.set_num_threads(cfg.training.num_threads or os.cpu_count() or 1)
-    model_dir = run_dir / "model"
-    model_dir.mkdir(parents=True, exist_ok=True)
-
+    layout = RunLayout(run_dir)
+    layout.model.root.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    train_loader, val_loader = _loaders(cfg, data)
-    log.info(
-        "Cached %d training and %d validation images in %.1f s",
-        len(train_loader.dataset),
-        len(val_loader.dataset),
-        time.perf_counter() - started,
-    )
-    network = build_network(
-        cfg.model.name, cfg.spatial_dims, cfg.model.in_channels, cfg.model.out_channels, cfg.model.args
-    )
-    loss_function = build_loss(cfg.loss.name, cfg.model.out_channels, cfg.loss.args)
-    optimizer = build_optimizer(cfg, network)
-    scheduler = build_scheduler(cfg, optimizer, len(train_loader))
-    spec = network_spec(cfg)
-    tcfg = cfg.training
-    bf16 = use_bf16(tcfg.bf16)
-    train_transform = train_loader.dataset.transform
-
-    history: list[dict[str, float]] = []
-    best_dice, best_epoch, stale_rounds, first_epoch = -math.inf, 0, 0, 1
+    trainer = Trainer(cfg, data, layout.model)
     if resume:
-        state = load_checkpoint(model_dir / LAST)
-        network.load_state_dict(state["state_dict"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        history, best_dice, best_epoch = list(state["history"]), state["best_val_dice"], state["best_epoch"]
-        stale_rounds, first_epoch = state["stale_rounds"], state["epoch"] + 1
-        log.info(
-            "Resuming after epoch %d (best validation Dice %.4f at epoch %d)", state["epoch"], best_dice, best_epoch
-        )
+        progress = trainer.resume()
     else:
+        progress = TrainingState()
         tracker.log_params(
             {
-                "network_parameters": sum(p.numel() for p in network.parameters()),
-                "bf16_active": bf16,
-                "train_cases": len(train_loader.dataset),
-                "val_cases": len(val_loader.dataset),
+                "network_parameters": sum(p.numel() for p in trainer.network.parameters()),
+                "bf16_active": trainer.bf16,
+                "train_cases": len(trainer.train_loader.dataset),
+                "val_cases": len(trainer.val_loader.dataset),
             }
         )
-
-    spent_minutes = history[-1].get("minutes", 0.0) if history else 0.0
-    epoch = first_epoch - 1
-    deadline = started + tcfg.max_minutes * 60 if tcfg.max_minutes else math.inf
-    with progress_bar() as progress:
-        task = progress.add_task("train", total=tcfg.epochs * len(train_loader), completed=epoch * len(train_loader))
-        for epoch in range(first_epoch, tcfg.epochs + 1):
-            seed_epoch(cfg.seed, epoch, train_transform, train_loader.generator)
-            network.train()
-            losses = []
-            for batch in train_loader:
-                losses.append(training_step(network, batch, loss_function, optimizer, bf16))
-                scheduler.step()
-                progress.update(task, advance=1, description=f"epoch {epoch}/{tcfg.epochs} loss {losses[-1]:.3f}")
-            row = {"epoch": epoch, "train_loss": sum(losses) / len(losses), "lr": optimizer.param_groups[0]["lr"]}
-            row["minutes"] = spent_minutes + (time.perf_counter() - started) / 60  # wall clock, across resumes
-            if epoch % tcfg.val_every == 0 or epoch == tcfg.epochs:
-                row["val_dice"] = validation_dice(network, val_loader, cfg, bf16)
-                if row["val_dice"] > best_dice:
-                    best_dice, best_epoch, stale_rounds = row["val_dice"], epoch, 0
-                    save_checkpoint(
-                        model_dir / BEST,
-                        {
-                            "state_dict": network.state_dict(),
-                            "network": spec,
-                            "config": cfg.to_dict(),
-                            "epoch": epoch,
-                            "val_dice": best_dice,
-                            "medseg_version": __version__,
-                        },
-                    )
-                else:
-                    stale_rounds += 1
-            history.append(row)
-            tracker.log_metrics({k: v for k, v in row.items() if k not in ("epoch", "minutes")}, step=epoch)
-            patience_spent = bool(tcfg.early_stopping_patience and stale_rounds >= tcfg.early_stopping_patience)
-            save_checkpoint(
-                model_dir / LAST,
-                {
-                    "state_dict": network.state_dict(),
-                    "network": spec,
-                    "config": cfg.to_dict(),
-                    "epoch": tcfg.epochs if patience_spent else epoch,
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "best_val_dice": best_dice,
-                    "best_epoch": best_epoch,
-                    "stale_rounds": stale_rounds,
-                    "history": history,
-                    "medseg_version": __version__,
-                },
-            )
-            log.info(
-                "epoch %d: loss %.4f%s",
-                epoch,
-                row["train_loss"],
-                f", val Dice {row['val_dice']:.4f}" if "val_dice" in row else "",
-            )
-            if patience_spent:
-                log.info("Early stopping: no validation improvement in %d rounds", stale_rounds)
-                break
-            if time.perf_counter() > deadline:
-                log.info("Stopping: training.max_minutes=%s reached", tcfg.max_minutes)
-                break
+    progress = trainer.fit(tracker, progress, started)
     minutes = (time.perf_counter() - started) / 60
-    atomic_write_text(run_dir / "history.json", json.dumps(history, indent=1))
-    log.info("Best validation Dice %.4f at epoch %d (%.1f min)", best_dice, best_epoch, minutes)
-    return TrainResult(model_dir, best_dice, best_epoch, epoch, minutes, history)
+    atomic_write_text(layout.history, json.dumps(progress.history, indent=1))
+    log.info("Best validation Dice %.4f at epoch %d (%.1f min)", progress.best_dice, progress.best_epoch, minutes)
+    return TrainResult(
+        layout.model.root, progress.best_dice, progress.best_epoch, progress.epoch, minutes, progress.history
+    )

@@ -5,19 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from skimage.segmentation import find_boundaries
 
-from medseg.io import atomic_path
+from medseg.atomic import atomic_path
 
 TRUTH_COLOUR = (0, 220, 0)
 PREDICTION_COLOUR = (255, 40, 40)
-
-
-def save_png(array: np.ndarray, path: Path) -> None:
-    """Write a uint8 array as PNG, atomically."""
-    with atomic_path(path) as tmp:
-        Image.fromarray(array).save(tmp, format="PNG")
 
 
 def overlay(image: np.ndarray, prediction: np.ndarray, truth: np.ndarray | None = None) -> np.ndarray:

@@ -1,215 +1,69 @@
-"""Build a datalist of ``{"id", "image", "label"}`` records from a dataset folder, and check it.
-
-Supported layouts for 2D images:
-- ``folder``: ``images/<id>.<ext>`` and ``masks/<id><suffix>.<ext>`` (PH2: suffix "", ISIC: "_segmentation");
-- ``csv``: a CSV with ``image`` and ``mask`` (or ``label``) columns, paths relative to the CSV;
-- ``msd``: a Decathlon-style ``dataset.json`` with a ``training`` list of ``{"image", "label"}``.
-``auto`` picks ``msd`` if dataset.json exists, else ``csv`` if the CSV exists, else ``folder``.
-"""
+"""One entry point for the datalist of a dataset folder, 2D or 3D: the records, what the check found, and a
+fingerprint that tells runs on different data apart."""
 
 from __future__ import annotations
 
-import csv
-import hashlib
-import json
 import logging
-import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-from PIL import Image, UnidentifiedImageError
-
-from medseg.config import DataConfig
+from medseg.config import PipelineConfig
+from medseg.data.image_datalist import DatalistReport, build_image_datalist, image_fingerprint
+from medseg.data.records import Record, detect_layout
+from medseg.data.volume_datalist import (
+    build_volume_datalist,
+    check_label_values,
+    records_from_cases,
+    volume_fingerprint,
+)
 from medseg.errors import DataError
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-Record = dict[str, str]
+
+@dataclass(frozen=True)
+class Datalist:
+    """The checked records of a dataset folder."""
+
+    records: list[Record]
+    report: DatalistReport
+    fingerprint: str
 
 
-@dataclass
-class DatalistReport:
-    """What the data check found: counts that are worth logging."""
-
-    cases: int = 0
-    masks_with_non_binary_pixels: int = 0
-    non_binary_pixels: int = 0
-    empty_masks: list[str] = field(default_factory=list)
-    non_binary_example: str = ""  # the first mask with non-binary pixels, for the warning
-    unmatched_masks: list[str] = field(default_factory=list)
-
-
-def _images_in(folder: Path) -> list[Path]:
-    if not folder.is_dir():
-        raise DataError(f"{folder}: image folder not found")
-    images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and not p.is_dir())
-    broken = next((p for p in images if not p.is_file()), None)  # a dangling or looping symbolic link
-    if broken is not None:
-        raise DataError(f"{broken}: broken symbolic link (its target is missing or it links to itself)")
-    return images
-
-
-def _folder_datalist(root: Path, cfg: DataConfig, report: DatalistReport) -> list[Record]:
-    images = _images_in(root / cfg.images_dir)
-    if not images:
-        raise DataError(f"{root / cfg.images_dir}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)})")
-    mask_dir = root / cfg.masks_dir
-    if not mask_dir.is_dir():
-        raise DataError(f"{mask_dir}: mask folder not found")
-    masks: dict[str, Path] = {}
-    for mask in _images_in(mask_dir):
-        if mask.stem in masks:
-            raise DataError(f"{mask}: ambiguous mask, {masks[mask.stem].name} has the same name")
-        masks[mask.stem] = mask
-    records, used = [], set()
-    for image in images:
-        match = next((masks[image.stem + s] for s in cfg.mask_suffixes if image.stem + s in masks), None)
-        if match is None:
-            tried = ", ".join(f"{image.stem}{s}.*" for s in cfg.mask_suffixes)
-            raise DataError(f"{image}: no mask found in {mask_dir} (tried {tried})")
-        used.add(match.stem)
-        records.append({"id": image.stem, "image": str(image), "label": str(match)})
-    report.unmatched_masks = sorted(set(masks) - used)
-    return records
-
-
-def _csv_datalist(csv_path: Path) -> list[Record]:
-    try:
-        with csv_path.open(newline="", encoding="utf-8-sig") as handle:  # -sig: Excel's byte-order mark
-            rows = list(csv.DictReader(handle))
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise DataError(f"{csv_path}: cannot read CSV ({exc})") from None
-    if not rows:
-        raise DataError(f"{csv_path}: no rows")
-    columns = set(rows[0])
-    mask_column = "mask" if "mask" in columns else "label" if "label" in columns else None
-    if "image" not in columns or mask_column is None:
-        raise DataError(f"{csv_path}: expected columns 'image' and 'mask' (or 'label'), got {sorted(columns)}")
-    records = []
-    for number, row in enumerate(rows, start=2):
-        if not row.get("image") or not row.get(mask_column):
-            raise DataError(f"{csv_path}: row {number} needs both an image and a {mask_column} path")
-        image = csv_path.parent / row["image"]
-        records.append(
-            {
-                "id": row.get("id") or Path(row["image"]).stem,
-                "image": str(image),
-                "label": str(csv_path.parent / row[mask_column]),
-            }
-        )
-    return records
-
-
-def _msd_datalist(json_path: Path) -> list[Record]:
-    try:
-        description = json.loads(json_path.read_text(encoding="utf-8"))
-        entries = description["training"]
-        records = [
-            {
-                "id": Path(str(e["image"])).name.split(".")[0],
-                "image": str(json_path.parent / e["image"]),
-                "label": str(json_path.parent / e["label"]),
-            }
-            for e in entries
-        ]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise DataError(f"{json_path}: expected a 'training' list of {{image, label}} entries ({exc})") from None
-    if not records:
-        raise DataError(f"{json_path}: the 'training' list is empty")
-    return records
-
-
-def build_datalist(root: Path, cfg: DataConfig, in_channels: int = 3) -> tuple[list[Record], DatalistReport]:
-    """Find image/mask pairs under ``root`` and check that every pair is readable and consistent.
+def build_datalist(cfg: PipelineConfig, folder: Path) -> Datalist:
+    """Find and check every case under ``folder`` as the pipeline describes it (2D images or 3D scans).
 
     Raises:
-        DataError: missing folder, image without mask, unreadable image, size mismatch, duplicate id.
+        DataError: one line naming the file (and case) at fault.
     """
-    if not root.is_dir():
-        raise DataError(f"{root}: dataset folder not found")
-    report = DatalistReport()
-    layout = cfg.layout
-    if layout == "auto":
-        layout = (
-            "msd" if (root / cfg.dataset_json).is_file() else "csv" if (root / cfg.csv_file).is_file() else "folder"
-        )
-    if layout == "msd":
-        records = _msd_datalist(root / cfg.dataset_json)
-    elif layout == "csv":
-        records = _csv_datalist(root / cfg.csv_file)
+    if cfg.spatial_dims == 2:
+        records, report = build_image_datalist(folder, cfg.data, in_channels=cfg.model.in_channels)
+        if report.masks_with_non_binary_pixels:
+            log.warning(
+                "%d mask(s) hold %d non-binary pixel(s), e.g. %s; masks are binarised at > 0",
+                report.masks_with_non_binary_pixels,
+                report.non_binary_pixels,
+                report.non_binary_example,
+            )
+        if report.unmatched_masks:
+            log.warning(
+                "%d mask(s) have no image and are ignored, e.g. %s",
+                len(report.unmatched_masks),
+                report.unmatched_masks[0],
+            )
+        return Datalist(records, report, image_fingerprint(records))
+    data = cfg.data
+    if data.cases:
+        records = records_from_cases(folder, data.cases)
     else:
-        records = _folder_datalist(root, cfg, report)
-    ids = [r["id"] for r in records]
-    duplicates = sorted({i for i in ids if ids.count(i) > 1})
-    if duplicates:
-        raise DataError(f"{root}: case id {duplicates[0]!r} appears more than once")
-    for case_id in ids:
-        check_case_id(case_id, root)
-    for record in records:
-        check_pair(record, in_channels, report)
-    report.cases = len(records)
-    return records, report
-
-
-def check_case_id(case_id: str, source: Path) -> None:
-    """DataError for a case id that could name a path outside an output folder (separators, ``..``, empty)."""
-    if not case_id.strip() or case_id in {".", ".."} or any(c in case_id for c in "/\\\0"):
-        raise DataError(f"{source}: case id {case_id!r} is not a plain name (no path separators, '..' or empty ids)")
-
-
-def _open(path: Path, role: str) -> Image.Image:
-    if not path.is_file():
-        raise DataError(f"{path}: {role} file not found")
-    try:
-        image = Image.open(path)
-        image.load()
-    except UnidentifiedImageError:
-        raise DataError(f"{path}: not a readable image") from None
-    except PermissionError:
-        raise DataError(f"{path}: cannot open ({role} file: permission denied)") from None
-    except Image.DecompressionBombError as exc:
-        raise DataError(f"{path}: {role} too large ({exc})") from None
-    except (OSError, SyntaxError, ValueError, struct.error) as exc:
-        raise DataError(f"{path}: corrupt or truncated {role} ({exc})") from None
-    return image
-
-
-def check_pair(record: Record, in_channels: int, report: DatalistReport) -> None:
-    """Decode one image and its mask, check modes and sizes, and count non-binary mask pixels."""
-    image_path, mask_path = Path(record["image"]), Path(record["label"])
-    image = _open(image_path, "image")
-    expected_mode = {1: ("L",), 3: ("RGB",)}.get(in_channels, ())
-    if expected_mode and image.mode not in expected_mode:
-        raise DataError(
-            f"{image_path}: image mode {image.mode} ({len(image.getbands())} channels) but the model "
-            f"expects {in_channels} channel(s) ({'/'.join(expected_mode)})"
+        layout = detect_layout(folder, data, spatial_dims=3)
+        records = build_volume_datalist(
+            folder, layout, data.modalities, data.labels_dir, data.dataset_json, data.csv_file
         )
-    mask = _open(mask_path, "mask")
-    if len(mask.getbands()) != 1:
-        raise DataError(f"{mask_path}: mask has {len(mask.getbands())} channels ({mask.mode}); expected one")
-    if mask.size != image.size:
+    channels = len(records[0]["image"])
+    if channels != cfg.model.in_channels:
         raise DataError(
-            f"{mask_path}: mask size {mask.size[0]}x{mask.size[1]} differs from image size "
-            f"{image.size[0]}x{image.size[1]} ({image_path.name})"
+            f"{folder}: cases have {channels} image channel(s) but model.in_channels is {cfg.model.in_channels}"
         )
-    values = np.asarray(mask)
-    top = values.max() if values.size else 0
-    non_binary = int(np.count_nonzero((values != 0) & (values != top)))
-    if non_binary:
-        report.masks_with_non_binary_pixels += 1
-        report.non_binary_pixels += non_binary
-        report.non_binary_example = report.non_binary_example or str(mask_path)
-    if top == 0:
-        report.empty_masks.append(record["id"])
-
-
-def data_fingerprint(records: list[Record]) -> str:
-    """A short hash of the file list and sizes: tells runs on different data apart."""
-    digest = hashlib.sha256()
-    for record in sorted(records, key=lambda r: r["id"]):
-        for key in ("image", "label"):
-            path = Path(record[key])
-            digest.update(f"{record['id']}:{path.name}:{path.stat().st_size}\n".encode())
-    return digest.hexdigest()[:16]
+    check_label_values(records, data.label_mapping)
+    return Datalist(records, DatalistReport(cases=len(records)), volume_fingerprint(records))

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from medseg.atomic import atomic_write_text
 from medseg.errors import DataError
-from medseg.io import atomic_write_text
 
 Splits = dict[str, list[str]]
 SPLIT_NAMES = ("train", "val", "test")

@@ -15,8 +15,6 @@ MONAI's ITKReader would do the same, but needs the ``itk`` package; this reader 
 
 from __future__ import annotations
 
-import os
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,57 +25,22 @@ import torch
 from monai.data import ImageReader
 from monai.utils import MetaKeys, SpaceKeys, ensure_tuple
 
-from medseg.errors import DataError
-
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
-SITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
-IMAGE_2D_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
-SUPPORTED_FORMATS = "NIfTI (.nii, .nii.gz), NRRD (.nrrd, .nhdr), MetaImage (.mha, .mhd), a DICOM series folder, " + (
-    "2D images (" + ", ".join(IMAGE_2D_SUFFIXES) + ")"
+from medseg.errors import DataError, error_summary
+from medseg.imageio.formats import (
+    DICOM_SUFFIXES,
+    IMAGE_2D_SUFFIXES,
+    NIFTI_SUFFIXES,
+    SITK_SUFFIXES,
+    SUPPORTED_FORMATS,
+    PathLike,
+    has_suffix,
 )
-
-LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
-
-PathLike = str | os.PathLike
+from medseg.imageio.headers import ScanHeader, dicom_series_files, sitk_affine_ras
 
 
-def error_summary(error: BaseException) -> str:
-    """A one-line summary of an exception's text (SimpleITK errors span several lines)."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    if not lines:
-        return type(error).__name__
-    # SimpleITK: "Exception thrown in SimpleITK ImageFileReader_Execute: /path/file.cxx:99:" then
-    # "sitk::ERROR: ..." or "ITK ERROR: NrrdImageIO(0x...): Read: Error reading ...:" then library detail lines.
-    for i, line in enumerate(lines):
-        if "ERROR:" in line:
-            message = re.sub(r"^\w+\(0x[0-9a-fA-F]+\):\s*", "", line.split("ERROR:", 1)[1].strip())
-            if message.endswith(":") and i + 1 < len(lines):
-                detail = re.sub(r"^\[\w+\]\s*", "", lines[-1])
-                message = f"{message} {detail}"
-            return message
-    return lines[0]
-
-
-def has_suffix(path: PathLike, suffixes: Sequence[str]) -> bool:
-    """Whether ``path``'s name ends with one of ``suffixes`` (case-insensitive)."""
-    name = Path(path).name.lower()
-    return any(name.endswith(s) for s in suffixes)
-
-
-def sitk_affine_ras(image: sitk.Image) -> np.ndarray:
-    """The RAS voxel-to-world affine of a SimpleITK image: 4x4 for 3D and higher (first three axes), 3x3 for 2D."""
-    dim = image.GetDimension()
-    sr = max(1, min(dim, 3))
-    direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(dim, dim)[:sr, :sr]
-    spacing = np.asarray(image.GetSpacing(), dtype=np.float64)[:sr]
-    origin = np.asarray(image.GetOrigin(), dtype=np.float64)[:sr]
-    affine = np.eye(sr + 1)
-    affine[:sr, :sr] = direction @ np.diag(spacing)
-    affine[:sr, sr] = origin
-    flip = np.ones(sr + 1)
-    flip[: min(sr, 2)] = -1.0  # LPS -> RAS negates x and y
-    return np.diag(flip) @ affine
+def sitk_image_affine(image: sitk.Image) -> np.ndarray:
+    """The RAS voxel-to-world affine of a SimpleITK image (see :func:`~medseg.imageio.headers.sitk_affine_ras`)."""
+    return sitk_affine_ras(image.GetSpacing(), image.GetOrigin(), image.GetDirection())
 
 
 def sitk_array_xyz(image: sitk.Image) -> np.ndarray:
@@ -86,33 +49,6 @@ def sitk_array_xyz(image: sitk.Image) -> np.ndarray:
     dim = image.GetDimension()
     order = list(range(dim))[::-1] + list(range(dim, array.ndim))
     return array.transpose(order)
-
-
-def dicom_series_files(folder: Path) -> list[str]:
-    """The slice files of the only DICOM series in ``folder``; DataError when it holds none or several."""
-    folder = Path(folder)
-    warnings_on = sitk.ProcessObject.GetGlobalWarningDisplay()
-    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # GDCM prints "No Series were found" for a non-DICOM folder
-    try:
-        series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
-    except RuntimeError as e:
-        raise DataError(f"cannot list DICOM series in folder {folder}: {error_summary(e)}") from e
-    finally:
-        sitk.ProcessObject.SetGlobalWarningDisplay(warnings_on)
-    if not series_ids:
-        raise DataError(
-            f"folder {folder} holds no DICOM series (expected a folder of DICOM slices of one series); "
-            f"supported formats: {SUPPORTED_FORMATS}"
-        )
-    if len(series_ids) > 1:
-        raise DataError(
-            f"folder {folder} holds {len(series_ids)} DICOM series; put each series in its own folder "
-            f"(series UIDs: {', '.join(s or '<empty>' for s in series_ids)})"
-        )
-    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_ids[0])
-    if not files:
-        raise DataError(f"folder {folder}: DICOM series {series_ids[0]!r} lists no files")
-    return list(files)
 
 
 def read_sitk_image(path: PathLike) -> sitk.Image:
@@ -190,7 +126,7 @@ class SimpleITKReader(ImageReader):
     def _meta(self, image: sitk.Image) -> dict:
         dim = image.GetDimension()
         sr = max(1, min(dim, 3))
-        affine = sitk_affine_ras(image)
+        affine = sitk_image_affine(image)
         size = list(image.GetSize())
         if isinstance(self.channel_dim, int) and image.GetNumberOfComponentsPerPixel() == 1 and dim > sr:
             size.pop(self.channel_dim)
@@ -322,3 +258,23 @@ def load_volume(path: PathLike, dtype: Any = None) -> tuple[np.ndarray, dict]:
         raise DataError(f"cannot read image {path}: {error_summary(e)}") from e
     meta = {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in meta.items()}
     return np.asarray(image.numpy() if isinstance(image, torch.Tensor) else image), meta
+
+
+def read_label_on_grid(path: PathLike, grid: ScanHeader) -> np.ndarray:
+    """A label volume as an array on ``grid``'s voxels; a label stored with flipped or permuted axes (e.g. a LAS
+    label of an LPS DICOM series) is reoriented. DataError if the grids really differ."""
+    import nibabel as nib
+
+    labels, meta = load_volume(path)
+    affine = np.asarray(meta["affine"], dtype=float)
+    target_shape = tuple(grid.spatial_shape)
+    if np.allclose(affine, grid.affine, atol=1e-3) and labels.shape == target_shape:
+        return labels
+    transform = nib.orientations.ornt_transform(
+        nib.orientations.io_orientation(affine), nib.orientations.io_orientation(grid.affine)
+    )
+    aligned = nib.orientations.apply_orientation(labels, transform)
+    moved = affine @ nib.orientations.inv_ornt_aff(transform, labels.shape)
+    if aligned.shape != target_shape or not np.allclose(moved, grid.affine, atol=1e-3):
+        raise DataError(f"{path}: the label's voxel grid does not match the image's (shape or affine differs)")
+    return np.ascontiguousarray(aligned)

@@ -6,8 +6,10 @@ convention), so ``write_mask_like(mask, scan, out)`` overlays on ``scan`` in 3D 
 - NIfTI reference: the reference header is copied (qform and sform with their codes, pixdim, units) with nibabel;
   only the data type changes and intensity scaling is switched off.
 - NRRD / MetaImage / DICOM-series reference: SimpleITK writes the mask with the reference's exact origin, spacing
-  and direction (``CopyInformation`` from the series for DICOM; for files the same values are read from the header
-  alone, without loading the voxels); a DICOM reference needs a NIfTI (or NRRD / MetaImage) output name.
+  and direction, taken from its header (:mod:`medseg.imageio.headers`; no voxels are read); a DICOM reference
+  needs a NIfTI (or NRRD / MetaImage) output name.
+
+The reference is a path or the :class:`~medseg.imageio.headers.ScanHeader` already read for it.
 
 Every output is written under a temporary name in the output folder and renamed into place.
 """
@@ -25,23 +27,19 @@ import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
-from medseg.errors import DataError
-from medseg.imageio.readers import (
+from medseg.atomic import atomic_path
+from medseg.errors import DataError, error_summary
+from medseg.imageio.formats import (
+    DETACHED_SUFFIXES,
     NIFTI_SUFFIXES,
     SITK_SUFFIXES,
+    VOLUME_SUFFIXES,
     PathLike,
-    error_summary,
     has_suffix,
-    read_sitk_image,
 )
-from medseg.io import atomic_path
+from medseg.imageio.headers import ScanHeader, read_header, shape_text
 
-WRITABLE_SUFFIXES = NIFTI_SUFFIXES + SITK_SUFFIXES
-DETACHED_SUFFIXES = (".nhdr", ".mhd")  # a header file plus a separate data file
-
-
-def _fmt(shape: tuple[int, ...]) -> str:
-    return "x".join(str(int(s)) for s in shape)
+WRITABLE_SUFFIXES = VOLUME_SUFFIXES
 
 
 def _as_label_array(mask: np.ndarray, output: Path) -> np.ndarray:
@@ -82,26 +80,23 @@ def _check_paths(reference: Path, output: Path) -> None:
 def _check_shape(array: np.ndarray, expected: tuple[int, ...], what: str, reference: Path) -> None:
     if tuple(array.shape) != tuple(expected):
         raise DataError(
-            f"{what} shape {_fmt(array.shape)} differs from the reference {reference} shape {_fmt(expected)} "
-            "(arrays are in (x, y, z) order as loaded by medseg.imageio)"
+            f"{what} shape {shape_text(array.shape)} differs from the reference {reference} shape "
+            f"{shape_text(expected)} (arrays are in (x, y, z) order as loaded by medseg.imageio)"
         )
 
 
 # ---------------------------------------------------------------------------------------------------- NIfTI
 
 
-def _write_nifti_like(array: np.ndarray, reference: Path, output: Path, what: str) -> Path:
+def _write_nifti_like(array: np.ndarray, reference: ScanHeader, output: Path, what: str) -> Path:
     if not has_suffix(output, NIFTI_SUFFIXES):
-        raise DataError(f"reference {reference} is NIfTI: the output {output} must be .nii.gz or .nii too")
-    try:
-        ref = nib.load(str(reference))
-        shape = tuple(ref.shape)
-    except Exception as e:
-        raise DataError(f"cannot read reference image {reference}: {error_summary(e)}") from e
+        raise DataError(f"reference {reference.path} is NIfTI: the output {output} must be .nii.gz or .nii too")
+    shape = tuple(reference.shape)
     expected = shape if array.ndim == len(shape) else shape[:3]
-    _check_shape(array, expected, what, reference)
+    _check_shape(array, expected, what, reference.path)
 
-    header = ref.header.copy()
+    ref_header = reference.nifti
+    header = ref_header.copy()
     header.set_data_dtype(array.dtype)
     header.set_data_shape(array.shape)
     header.set_slope_inter(1.0, 0.0)  # labels/probabilities are stored as they are, never rescaled
@@ -111,13 +106,14 @@ def _write_nifti_like(array: np.ndarray, reference: Path, output: Path, what: st
     if hasattr(header, "extensions"):
         header.extensions.clear()
     # affine == the header's best affine, so nibabel keeps both qform and sform (and their codes) as copied.
-    image = type(ref)(array, ref.affine, header=header)
+    image_class = nib.Nifti2Image if isinstance(ref_header, nib.Nifti2Header) else nib.Nifti1Image
+    image = image_class(array, reference.affine, header=header)
     for key in ("qform_code", "sform_code", "quatern_b", "quatern_c", "quatern_d"):
-        image.header[key] = ref.header[key]
+        image.header[key] = ref_header[key]
     for key in ("qoffset_x", "qoffset_y", "qoffset_z", "srow_x", "srow_y", "srow_z", "xyzt_units"):
-        image.header[key] = ref.header[key]
+        image.header[key] = ref_header[key]
     pixdim = np.array(image.header["pixdim"], copy=True)
-    pixdim[:4] = ref.header["pixdim"][:4]  # qfac and voxel sizes
+    pixdim[:4] = ref_header["pixdim"][:4]  # qfac and voxel sizes
     image.header["pixdim"] = pixdim
     with atomic_path(output) as tmp:
         nib.save(image, str(tmp))
@@ -144,28 +140,13 @@ def _atomic_detached(output: Path) -> Iterator[Path]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _write_sitk_like(array: np.ndarray, reference: Path, output: Path, what: str) -> Path:
-    ref = read_sitk_image(reference) if reference.is_dir() else None
-    if ref is None:
-        reader = sitk.ImageFileReader()
-        reader.SetFileName(str(reference))
-        try:
-            reader.ReadImageInformation()
-        except RuntimeError as e:
-            raise DataError(f"cannot read reference image {reference}: {error_summary(e)}") from e
-        size, spacing = tuple(reader.GetSize()), reader.GetSpacing()
-        origin, direction = reader.GetOrigin(), reader.GetDirection()
-    else:
-        size, spacing, origin, direction = ref.GetSize(), ref.GetSpacing(), ref.GetOrigin(), ref.GetDirection()
-    _check_shape(array, size, what, reference)
-
+def _write_sitk_like(array: np.ndarray, reference: ScanHeader, output: Path, what: str) -> Path:
+    geometry = reference.sitk
+    _check_shape(array, geometry.size, what, reference.path)
     image = sitk.GetImageFromArray(np.ascontiguousarray(array.transpose()))  # (x, y, z) -> SimpleITK's (z, y, x)
-    if ref is not None:
-        image.CopyInformation(ref)
-    else:
-        image.SetSpacing(spacing)
-        image.SetOrigin(origin)
-        image.SetDirection(direction)
+    image.SetSpacing(geometry.spacing)
+    image.SetOrigin(geometry.origin)
+    image.SetDirection(geometry.direction)
     atomic = _atomic_detached if has_suffix(output, DETACHED_SUFFIXES) else atomic_path
     try:
         with atomic(output) as tmp:
@@ -178,19 +159,25 @@ def _write_sitk_like(array: np.ndarray, reference: Path, output: Path, what: str
 # ----------------------------------------------------------------------------------------------- public API
 
 
-def _write_like(array: np.ndarray, reference: PathLike, output: PathLike, what: str) -> Path:
-    reference, output = Path(reference), Path(output)
-    _check_paths(reference, output)
-    if reference.is_file() and has_suffix(reference, NIFTI_SUFFIXES):
-        return _write_nifti_like(array, reference, output, what)
-    if reference.is_dir() or has_suffix(reference, SITK_SUFFIXES):
-        return _write_sitk_like(array, reference, output, what)
+def _write_like(array: np.ndarray, reference: PathLike | ScanHeader, output: PathLike, what: str) -> Path:
+    output = Path(output)
+    reference_path = reference.path if isinstance(reference, ScanHeader) else Path(reference)
+    _check_paths(reference_path, output)
+    if reference_path.is_file() and has_suffix(reference_path, NIFTI_SUFFIXES):
+        return _write_nifti_like(array, _header_of(reference), output, what)
+    if reference_path.is_dir() or has_suffix(reference_path, SITK_SUFFIXES):
+        return _write_sitk_like(array, _header_of(reference), output, what)
     raise DataError(
-        f"unsupported reference image {reference}: expected NIfTI, NRRD, MetaImage or a DICOM series folder"
+        f"unsupported reference image {reference_path}: expected NIfTI, NRRD, MetaImage or a DICOM series folder"
     )
 
 
-def write_mask_like(mask: np.ndarray, reference: PathLike, output: PathLike) -> Path:
+def _header_of(reference: PathLike | ScanHeader) -> ScanHeader:
+    """The header already read, or read now (DataError naming the reference if it cannot be read)."""
+    return reference if isinstance(reference, ScanHeader) else read_header(reference)
+
+
+def write_mask_like(mask: np.ndarray, reference: PathLike | ScanHeader, output: PathLike) -> Path:
     """Write the uint8 label map ``mask`` ((x, y, z), the reference's shape) in ``reference``'s geometry.
 
     NIfTI references give a NIfTI copy of their header; NRRD / MetaImage references any of .nrrd, .nhdr, .mha,
@@ -201,7 +188,7 @@ def write_mask_like(mask: np.ndarray, reference: PathLike, output: PathLike) -> 
     return _write_like(_as_label_array(mask, output), reference, output, "mask")
 
 
-def write_probability_like(prob: np.ndarray, reference: PathLike, output: PathLike) -> Path:
+def write_probability_like(prob: np.ndarray, reference: PathLike | ScanHeader, output: PathLike) -> Path:
     """Write a float32 probability map ((x, y, z), the reference's shape) in ``reference``'s geometry."""
     array = np.asarray(prob, dtype=np.float32)
     if array.size and not np.all(np.isfinite(array)):

@@ -67,39 +67,24 @@ def augmentation(aug: AugmentationConfig) -> list[Any]:
     ]
 
 
-def train_transforms(cfg: PipelineConfig) -> Any:
+def image_train_transforms(cfg: PipelineConfig) -> Any:
     """Preprocessing + augmentation for training; metadata dropped for fast collation."""
     from monai.transforms import Compose, EnsureTyped
-
-    if cfg.spatial_dims == 3:
-        from medseg.data.volume_transforms import volume_train_transforms
-
-        return volume_train_transforms(cfg)
 
     return Compose(
         [*preprocessing(cfg), *augmentation(cfg.augmentation), EnsureTyped(keys=["image", "label"], track_meta=False)]
     )
 
 
-def validation_transforms(cfg: PipelineConfig) -> Any:
+def image_validation_transforms(cfg: PipelineConfig) -> Any:
     """Preprocessing only, image and mask at training resolution."""
     from monai.transforms import Compose, EnsureTyped
-
-    if cfg.spatial_dims == 3:
-        from medseg.data.volume_transforms import volume_validation_transforms
-
-        return volume_validation_transforms(cfg)
 
     return Compose([*preprocessing(cfg), EnsureTyped(keys=["image", "label"], track_meta=False)])
 
 
-def inference_transforms(cfg: PipelineConfig) -> Any:
+def image_inference_transforms(cfg: PipelineConfig) -> Any:
     """Preprocessing of the image alone, metadata kept so ``Invertd`` can undo it."""
     from monai.transforms import Compose
-
-    if cfg.spatial_dims == 3:
-        from medseg.data.volume_transforms import volume_inference_transforms
-
-        return volume_inference_transforms(cfg)
 
     return Compose(preprocessing(cfg, keys=("image",)))

@@ -1,4 +1,4 @@
-"""Datalists for 3D CT/MRI volumes where a case may have several modalities (channels), each its own file.
+"""3D datalists: CT/MRI cases where a case may have several modalities (channels), each its own file.
 
 Records are ``{"id": str, "image": [path per modality, in order], "label": path}``; ``label`` is absent for
 cases without one when ``require_labels=False`` (inference). Supported layouts:
@@ -9,6 +9,7 @@ cases without one when ``require_labels=False`` (inference). Supported layouts:
   ``<labels_dir>/<case><ending>``; the ending comes from ``dataset.json``'s ``file_ending`` when given.
 - ``csv``: columns ``id`` (optional), ``label`` and either ``image`` or one column per modality.
 - ``folders``: one folder per modality under the root, each holding ``<id><suffix>``, labels in ``labels_dir``.
+- ``list``: the cases listed in the pipeline file (``data.cases``).
 
 Every case is checked cheaply, from the file headers only: all files exist, and all modalities and the label
 have the same 3D shape and the same affine (within :data:`AFFINE_TOLERANCE_MM`). A DICOM series folder is
@@ -22,42 +23,24 @@ import hashlib
 import json
 import logging
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from medseg.config import CaseConfig
+from medseg.data.records import VOLUME_LAYOUTS, Record, check_case_ids
 from medseg.errors import DataError
+from medseg.imageio.formats import VOLUME_SUFFIXES, volume_id, volume_suffix
+from medseg.imageio.headers import ScanHeader, read_header, shape_text
 
 log = logging.getLogger(__name__)
 
-VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
-VOLUME_LAYOUTS = ("msd", "nnunet", "csv", "folders")
 AFFINE_TOLERANCE_MM = 1e-3
 NNUNET_IMAGES_DIR = "imagesTr"
 _NNUNET_CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
-VolumeRecord = dict[str, Any]
-
-
-def _volume_suffix(name: str) -> str:
-    """The VOLUME_SUFFIXES entry that ``name`` ends with (case-insensitive), or ""."""
-    lower = name.lower()
-    return next((s for s in VOLUME_SUFFIXES if lower.endswith(s)), "")
-
-
-def volume_id(path: Path) -> str:
-    """The case id of a volume file: its name without a VOLUME_SUFFIXES ending (``x.nii.gz`` -> ``x``).
-
-    A DICOM series folder (or any name without a volume ending) gives its name unchanged.
-    """
-    path = Path(path)
-    if path.is_dir():
-        return path.name
-    suffix = _volume_suffix(path.name)
-    return path.name[: len(path.name) - len(suffix)]
+VolumeRecord = Record
 
 
 # --------------------------------------------------------------------------------------------------
@@ -140,7 +123,7 @@ def _nnunet_datalist(
     for path in sorted(images_dir.iterdir()):
         if path.name.startswith(".") or not path.is_file():
             continue
-        ending = file_ending or path.name[len(path.name) - len(_volume_suffix(path.name)) :]
+        ending = file_ending or path.name[len(path.name) - len(volume_suffix(path.name)) :]
         if not ending or not path.name.endswith(ending):
             continue
         match = _NNUNET_CHANNEL.match(path.name[: len(path.name) - len(ending)])
@@ -202,7 +185,7 @@ def _index_volumes(folder: Path, allow_series: bool) -> dict[str, Path]:
         if path.is_dir():
             if not allow_series:
                 continue
-        elif not _volume_suffix(path.name):
+        elif not volume_suffix(path.name):
             continue
         case = volume_id(path)
         if case in index:
@@ -221,7 +204,7 @@ def _labels_index(folder: Path, require_labels: bool) -> dict[str, Path]:
 
 def _expected_path(folder: Path, case: str, like: Path) -> Path:
     """Where ``case`` would be in ``folder``, with the same ending as ``like``."""
-    return folder / f"{case}{'' if like.is_dir() else _volume_suffix(like.name)}"
+    return folder / f"{case}{'' if like.is_dir() else volume_suffix(like.name)}"
 
 
 def _folders_datalist(root: Path, modalities: list[str], labels_dir: str, require_labels: bool) -> list[VolumeRecord]:
@@ -296,68 +279,6 @@ def _csv_datalist(csv_path: Path, modalities: list[str], require_labels: bool) -
 # --------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class VolumeHeader:
-    """What the header says: the full shape (spatial first) and the voxel-to-RAS affine (4x4, mm)."""
-
-    shape: tuple[int, ...]
-    affine: np.ndarray
-
-    @property
-    def spatial_shape(self) -> tuple[int, ...]:
-        return self.shape[:3]
-
-    @property
-    def channels(self) -> int:
-        return int(np.prod(self.shape[3:])) if len(self.shape) > 3 else 1
-
-
-def read_volume_header(path: Path) -> VolumeHeader:
-    """Read shape and affine from the header only (nibabel for NIfTI, SimpleITK for the rest).
-
-    Raises:
-        DataError: the header cannot be read, or the image has fewer than 3 dimensions.
-    """
-    path = Path(path)
-    try:
-        if path.name.lower().endswith(NIFTI_SUFFIXES):
-            import nibabel as nib
-
-            image = nib.load(str(path))  # lazy: reads the header, not the voxel data
-            shape, affine = tuple(int(n) for n in image.shape), np.asarray(image.affine, dtype=float)
-        else:
-            shape, affine = _itk_header(path)
-    except Exception as exc:  # any reader failure on user data becomes a one-line DataError
-        detail = " ".join(str(exc).split()).split("sitk::ERROR: ")[-1][:200] or type(exc).__name__
-        raise DataError(f"{path}: cannot read the image header ({detail})") from None
-    if len(shape) < 3:
-        raise DataError(f"{path}: expected a 3D volume, got shape {_fmt(shape)}")
-    return VolumeHeader(shape, affine)
-
-
-def _itk_header(path: Path) -> tuple[tuple[int, ...], np.ndarray]:
-    import SimpleITK as sitk
-
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    reader.ReadImageInformation()
-    dim = reader.GetDimension()
-    shape = tuple(int(n) for n in reader.GetSize())
-    if reader.GetNumberOfComponents() > 1:
-        shape = (*shape, int(reader.GetNumberOfComponents()))
-    affine = np.eye(4)
-    if dim >= 3:
-        direction = np.asarray(reader.GetDirection(), dtype=float).reshape(dim, dim)[:3, :3]
-        affine[:3, :3] = direction * np.asarray(reader.GetSpacing()[:3], dtype=float)
-        affine[:3, 3] = reader.GetOrigin()[:3]
-        affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine  # ITK's LPS -> nibabel's RAS
-    return shape, affine
-
-
-def _fmt(shape: tuple[int, ...]) -> str:
-    return "x".join(str(n) for n in shape)
-
-
 def _check_exists(path: Path, role: str) -> bool:
     """True for a file, False for a DICOM series folder (no header checks); DataError if missing."""
     if path.is_file():
@@ -380,13 +301,13 @@ def check_volume_record(record: VolumeRecord, channels: int | None = None) -> No
     files = [(Path(p), "image") for p in record["image"]]
     if record.get("label"):
         files.append((Path(record["label"]), "label"))
-    reference: tuple[Path, VolumeHeader] | None = None
+    reference: tuple[Path, ScanHeader] | None = None
     total_channels = 0
     for path, role in files:
         if not _check_exists(path, role):
             total_channels += role == "image"
             continue
-        header = read_volume_header(path)
+        header = read_header(path)
         if role == "image":
             total_channels += header.channels
         if reference is None:
@@ -395,8 +316,8 @@ def check_volume_record(record: VolumeRecord, channels: int | None = None) -> No
         ref_path, ref = reference
         if header.spatial_shape != ref.spatial_shape:
             raise DataError(
-                f"case {case!r}: shape {_fmt(ref.spatial_shape)} of {ref_path} differs from "
-                f"shape {_fmt(header.spatial_shape)} of {path}"
+                f"case {case!r}: shape {shape_text(ref.spatial_shape)} of {ref_path} differs from "
+                f"shape {shape_text(header.spatial_shape)} of {path}"
             )
         difference = float(np.abs(header.affine - ref.affine).max())
         if difference > AFFINE_TOLERANCE_MM:
@@ -465,17 +386,25 @@ def build_volume_datalist(
         records = _csv_datalist(source, modalities, require_labels)
     else:
         records = _folders_datalist(root, modalities, labels_dir, require_labels)
-    from medseg.data.datalist import check_case_id
-
-    seen: set[str] = set()
-    for record in records:
-        if record["id"] in seen:
-            raise DataError(f"{source}: case id {record['id']!r} appears more than once")
-        check_case_id(record["id"], source)
-        seen.add(record["id"])
+    check_case_ids(records, source)
     for record in records:
         check_volume_record(record, channels)
     log.info("%s: %d case(s), %s layout", root, len(records), layout)
+    return records
+
+
+def records_from_cases(folder: Path, cases: list[CaseConfig]) -> list[VolumeRecord]:
+    """The ``list`` layout: the cases named in the pipeline file, checked from their headers."""
+    records = [
+        {
+            "id": case.id,
+            "image": [str(folder / p) for p in case.image],
+            **({"label": str(folder / case.label)} if case.label else {}),
+        }
+        for case in cases
+    ]
+    for record in records:
+        check_volume_record(record)
     return records
 
 
@@ -506,6 +435,23 @@ def label_values(path: Path) -> set[int]:
     array = array.astype(np.int64, copy=False).ravel()
     counts = np.bincount(array) if array.max() < 2**24 else None
     return {int(v) for v in (np.flatnonzero(counts) if counts is not None else np.unique(array))}
+
+
+def check_label_values(records: list[VolumeRecord], mapping: dict[int, int] | None) -> None:
+    """Read every label once before any output: DataError for values that are not class labels; a warning for
+    values that ``data.label_mapping`` does not list (they become background)."""
+    unmapped: dict[int, str] = {}
+    for record in records:
+        if record.get("label"):
+            values = label_values(Path(record["label"]))
+            for value in sorted(values - set(mapping or {}) - {0}) if mapping else []:
+                unmapped.setdefault(value, Path(record["label"]).name)
+    if unmapped:
+        log.warning(
+            "Label value(s) %s are not in data.label_mapping and become background (e.g. %s)",
+            ", ".join(map(str, sorted(unmapped))),
+            ", ".join(f"{v} in {name}" for v, name in sorted(unmapped.items())[:3]),
+        )
 
 
 def _size(path: Path) -> int:

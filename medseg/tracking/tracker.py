@@ -10,18 +10,17 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import os
 import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from medseg.config import TrackingConfig
-from medseg.errors import MedsegError
+from medseg.errors import MedsegError, error_summary
+from medseg.layout import BEST_CHECKPOINT
+from medseg.tracking.store import DEFAULT_STORE, artifacts_dir, default_tracking_uri
 
 log = logging.getLogger(__name__)
-
-DEFAULT_STORE = Path("mlruns")
 
 
 class TrackingError(MedsegError):
@@ -32,11 +31,6 @@ def _medseg_version() -> str:
     from medseg import __version__
 
     return __version__
-
-
-def default_tracking_uri(store: Path = DEFAULT_STORE) -> str:
-    """``$MLFLOW_TRACKING_URI`` if set, else a sqlite database under ``mlruns/`` (MLflow 3's recommended store)."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(store / 'mlflow.db').resolve()}"
 
 
 def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -215,11 +209,10 @@ def download_model(uri: str, cache_root: Path = DEFAULT_STORE / "downloads") -> 
     try:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(target)))
     except (MlflowException, OSError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-        raise TrackingError(f"{uri}: cannot fetch the model ({first_line})") from None
-    found = sorted(local.rglob("best.pt"))
+        raise TrackingError(f"{uri}: cannot fetch the model ({error_summary(exc)})") from None
+    found = sorted(local.rglob(BEST_CHECKPOINT))
     if not found:
-        raise TrackingError(f"{uri}: the model holds no medseg checkpoint (best.pt)")
+        raise TrackingError(f"{uri}: the model holds no medseg checkpoint ({BEST_CHECKPOINT})")
     return found[0]
 
 
@@ -228,9 +221,8 @@ def build_tracker(cfg: TrackingConfig, experiment: str) -> Tracker:
     if not cfg.enabled:
         return Tracker()
     uri = cfg.uri or default_tracking_uri()
-    artifact_location = None
-    if uri.startswith("sqlite:///"):
-        store = Path(uri.removeprefix("sqlite:///")).parent
-        store.mkdir(parents=True, exist_ok=True)
-        artifact_location = (store / "artifacts").resolve().as_uri()  # artefacts beside the database
+    artifacts = artifacts_dir(uri)
+    if artifacts is not None:
+        artifacts.parent.mkdir(parents=True, exist_ok=True)
+    artifact_location = None if artifacts is None else artifacts.resolve().as_uri()  # artefacts beside the database
     return MlflowTracker(uri, cfg.experiment or experiment, artifact_location)

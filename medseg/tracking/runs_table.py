@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from medseg.errors import MedsegError
+from medseg.tracking.store import default_tracking_uri, missing_store
 
 PARENT_TAG = "mlflow.parentRunId"
 #: metrics shown, in order: (column, where it is logged)
@@ -36,8 +37,6 @@ def resolve_target(pipeline: str | None, store: str | None) -> tuple[str, str | 
     A pipeline file gives its experiment (``tracking.experiment`` or ``name``) and its store (``tracking.uri``);
     ``store`` overrides the store; the default store is the project's (``default_tracking_uri()``).
     """
-    from medseg.tracking import default_tracking_uri
-
     experiment: str | None = None
     config_uri: str | None = None
     if pipeline is not None:
@@ -57,12 +56,9 @@ def resolve_target(pipeline: str | None, store: str | None) -> tuple[str, str | 
 
 def _check_store(store_uri: str) -> None:
     """Fail in one line if a sqlite store does not exist (and do not create one by looking)."""
-    if store_uri.startswith("sqlite:///"):
-        db = Path(store_uri.removeprefix("sqlite:///"))
-        if not db.is_file():
-            raise RunsError(
-                f"no runs yet: no MLflow store at {db} (run `medseg run <pipeline>` first, or pass --store)"
-            )
+    db = missing_store(store_uri)
+    if db is not None:
+        raise RunsError(f"no runs yet: no MLflow store at {db} (run `medseg run <pipeline>` first, or pass --store)")
 
 
 def differing_params(params: Sequence[Mapping[str, str]]) -> list[str]:

@@ -1,8 +1,9 @@
-"""Predict stage and ``medseg predict``: masks at each input image's own size, plus contour overlays.
+"""The batch runner behind the predict stage and ``medseg predict``: masks on each input's own grid, overlays,
+probability maps and a summary.
 
 Each case is isolated: an unreadable image is reported and skipped, the others finish. Every file is
 written atomically; with ``overwrite=False`` cases whose mask exists are skipped, so an interrupted batch
-resumes where it stopped. Inputs are never modified.
+resumes where it stopped. Inputs are never modified, and a mask once written is never read back.
 """
 
 from __future__ import annotations
@@ -10,21 +11,24 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from medseg.data.datalist import IMAGE_EXTENSIONS, Record
+from medseg.atomic import atomic_write_text
+from medseg.data.inputs import predict_inputs
+from medseg.data.records import Record
 from medseg.errors import DataError, MedsegError
-from medseg.evaluation import read_mask
-from medseg.inference import Predictor
-from medseg.io import atomic_write_text
+from medseg.imageio.formats import mask_suffix
+from medseg.imageio.images import read_mask, read_rgb, save_png
+from medseg.infer.predictor import Predictor
+from medseg.layout import PredictionLayout
 from medseg.progress import progress_bar
-from medseg.visualize import overlay, save_png
+from medseg.visualize import overlay
 
 log = logging.getLogger(__name__)
 
@@ -53,24 +57,9 @@ class PredictionReport:
     rows: list[dict[str, object]] = field(default_factory=list)
 
 
-def image_records(source: Path) -> list[Record]:
-    """Records for one image file or every image in a folder (no masks)."""
-    if not source.exists():
-        raise DataError(f"{source}: prediction input not found")
-    paths = (
-        [source]
-        if source.is_file()
-        # not p.is_dir(): a broken or looping symlink with an image name is reported as a failed case, not skipped
-        else sorted(p for p in source.iterdir() if not p.is_dir() and p.suffix.lower() in IMAGE_EXTENSIONS)
-    )
-    if not paths:
-        raise DataError(f"{source}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)})")
-    return [{"id": p.stem, "image": str(p)} for p in paths]
-
-
 def _output_path(out_dir: Path, kind: str, case_id: str, suffix: str = ".png") -> Path:
     """``out_dir/kind/<id><suffix>``, refusing ids that would write outside ``out_dir``."""
-    path = out_dir / kind / f"{case_id}{suffix}"
+    path = PredictionLayout(out_dir).folder(kind) / f"{case_id}{suffix}"
     if (
         "/" in case_id
         or "\\" in case_id
@@ -111,11 +100,11 @@ def _run_batch(
                 log.error("%s", exc)
             row["seconds"] = round(time.perf_counter() - started, 3)
             report.rows.append(row)
-    _write_summary(out_dir / "summary.csv", report.rows)
+    _write_summary(PredictionLayout(out_dir).summary, report.rows)
     log.info(
         "Predicted %d case(s) into %s%s%s",
         len(report.written),
-        out_dir / "masks",
+        PredictionLayout(out_dir).folder(PredictionLayout.MASKS),
         f"; {len(report.skipped)} already done" if report.skipped else "",
         f"; {len(report.failed)} failed: {', '.join(report.failed)}" if report.failed else "",
     )
@@ -128,11 +117,10 @@ def _remove_stale_temporaries(out_dir: Path) -> None:
     Outputs are written under such names and renamed, so they are never half-written files with real names; only
     a process killed mid-write (SIGKILL, power loss) leaves one behind. One batch per output folder at a time.
     """
-    import shutil
-
+    layout = PredictionLayout(out_dir)
     stale = [
         path
-        for folder in (out_dir, *(out_dir / kind for kind in ("masks", "overlays", "probabilities")))
+        for folder in (out_dir, *(layout.folder(kind) for kind in PredictionLayout.KINDS))
         if folder.is_dir()
         for path in folder.glob(".*.tmp*")
     ]
@@ -157,16 +145,19 @@ def predict_images(
     drawn: list[str] = []
 
     def predict_case(record: Record, mask_path: Path) -> dict[str, object]:
-        mask = predictor.segment(Path(record["image"]))[1] > 0
+        mask = predictor.predict(Path(record["image"])).labels > 0
         save_png(mask.astype(np.uint8) * 255, mask_path)
         if overlays and len(drawn) < max_overlays:
-            image = np.asarray(Image.open(record["image"]).convert("RGB"))
             truth = read_mask(record["label"]) if record.get("label") else None
-            save_png(overlay(image, mask, truth), _output_path(out_dir, "overlays", record["id"]))
+            picture = overlay(read_rgb(record["image"]), mask, truth)
+            save_png(picture, _output_path(out_dir, PredictionLayout.OVERLAYS, record["id"]))
             drawn.append(record["id"])
         return {"height": mask.shape[0], "width": mask.shape[1], "foreground_pixels": int(mask.sum())}
 
-    report = _run_batch(records, out_dir, lambda r: _output_path(out_dir, "masks", r["id"]), predict_case, overwrite)
+    def mask_path_of(record: Record) -> Path:
+        return _output_path(out_dir, PredictionLayout.MASKS, record["id"])
+
+    report = _run_batch(records, out_dir, mask_path_of, predict_case, overwrite)
     report.overlays = drawn
     return report
 
@@ -179,55 +170,6 @@ def _write_summary(path: Path, rows: list[dict[str, object]]) -> None:
     atomic_write_text(path, buffer.getvalue())
 
 
-def volume_records(source: Path, channels: int = 1) -> list[Record]:
-    """Cases from one scan (file or DICOM folder) or a folder of scans.
-
-    With several channels, files follow nnU-Net naming: ``<case>_0000.nii.gz``, ``<case>_0001.nii.gz``...
-    A sub-folder is taken as one DICOM series.
-    """
-    from medseg.data.volumes import VOLUME_SUFFIXES, volume_id
-
-    if not source.exists():
-        raise DataError(f"{source}: prediction input not found")
-    is_scan = source.is_file() or (
-        source.is_dir()
-        and not any(p.is_dir() for p in source.iterdir())
-        and not any(p.name.lower().endswith(VOLUME_SUFFIXES) for p in source.iterdir())
-    )
-    entries = (
-        [source]
-        if is_scan
-        else sorted(p for p in source.iterdir() if p.is_dir() or p.name.lower().endswith(VOLUME_SUFFIXES))
-    )
-    if not entries:
-        raise DataError(f"{source}: no scans found (looked for {', '.join(VOLUME_SUFFIXES)} files and DICOM folders)")
-    if channels == 1:
-        return [{"id": volume_id(p), "image": [str(p)]} for p in entries]
-    cases: dict[str, dict[int, Path]] = {}
-    for path in entries:
-        stem = volume_id(path)
-        case, _, index = stem.rpartition("_")
-        if not case or not (index.isdigit() and len(index) == 4):
-            raise DataError(
-                f"{path}: a {channels}-channel model needs files named <case>_0000 ... <case>_{channels - 1:04d}"
-            )
-        cases.setdefault(case, {})[int(index)] = path
-    records = []
-    for case, files in sorted(cases.items()):
-        if sorted(files) != list(range(channels)):
-            raise DataError(f"{source}: case {case!r} has channels {sorted(files)}, expected 0..{channels - 1}")
-        records.append({"id": case, "image": [str(files[i]) for i in range(channels)]})
-    return records
-
-
-def _mask_suffix(reference: Path) -> str:
-    name = reference.name.lower()
-    for suffix in (".nii.gz", ".nii", ".nrrd", ".mha"):
-        if name.endswith(suffix):
-            return suffix
-    return ".mha" if name.endswith(".mhd") else ".nii.gz"  # DICOM series and others -> NIfTI
-
-
 def predict_volumes(
     predictor: Predictor,
     records: list[Record],
@@ -236,30 +178,27 @@ def predict_volumes(
     save_probabilities: bool = False,
 ) -> PredictionReport:
     """Write ``masks/<id>.<ext>`` (uint8, exactly the scan's geometry) and optional probability maps."""
-    from medseg.data.volumes import read_volume_header
     from medseg.imageio.writers import write_mask_like, write_probability_like
-    from medseg.postprocessing import apply_steps
 
     def mask_path_of(record: Record) -> Path:
-        return _output_path(out_dir, "masks", record["id"], _mask_suffix(Path(record["image"][0])))
+        return _output_path(out_dir, PredictionLayout.MASKS, record["id"], mask_suffix(Path(record["image"][0])))
 
     def predict_case(record: Record, mask_path: Path) -> dict[str, object]:
-        reference, case_id = Path(record["image"][0]), record["id"]
-        probs = predictor.probabilities(record["image"])
-        labels = apply_steps(predictor.discretise(probs), predictor.steps, predictor.config.postprocessing)
-        if save_probabilities:
-            for channel in range(probs.shape[0]):
-                name = case_id if probs.shape[0] == 1 else f"{case_id}_class{channel}"
-                write_probability_like(
-                    probs[channel], reference, _output_path(out_dir, "probabilities", name, _mask_suffix(reference))
-                )
-        del probs
-        write_mask_like(labels, reference, mask_path)
-        spacing = np.linalg.norm(read_volume_header(mask_path).affine[:3, :3], axis=0)
-        counts = np.bincount(labels.ravel())  # no sorted copy of the volume, unlike np.unique
+        case_id = record["id"]
+        result = predictor.predict(record["image"], probabilities=save_probabilities)
+        header, suffix = result.header, mask_suffix(Path(record["image"][0]))
+        if result.probabilities is not None:
+            channels = result.probabilities.shape[0]
+            for channel in range(channels):
+                name = case_id if channels == 1 else f"{case_id}_class{channel}"
+                target = _output_path(out_dir, PredictionLayout.PROBABILITIES, name, suffix)
+                write_probability_like(result.probabilities[channel], header, target)
+            result.probabilities = None  # free it before the mask is written
+        write_mask_like(result.labels, header, mask_path)
+        counts = np.bincount(result.labels.ravel())  # no sorted copy of the volume, unlike np.unique
         return {
-            "shape": "x".join(map(str, labels.shape)),
-            "spacing": "x".join(f"{v:.5g}" for v in spacing),
+            "shape": "x".join(map(str, result.labels.shape)),
+            "spacing": "x".join(f"{v:.5g}" for v in header.spacing),
             "voxels": ";".join(f"{v}:{c}" for v, c in enumerate(counts) if v and c),
         }
 
@@ -277,10 +216,10 @@ def predict_folder(
     """``medseg predict``: every image or scan of ``source`` into ``out_dir`` (resumable unless ``overwrite``)."""
     if source.exists() and out_dir.resolve() == source.resolve():
         raise DataError(f"{out_dir}: choose an output folder other than the input folder")
-    if predictor.config.spatial_dims == 3:
-        records = volume_records(source, predictor.config.model.in_channels)
+    cfg = predictor.config
+    records = predict_inputs(source, cfg.spatial_dims, cfg.model.in_channels)
+    if cfg.spatial_dims == 3:
         return predict_volumes(predictor, records, out_dir, overwrite=overwrite, save_probabilities=save_probabilities)
-    records = image_records(source)
     return predict_images(
         predictor, records, out_dir, overlays=overlays, max_overlays=len(records), overwrite=overwrite
     )

@@ -22,6 +22,7 @@ from pathlib import Path
 from types import FrameType
 
 from medseg.errors import MedsegError
+from medseg.tracking.store import artifacts_dir, default_tracking_uri, missing_store
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 5000
@@ -70,13 +71,6 @@ def check_port_free(host: str, port: int) -> None:
             ) from None
 
 
-def artifacts_dir(store_uri: str) -> Path | None:
-    """For a sqlite store, the ``artifacts/`` folder beside the database (where medseg writes artefacts)."""
-    if store_uri.startswith("sqlite:///"):
-        return Path(store_uri.removeprefix("sqlite:///")).parent / "artifacts"
-    return None
-
-
 def server_command(store_uri: str, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> list[str]:
     """The ``mlflow server`` command line: one worker, the given store, artefacts proxied from beside the store."""
     command = [
@@ -108,12 +102,9 @@ def server_env() -> dict[str, str]:
 
 
 def _check_store(store_uri: str) -> None:
-    if store_uri.startswith("sqlite:///"):
-        db = Path(store_uri.removeprefix("sqlite:///"))
-        if not db.is_file():
-            raise UiError(
-                f"{db}: no MLflow store here yet; run `medseg run <pipeline>` first or pass --backend-store-uri"
-            )
+    db = missing_store(store_uri)
+    if db is not None:
+        raise UiError(f"{db}: no MLflow store here yet; run `medseg run <pipeline>` first or pass --backend-store-uri")
 
 
 def group_members(pgid: int) -> list[int]:
@@ -221,8 +212,6 @@ def serve(
 def _serve(
     store_uri: str | None, host: str, port: int, timeout: float, log_path: Path | None
 ) -> Iterator[tuple[str, subprocess.Popen, Path]]:
-    from medseg.tracking import default_tracking_uri
-
     store_uri = store_uri or default_tracking_uri()
     _check_store(store_uri)
     port = free_port(host) if port == 0 else port
@@ -257,8 +246,6 @@ def _raise_stop(signum: int, frame: FrameType | None) -> None:
 
 def run_ui(store_uri: str | None = None, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> None:
     """``medseg ui``: serve until Ctrl-C or SIGTERM, then stop the server's process group and return."""
-    from medseg.tracking import default_tracking_uri
-
     store_uri = store_uri or default_tracking_uri()
     previous = signal.signal(signal.SIGTERM, _raise_stop)
     try:

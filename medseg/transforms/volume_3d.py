@@ -3,13 +3,12 @@
 load (NIfTI via nibabel; NRRD/MHA/DICOM via SimpleITK) -> channel first (one channel per modality) ->
 labels remapped -> canonical orientation -> target spacing -> intensity (CT window / MRI z-score) ->
 foreground crop. Training adds positive/negative patch sampling and 3D augmentation; inference keeps
-the metadata so ``Invertd`` maps predictions back to the scan's own grid.
+the metadata so :mod:`medseg.infer.resampling` maps predictions back to the scan's own grid.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Mapping
 from typing import Any
 
 import torch
@@ -36,47 +35,6 @@ def positive(image: torch.Tensor) -> torch.Tensor:
     return image > 0
 
 
-class RemapLabels:
-    """Raw label values -> training classes.
-
-    ``mapping`` {raw: class} (unlisted values -> 0, background); else ``foreground`` values -> 1;
-    else every value > 0 -> 1.
-    """
-
-    def __init__(self, mapping: Mapping[int, int] | None = None, foreground: list[int] | None = None) -> None:
-        self.mapping = dict(mapping or {})
-        self.foreground = list(foreground or [])
-
-    def __call__(self, label: torch.Tensor) -> torch.Tensor:
-        if self.mapping:
-            out = torch.zeros_like(label, dtype=torch.float32)
-            for raw, cls in self.mapping.items():
-                out[label == raw] = float(cls)
-            return out
-        if self.foreground:
-            return torch.isin(label, torch.as_tensor(self.foreground, dtype=label.dtype)).float()
-        return (label > 0).float()
-
-
-def _remapd(cfg: PipelineConfig) -> Any:
-    from monai.transforms import MapTransform
-
-    class RemapLabelsd(MapTransform):
-        """Dictionary wrapper of :class:`RemapLabels`."""
-
-        def __init__(self, keys: Any, remap: RemapLabels) -> None:
-            super().__init__(keys)
-            self.remap = remap
-
-        def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-            d = dict(data)
-            for key in self.key_iterator(d):
-                d[key] = self.remap(d[key])
-            return d
-
-    return RemapLabelsd("label", RemapLabels(cfg.data.label_mapping, cfg.data.foreground_labels))
-
-
 def volume_preprocessing(cfg: PipelineConfig, keys: tuple[str, ...] = ("image", "label")) -> list[Any]:
     """Deterministic steps shared by training, validation and inference."""
     from monai.transforms import (
@@ -89,6 +47,7 @@ def volume_preprocessing(cfg: PipelineConfig, keys: tuple[str, ...] = ("image", 
     )
 
     from medseg.imageio.readers import VolumeReader
+    from medseg.transforms.labels import RemapLabelsd
 
     pre = cfg.preprocessing
     interpolation = tuple("nearest" if key == "label" else "bilinear" for key in keys)
@@ -96,7 +55,7 @@ def volume_preprocessing(cfg: PipelineConfig, keys: tuple[str, ...] = ("image", 
         LoadImaged(keys=list(keys), reader=VolumeReader(), image_only=True, ensure_channel_first=True)
     ]
     if "label" in keys:
-        transforms.append(_remapd(cfg))
+        transforms.append(RemapLabelsd("label", cfg.data.label_mapping, cfg.data.foreground_labels))
     transforms.append(Orientationd(keys=list(keys), axcodes=pre.orientation))
     if isinstance(pre.spacing, tuple):
         transforms.append(Spacingd(keys=list(keys), pixdim=pre.spacing, mode=interpolation))

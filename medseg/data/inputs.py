@@ -1,0 +1,63 @@
+"""What ``medseg predict`` reads: the cases of an input file or folder, without labels."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from medseg.data.records import Record
+from medseg.errors import DataError
+from medseg.imageio.formats import IMAGE_2D_SUFFIXES, VOLUME_SUFFIXES, is_image_2d, is_volume_file, volume_id
+
+
+def image_inputs(source: Path) -> list[Record]:
+    """Records for one image file or every image in a folder (no masks)."""
+    if not source.exists():
+        raise DataError(f"{source}: prediction input not found")
+    paths = (
+        [source]
+        if source.is_file()
+        # not p.is_dir(): a broken or looping symlink with an image name is reported as a failed case, not skipped
+        else sorted(p for p in source.iterdir() if not p.is_dir() and is_image_2d(p))
+    )
+    if not paths:
+        raise DataError(f"{source}: no images found (looked for {', '.join(IMAGE_2D_SUFFIXES)})")
+    return [{"id": p.stem, "image": str(p)} for p in paths]
+
+
+def volume_inputs(source: Path, channels: int = 1) -> list[Record]:
+    """Cases from one scan (file or DICOM folder) or a folder of scans.
+
+    With several channels, files follow nnU-Net naming: ``<case>_0000.nii.gz``, ``<case>_0001.nii.gz``...
+    A sub-folder is taken as one DICOM series.
+    """
+    if not source.exists():
+        raise DataError(f"{source}: prediction input not found")
+    is_scan = source.is_file() or (
+        source.is_dir()
+        and not any(p.is_dir() for p in source.iterdir())
+        and not any(is_volume_file(p) for p in source.iterdir())
+    )
+    entries = [source] if is_scan else sorted(p for p in source.iterdir() if p.is_dir() or is_volume_file(p))
+    if not entries:
+        raise DataError(f"{source}: no scans found (looked for {', '.join(VOLUME_SUFFIXES)} files and DICOM folders)")
+    if channels == 1:
+        return [{"id": volume_id(p), "image": [str(p)]} for p in entries]
+    cases: dict[str, dict[int, Path]] = {}
+    for path in entries:
+        case, _, index = volume_id(path).rpartition("_")
+        if not case or not (index.isdigit() and len(index) == 4):
+            raise DataError(
+                f"{path}: a {channels}-channel model needs files named <case>_0000 ... <case>_{channels - 1:04d}"
+            )
+        cases.setdefault(case, {})[int(index)] = path
+    records = []
+    for case, files in sorted(cases.items()):
+        if sorted(files) != list(range(channels)):
+            raise DataError(f"{source}: case {case!r} has channels {sorted(files)}, expected 0..{channels - 1}")
+        records.append({"id": case, "image": [str(files[i]) for i in range(channels)]})
+    return records
+
+
+def predict_inputs(source: Path, spatial_dims: int, channels: int) -> list[Record]:
+    """The cases of ``source`` for a 2D or 3D model."""
+    return volume_inputs(source, channels) if spatial_dims == 3 else image_inputs(source)

@@ -1,0 +1,161 @@
+"""``medseg export``: write a trained network as an ONNX or TorchScript file (:mod:`medseg.infer.backends`), after
+checking that it reproduces the PyTorch network; nothing is written when it does not.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medseg import __version__
+from medseg.atomic import atomic_write_text
+from medseg.checkpoint import load_checkpoint
+from medseg.config import PipelineConfig
+from medseg.data.inputs import predict_inputs
+from medseg.errors import ModelError
+from medseg.infer.backends import FORMATS, WRITERS, example_input, export_format, random_inputs
+from medseg.infer.inferers import activate, working_shape
+from medseg.infer.predictor import MODEL_URI_SCHEMES, Predictor, resolve_model
+from medseg.metrics import dice_score
+
+log = logging.getLogger(__name__)
+
+# what counts as the same model: float32 kernels differ in summation order, not in the decision
+MAX_ABS_LOGIT_DIFFERENCE = 1e-3
+MIN_MASK_DICE = 0.999
+
+
+@dataclass
+class ParityReport:
+    """How closely the exported model reproduces the PyTorch network."""
+
+    inputs: str
+    cases: int
+    max_abs_logit_difference: float
+    max_abs_probability_difference: float
+    mask_dice: float
+    passed: bool
+    per_case: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class ExportResult:
+    """The written file and its parity check."""
+
+    path: Path
+    format: str
+    parity: ParityReport
+
+
+def _metadata(state: dict[str, Any], steps: list[str], source: Path) -> dict[str, Any]:
+    return {
+        "config": state["config"],
+        "network": state["network"],
+        "postprocessing": steps,
+        "medseg_version": __version__,
+        "source_checkpoint": str(source),
+        "epoch": state.get("epoch"),
+        "val_dice": state.get("val_dice"),
+    }
+
+
+def check_parity(
+    reference: Predictor, exported: Predictor, images: list[str | list[str]] | None = None
+) -> ParityReport:
+    """Compare two predictors that differ only in their network backend.
+
+    Standard-normal tensors of the working shape go through both networks (logits, probabilities and mask
+    Dice compared); each of ``images`` also goes through both whole predictors (preprocessing, sliding
+    window, TTA, inverse resampling; probabilities and mask Dice compared).
+    """
+    rows: list[dict[str, Any]] = []
+    shape = working_shape(reference.config)
+    for index, batch in enumerate(random_inputs(reference.config.model.in_channels, shape)):
+        with torch.inference_mode():
+            ours, theirs = reference.network(batch).float(), exported.runtime(batch).float()
+        ours_p, theirs_p = activate(ours)[0].numpy(), activate(theirs)[0].numpy()
+        rows.append(
+            {
+                "case": f"random-{index}",
+                "max_abs_logit_difference": float((ours - theirs).abs().max()),
+                "max_abs_probability_difference": float(np.abs(ours_p - theirs_p).max()),
+                "mask_dice": dice_score(reference.discretise(ours_p), reference.discretise(theirs_p)),
+            }
+        )
+    for image in images or []:
+        ours_p, theirs_p = reference.probabilities(image), exported.probabilities(image)
+        rows.append(
+            {
+                "case": Path(image[0] if isinstance(image, list) else image).name,
+                "max_abs_probability_difference": float(np.abs(ours_p - theirs_p).max()),
+                "mask_dice": dice_score(reference.discretise(ours_p), reference.discretise(theirs_p)),
+            }
+        )
+    logit = max(row["max_abs_logit_difference"] for row in rows if "max_abs_logit_difference" in row)
+    probability = max(row["max_abs_probability_difference"] for row in rows)
+    dice = min(row["mask_dice"] for row in rows)
+    return ParityReport(
+        inputs=f"{len(rows) - len(images or [])} random tensors at the working shape"
+        + (f" and {len(images)} inputs end to end" if images else ""),
+        cases=len(rows),
+        max_abs_logit_difference=logit,
+        max_abs_probability_difference=probability,
+        mask_dice=dice,
+        passed=bool(
+            logit <= MAX_ABS_LOGIT_DIFFERENCE and probability <= MAX_ABS_LOGIT_DIFFERENCE and dice >= MIN_MASK_DICE
+        ),
+        per_case=rows,
+    )
+
+
+def parity_inputs(source: Path, config: PipelineConfig) -> list[str | list[str]]:
+    """The cases ``medseg predict`` would read from ``source``: images (2D) or scans, one list per case (3D)."""
+    return [record["image"] for record in predict_inputs(source, config.spatial_dims, config.model.in_channels)]
+
+
+def export_model(
+    model: Path | str, fmt: str, output: Path | None = None, check_inputs: Path | None = None, max_cases: int = 4
+) -> ExportResult:
+    """Export ``model`` (run folder, checkpoint or MLflow URI) and check the file against PyTorch.
+
+    Raises ModelError, after writing nothing, if the export does not reproduce the network.
+    """
+    if fmt not in FORMATS:
+        raise ModelError(f"export format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    checkpoint = resolve_model(model)
+    if export_format(checkpoint) is not None:
+        raise ModelError(f"{checkpoint}: already an exported model; export from a run folder or checkpoint")
+    reference = Predictor.from_model(checkpoint, backend="torch")
+    state = load_checkpoint(checkpoint)
+    from_uri = isinstance(model, str) and model.startswith(MODEL_URI_SCHEMES)
+    default_folder = Path.cwd() if from_uri else checkpoint.parent  # not inside the download cache
+    target = Path(output) if output is not None else default_folder / f"model{FORMATS[fmt]}"
+    if export_format(target) != fmt:
+        raise ModelError(f"{target}: a {fmt} export must end in {FORMATS[fmt]}")
+    metadata = _metadata(state, reference.steps, checkpoint)
+    metadata["config"].setdefault("inference", {})["backend"] = "auto"  # the file decides: ONNX Runtime or TorchScript
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staged = target.with_name(f".{target.stem}.checking{target.suffix}")
+    WRITERS[fmt](reference.network, example_input(reference.config), metadata, staged)
+    try:
+        exported = Predictor.from_model(staged)
+        images = parity_inputs(check_inputs, reference.config)[:max_cases] if check_inputs is not None else None
+        parity = check_parity(reference, exported, images)
+        if not parity.passed:
+            raise ModelError(
+                f"{target}: the {fmt} export does not reproduce the network (max |logit difference| "
+                f"{parity.max_abs_logit_difference:.2e}, mask Dice {parity.mask_dice:.4f}); nothing written"
+            )
+        staged.replace(target)
+    finally:
+        staged.unlink(missing_ok=True)
+    report = target.with_name(target.name + ".parity.json")
+    atomic_write_text(report, json.dumps(asdict(parity), indent=1))
+    log.info("Exported %s -> %s", checkpoint, target)
+    return ExportResult(target, fmt, parity)

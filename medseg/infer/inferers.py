@@ -1,0 +1,53 @@
+"""How a network is applied to a preprocessed batch: whole image (2D) or sliding window (3D), optional mirror
+test-time augmentation, and the activation that turns logits into probabilities."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from medseg.config import PipelineConfig
+
+
+def activate(logits: torch.Tensor) -> torch.Tensor:
+    """Sigmoid for a 1-channel (binary) output, softmax over classes otherwise."""
+    return torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
+
+
+def build_inferer(cfg: PipelineConfig) -> Any:
+    """Whole-image inference in 2D; sliding window with Gaussian blending in 3D (MONAI inferers)."""
+    from monai.inferers import SimpleInferer, SlidingWindowInferer
+
+    if cfg.spatial_dims == 2:
+        return SimpleInferer()
+    inf = cfg.inference
+    return SlidingWindowInferer(
+        roi_size=inf.roi_size or cfg.preprocessing.patch_size,
+        sw_batch_size=inf.sw_batch_size,
+        overlap=inf.overlap,
+        mode=inf.blend_mode,
+    )
+
+
+def mirrored_probabilities(network: nn.Module, batch: torch.Tensor, tta: bool, inferer: Any = None) -> torch.Tensor:
+    """Class probabilities, averaged over flips of every spatial axis when ``tta`` is on."""
+    spatial_axes = list(range(2, batch.ndim))
+    flips: list[list[int]] = [[]]
+    if tta:
+        flips += [[axis] for axis in spatial_axes] + ([spatial_axes] if len(spatial_axes) > 1 else [])
+    total: torch.Tensor | None = None
+    for axes in flips:
+        flipped = batch.flip(axes) if axes else batch
+        logits = (inferer(flipped, network) if inferer is not None else network(flipped)).float()
+        probs = activate(logits.flip(axes) if axes else logits)
+        total = probs if total is None else total.add_(probs)
+    return total / len(flips)
+
+
+def working_shape(cfg: PipelineConfig) -> tuple[int, ...]:
+    """The spatial shape the network sees: the resized image (2D) or the sliding-window ROI (3D)."""
+    if cfg.spatial_dims == 2:
+        return tuple(cfg.preprocessing.spatial_size)
+    return tuple(cfg.inference.roi_size or cfg.preprocessing.patch_size)

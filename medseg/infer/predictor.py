@@ -1,0 +1,268 @@
+"""A predictor built once from a trained model and reused for many images or scans.
+
+scan -> header (read once, checked) -> reader -> the validation preprocessing -> network (whole image in 2D,
+Gaussian-blended sliding window in 3D; optional mirror TTA) -> sigmoid/softmax -> back onto the input's own grid
+(MONAI ``Invertd`` in 2D, :mod:`medseg.infer.resampling` in 3D) -> threshold or argmax -> the post-processing
+chosen at training time.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from medseg.checkpoint import load_checkpoint, network_from_checkpoint, resolve_checkpoint
+from medseg.config import PipelineConfig
+from medseg.errors import DataError, MedsegError, ModelError, user_error_in
+from medseg.imageio.headers import ScanHeader
+from medseg.infer.backends import export_format, read_exported, runtime_network
+from medseg.infer.checks import check_image, check_scans, check_voxels
+from medseg.infer.inferers import build_inferer, mirrored_probabilities
+from medseg.postprocessing import apply_steps, saved_steps
+
+log = logging.getLogger(__name__)
+
+MODEL_URI_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/")
+
+ImageSource = Path | str | list[str] | list[Path]
+
+
+@dataclass
+class Segmentation:
+    """A predicted label map on the input's own grid, with that grid's geometry.
+
+    ``labels`` is post-processed and ``raw`` is not (uint8; 2D (H, W), 3D (X, Y, Z) as the scan is stored);
+    ``header`` holds the scan's shape, affine and spacing (3D; None for 2D images); ``probabilities`` (C, ...) is
+    kept when asked for.
+    """
+
+    labels: np.ndarray
+    raw: np.ndarray
+    header: ScanHeader | None = None
+    probabilities: np.ndarray | None = None
+
+    @property
+    def affine(self) -> np.ndarray | None:
+        """Voxel-to-RAS (mm) of the labels' grid (3D)."""
+        return None if self.header is None else self.header.affine
+
+
+@dataclass
+class Predictor:
+    """Segments 2D images or 3D volumes with a trained network, in the input's own geometry.
+
+    Build it once (:meth:`from_model`) and call :meth:`predict` for each image, scan or array.
+    """
+
+    network: nn.Module
+    config: PipelineConfig
+    steps: list[str] = field(default_factory=list)
+    tta: bool = False
+
+    def __post_init__(self) -> None:
+        from monai.transforms import Invertd
+
+        from medseg.transforms import inference_transforms
+
+        self.network.eval()
+        self.runtime = runtime_network(self.network, self.config)  # what runs: PyTorch or ONNX Runtime
+        self.threshold = self.config.evaluation.threshold
+        self.preprocess = inference_transforms(self.config)
+        self.inferer = build_inferer(self.config)
+        # 2D: MONAI's Invertd; 3D: medseg.infer.resampling (same result, a fraction of Invertd's memory)
+        self.invert = (
+            Invertd(keys="pred", transform=self.preprocess, orig_keys="image", nearest_interp=False)
+            if self.config.spatial_dims == 2
+            else None
+        )
+
+    @classmethod
+    def from_model(
+        cls, model: Path | str, tta: bool | None = None, steps: list[str] | None = None, backend: str | None = None
+    ) -> Predictor:
+        """Build from a run folder, its ``model/`` folder, a checkpoint, an MLflow model URI, or a file
+        written by ``medseg export`` (``.onnx`` runs on ONNX Runtime, ``.ts`` on TorchScript).
+
+        ``steps`` overrides the post-processing saved with the model (used while choosing it); ``backend``
+        overrides ``inference.backend``.
+        """
+        checkpoint = resolve_model(model)
+        if export_format(checkpoint) is not None:
+            network, metadata = read_exported(checkpoint)
+            config = validated_config(metadata.get("config"), checkpoint, backend)
+            steps = list(metadata.get("postprocessing", [])) if steps is None else steps  # resolved at export
+            return cls(network, config, steps, config.inference.tta if tta is None else tta)
+        state = load_checkpoint(checkpoint)
+        config = validated_config(state.get("config"), checkpoint, backend)
+        network = network_from_checkpoint(state, checkpoint)
+        steps = saved_steps(config.postprocessing, checkpoint.parent) if steps is None else steps
+        return cls(network, config, steps, config.inference.tta if tta is None else tta)
+
+    def with_steps(self, steps: list[str]) -> Predictor:
+        """The same predictor (same network and backend, nothing rebuilt) replaying other post-processing."""
+        other = copy.copy(self)
+        other.steps = list(steps)
+        return other
+
+    # ------------------------------------------------------------------------------------------------ predict
+
+    def predict(
+        self, source: ImageSource | np.ndarray, affine: np.ndarray | None = None, probabilities: bool = False
+    ) -> Segmentation:
+        """Segment an image file, a scan (file, DICOM folder, or one file per channel) or an array.
+
+        Args:
+            source: a path, a list of paths (one per channel), or an array: 2D (H, W[, C]) uint8 like an image
+                file, or 3D (X, Y, Z[, C]) voxels with ``affine`` (voxel-to-RAS, default identity).
+            affine: the array's voxel-to-RAS affine (3D arrays only).
+            probabilities: keep the class probabilities in the result.
+        """
+        if isinstance(source, np.ndarray):
+            return self._predict_array(source, affine, probabilities)
+        paths = [Path(p) for p in source] if isinstance(source, (list, tuple)) else [Path(source)]
+        headers = self.check(paths)
+        probs = self.probabilities(source, checked=True)
+        raw = self.discretise(probs)
+        return Segmentation(
+            labels=self.postprocess(raw),
+            raw=raw,
+            header=headers[0] if headers else None,
+            probabilities=probs if probabilities else None,
+        )
+
+    def _predict_array(self, array: np.ndarray, affine: np.ndarray | None, probabilities: bool) -> Segmentation:
+        from PIL import Image
+
+        with tempfile.TemporaryDirectory(prefix="medseg-array-") as tmp:
+            if self.config.spatial_dims == 2:
+                if array.dtype != np.uint8 or array.ndim not in (2, 3):
+                    raise DataError(f"a 2D model takes (H, W[, C]) uint8 arrays, got {array.dtype} {array.shape}")
+                path = Path(tmp) / "array.png"
+                Image.fromarray(array).save(path)
+            else:
+                import nibabel as nib
+
+                if array.ndim not in (3, 4):
+                    raise DataError(f"a 3D model takes (X, Y, Z[, C]) arrays, got shape {array.shape}")
+                path = Path(tmp) / "array.nii.gz"
+                nib.save(nib.Nifti1Image(np.asarray(array), np.eye(4) if affine is None else affine), path)
+            return self.predict(path, probabilities=probabilities)
+
+    def check(self, paths: list[Path]) -> list[ScanHeader]:
+        """The input checks, from the headers: 3D returns each file's header (read once), 2D an empty list."""
+        if self.config.spatial_dims == 3:
+            return check_scans(paths, self.config)
+        for path in paths:
+            check_image(path, self.config)
+        return []
+
+    def probabilities(self, image: ImageSource, checked: bool = False) -> np.ndarray:
+        """Class probabilities (C, *spatial) on the input's own grid (2D: (C, H, W)).
+
+        ``checked``: the input already passed :meth:`check` (its headers are not read again).
+        """
+        from monai.data import MetaTensor
+
+        source = [str(p) for p in image] if isinstance(image, (list, tuple)) else str(image)
+        name = source[0] if isinstance(source, list) else source
+        if not checked:
+            self.check([Path(p) for p in (source if isinstance(source, list) else [source])])
+        try:
+            data = self.preprocess({"image": source}, end=1)  # load only: check the voxels as read
+            if check_voxels(data["image"], source):  # uniform: nothing to segment, background everywhere
+                shape = [int(n) for n in data["image"].meta["spatial_shape"]]
+                probs = np.zeros((self.config.model.out_channels, *shape[:: -1 if len(shape) == 2 else 1]), np.float32)
+                probs[0] = 0.0 if probs.shape[0] == 1 else 1.0  # (2D: the PIL reader's (W, H) -> (H, W))
+                return probs
+            data = self.preprocess(data, start=1)
+        except MedsegError:
+            raise
+        except Exception as exc:  # MONAI wraps reader errors in RuntimeError chains
+            wrapped = user_error_in(exc)
+            if wrapped is not None:
+                raise wrapped from None
+            reason = _root_cause(exc).replace(f" for file: {name}", "").replace(name, "").rstrip(". ")
+            raise MedsegError(f"{name}: cannot read image ({reason})") from None
+        batch = data["image"].as_tensor()[None]
+        channels, dims = self.config.model.in_channels, self.config.spatial_dims
+        if batch.ndim != dims + 2 or batch.shape[1] != channels:
+            raise DataError(
+                f"{name}: image of shape {'x'.join(map(str, batch.shape[1:]))} (channels first) after preprocessing, "
+                f"but the {dims}D model expects {channels} channel(s)"
+            )
+        # keep only the metadata of the preprocessed image: the way back needs its history, not its voxels
+        data["image"] = MetaTensor(
+            torch.empty(0), meta=data["image"].meta, applied_operations=data["image"].applied_operations
+        )
+        with torch.inference_mode():
+            probs = mirrored_probabilities(self.runtime, batch, self.tta, self.inferer)
+        del batch
+        if self.config.spatial_dims == 3:
+            return self._back_onto_scan(probs[0], data["image"])
+        data["pred"] = MetaTensor(probs[0])  # a MetaTensor, or Invertd silently leaves it untouched
+        inverted = np.asarray(self.invert(data)["pred"], dtype=np.float32)
+        return inverted.transpose(0, 2, 1)  # the PIL reader is (W, H); images are (H, W)
+
+    @staticmethod
+    def _back_onto_scan(probs: torch.Tensor, preprocessed: Any) -> np.ndarray:
+        """3D probabilities from the preprocessed grid onto the scan's voxel grid, as loaded."""
+        from monai.utils import convert_to_numpy
+
+        from medseg.infer.resampling import resample_to_grid
+
+        meta = preprocessed.meta
+        shape = tuple(int(n) for n in meta["spatial_shape"])
+        crop = next((op for op in preprocessed.applied_operations if op["class"] == "CropForeground"), None)
+        cropped = tuple(bool(n) for n in crop["extra_info"]["cropped"]) if crop else (False,) * 6
+        source_affine = convert_to_numpy(meta["affine"], dtype=np.float64)
+        target_affine = convert_to_numpy(meta["original_affine"], dtype=np.float64)
+        return resample_to_grid(probs, source_affine, target_affine, shape, cropped_sides=cropped).numpy()
+
+    def discretise(self, probs: np.ndarray) -> np.ndarray:
+        """Probabilities -> uint8 label map (threshold for binary, argmax for multi-class)."""
+        if probs.shape[0] == 1:
+            return (probs[0] > self.threshold).astype(np.uint8)
+        return probs.argmax(axis=0).astype(np.uint8)
+
+    def postprocess(self, labels: np.ndarray) -> np.ndarray:
+        """This predictor's post-processing steps applied to a label map."""
+        return apply_steps(labels, self.steps, self.config.postprocessing)
+
+    def segment(self, image: ImageSource) -> tuple[np.ndarray, np.ndarray]:
+        """Label maps before and after post-processing (uint8, the input's shape)."""
+        result = self.predict(image)
+        return result.raw, result.labels
+
+
+def resolve_model(model: Path | str) -> Path:
+    """The model file behind a run folder, ``model/`` folder, file path or MLflow model URI."""
+    if isinstance(model, str) and model.startswith(MODEL_URI_SCHEMES):
+        from medseg.tracking.tracker import download_model
+
+        return download_model(model)
+    return resolve_checkpoint(Path(model))
+
+
+def validated_config(raw: object, source: Path, backend: str | None = None) -> PipelineConfig:
+    """The pipeline configuration saved with a model (``backend`` replacing its inference backend)."""
+    try:
+        config = PipelineConfig.model_validate(raw)
+        return config.with_values({"inference.backend": backend}) if backend is not None else config
+    except ValueError as exc:
+        first = str(exc).splitlines()
+        detail = " ".join(line.strip() for line in first[1:3]) if len(first) > 1 else str(exc)
+        raise ModelError(f"{source}: the configuration stored with the model is invalid ({detail})") from None
+
+
+def _root_cause(exc: BaseException) -> str:
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    return f"{exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")

@@ -1,0 +1,152 @@
+"""The package's shape: no import cycles, one owner per concern, a fast and small public API."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.paths import REPO
+
+PACKAGE = REPO / "medseg"
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(REPO).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _is_type_checking_block(node: ast.AST) -> bool:
+    test = getattr(node, "test", None)
+    return isinstance(node, ast.If) and (
+        (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING")
+        or (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+    )
+
+
+def _imports(tree: ast.AST, module: str, modules: set[str], is_package: bool) -> set[str]:
+    """medseg modules imported anywhere in ``tree`` (module level and inside functions), except under
+    ``if TYPE_CHECKING:``, which never runs."""
+    found: set[str] = set()
+
+    def visit(node: ast.AST) -> None:
+        if _is_type_checking_block(node):
+            for child in node.orelse:
+                visit(child)
+            return
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names if alias.name.split(".")[0] == "medseg")
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative import
+                anchor = module.split(".") if is_package else module.split(".")[:-1]
+                anchor = anchor[: len(anchor) - (node.level - 1)]
+                base = ".".join([*anchor, *([base] if base else [])])
+            if base.split(".")[0] == "medseg":
+                for alias in node.names:
+                    candidate = f"{base}.{alias.name}"
+                    found.add(candidate if candidate in modules else base)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(tree)
+    found.discard(module)
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    """medseg module -> the medseg modules it imports."""
+    files = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    modules = set(files)
+    return {
+        name: _imports(ast.parse(path.read_text(encoding="utf-8")), name, modules, path.name == "__init__.py")
+        for name, path in files.items()
+    }
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan), each as a cycle's members."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def connect(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for target in sorted(graph.get(node, ())):
+            if target not in index:
+                connect(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            connect(node)
+    return found
+
+
+def test_no_import_cycles() -> None:
+    graph = import_graph()
+    assert len(graph) > 30  # the whole package was parsed
+    found = cycles(graph)
+    assert not found, "import cycles: " + "; ".join(" <-> ".join(c) for c in found)
+
+
+def test_the_cycle_finder_finds_a_cycle_hidden_in_a_function() -> None:
+    tree = ast.parse("def f():\n    from medseg.b import thing\n")
+    modules = {"medseg.a", "medseg.b"}
+    graph = {"medseg.a": _imports(tree, "medseg.a", modules, False), "medseg.b": {"medseg.a"}}
+    assert cycles(graph) == [["medseg.a", "medseg.b"]]
+
+
+@pytest.mark.parametrize(
+    ("owner", "spelling"),
+    [
+        ("medseg/imageio/formats.py", '".nii.gz"'),
+        ("medseg/layout.py", '"best.pt"'),
+        ("medseg/layout.py", '"postprocessing.json"'),
+        ("medseg/layout.py", '"tracking.json"'),
+        ("medseg/tracking/store.py", '"sqlite:///"'),
+    ],
+)
+def test_one_module_spells_each_file_name(owner: str, spelling: str) -> None:
+    spelled_in = sorted(
+        str(path.relative_to(REPO)) for path in PACKAGE.rglob("*.py") if spelling in path.read_text(encoding="utf-8")
+    )
+    assert spelled_in == [owner]
+
+
+def test_heavy_libraries_are_not_imported_by_the_package_or_the_cli() -> None:
+    code = "import sys, medseg, medseg.cli; print(sorted(m for m in ('torch', 'monai', 'mlflow') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout.strip() == "[]"
+
+
+def test_public_api_is_small_and_lazy() -> None:
+    import medseg
+
+    assert sorted(medseg.__all__) == ["Predictor", "Segmentation", "load_config", "run_pipeline"]
+    from medseg.config import load_config
+    from medseg.infer.predictor import Predictor
+
+    assert medseg.load_config is load_config
+    assert medseg.Predictor is Predictor
+    with pytest.raises(AttributeError, match="no attribute 'nothing_here'"):
+        _ = medseg.nothing_here
