@@ -32,8 +32,8 @@ from typer.testing import CliRunner
 
 from medseg.cli import app
 from medseg.config import DATA_ROOT_ENV
-from tests.conftest import REPO, tiny_overrides
-from tests.test_volume_pipeline import AFFINE, _phantom
+from tests.helpers.data import AFFINE, phantom_case, tiny_overrides
+from tests.helpers.paths import REPO
 
 SKIN = REPO / "pipelines" / "skin_lesion.yaml"
 BRAIN = REPO / "pipelines" / "brain_tumor_mri.yaml"
@@ -63,7 +63,7 @@ def phantoms(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for folder in ("imagesTr", "labelsTr"):
         (root / folder).mkdir(parents=True)
     for index in range(5):
-        flair, _, label = _phantom(rng)
+        flair, _, label = phantom_case(rng)
         nib.save(nib.Nifti1Image(flair, AFFINE), root / "imagesTr" / f"case{index}.nii.gz")
         nib.save(nib.Nifti1Image(label, AFFINE), root / "labelsTr" / f"case{index}.nii.gz")
     return root
@@ -1083,7 +1083,8 @@ def test_no_code_runs_from_data_files() -> None:
 def test_servers_bind_to_localhost_by_default() -> None:
     import inspect
 
-    from medseg import cli, ui
+    from medseg import cli
+    from medseg.tracking import ui
 
     assert ui.DEFAULT_HOST == "127.0.0.1"
     assert inspect.signature(cli.ui).parameters["host"].default == "127.0.0.1"
@@ -1091,8 +1092,8 @@ def test_servers_bind_to_localhost_by_default() -> None:
 
 @slow
 def test_case_ids_cannot_write_outside_the_output_folder(tmp_path: Path, model2d: Path, dataset2d: Path) -> None:
-    from medseg.inference import Predictor
-    from medseg.prediction import predict_images
+    from medseg.infer.batch import predict_images
+    from medseg.infer.predictor import Predictor
 
     predictor = Predictor.from_model(model2d)
     image = str(first_image(dataset2d))

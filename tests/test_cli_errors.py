@@ -17,8 +17,8 @@ from typer.testing import CliRunner
 from medseg.cli import app
 from medseg.config import DATA_ROOT_ENV
 from medseg.errors import ConfigError
+from tests.helpers.paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 SKIN_LESION = REPO / "pipelines" / "skin_lesion.yaml"
 
 

@@ -9,8 +9,8 @@ import yaml
 
 from medseg.config import DATA_ROOT_ENV, PipelineConfig, load_config, parse_override
 from medseg.errors import ConfigError, MedsegError
+from tests.helpers.paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 PIPELINES = sorted((REPO / "pipelines").glob("*.yaml")) + sorted((REPO / "pipelines").glob("*.yml"))
 
 
@@ -440,7 +440,7 @@ def test_every_shipped_pipeline_loads_and_builds(pipeline: Path, tmp_path: Path)
     assert cfg.name
     import torch
 
-    from medseg.data.transforms import inference_transforms, train_transforms, validation_transforms
+    from medseg.transforms import inference_transforms, train_transforms, validation_transforms
 
     net = build_network(cfg.model.name, cfg.spatial_dims, cfg.model.in_channels, cfg.model.out_channels, cfg.model.args)
     loss = build_loss(cfg.loss.name, cfg.model.out_channels, cfg.loss.args)

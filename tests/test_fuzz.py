@@ -21,7 +21,7 @@ from PIL import Image
 from pydantic import BaseModel
 
 from medseg.config import DATA_ROOT_ENV, DataConfig, PipelineConfig, load_config
-from medseg.data.datalist import build_datalist
+from medseg.data.image_datalist import build_image_datalist
 from medseg.errors import MedsegError
 
 EXAMPLES = int(os.environ.get("MEDSEG_FUZZ_EXAMPLES", "150"))  # more for a longer hunt
@@ -334,7 +334,7 @@ def test_datalist_builder_on_random_folders(
     _write_tree(root, tree)
     cfg = DataConfig(layout=layout, mask_suffixes=suffixes)
     try:
-        records, report = build_datalist(root, cfg, in_channels=in_channels)
+        records, report = build_image_datalist(root, cfg, in_channels=in_channels)
     except Exception as exc:  # noqa: BLE001 - the property: nothing but a clean MedsegError
         assert_clean(exc)
     else:

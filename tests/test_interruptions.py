@@ -26,7 +26,8 @@ from typer.testing import CliRunner
 from medseg.checkpoint import load_checkpoint
 from medseg.config import DATA_ROOT_ENV, load_config
 from medseg.errors import ModelError
-from tests.conftest import REPO, tiny_overrides
+from tests.helpers.data import tiny_overrides
+from tests.helpers.paths import REPO
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 
 from medseg.config import load_config
-from tests.conftest import REPO, tiny_overrides
+from tests.helpers.data import tiny_overrides
+from tests.helpers.paths import REPO
 
 PIPELINE = REPO / "pipelines" / "skin_lesion.yaml"
 

@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 
 from medseg.checkpoint import load_checkpoint
 from medseg.config import load_config
-from tests.conftest import REPO, tiny_overrides
+from tests.helpers.data import tiny_overrides
+from tests.helpers.paths import REPO
 
 PIPELINE = REPO / "pipelines" / "skin_lesion.yaml"
 

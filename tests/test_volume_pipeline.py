@@ -12,22 +12,10 @@ import pytest
 from typer.testing import CliRunner
 
 from medseg.config import load_config
-from tests.conftest import REPO
+from tests.helpers.data import AFFINE, phantom_case
+from tests.helpers.paths import REPO
 
 PIPELINE = REPO / "pipelines" / "brain_tumor_mri.yaml"
-AFFINE = np.array([[-1.2, 0, 0, 30], [0, 1.0, 0, -20], [0, 0, 1.5, 5], [0, 0, 0, 1]])  # LAS, anisotropic
-
-
-def _phantom(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Two modalities of a 'head' with a tumour: core (label 2) inside oedema (label 1)."""
-    grid = np.stack(np.meshgrid(*[np.arange(n) for n in (24, 24, 16)], indexing="ij"), axis=-1).astype(float)
-    centre = rng.uniform([9, 9, 6], [15, 15, 10])
-    distance = np.linalg.norm((grid - centre) / [1.0, 1.0, 0.8], axis=-1)
-    head = np.linalg.norm((grid - [12, 12, 8]) / [11, 11, 7.5], axis=-1) < 1
-    label = np.where(distance < 3, 2, np.where(distance < 5.5, 1, 0)) * head
-    flair = head * (1.0 + 1.5 * (label > 0) + rng.normal(0, 0.2, head.shape))
-    t1c = head * (1.0 + 2.0 * (label == 2) + rng.normal(0, 0.2, head.shape))
-    return flair.astype(np.float32), t1c.astype(np.float32), label.astype(np.float32)
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +25,7 @@ def phantom_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for folder in ("imagesTr", "imagesTr_t1c", "labelsTr"):
         (root / folder).mkdir(parents=True)
     for index in range(5):
-        flair, t1c, label = _phantom(rng)
+        flair, t1c, label = phantom_case(rng)
         for folder, array in (("imagesTr", flair), ("imagesTr_t1c", t1c), ("labelsTr", label)):
             nib.save(nib.Nifti1Image(array, AFFINE), root / folder / f"case{index}.nii.gz")
     return root

@@ -260,21 +260,30 @@ def load_volume(path: PathLike, dtype: Any = None) -> tuple[np.ndarray, dict]:
     return np.asarray(image.numpy() if isinstance(image, torch.Tensor) else image), meta
 
 
-def read_label_on_grid(path: PathLike, grid: ScanHeader) -> np.ndarray:
-    """A label volume as an array on ``grid``'s voxels; a label stored with flipped or permuted axes (e.g. a LAS
-    label of an LPS DICOM series) is reoriented. DataError if the grids really differ."""
+def align_to_grid(
+    labels: np.ndarray, affine: np.ndarray, target_affine: np.ndarray, target_shape: tuple[int, ...], name: str
+) -> np.ndarray:
+    """Reorient a label array onto another voxel grid that differs only by axis flips/permutations.
+
+    (E.g. a LAS label of an LPS DICOM series.) Raises DataError naming ``name`` if the grids really differ.
+    """
     import nibabel as nib
 
-    labels, meta = load_volume(path)
-    affine = np.asarray(meta["affine"], dtype=float)
-    target_shape = tuple(grid.spatial_shape)
-    if np.allclose(affine, grid.affine, atol=1e-3) and labels.shape == target_shape:
+    if np.allclose(affine, target_affine, atol=1e-3) and labels.shape == tuple(target_shape):
         return labels
     transform = nib.orientations.ornt_transform(
-        nib.orientations.io_orientation(affine), nib.orientations.io_orientation(grid.affine)
+        nib.orientations.io_orientation(affine), nib.orientations.io_orientation(target_affine)
     )
     aligned = nib.orientations.apply_orientation(labels, transform)
     moved = affine @ nib.orientations.inv_ornt_aff(transform, labels.shape)
-    if aligned.shape != target_shape or not np.allclose(moved, grid.affine, atol=1e-3):
-        raise DataError(f"{path}: the label's voxel grid does not match the image's (shape or affine differs)")
+    if aligned.shape != tuple(target_shape) or not np.allclose(moved, target_affine, atol=1e-3):
+        raise DataError(f"{name}: the label's voxel grid does not match the image's (shape or affine differs)")
     return np.ascontiguousarray(aligned)
+
+
+def read_label_on_grid(path: PathLike, grid: ScanHeader) -> np.ndarray:
+    """A label volume as an array on ``grid``'s voxels (reoriented by :func:`align_to_grid` if stored with flipped
+    or permuted axes)."""
+    labels, meta = load_volume(path)
+    affine = np.asarray(meta["affine"], dtype=float)
+    return align_to_grid(np.asarray(labels), affine, grid.affine, tuple(grid.spatial_shape), str(path))

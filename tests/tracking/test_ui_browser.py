@@ -22,9 +22,9 @@ import pytest
 from typer.testing import CliRunner
 
 from medseg.cli import app
-from medseg.ui import serve, server_command, server_env
-from tests.conftest import REPO
-from tests.test_runs_table import make_store
+from medseg.tracking.ui import serve, server_command, server_env
+from tests.helpers.mlflow_store import make_store
+from tests.helpers.paths import REPO
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = REPO / "test-artifacts"
@@ -47,7 +47,7 @@ def test_server_command_binds_localhost_with_one_worker_by_default() -> None:
 
 def test_cli_ui_defaults_to_localhost(monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
-    monkeypatch.setattr("medseg.ui.run_ui", lambda *args: calls.append(args))
+    monkeypatch.setattr("medseg.tracking.ui.run_ui", lambda *args: calls.append(args))
     result = CliRunner().invoke(app, ["ui"])
     assert result.exit_code == 0, result.output
     assert calls == [(None, "127.0.0.1", 5000)]

@@ -11,9 +11,11 @@ from PIL import Image
 
 from medseg.checkpoint import load_checkpoint, network_from_checkpoint, resolve_checkpoint, save_checkpoint
 from medseg.config import PipelineConfig
+from medseg.data.inputs import image_inputs
 from medseg.errors import ModelError
-from medseg.inference import Predictor, mirrored_probabilities
-from medseg.prediction import image_records, predict_images
+from medseg.infer.batch import predict_images
+from medseg.infer.inferers import mirrored_probabilities
+from medseg.infer.predictor import Predictor
 from medseg.registry import build_network
 
 ARGS = {"channels": [4, 8], "strides": [2], "num_res_units": 0}
@@ -33,7 +35,7 @@ def _image(path: Path, height: int, width: int) -> Path:
 
 
 def test_probability_comes_back_at_the_input_size(predictor: Predictor, tmp_path: Path) -> None:
-    prob = predictor.probability(_image(tmp_path / "a.png", 45, 70))
+    prob = predictor.probabilities(_image(tmp_path / "a.png", 45, 70))[0]
     assert prob.shape == (45, 70) and prob.dtype == np.float32
     assert prob.min() >= 0.0 and prob.max() <= 1.0
 
@@ -42,7 +44,7 @@ def test_batch_prediction_goes_on_past_a_bad_case(predictor: Predictor, tmp_path
     _image(tmp_path / "in" / "good1.png", 40, 50)
     _image(tmp_path / "in" / "good2.jpg", 33, 21)
     (tmp_path / "in" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
-    report = predict_images(predictor, image_records(tmp_path / "in"), tmp_path / "out", max_overlays=1)
+    report = predict_images(predictor, image_inputs(tmp_path / "in"), tmp_path / "out", max_overlays=1)
     assert report.written == ["good1", "good2"]
     assert list(report.failed) == ["broken"] and "broken.png" in report.failed["broken"]
     assert np.asarray(Image.open(tmp_path / "out" / "masks" / "good2.png")).shape == (33, 21)

@@ -7,7 +7,6 @@ SimpleITK image is ``diag(-1, -1, 1, 1) @ [[direction @ diag(spacing), origin], 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import nibabel as nib
@@ -19,9 +18,7 @@ from monai.transforms import Compose, EnsureChannelFirstd, Invertd, LoadImage, L
 
 from medseg.errors import DataError
 from medseg.imageio import SimpleITKReader, load_volume, reader_for, write_mask_like, write_probability_like
-
-REPO = Path(__file__).resolve().parents[1]
-DATA_ROOT = Path(os.environ.get("MEDSEG_DATA_ROOT", REPO.parent / "shared" / "data"))
+from tests.helpers.paths import SHARED_DATA as DATA_ROOT
 
 # name -> (path relative to DATA_ROOT, expected RAS axis codes of the array axes)
 REAL = {

@@ -12,13 +12,16 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from medseg import export as export_module
-from medseg.checkpoint import BEST, save_checkpoint
+from medseg.checkpoint import save_checkpoint
 from medseg.cli import app
 from medseg.config import PipelineConfig
 from medseg.errors import ModelError
-from medseg.export import export_model, read_exported
-from medseg.inference import POSTPROCESSING_FILE, Predictor
+from medseg.infer import backends
+from medseg.infer import export as export_module
+from medseg.infer.backends import read_exported
+from medseg.infer.export import export_model
+from medseg.infer.predictor import Predictor
+from medseg.layout import BEST_CHECKPOINT, POSTPROCESSING_FILE
 from medseg.registry import build_network
 
 ARGS = {"channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 1}
@@ -31,7 +34,7 @@ def _checkpoint(folder: Path, cfg: PipelineConfig, steps: list[str]) -> Path:
     network = build_network(m.name, cfg.spatial_dims, m.in_channels, m.out_channels, m.args)
     spec = {"name": m.name, "spatial_dims": cfg.spatial_dims, "in_channels": m.in_channels}
     spec |= {"out_channels": m.out_channels, "args": m.args}
-    path = folder / "model" / BEST
+    path = folder / "model" / BEST_CHECKPOINT
     save_checkpoint(path, {"state_dict": network.state_dict(), "network": spec, "config": cfg.to_dict()})
     (path.parent / POSTPROCESSING_FILE).write_text(json.dumps({"mode": "auto", "steps": steps}), encoding="utf-8")
     return path
@@ -156,7 +159,7 @@ def test_export_errors_are_one_line_and_write_nothing(model_2d: Path, tmp_path: 
 
 
 def test_3d_runs_on_onnx_runtime_by_default_and_matches_pytorch(tmp_path: Path) -> None:
-    from medseg.export import OnnxNetwork
+    from medseg.infer.backends import OnnxNetwork
 
     cfg = PipelineConfig(
         name="t3d",
@@ -178,7 +181,7 @@ def test_backend_falls_back_to_pytorch_when_the_export_fails(tmp_path: Path, mon
     def broken(*args, **kwargs):
         raise RuntimeError("exporter exploded")
 
-    monkeypatch.setattr(export_module, "_export_onnx", broken)
+    monkeypatch.setattr(backends, "write_onnx", broken)
     cfg = PipelineConfig(name="t3d", spatial_dims=3, preprocessing={"patch_size": [16, 16, 16]}, model={"args": ARGS})
     network = build_network("unet", 3, 1, 1, ARGS)
     with caplog.at_level("WARNING"):

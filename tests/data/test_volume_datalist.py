@@ -1,4 +1,4 @@
-"""Behavioural tests for 3D multi-modality datalists (medseg.data.volumes)."""
+"""Behavioural tests for 3D multi-modality datalists (medseg.data.volume_datalist)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from medseg.data.volumes import VOLUME_SUFFIXES, build_volume_datalist, volume_fingerprint, volume_id
+from medseg.data.volume_datalist import build_volume_datalist, volume_fingerprint
 from medseg.errors import DataError
+from medseg.imageio.formats import VOLUME_SUFFIXES, volume_id
 
 SHAPE = (8, 8, 6)
 AFFINE = np.array([[2.0, 0, 0, -10], [0, 2.0, 0, 5], [0, 0, 3.0, 1], [0, 0, 0, 1]])

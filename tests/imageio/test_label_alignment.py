@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from medseg.errors import DataError
-from medseg.evaluation import align_to_grid
+from medseg.imageio.readers import align_to_grid
 
 LPS = np.diag([-0.9, -0.9, 2.0, 1.0])
 LPS[:3, 3] = [10.0, 20.0, -5.0]

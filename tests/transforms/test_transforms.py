@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from medseg.config import PipelineConfig
-from medseg.data.transforms import inference_transforms, train_transforms, validation_transforms
-from tests.conftest import write_pair
+from medseg.transforms import inference_transforms, train_transforms, validation_transforms
+from tests.helpers.data import write_pair
 
 
 @pytest.fixture
@@ -80,7 +80,7 @@ def test_inference_transforms_record_the_original_size(marked_pair: dict[str, st
 
 def test_mri_crop_finds_the_brain_on_a_constant_non_zero_background() -> None:
     """Pre-normalised MRI (BraTS derivatives) has a constant non-zero background, e.g. -3.8."""
-    from medseg.data.volume_transforms import nonbackground
+    from medseg.transforms.volume_3d import nonbackground
 
     brain = torch.zeros(20, 18, 16, dtype=torch.bool)
     brain[5:15, 4:12, 3:13] = True

@@ -1,4 +1,4 @@
-"""Behavioural tests for finding and checking image/mask pairs (medseg.data.datalist)."""
+"""Behavioural tests for finding and checking image/mask pairs (medseg.data.image_datalist)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import pytest
 from PIL import Image
 
 from medseg.config import DataConfig
-from medseg.data.datalist import IMAGE_EXTENSIONS, build_datalist, data_fingerprint
+from medseg.data.image_datalist import build_image_datalist, image_fingerprint
 from medseg.errors import DataError
+from medseg.imageio.formats import IMAGE_2D_SUFFIXES
 
 SIZE = (12, 8)  # PIL (width, height)
 ISIC_SUFFIXES = "a.*, a_segmentation.*, a_mask.*, a_lesion.*"
@@ -42,7 +43,7 @@ def folder_dataset(root: Path, ids: list[str], image_ext: str = ".png", mask_suf
 
 def data_error(root: Path, cfg: DataConfig | None = None, in_channels: int = 3) -> str:
     with pytest.raises(DataError) as info:
-        build_datalist(root, cfg or DataConfig(), in_channels=in_channels)
+        build_image_datalist(root, cfg or DataConfig(), in_channels=in_channels)
     message = str(info.value)
     assert "\n" not in message
     return message
@@ -55,7 +56,7 @@ def data_error(root: Path, cfg: DataConfig | None = None, in_channels: int = 3) 
 
 def test_ph2_layout_jpg_images_png_masks_matched_by_id(tmp_path: Path) -> None:
     root = folder_dataset(tmp_path / "ph2", ["IMD003", "IMD002", "IMD010"], image_ext=".jpg")
-    records, report = build_datalist(root, DataConfig(layout="folder"))
+    records, report = build_image_datalist(root, DataConfig(layout="folder"))
     assert records == [
         {"id": c, "image": str(root / "images" / f"{c}.jpg"), "label": str(root / "masks" / f"{c}.png")}
         for c in ["IMD002", "IMD003", "IMD010"]
@@ -68,7 +69,7 @@ def test_ph2_layout_jpg_images_png_masks_matched_by_id(tmp_path: Path) -> None:
 
 def test_isic_segmentation_suffix(tmp_path: Path) -> None:
     root = folder_dataset(tmp_path / "isic", ["ISIC_0000001", "ISIC_0000002"], mask_suffix="_segmentation")
-    records, report = build_datalist(root, DataConfig())
+    records, report = build_image_datalist(root, DataConfig())
     assert [r["id"] for r in records] == ["ISIC_0000001", "ISIC_0000002"]
     assert records[0]["label"] == str(root / "masks" / "ISIC_0000001_segmentation.png")
     assert report.cases == 2
@@ -78,7 +79,7 @@ def test_first_matching_suffix_wins_and_extra_masks_are_reported(tmp_path: Path)
     root = folder_dataset(tmp_path / "d", ["a", "b"])
     save_mask(root / "masks" / "a_segmentation.png")
     save_mask(root / "masks" / "orphan.png")
-    records, report = build_datalist(root, DataConfig())
+    records, report = build_image_datalist(root, DataConfig())
     assert records[0]["label"] == str(root / "masks" / "a.png")
     assert report.unmatched_masks == ["a_segmentation", "orphan"]
     assert report.cases == 2
@@ -90,7 +91,7 @@ def test_custom_folder_names_and_suffixes(tmp_path: Path) -> None:
         save_rgb(root / "img" / f"{case}.bmp")
         save_mask(root / "gt" / f"{case}_lesion.tif")
     cfg = DataConfig(images_dir="img", masks_dir="gt", mask_suffixes=["_lesion"])
-    records, _ = build_datalist(root, cfg)
+    records, _ = build_image_datalist(root, cfg)
     assert [(r["id"], Path(r["label"]).name) for r in records] == [
         ("x1", "x1_lesion.tif"),
         ("x2", "x2_lesion.tif"),
@@ -103,7 +104,7 @@ def test_upper_case_extensions_are_images(tmp_path: Path) -> None:
     save_rgb(root / "images" / "a.JPG")
     save_mask(root / "masks" / "a.PNG")
     (root / "images" / "notes.txt").write_text("not an image")
-    records, _ = build_datalist(root, DataConfig())
+    records, _ = build_image_datalist(root, DataConfig())
     assert [r["id"] for r in records] == ["a"]
 
 
@@ -114,7 +115,7 @@ def test_csv_layout_relative_paths(tmp_path: Path) -> None:
     save_rgb(root / "imgs" / "two.jpg")
     save_mask(root / "gt" / "two_m.png")
     (root / "pairs.csv").write_text("image,mask\nimgs/one.png,gt/one_m.png\nimgs/two.jpg,gt/two_m.png\n")
-    records, report = build_datalist(root, DataConfig(layout="csv"))
+    records, report = build_image_datalist(root, DataConfig(layout="csv"))
     assert records == [
         {"id": "one", "image": str(root / "imgs" / "one.png"), "label": str(root / "gt" / "one_m.png")},
         {"id": "two", "image": str(root / "imgs" / "two.jpg"), "label": str(root / "gt" / "two_m.png")},
@@ -129,7 +130,7 @@ def test_csv_layout_label_column_and_id_column(tmp_path: Path) -> None:
     save_rgb(root / "b" / "img.png")
     save_mask(root / "b" / "seg.png")
     (root / "list.csv").write_text("id,image,label\ncase_a,a/img.png,a/seg.png\ncase_b,b/img.png,b/seg.png\n")
-    records, _ = build_datalist(root, DataConfig(layout="csv", csv_file="list.csv"))
+    records, _ = build_image_datalist(root, DataConfig(layout="csv", csv_file="list.csv"))
     assert [r["id"] for r in records] == ["case_a", "case_b"]
     assert records[1]["label"] == str(root / "b" / "seg.png")
 
@@ -163,7 +164,7 @@ def test_csv_row_without_mask_names_the_csv(tmp_path: Path, row: str) -> None:
     save_rgb(root / "a.png")
     (root / "pairs.csv").write_text(f"image,mask\n{row}\n")
     with pytest.raises(DataError, match="pairs.csv"):
-        build_datalist(root, DataConfig(layout="csv"))
+        build_image_datalist(root, DataConfig(layout="csv"))
 
 
 def test_csv_with_utf8_bom(tmp_path: Path) -> None:
@@ -171,7 +172,7 @@ def test_csv_with_utf8_bom(tmp_path: Path) -> None:
     save_rgb(root / "a.png")
     save_mask(root / "a_m.png")
     (root / "pairs.csv").write_bytes("\ufeffimage,mask\na.png,a_m.png\n".encode())
-    records, _ = build_datalist(root, DataConfig(layout="csv"))
+    records, _ = build_image_datalist(root, DataConfig(layout="csv"))
     assert [r["id"] for r in records] == ["a"]
 
 
@@ -183,7 +184,7 @@ def test_msd_dataset_json(tmp_path: Path) -> None:
         save_mask(root / "labelsTr" / f"{case}.png")
         entries.append({"image": f"./imagesTr/{case}.png", "label": f"./labelsTr/{case}.png"})
     (root / "dataset.json").write_text(json.dumps({"name": "t", "training": entries, "test": []}))
-    records, report = build_datalist(root, DataConfig(layout="msd"))
+    records, report = build_image_datalist(root, DataConfig(layout="msd"))
     assert [r["id"] for r in records] == ["case_001", "case_002"]
     assert Path(records[0]["image"]) == root / "imagesTr" / "case_001.png"
     assert Path(records[1]["label"]) == root / "labelsTr" / "case_002.png"
@@ -228,7 +229,7 @@ def test_auto_layout_detection(tmp_path: Path, files: tuple[str, ...], expected:
         (root / "pairs.csv").write_text("image,mask\nc/c1.png,c/c1_m.png\n")
     if "msd" in files:
         (root / "dataset.json").write_text(json.dumps({"training": [{"image": "m/m1.png", "label": "m/m1_m.png"}]}))
-    records, report = build_datalist(root, DataConfig(layout="auto"))
+    records, report = build_image_datalist(root, DataConfig(layout="auto"))
     assert [r["id"] for r in records] == expected
     assert report.cases == len(expected)
 
@@ -237,7 +238,7 @@ def test_explicit_folder_layout_ignores_csv(tmp_path: Path) -> None:
     root = tmp_path / "d"
     _three_layouts(root)
     (root / "pairs.csv").write_text("image,mask\nc/c1.png,c/c1_m.png\n")
-    records, _ = build_datalist(root, DataConfig(layout="folder"))
+    records, _ = build_image_datalist(root, DataConfig(layout="folder"))
     assert [r["id"] for r in records] == ["f1", "f2"]
 
 
@@ -309,7 +310,7 @@ def test_empty_images_folder(tmp_path: Path) -> None:
     (root / "images").mkdir(parents=True)
     (root / "masks").mkdir()
     (root / "images" / "readme.txt").write_text("x")
-    assert data_error(root) == f"{root / 'images'}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)})"
+    assert data_error(root) == f"{root / 'images'}: no images found (looked for {', '.join(IMAGE_2D_SUFFIXES)})"
 
 
 def test_missing_dataset_folder(tmp_path: Path) -> None:
@@ -342,7 +343,7 @@ def test_grey_image_where_rgb_expected(tmp_path: Path) -> None:
     assert data_error(root) == (
         f"{root / 'images' / 'a.png'}: image mode L (1 channels) but the model expects 3 channel(s) (RGB)"
     )
-    records, report = build_datalist(root, DataConfig(), in_channels=1)  # fine for a 1-channel model
+    records, report = build_image_datalist(root, DataConfig(), in_channels=1)  # fine for a 1-channel model
     assert report.cases == 1
 
 
@@ -380,7 +381,7 @@ def test_non_binary_pixels_counted_exactly(tmp_path: Path) -> None:
     grey[5, 0:5] = 128  # 5 anti-aliased edge pixels
     save_rgb(root / "images" / "soft.png")
     save_mask(root / "masks" / "soft.png", array=grey)
-    _, report = build_datalist(root, DataConfig())
+    _, report = build_image_datalist(root, DataConfig())
     assert report.non_binary_pixels == 5
     assert report.masks_with_non_binary_pixels == 1
     assert report.cases == 2
@@ -398,7 +399,7 @@ def test_non_binary_pixels_summed_over_masks_and_empty_masks_listed(tmp_path: Pa
     for case, mask in {"a": a, "b": b, "c": c, "ones": ones}.items():
         save_rgb(root / "images" / f"{case}.png")
         save_mask(root / "masks" / f"{case}.png", array=mask)
-    _, report = build_datalist(root, DataConfig())
+    _, report = build_image_datalist(root, DataConfig())
     assert report.non_binary_pixels == 5
     assert report.masks_with_non_binary_pixels == 2
     assert report.empty_masks == ["c"]
@@ -412,7 +413,7 @@ def test_sixteen_bit_mask_counted(tmp_path: Path) -> None:
     mask[0, 0] = 65535
     mask[0, 1] = 300
     save_mask(root / "masks" / "a.png", array=mask)
-    _, report = build_datalist(root, DataConfig())
+    _, report = build_image_datalist(root, DataConfig())
     assert (report.non_binary_pixels, report.masks_with_non_binary_pixels) == (1, 1)
 
 
@@ -423,29 +424,29 @@ def test_sixteen_bit_mask_counted(tmp_path: Path) -> None:
 
 def test_data_fingerprint_stable_and_sensitive_to_size(tmp_path: Path) -> None:
     root = folder_dataset(tmp_path / "d", ["a", "b", "c"])
-    records, _ = build_datalist(root, DataConfig())
-    first = data_fingerprint(records)
+    records, _ = build_image_datalist(root, DataConfig())
+    first = image_fingerprint(records)
     assert len(first) == 16 and all(ch in "0123456789abcdef" for ch in first)
-    assert data_fingerprint(records) == first
-    assert data_fingerprint(list(reversed(records))) == first  # order of the list does not matter
-    assert data_fingerprint(build_datalist(root, DataConfig())[0]) == first
+    assert image_fingerprint(records) == first
+    assert image_fingerprint(list(reversed(records))) == first  # order of the list does not matter
+    assert image_fingerprint(build_image_datalist(root, DataConfig())[0]) == first
 
     image = root / "images" / "b.png"
     before = image.stat().st_size
     save_rgb(image, size=(SIZE[0] * 3, SIZE[1] * 3))
     assert image.stat().st_size != before
-    assert data_fingerprint(records) != first
+    assert image_fingerprint(records) != first
 
 
 def test_data_fingerprint_changes_with_the_file_list(tmp_path: Path) -> None:
     root = folder_dataset(tmp_path / "d", ["a", "b", "c"])
-    records, _ = build_datalist(root, DataConfig())
-    assert data_fingerprint(records[:2]) != data_fingerprint(records)
+    records, _ = build_image_datalist(root, DataConfig())
+    assert image_fingerprint(records[:2]) != image_fingerprint(records)
 
 
 def test_data_fingerprint_does_not_depend_on_location(tmp_path: Path) -> None:
     root = folder_dataset(tmp_path / "d", ["a", "b"])
     copy = Path(shutil.copytree(root, tmp_path / "elsewhere" / "d"))
-    assert data_fingerprint(build_datalist(root, DataConfig())[0]) == data_fingerprint(
-        build_datalist(copy, DataConfig())[0]
+    assert image_fingerprint(build_image_datalist(root, DataConfig())[0]) == image_fingerprint(
+        build_image_datalist(copy, DataConfig())[0]
     )

@@ -15,8 +15,8 @@ import SimpleITK as sitk
 import torch
 
 from medseg.config import PipelineConfig
-from medseg.inference import Predictor
-from medseg.prediction import predict_volumes
+from medseg.infer.batch import predict_volumes
+from medseg.infer.predictor import Predictor
 from medseg.registry import build_network
 
 CASES = {  # scan, reference label (or None), intensity preset
@@ -72,13 +72,14 @@ def test_label_through_preprocessing_and_back_keeps_dice(case: str, grid: str, s
     from monai.transforms import Compose, Invertd
 
     from medseg.data.dataset import spacing_in_orientation
-    from medseg.data.volume_transforms import volume_preprocessing
-    from medseg.data.volumes import read_volume_header
+    from medseg.imageio.headers import read_header
+    from medseg.transforms.volume_3d import volume_preprocessing
 
     scan_rel, label_rel, kind = CASES[case]
     cfg = _config(kind)
     if grid == "native":
-        cfg.preprocessing.spacing = spacing_in_orientation(read_volume_header(shared_data / label_rel).affine, "RAS")
+        spacing = spacing_in_orientation(read_header(shared_data / label_rel).affine, "RAS")
+        cfg = cfg.with_values({"preprocessing.spacing": spacing})
     preprocess = Compose(volume_preprocessing(cfg))
     data = preprocess({"image": [str(shared_data / scan_rel)], "label": str(shared_data / label_rel)})
     data["pred"] = data["label"].clone()
@@ -98,8 +99,8 @@ def test_slab_resampler_matches_monai_invertd(case: str, resampled: bool, shared
     from monai.data import MetaTensor
     from monai.transforms import Compose, Invertd
 
-    from medseg.data.volume_transforms import volume_preprocessing
-    from medseg.resampling import _is_whole_voxel_map, resample_to_grid
+    from medseg.infer.resampling import _is_whole_voxel_map, resample_to_grid
+    from medseg.transforms.volume_3d import volume_preprocessing
 
     scan_rel, _, kind = CASES[case]
     cfg = _config(kind) if resampled else _config(kind, spacing=None)
