@@ -466,3 +466,29 @@ def test_skin_lesion_pipeline_values() -> None:
     assert cfg.model.args["channels"] == [16, 32, 64, 128, 256]
     assert cfg.data.layout == "folder"
     assert cfg.data.dataset_dir == "ph2"
+
+
+def test_a_validated_config_cannot_change_and_resolved_values_make_a_new_one() -> None:
+    import pydantic
+
+    cfg = PipelineConfig(name="frozen")
+    with pytest.raises(pydantic.ValidationError, match="frozen"):
+        cfg.training.epochs = 3
+    resolved = cfg.with_values({"training.epochs": 3, "preprocessing.spacing": (1.0, 1.0, 2.5)})
+    assert (resolved.training.epochs, resolved.preprocessing.spacing) == (3, (1.0, 1.0, 2.5))
+    assert (cfg.training.epochs, cfg.preprocessing.spacing) == (40, None)
+    with pytest.raises(pydantic.ValidationError):
+        cfg.with_values({"training.epochs": 0})
+
+
+def test_prepare_data_returns_what_it_resolved_without_changing_the_config(tmp_path: Path) -> None:
+    from medseg.data.dataset import prepare_data
+
+    cfg = PipelineConfig(
+        name="demo",
+        training={"epochs": 40},
+        data={"synthetic": {"num_cases": 8, "image_size": [32, 48], "cache_dir": tmp_path, "epochs": 2}},
+    ).with_values({"data.split.file": str(tmp_path / "splits.json")})
+    data = prepare_data(cfg)
+    assert data.synthetic and data.resolved == {"training.epochs": 2}
+    assert cfg.training.epochs == 40
