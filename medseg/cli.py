@@ -91,13 +91,14 @@ def run(
     def action() -> None:
         from medseg.config import load_config
         from medseg.errors import ConfigError
+        from medseg.layout import RunLayout
         from medseg.pipeline import locate_run, run_pipeline
 
         cfg = load_config(pipeline, overrides)
         resume_dir = None
         if resume:
             resume_dir = locate_run(cfg, resume)
-            saved = load_config(resume_dir / "config.yaml", overrides)
+            saved = load_config(RunLayout(resume_dir).config, overrides)
             if saved.name != cfg.name:
                 raise ConfigError(f"--resume {resume}: that run belongs to pipeline {saved.name!r}, not {cfg.name!r}")
             cfg = saved
