@@ -56,6 +56,12 @@ def _guarded(debug: bool, action: Callable[[], Any]) -> Any:
     except MedsegError as exc:
         if debug:
             raise
+        report = getattr(exc, "report", None)  # a data check: every problem in one table, then the first
+        if report is not None and len(report.errors) > 1:
+            from medseg.data.check import render_findings
+            from medseg.progress import console
+
+            console.print(render_findings(report))
         print(f"error: {exc}", file=sys.stderr)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
@@ -202,6 +208,67 @@ def export(
         typer.echo(f"predict with: medseg predict -m {result.path} -i IMAGES -o OUTPUT")
 
     _guarded(debug, action)
+
+
+@app.command()
+def check(
+    data: Annotated[
+        Path | None, typer.Argument(help="Dataset folder (default: the pipeline's data.root/data.dataset_dir).")
+    ] = None,
+    pipeline: Annotated[
+        Path | None,
+        typer.Option("--pipeline", "-p", help="Pipeline YAML: its layout, channels, labels and modality."),
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write the findings: report.csv or .json.")
+    ] = None,
+    overrides: SetOption = None,
+    debug: DebugOption = False,
+) -> None:
+    """Read every case once and list ALL problems in one table (exit 0 clean, 1 warnings, 2 errors)."""
+
+    def action() -> None:
+        from medseg.data.check import check_dataset, render_findings
+        from medseg.data.dataset import dataset_folder
+        from medseg.progress import console
+
+        cfg, folder = _check_target(data, pipeline, overrides)
+        report = check_dataset(cfg, folder or dataset_folder(cfg))
+        if output is not None:
+            report.write(output)
+        if report.findings:
+            console.print(render_findings(report))
+        typer.echo(report.summary() + (f" -> {output}" if output else ""))
+        if report.exit_code:
+            raise typer.Exit(report.exit_code)
+
+    _guarded(debug, action)
+
+
+def _check_target(data: Path | None, pipeline: Path | None, overrides: list[str] | None) -> tuple[Any, Path | None]:
+    """The configuration to check ``data`` with: the pipeline's, or one guessed from the folder (2D images or
+    3D scans, channels as found)."""
+    from medseg.config import PipelineConfig, load_config
+    from medseg.errors import ConfigError, DataError
+    from medseg.imageio.formats import is_image_2d
+
+    if pipeline is not None:
+        return load_config(pipeline, overrides), data
+    if data is None:
+        raise ConfigError("medseg check: give a dataset folder, or --pipeline to check the pipeline's data")
+    if not data.is_dir():
+        raise DataError(f"{data}: dataset folder not found")
+    images = data / "images"
+    two_d = images.is_dir() and any(is_image_2d(p) for p in images.iterdir())
+    if two_d:
+        return PipelineConfig(name="check"), data
+    from medseg.data.records import detect_layout
+    from medseg.data.volume_datalist import find_volume_cases
+
+    guess = PipelineConfig(name="check", spatial_dims=3, model={"in_channels": 1})
+    records, _, _ = find_volume_cases(data, detect_layout(data, guess.data, 3), [])
+    channels = len(records[0]["image"]) if records else 1
+    return guess.with_values({"model.in_channels": channels}), data
 
 
 @app.command()

@@ -92,6 +92,8 @@ class DataConfig(Section):
     split: SplitConfig = Field(default_factory=SplitConfig)
     cache: Literal["memory", "none"] = "memory"
     num_workers: NonNegativeInt = 0
+    # what `medseg run` does with cases the data check finds errors in: stop (listing them all) or leave them out
+    on_bad_case: Literal["error", "skip"] = "error"
 
 
 class IntensityConfig(Section):

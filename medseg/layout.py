@@ -2,7 +2,7 @@
 
 A run folder (``<output_root>/<pipeline>/<run name>/``)::
 
-    config.yaml  tracking.json  history.json  training_curves.png
+    config.yaml  tracking.json  history.json  training_curves.png  bad_cases.csv
     model/       best.pt  last.pt  postprocessing.json
     evaluation/  per_case_metrics.csv  summary.json
     predictions/ (a prediction folder)
@@ -84,6 +84,11 @@ class RunLayout:
     @property
     def curves(self) -> Path:
         return self.root / "training_curves.png"
+
+    @property
+    def bad_cases(self) -> Path:
+        """The data check's errors for the cases a run left out (``data.on_bad_case: skip``)."""
+        return self.root / "bad_cases.csv"
 
     @property
     def model(self) -> ModelLayout:

@@ -418,10 +418,22 @@ def grey_scale_image_where_rgb_is_expected(t: Path, g: Get) -> Scenario:
     return run2d(t, data, "images/synth_001.png", "image mode L")
 
 
-@kind("data")
-def rgba_png_in_dataset(t: Path, g: Get) -> Scenario:
+@kind("train")
+def opaque_rgba_png_in_dataset(t: Path, g: Get) -> Scenario:
+    """Accepted by design: an RGBA image whose alpha is 255 everywhere is read as RGB, with a warning."""
     data = _edit(copy2d(t, g) / "images" / "synth_001.png", lambda i: i.convert("RGBA"))
-    return run2d(t, data, "images/synth_001.png", "image mode RGBA")
+    return run2d(t, data, "images/synth_001.png", "fully opaque: read as RGB", "stages=[train]", accepted=True)
+
+
+@kind("data")
+def transparent_rgba_png_in_dataset(t: Path, g: Get) -> Scenario:
+    def transparent(image: Image.Image) -> Image.Image:
+        rgba = image.convert("RGBA")
+        rgba.putpixel((0, 0), (0, 0, 0, 0))
+        return rgba
+
+    data = _edit(copy2d(t, g) / "images" / "synth_001.png", transparent)
+    return run2d(t, data, "images/synth_001.png", "image mode RGBA with 1 transparent pixel(s)")
 
 
 @kind("data")

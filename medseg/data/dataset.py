@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from medseg.config import DATA_ROOT_ENV, PipelineConfig
+from medseg.data.check import CheckReport
 from medseg.data.datalist import build_datalist
 from medseg.data.image_datalist import DatalistReport
 from medseg.data.records import Record, subset
@@ -39,6 +40,7 @@ class PreparedData:
     synthetic: bool
     report: DatalistReport
     resolved: dict[str, Any] = field(default_factory=dict)  # dotted config key -> value
+    check: CheckReport | None = None  # what the data check found (cases left out under data.on_bad_case: skip)
 
     def subset(self, split: str) -> list[Record]:
         """The records of one split, in split order."""
@@ -68,7 +70,8 @@ def _splits(cfg: PipelineConfig, name: str, records: list[Record]) -> tuple[Spli
     return splits, splits_path
 
 
-def _configured_folder(cfg: PipelineConfig) -> Path:
+def dataset_folder(cfg: PipelineConfig) -> Path:
+    """The configured dataset folder (``data.root / data.dataset_dir``); DataError if it is not set or missing."""
     data = cfg.data
     if data.root is None:
         raise DataError(
@@ -135,7 +138,7 @@ def prepare_data(cfg: PipelineConfig) -> PreparedData:
         folder, resolved = _synthetic_folder(cfg)
         name = SYNTHETIC_NAME
     else:
-        folder, resolved, name = _configured_folder(cfg), {}, cfg.data.name
+        folder, resolved, name = dataset_folder(cfg), {}, cfg.data.name
     datalist = build_datalist(cfg, folder)
     splits, splits_path = _splits(cfg, name, datalist.records)
     if cfg.spatial_dims == 3 and cfg.preprocessing.spacing == "auto":
@@ -152,4 +155,5 @@ def prepare_data(cfg: PipelineConfig) -> PreparedData:
         synthetic=synthetic,
         report=datalist.report,
         resolved=resolved,
+        check=datalist.check,
     )

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from medseg.config import DataConfig
 from medseg.errors import DataError
@@ -52,3 +53,22 @@ def subset(records: list[Record], ids: list[str]) -> list[Record]:
     """The records with these ids, in that order."""
     by_id = {r["id"]: r for r in records}
     return [by_id[i] for i in ids]
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One problem of one case (or of the whole dataset when ``case`` is empty), found by a data check.
+
+    ``message`` is one line that names the file; an ``error`` stops a run, a ``warning`` does not.
+    """
+
+    severity: Literal["error", "warning"]
+    case: str
+    check: str
+    message: str
+    file: str = ""
+
+
+def first_error(findings: list[Finding]) -> Finding | None:
+    """The first error among ``findings``, if any."""
+    return next((f for f in findings if f.severity == "error"), None)

@@ -23,13 +23,14 @@ import hashlib
 import json
 import logging
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from medseg.config import CaseConfig
-from medseg.data.records import VOLUME_LAYOUTS, Record, check_case_ids
+from medseg.data.records import VOLUME_LAYOUTS, Finding, Record, check_case_ids
 from medseg.errors import DataError
 from medseg.imageio.formats import VOLUME_SUFFIXES, volume_id, volume_suffix
 from medseg.imageio.headers import ScanHeader, read_header, shape_text
@@ -337,6 +338,35 @@ def check_volume_record(record: VolumeRecord, channels: int | None = None) -> No
 # --------------------------------------------------------------------------------------------------
 
 
+def find_volume_cases(
+    root: Path,
+    layout: str,
+    modalities: list[str],
+    labels_dir: str = "labelsTr",
+    dataset_json: str = "dataset.json",
+    csv_file: str = "pairs.csv",
+    require_labels: bool = True,
+) -> tuple[list[VolumeRecord], int | None, Path]:
+    """The cases of a 3D dataset in its layout, not yet checked: the records, the channel count the layout
+    declares (None if it declares none) and the file that lists them (the folder itself for folder layouts)."""
+    root = Path(root)
+    modalities = list(modalities or [])
+    if layout not in VOLUME_LAYOUTS:
+        raise DataError(f"unknown volume layout {layout!r}; expected one of {', '.join(VOLUME_LAYOUTS)}")
+    if not root.is_dir():
+        raise DataError(f"{root}: dataset folder not found")
+    if not any(root.iterdir()):
+        raise DataError(f"{root}: dataset folder is empty")
+    if layout == "msd":
+        source = root / dataset_json
+        return _msd_datalist(source, require_labels), _msd_channels(source, modalities), source
+    if layout == "nnunet":
+        return _nnunet_datalist(root, labels_dir, dataset_json, modalities, require_labels), None, root
+    if layout == "csv":
+        return _csv_datalist(root / csv_file, modalities, require_labels), None, root / csv_file
+    return _folders_datalist(root, modalities, labels_dir, require_labels), None, root
+
+
 def build_volume_datalist(
     root: Path,
     layout: str,
@@ -365,27 +395,9 @@ def build_volume_datalist(
     Raises:
         DataError: one line naming the file (and case) at fault.
     """
-    root = Path(root)
-    modalities = list(modalities or [])
-    if layout not in VOLUME_LAYOUTS:
-        raise DataError(f"unknown volume layout {layout!r}; expected one of {', '.join(VOLUME_LAYOUTS)}")
-    if not root.is_dir():
-        raise DataError(f"{root}: dataset folder not found")
-    if not any(root.iterdir()):
-        raise DataError(f"{root}: dataset folder is empty")
-    channels = None
-    source = root
-    if layout == "msd":
-        source = root / dataset_json
-        records = _msd_datalist(source, require_labels)
-        channels = _msd_channels(source, modalities)
-    elif layout == "nnunet":
-        records = _nnunet_datalist(root, labels_dir, dataset_json, modalities, require_labels)
-    elif layout == "csv":
-        source = root / csv_file
-        records = _csv_datalist(source, modalities, require_labels)
-    else:
-        records = _folders_datalist(root, modalities, labels_dir, require_labels)
+    records, channels, source = find_volume_cases(
+        root, layout, modalities, labels_dir, dataset_json, csv_file, require_labels
+    )
     check_case_ids(records, source)
     for record in records:
         check_volume_record(record, channels)
@@ -393,9 +405,9 @@ def build_volume_datalist(
     return records
 
 
-def records_from_cases(folder: Path, cases: list[CaseConfig]) -> list[VolumeRecord]:
-    """The ``list`` layout: the cases named in the pipeline file, checked from their headers."""
-    records = [
+def cases_from_config(folder: Path, cases: list[CaseConfig]) -> list[VolumeRecord]:
+    """The ``list`` layout: the cases named in the pipeline file (paths relative to ``folder``)."""
+    return [
         {
             "id": case.id,
             "image": [str(folder / p) for p in case.image],
@@ -403,9 +415,6 @@ def records_from_cases(folder: Path, cases: list[CaseConfig]) -> list[VolumeReco
         }
         for case in cases
     ]
-    for record in records:
-        check_volume_record(record)
-    return records
 
 
 def label_values(path: Path) -> set[int]:
@@ -437,23 +446,6 @@ def label_values(path: Path) -> set[int]:
     return {int(v) for v in (np.flatnonzero(counts) if counts is not None else np.unique(array))}
 
 
-def check_label_values(records: list[VolumeRecord], mapping: dict[int, int] | None) -> None:
-    """Read every label once before any output: DataError for values that are not class labels; a warning for
-    values that ``data.label_mapping`` does not list (they become background)."""
-    unmapped: dict[int, str] = {}
-    for record in records:
-        if record.get("label"):
-            values = label_values(Path(record["label"]))
-            for value in sorted(values - set(mapping or {}) - {0}) if mapping else []:
-                unmapped.setdefault(value, Path(record["label"]).name)
-    if unmapped:
-        log.warning(
-            "Label value(s) %s are not in data.label_mapping and become background (e.g. %s)",
-            ", ".join(map(str, sorted(unmapped))),
-            ", ".join(f"{v} in {name}" for v, name in sorted(unmapped.items())[:3]),
-        )
-
-
 def _size(path: Path) -> int:
     if path.is_dir():
         return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
@@ -470,3 +462,85 @@ def volume_fingerprint(records: list[VolumeRecord]) -> str:
         for path in paths:
             digest.update(f"{record['id']}:{path.name}:{_size(path)}\n".encode())
     return digest.hexdigest()[:16]
+
+
+@dataclass
+class CaseFacts:
+    """What one checked case tells about the dataset as a whole: its spacing, orientation and content."""
+
+    spacing: tuple[float, float, float] | None = None
+    orientation: str = ""
+    digest: str = ""
+
+
+PLAUSIBLE_HU = (-1100.0, 4000.0)
+
+
+def case_findings(
+    record: VolumeRecord, channels: int | None, mapping: dict[int, int] | None, modality: str
+) -> tuple[list[Finding], CaseFacts]:
+    """Every problem of one case: files and headers (shape, spacing, origin, direction agree), channels, the
+    label's values (read), and the image's voxels (read: truncation, NaN, CT intensities outside about
+    [-1100, 4000] HU)."""
+    import nibabel as nib
+
+    from medseg.imageio.readers import load_volume
+
+    case, findings, facts = record["id"], [], CaseFacts()
+    try:
+        check_volume_record(record, channels)
+    except DataError as exc:
+        findings.append(Finding("error", case, "geometry", str(exc), record["image"][0]))
+    first = Path(record["image"][0])
+    try:
+        header = read_header(first)
+        facts.spacing = header.spacing
+        facts.orientation = "".join(nib.orientations.aff2axcodes(header.affine))
+    except DataError:
+        pass  # reported by check_volume_record
+    for path in (Path(p) for p in record["image"]):
+        if not path.exists():
+            continue
+        try:
+            array, _ = load_volume(path)
+        except DataError as exc:
+            findings.append(Finding("error", case, "unreadable", str(exc), str(path)))
+            continue
+        digest = hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+        facts.digest = facts.digest or digest
+        if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+            bad = int(array.size - np.isfinite(array).sum())
+            findings.append(Finding("error", case, "nan", f"{path}: {bad:,} voxel(s) are NaN or infinite", str(path)))
+        elif modality == "ct" and array.size:
+            low, high = float(array.min()), float(array.max())
+            if low < PLAUSIBLE_HU[0] or high > PLAUSIBLE_HU[1]:
+                findings.append(
+                    Finding(
+                        "warning",
+                        case,
+                        "intensity",
+                        f"{path}: intensities {low:g}..{high:g}, outside the CT range of about "
+                        f"{PLAUSIBLE_HU[0]:g}..{PLAUSIBLE_HU[1]:g} HU (not Hounsfield units, or a wrong modality?)",
+                        str(path),
+                    )
+                )
+    label = record.get("label")
+    if label is None:
+        findings.append(Finding("error", case, "missing label", f"case {case!r}: no label file", record["image"][0]))
+    elif Path(label).exists():
+        try:
+            values = label_values(Path(label))
+        except DataError as exc:
+            findings.append(Finding("error", case, "label values", str(exc), label))
+        else:
+            if not values - {0}:
+                findings.append(Finding("warning", case, "empty label", f"{label}: the label is empty", label))
+            unmapped = sorted(values - set(mapping) - {0}) if mapping else []
+            if unmapped:
+                shown = ", ".join(f"{v} in {Path(label).name}" for v in unmapped)
+                message = (
+                    f"label value(s) {', '.join(map(str, unmapped))} are not in data.label_mapping and become "
+                    f"background ({shown})"
+                )
+                findings.append(Finding("warning", case, "unmapped labels", message, label))
+    return findings, facts

@@ -64,8 +64,12 @@ def check_image(path: Path, cfg: PipelineConfig) -> None:
     channels = cfg.model.in_channels
     with open_image(path, max_pixels=cfg.inference.max_voxels) as image:
         mode, bands, frames = image.mode, len(image.getbands()), frame_count(image)
+        opaque = mode == "RGBA" and image.getchannel("A").getextrema()[0] == 255
     if frames > 1:
         raise DataError(f"{path}: {frames} frames (a 3D stack), but the model is 2D")
+    if opaque and channels == 3:
+        log.warning("%s: image mode RGBA, fully opaque: read as RGB", path)
+        return
     expected = {1: ("L",), 3: ("RGB",)}.get(channels, ())
     if (expected and mode not in expected) or (not expected and bands != channels):
         wanted = f" ({'/'.join(expected)})" if expected else ""

@@ -13,12 +13,21 @@ from typing import Any
 from medseg.config import AugmentationConfig, PipelineConfig
 
 
+def opaque_rgba_as_rgb(image: Any) -> Any:
+    """A PIL image with an alpha channel as RGB (the data check lets only fully opaque ones through)."""
+    return image.convert("RGB") if image.mode == "RGBA" else image
+
+
 def preprocessing(cfg: PipelineConfig, keys: tuple[str, ...] = ("image", "label")) -> list[Any]:
-    """Load, channel-first, scale intensities to [0, 1], binarise the mask (>0), resize."""
+    """Load (an opaque RGBA image as RGB), channel-first, scale intensities to [0, 1], binarise the mask (>0),
+    resize."""
+    from monai.data import PILReader
     from monai.transforms import AsDiscreted, EnsureChannelFirstd, LoadImaged, Resized, ScaleIntensityRanged
 
+    image_reader = PILReader(converter=opaque_rgba_as_rgb) if cfg.model.in_channels == 3 else "PILReader"
     transforms: list[Any] = [
-        LoadImaged(keys=list(keys), reader="PILReader", image_only=True),
+        LoadImaged(keys="image", reader=image_reader, image_only=True),
+        *([LoadImaged(keys="label", reader="PILReader", image_only=True)] if "label" in keys else []),
         EnsureChannelFirstd(keys=list(keys)),
         ScaleIntensityRanged(keys="image", a_min=0.0, a_max=255.0, b_min=0.0, b_max=1.0, clip=True),
     ]

@@ -341,7 +341,8 @@ def test_grey_image_where_rgb_expected(tmp_path: Path) -> None:
     Image.fromarray(np.full((SIZE[1], SIZE[0]), 90, np.uint8)).save(root / "images" / "a.png")
     save_mask(root / "masks" / "a.png")
     assert data_error(root) == (
-        f"{root / 'images' / 'a.png'}: image mode L (1 channels) but the model expects 3 channel(s) (RGB)"
+        f"{root / 'images' / 'a.png'}: image mode L (1 channels) but the model expects 3 channel(s) (RGB); "
+        "grey-scale: convert it to RGB"
     )
     records, report = build_image_datalist(root, DataConfig(), in_channels=1)  # fine for a 1-channel model
     assert report.cases == 1
