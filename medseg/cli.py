@@ -91,6 +91,18 @@ def run(
     resume: Annotated[
         str | None, typer.Option("--resume", help="Continue an interrupted run: its MLflow run id or run folder.")
     ] = None,
+    folds: Annotated[
+        int | None,
+        typer.Option(
+            "--folds", help="k-fold cross-validation (sets training.folds); the model is the folds' ensemble."
+        ),
+    ] = None,
+    fold: Annotated[
+        int | None,
+        typer.Option(
+            "--fold", help="Train one fold into the run named by --name (gather folds from several machines)."
+        ),
+    ] = None,
 ) -> None:
     """Run a pipeline: data -> train -> evaluate -> predict, tracked in MLflow."""
 
@@ -100,7 +112,7 @@ def run(
         from medseg.layout import RunLayout
         from medseg.pipeline import locate_run, run_pipeline
 
-        cfg = load_config(pipeline, overrides)
+        cfg = load_config(pipeline, [*(overrides or []), *([f"training.folds={folds}"] if folds is not None else [])])
         resume_dir = None
         if resume:
             resume_dir = locate_run(cfg, resume)
@@ -108,7 +120,7 @@ def run(
             if saved.name != cfg.name:
                 raise ConfigError(f"--resume {resume}: that run belongs to pipeline {saved.name!r}, not {cfg.name!r}")
             cfg = saved
-        result = run_pipeline(cfg, run_name=name, resume_dir=resume_dir)
+        result = run_pipeline(cfg, run_name=name, resume_dir=resume_dir, fold=fold)
         metrics = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items() if not k.endswith("_raw"))
         typer.echo(f"run {result.run_id}: {result.run_dir}" + (f"\n{metrics}" if metrics else ""))
         if result.model_uri:
@@ -142,6 +154,9 @@ def predict(
         str | None,
         typer.Option("--backend", help="auto (ONNX Runtime in 3D), torch or onnxruntime; default: the model's."),
     ] = None,
+    folds: Annotated[
+        str | None, typer.Option("--folds", help="A cross-validated run's folds to ensemble, e.g. 0,2 (default: all).")
+    ] = None,
     debug: DebugOption = False,
 ) -> None:
     """Segment a folder of images with a trained model (resumable: existing masks are kept)."""
@@ -153,7 +168,13 @@ def predict(
 
         if backend not in (None, "auto", "torch", "onnxruntime"):
             raise ConfigError(f"--backend {backend}: expected auto, torch or onnxruntime")
-        predictor = Predictor.from_model(model, tta=tta, backend=backend)
+        chosen = None
+        if folds is not None:
+            try:
+                chosen = [int(f) for f in folds.split(",")]
+            except ValueError:
+                raise ConfigError(f"--folds {folds}: expected fold numbers separated by commas, e.g. 0,2") from None
+        predictor = Predictor.from_model(model, tta=tta, backend=backend, folds=chosen)
         report = predict_folder(
             predictor, input_path, output, overwrite=overwrite, overlays=overlays, save_probabilities=probabilities
         )

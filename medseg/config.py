@@ -196,6 +196,8 @@ class TrainingConfig(Section):
     max_minutes: PositiveFloat | None = None
     num_threads: PositiveInt | None = None
     deterministic: bool = False
+    # k-fold cross-validation over the non-test cases (folds recorded in splits.json); None: one train/val split
+    folds: Annotated[int, Field(ge=2)] | None = None
 
 
 class EvaluationConfig(Section):

@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from medseg.atomic import atomic_write_text
 from medseg.config import PipelineConfig
 from medseg.data.records import Record
 from medseg.imageio.headers import ScanHeader
-from medseg.infer.predictor import Predictor
+from medseg.infer.predictor import Predictor, Segmentation
 from medseg.metrics import METRIC_NAMES, VOLUME_METRIC_NAMES, case_metrics, summarise, volume_metrics
 from medseg.progress import progress_bar
 
@@ -67,11 +68,20 @@ def read_truth(
     return labels.numpy().astype(np.uint8), header.spacing
 
 
-def evaluate(predictor: Predictor, records: list[Record], cfg: PipelineConfig, out_dir: Path) -> dict[str, Any]:
+def evaluate(
+    predictor: Predictor,
+    records: list[Record],
+    cfg: PipelineConfig,
+    out_dir: Path,
+    on_case: Callable[[Record, Segmentation], None] | None = None,
+    split: str | None = None,
+) -> dict[str, Any]:
     """Per-case metrics (CSV) and their summary (JSON), raw and post-processed, on the inputs' own grids.
 
     2D: Dice, IoU, thresholded Jaccard, precision, recall, accuracy, HD95 (pixels). 3D: per foreground class,
-    Dice, IoU, HD95 and average surface distance (mm) and volume error.
+    Dice, IoU, HD95 and average surface distance (mm) and volume error. ``on_case`` gets each case's
+    segmentation, probabilities included (e.g. to keep out-of-fold predictions); ``split`` names the cases
+    (default ``evaluation.split``).
 
     Returns:
         The summary: ``{"raw": {...}, "postprocessed": {...}, "postprocessing_steps": [...], "cases": n}``.
@@ -82,7 +92,9 @@ def evaluate(predictor: Predictor, records: list[Record], cfg: PipelineConfig, o
     per_variant: dict[str, list[dict[str, float]]] = {"raw": [], "postprocessed": []}
     with progress_bar() as progress:
         for record in progress.track(records, description="evaluate"):
-            result = predictor.predict(record["image"])
+            result = predictor.predict(record["image"], probabilities=on_case is not None)
+            if on_case is not None:
+                on_case(record, result)
             raw, post = result.raw, result.labels
             truth, spacing = read_truth(record, cfg, result.header)
             for variant, labels in (("raw", raw), ("postprocessed", post)):
@@ -112,7 +124,7 @@ def evaluate(predictor: Predictor, records: list[Record], cfg: PipelineConfig, o
         {
             "postprocessing_steps": predictor.steps,
             "cases": len(records),
-            "split": cfg.evaluation.split,
+            "split": split or cfg.evaluation.split,
             "metrics": list(names),
         }
     )
@@ -121,7 +133,7 @@ def evaluate(predictor: Predictor, records: list[Record], cfg: PipelineConfig, o
     headline = summary["postprocessed"]
     log.info(
         "%s (%d cases): %s (post-processed); raw Dice %.4f",
-        cfg.evaluation.split,
+        split or cfg.evaluation.split,
         len(records),
         ", ".join(
             f"{n} {headline[n]['mean']:.4f}"

@@ -3,9 +3,12 @@
 A run folder (``<output_root>/<pipeline>/<run name>/``)::
 
     config.yaml  tracking.json  history.json  training_curves.png  bad_cases.csv
-    model/       best.pt  last.pt  postprocessing.json
+    model/       best.pt  last.pt  postprocessing.json  (cross-validation: ensemble.json)
     evaluation/  per_case_metrics.csv  summary.json
     predictions/ (a prediction folder)
+    folds/fold_<i>/  (cross-validation: a run folder per fold, its evaluation on its validation fold)
+    oof/<case>.npz   (cross-validation: out-of-fold probabilities and label maps)
+    cv_summary.json
 
 A prediction folder::
 
@@ -20,6 +23,7 @@ from pathlib import Path
 BEST_CHECKPOINT = "best.pt"
 LAST_CHECKPOINT = "last.pt"
 POSTPROCESSING_FILE = "postprocessing.json"
+ENSEMBLE_FILE = "ensemble.json"
 MODEL_DIR = "model"
 
 
@@ -40,6 +44,11 @@ class ModelLayout:
     @property
     def postprocessing(self) -> Path:
         return self.root / POSTPROCESSING_FILE
+
+    @property
+    def ensemble(self) -> Path:
+        """A cross-validated run's manifest: which fold checkpoints make up the model."""
+        return self.root / ENSEMBLE_FILE
 
 
 @dataclass(frozen=True)
@@ -102,7 +111,27 @@ class RunLayout:
     def predictions(self) -> PredictionLayout:
         return PredictionLayout(self.root / "predictions")
 
+    def fold(self, index: int) -> RunLayout:
+        """The run folder of one cross-validation fold."""
+        return RunLayout(self.root / "folds" / f"fold_{index}")
+
+    @property
+    def oof(self) -> Path:
+        """Out-of-fold predictions, one ``<case>.npz`` each."""
+        return self.root / "oof"
+
+    @property
+    def cv_summary(self) -> Path:
+        return self.root / "cv_summary.json"
+
 
 def checkpoint_candidates(model: Path) -> tuple[Path, ...]:
-    """Where a checkpoint may be, given a ``.pt`` file, a ``model/`` folder or a run folder (in that order)."""
-    return (model, ModelLayout(model).best, RunLayout(model).model.best)
+    """Where a checkpoint may be, given a ``.pt`` file, a ``model/`` folder or a run folder (in that order); a
+    cross-validated run's ensemble manifest comes before its folds' checkpoints."""
+    return (
+        model,
+        ModelLayout(model).ensemble,
+        ModelLayout(model).best,
+        RunLayout(model).model.ensemble,
+        RunLayout(model).model.best,
+    )

@@ -15,7 +15,7 @@ from medseg.atomic import atomic_write_text
 from medseg.config import PipelineConfig
 from medseg.data.check import CheckReport
 from medseg.data.dataset import PreparedData, prepare_data
-from medseg.errors import DataError, ModelError
+from medseg.errors import ConfigError, DataError, ModelError
 from medseg.layout import RunLayout
 from medseg.tracking.tracker import Tracker, build_tracker
 
@@ -131,10 +131,21 @@ def _log_model(cfg: PipelineConfig, network: Any, run: RunLayout, tracker: Track
     return uri
 
 
-def _new_run_folder(cfg: PipelineConfig, run_name: str | None) -> tuple[Path, str]:
-    """The folder and name of a new run; DataError if the folder exists or cannot be made."""
+def _new_run_folder(cfg: PipelineConfig, run_name: str | None, gather: bool = False) -> tuple[Path, str]:
+    """The folder and name of a new run; DataError if the folder exists or cannot be made. With ``gather`` (one
+    fold of a cross-validated run), an existing run folder of the same pipeline is reused."""
     name = run_name or cfg.tracking.run_name or f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = cfg.output_root / cfg.name / name
+    if gather and RunLayout(run_dir).config.is_file():
+        from medseg.config import load_config
+
+        saved = load_config(RunLayout(run_dir).config)
+        if saved.training.folds != cfg.training.folds:
+            raise DataError(
+                f"{run_dir}: a run with training.folds={saved.training.folds}, not {cfg.training.folds}; "
+                "choose another run name"
+            )
+        return run_dir, name
     if run_dir.exists():
         raise DataError(f"{run_dir}: run folder exists already; choose another run name")
     blocking = next((p for p in run_dir.parents if p.exists() and not p.is_dir()), None)
@@ -143,40 +154,58 @@ def _new_run_folder(cfg: PipelineConfig, run_name: str | None) -> tuple[Path, st
     return run_dir, name
 
 
-def run_pipeline(cfg: PipelineConfig, run_name: str | None = None, resume_dir: Path | None = None) -> PipelineResult:
+def run_pipeline(
+    cfg: PipelineConfig, run_name: str | None = None, resume_dir: Path | None = None, fold: int | None = None
+) -> PipelineResult:
     """Run the configured stages end to end; every stage is tracked.
 
     With ``resume_dir`` (a run folder holding ``model/last.pt``), training continues where it stopped and
-    logs into the same MLflow runs.
+    logs into the same MLflow runs. With ``training.folds``, training is k-fold cross-validation and the model
+    is the folds' ensemble; ``fold`` trains one fold into the named run (the stages after training run once
+    every fold is trained).
     """
     from medseg.infer.predictor import Predictor
 
+    if fold is not None and not cfg.training.folds:
+        raise ConfigError(f"--fold {fold}: set training.folds (or --folds K) for a cross-validated run")
+    if fold is not None and not 0 <= fold < (cfg.training.folds or 0):
+        raise ConfigError(f"--fold {fold}: training.folds is {cfg.training.folds}; choose 0..{cfg.training.folds - 1}")
+    if resume_dir is not None and cfg.training.folds:
+        raise ConfigError("--resume: not available for cross-validated runs; train a missing fold with --fold i")
     ids: dict[str, str] = {}
     if resume_dir is not None:
         run_dir, name = resume_dir, resume_dir.name
-        if RunLayout(run_dir).tracking.is_file():
-            ids = json.loads(RunLayout(run_dir).tracking.read_text(encoding="utf-8"))
     else:
-        run_dir, name = _new_run_folder(cfg, run_name)
+        run_dir, name = _new_run_folder(cfg, run_name, gather=fold is not None)
     run = RunLayout(run_dir)
+    if run.tracking.is_file():
+        ids = json.loads(run.tracking.read_text(encoding="utf-8"))
     # without training, the given model is loaded and checked before any output is written
     predictor = None if "train" in cfg.stages else _compatible_predictor(cfg)
     data = prepare_data(cfg)
     cfg = cfg.with_values(data.resolved)  # e.g. the target spacing measured on the training cases
-    if resume_dir is None:
-        run_dir.mkdir(parents=True)
+    if not run.config.is_file():
+        run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run.config, cfg.to_yaml())
     tracker = build_tracker(cfg.tracking, cfg.name)
     result = PipelineResult(run_dir=run_dir, run_id=None)
     tags = {**run_tags(cfg, data), "run_dir": str(run_dir.resolve())}
+    first_time = "run_id" not in ids and resume_dir is None  # a new run (not resumed, not a further fold)
     with tracker.run(name, tags=tags, run_id=ids.get("run_id")) as run_id:
         result.run_id = ids["run_id"] = run_id
         atomic_write_text(run.tracking, json.dumps(ids, indent=1))
         log.info("Run %s (%s), outputs in %s", name, run_id, run_dir)
-        if resume_dir is None:
+        if first_time:
             _log_run_inputs(cfg, data, run, tracker)
         model_dir = cfg.model.checkpoint
-        if "train" in cfg.stages:
+        if "train" in cfg.stages and cfg.training.folds:
+            from medseg import crossval
+
+            crossval.train_folds(cfg, data, run, tracker, only=fold)
+            predictor = crossval.finish(cfg, data, run, tracker)
+            if predictor is None:  # folds still to train: evaluation and prediction wait for the ensemble
+                return result
+        elif "train" in cfg.stages:
             with tracker.run("train", tags={"stage": "train"}, run_id=ids.get("train_run_id")) as train_id:
                 ids["train_run_id"] = train_id
                 atomic_write_text(run.tracking, json.dumps(ids, indent=1))

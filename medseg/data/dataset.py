@@ -7,7 +7,7 @@ synthetic demo's epochs) comes back in :attr:`PreparedData.resolved`, for ``Pipe
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from medseg.data.check import CheckReport
 from medseg.data.datalist import build_datalist
 from medseg.data.image_datalist import DatalistReport
 from medseg.data.records import Record, subset
-from medseg.data.splits import Splits, load_or_create_splits
+from medseg.data.splits import Splits, load_or_create_folds, load_or_create_splits
 from medseg.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -41,10 +41,23 @@ class PreparedData:
     report: DatalistReport
     resolved: dict[str, Any] = field(default_factory=dict)  # dotted config key -> value
     check: CheckReport | None = None  # what the data check found (cases left out under data.on_bad_case: skip)
+    folds: list[list[str]] | None = None  # cross-validation: the non-test cases in folds
 
     def subset(self, split: str) -> list[Record]:
         """The records of one split, in split order."""
         return subset(self.records, self.splits[split])
+
+    def subset_ids(self, ids: list[str]) -> list[Record]:
+        """The records with these ids, in that order."""
+        return subset(self.records, ids)
+
+    def for_fold(self, fold: int) -> PreparedData:
+        """The same data with fold ``fold`` as the validation split and the other folds as the training split."""
+        if not self.folds:
+            raise DataError("no folds: set training.folds for cross-validation")
+        train = sorted(i for k, f in enumerate(self.folds) if k != fold for i in f)
+        splits = {"train": train, "val": list(self.folds[fold]), "test": list(self.splits["test"])}
+        return replace(self, splits=splits)
 
 
 def _splits(cfg: PipelineConfig, name: str, records: list[Record]) -> tuple[Splits, Path]:
@@ -141,6 +154,17 @@ def prepare_data(cfg: PipelineConfig) -> PreparedData:
         folder, resolved, name = dataset_folder(cfg), {}, cfg.data.name
     datalist = build_datalist(cfg, folder)
     splits, splits_path = _splits(cfg, name, datalist.records)
+    folds = None
+    if cfg.training.folds:
+        seed = cfg.seed if cfg.data.split.seed is None else cfg.data.split.seed
+        folds, created = load_or_create_folds(splits_path, splits, cfg.training.folds, seed)
+        log.info(
+            "%s %d folds in %s: %s cases",
+            "Created" if created else "Reusing",
+            len(folds),
+            splits_path,
+            "/".join(str(len(f)) for f in folds),
+        )
     if cfg.spatial_dims == 3 and cfg.preprocessing.spacing == "auto":
         spacing = median_spacing(subset(datalist.records, splits["train"]), cfg.preprocessing.orientation)
         resolved["preprocessing.spacing"] = spacing
@@ -156,4 +180,5 @@ def prepare_data(cfg: PipelineConfig) -> PreparedData:
         report=datalist.report,
         resolved=resolved,
         check=datalist.check,
+        folds=folds,
     )

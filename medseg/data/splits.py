@@ -44,7 +44,7 @@ def load_or_create_splits(
     if path.is_file():
         try:
             stored = json.loads(path.read_text(encoding="utf-8"))
-            splits = {name: list(stored[name]) for name in SPLIT_NAMES}
+            splits = {name: list(stored[name]) for name in SPLIT_NAMES}  # "folds", if any: load_or_create_folds
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise DataError(f"{path}: not a valid splits file ({exc}); delete it to make a new split") from None
         listed = [i for name in SPLIT_NAMES for i in splits[name]]
@@ -64,3 +64,41 @@ def load_or_create_splits(
     splits = make_splits(ids, val_fraction, test_fraction, seed, tiny)
     atomic_write_text(path, json.dumps({**splits, "seed": seed}, indent=1) + "\n")
     return splits, True
+
+
+def make_folds(ids: list[str], folds: int, seed: int) -> list[list[str]]:
+    """Cut ``ids`` (the non-test cases) into ``folds`` seeded folds of near-equal size."""
+    if folds < 2:
+        raise DataError(f"training.folds={folds}: cross-validation needs at least 2 folds")
+    if len(ids) < folds:
+        raise DataError(f"{len(ids)} non-test cases are too few for {folds} folds")
+    order = np.random.default_rng(seed + 1).permutation(sorted(ids)).tolist()
+    return [sorted(order[i::folds]) for i in range(folds)]
+
+
+def load_or_create_folds(path: Path, splits: Splits, folds: int, seed: int) -> tuple[list[list[str]], bool]:
+    """The ``folds`` of ``splits.json``: reused if the file lists them (they must cover every non-test case
+    exactly once), else made from the train and validation cases and added to the file (the split stays).
+
+    Returns:
+        The folds and whether they were newly created.
+    """
+    stored = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    pool = sorted((set(splits["train"]) | set(splits["val"])) - set(splits["test"]))
+    if "folds" in stored:
+        listed = stored["folds"]
+        if not isinstance(listed, list) or not all(isinstance(f, list) for f in listed):
+            raise DataError(f"{path}: 'folds' must be a list of lists of case ids")
+        if len(listed) != folds:
+            raise DataError(
+                f"{path}: lists {len(listed)} folds but training.folds is {folds}; delete 'folds' from it or set "
+                "data.split.file to make new ones"
+            )
+        flat = [i for fold in listed for i in fold]
+        if sorted(flat) != pool:
+            detail = "lists a case twice" if len(flat) != len(set(flat)) else "does not cover the non-test cases"
+            raise DataError(f"{path}: folds {detail} (every train and validation case exactly once)")
+        return [list(f) for f in listed], False
+    made = make_folds(pool, folds, seed)
+    atomic_write_text(path, json.dumps({**stored, "folds": made}, indent=1) + "\n")
+    return made, True

@@ -22,6 +22,7 @@ from medseg.errors import ModelError
 from medseg.infer.backends import FORMATS, WRITERS, example_input, export_format, random_inputs
 from medseg.infer.inferers import activate, working_shape
 from medseg.infer.predictor import MODEL_URI_SCHEMES, Predictor, resolve_model
+from medseg.layout import ENSEMBLE_FILE
 from medseg.metrics import dice_score
 
 log = logging.getLogger(__name__)
@@ -129,6 +130,11 @@ def export_model(
     if fmt not in FORMATS:
         raise ModelError(f"export format {fmt!r}: expected one of {', '.join(FORMATS)}")
     checkpoint = resolve_model(model)
+    if checkpoint.name == ENSEMBLE_FILE:
+        raise ModelError(
+            f"{checkpoint}: a cross-validated ensemble; export one fold's model (RUN/folds/fold_<i>), ONNX and "
+            "TorchScript files hold one network"
+        )
     if export_format(checkpoint) is not None:
         raise ModelError(f"{checkpoint}: already an exported model; export from a run folder or checkpoint")
     reference = Predictor.from_model(checkpoint, backend="torch")

@@ -9,6 +9,7 @@ chosen at training time.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import tempfile
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from medseg.imageio.headers import ScanHeader
 from medseg.infer.backends import export_format, read_exported, runtime_network
 from medseg.infer.checks import check_image, check_scans, check_voxels
 from medseg.infer.inferers import build_inferer, mirrored_probabilities
+from medseg.layout import ENSEMBLE_FILE
 from medseg.postprocessing import apply_steps, saved_steps
 
 log = logging.getLogger(__name__)
@@ -66,14 +68,18 @@ class Predictor:
     config: PipelineConfig
     steps: list[str] = field(default_factory=list)
     tta: bool = False
+    ensemble: list[nn.Module] = field(default_factory=list)  # more networks (folds) whose probabilities are averaged
 
     def __post_init__(self) -> None:
         from monai.transforms import Invertd
 
         from medseg.transforms import inference_transforms
 
-        self.network.eval()
-        self.runtime = runtime_network(self.network, self.config)  # what runs: PyTorch or ONNX Runtime
+        for member in self.members:
+            member.eval()
+        # what runs: PyTorch or ONNX Runtime, one per member
+        self.runtimes = [runtime_network(member, self.config) for member in self.members]
+        self.runtime = self.runtimes[0]
         self.threshold = self.config.evaluation.threshold
         self.preprocess = inference_transforms(self.config)
         self.inferer = build_inferer(self.config)
@@ -84,17 +90,32 @@ class Predictor:
             else None
         )
 
+    @property
+    def members(self) -> list[nn.Module]:
+        """The networks whose probabilities are averaged (one unless this is a fold ensemble)."""
+        return [self.network, *self.ensemble]
+
     @classmethod
     def from_model(
-        cls, model: Path | str, tta: bool | None = None, steps: list[str] | None = None, backend: str | None = None
+        cls,
+        model: Path | str,
+        tta: bool | None = None,
+        steps: list[str] | None = None,
+        backend: str | None = None,
+        folds: list[int] | None = None,
     ) -> Predictor:
         """Build from a run folder, its ``model/`` folder, a checkpoint, an MLflow model URI, or a file
-        written by ``medseg export`` (``.onnx`` runs on ONNX Runtime, ``.ts`` on TorchScript).
+        written by ``medseg export`` (``.onnx`` runs on ONNX Runtime, ``.ts`` on TorchScript). A cross-validated
+        run gives the ensemble of its folds (``folds`` chooses some of them).
 
         ``steps`` overrides the post-processing saved with the model (used while choosing it); ``backend``
         overrides ``inference.backend``.
         """
         checkpoint = resolve_model(model)
+        if checkpoint.name == ENSEMBLE_FILE:
+            return cls._from_ensemble(checkpoint, tta, steps, backend, folds)
+        if folds is not None:
+            raise ModelError(f"{checkpoint}: --folds needs a cross-validated run (this model has no folds)")
         if export_format(checkpoint) is not None:
             network, metadata = read_exported(checkpoint)
             config = validated_config(metadata.get("config"), checkpoint, backend)
@@ -105,6 +126,30 @@ class Predictor:
         network = network_from_checkpoint(state, checkpoint)
         steps = saved_steps(config.postprocessing, checkpoint.parent) if steps is None else steps
         return cls(network, config, steps, config.inference.tta if tta is None else tta)
+
+    @classmethod
+    def _from_ensemble(
+        cls, manifest: Path, tta: bool | None, steps: list[str] | None, backend: str | None, folds: list[int] | None
+    ) -> Predictor:
+        """The fold checkpoints a cross-validated run's ``model/ensemble.json`` lists (all, or ``folds``)."""
+        try:
+            members = {int(k): v for k, v in json.loads(manifest.read_text(encoding="utf-8"))["members"].items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ModelError(f"{manifest}: not a readable ensemble manifest ({exc})") from None
+        chosen = sorted(members) if folds is None else list(folds)
+        unknown = [f for f in chosen if f not in members]
+        if unknown or not chosen:
+            raise ModelError(f"{manifest}: no fold {unknown[0] if unknown else ''} (folds: {sorted(members)})")
+        root = manifest.parent.parent
+        networks, config = [], None
+        for fold in chosen:
+            path = root / members[fold]
+            state = load_checkpoint(path)
+            config = config or validated_config(state.get("config"), path, backend)
+            networks.append(network_from_checkpoint(state, path))
+        steps = saved_steps(config.postprocessing, manifest.parent) if steps is None else steps
+        tta = config.inference.tta if tta is None else tta
+        return cls(networks[0], config, steps, tta, ensemble=networks[1:])
 
     def with_steps(self, steps: list[str]) -> Predictor:
         """The same predictor (same network and backend, nothing rebuilt) replaying other post-processing."""
@@ -203,7 +248,11 @@ class Predictor:
             torch.empty(0), meta=data["image"].meta, applied_operations=data["image"].applied_operations
         )
         with torch.inference_mode():
-            probs = mirrored_probabilities(self.runtime, batch, self.tta, self.inferer)
+            probs = mirrored_probabilities(self.runtimes[0], batch, self.tta, self.inferer)
+            for runtime in self.runtimes[1:]:  # a fold ensemble: the mean of the members' probabilities
+                probs.add_(mirrored_probabilities(runtime, batch, self.tta, self.inferer))
+            if len(self.runtimes) > 1:
+                probs.div_(len(self.runtimes))
         del batch
         if self.config.spatial_dims == 3:
             return self._back_onto_scan(probs[0], data["image"])

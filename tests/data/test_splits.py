@@ -167,3 +167,36 @@ def test_too_few_ids_writes_no_file(tmp_path: Path) -> None:
     path = tmp_path / "splits.json"
     assert data_error(path, ["a", "b"], 0.15, 0.2, 0) == "need at least 3 cases for a train/val/test split, found 2"
     assert not path.exists()
+
+
+def test_folds_cover_every_non_test_case_exactly_once(tmp_path: Path) -> None:
+    from medseg.data.splits import load_or_create_folds
+
+    ids = [f"c{i:02d}" for i in range(23)]
+    path = tmp_path / "splits.json"
+    splits, _ = load_or_create_splits(path, ids, 0.15, 0.2, seed=7)
+    folds, created = load_or_create_folds(path, splits, 5, seed=7)
+    flat = [i for fold in folds for i in fold]
+    assert created and sorted(flat) == sorted(splits["train"] + splits["val"]) and len(flat) == len(set(flat))
+    assert not set(flat) & set(splits["test"]) and sorted(len(f) for f in folds) == [3, 3, 4, 4, 4]
+    stored = json.loads(path.read_text(encoding="utf-8"))
+    assert stored["folds"] == folds and stored["test"] == splits["test"]  # the split itself is unchanged
+    assert load_or_create_folds(path, splits, 5, seed=99) == (folds, False)  # recorded: reused, whatever the seed
+
+
+def test_user_supplied_folds_are_validated(tmp_path: Path) -> None:
+    from medseg.data.splits import load_or_create_folds
+
+    ids = [f"c{i}" for i in range(10)]
+    path = tmp_path / "splits.json"
+    splits, _ = load_or_create_splits(path, ids, 0.2, 0.2, seed=1)
+    pool = sorted(splits["train"] + splits["val"])
+    stored = json.loads(path.read_text(encoding="utf-8"))
+    for folds, problem in (
+        ([pool[:3], pool[3:]], "lists 2 folds but training.folds is 3"),
+        ([pool[:2], pool[2:4], pool[3:]], "lists a case twice"),
+        ([pool[:2], pool[2:4], pool[4:-1]], "does not cover the non-test cases"),
+    ):
+        path.write_text(json.dumps({**stored, "folds": folds}), encoding="utf-8")
+        with pytest.raises(DataError, match=problem):
+            load_or_create_folds(path, splits, 3, seed=1)
