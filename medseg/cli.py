@@ -266,6 +266,52 @@ def check(
     _guarded(debug, action)
 
 
+@app.command()
+def plan(
+    data: Annotated[Path | None, typer.Argument(help="Dataset folder (default: the --pipeline's).")] = None,
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Pipeline YAML to write (fingerprint.json beside it).")
+    ] = Path("pipelines/planned.yaml"),
+    pipeline: Annotated[
+        Path | None,
+        typer.Option("--pipeline", "-p", help="Take how to find the cases (data section) from this pipeline."),
+    ] = None,
+    modality: Annotated[
+        str | None, typer.Option("--modality", help="ct or mri (default: told from the intensities).")
+    ] = None,
+    memory_gb: Annotated[float, typer.Option("--memory-gb", help="Memory budget for one training step.")] = 4.0,
+    max_patch_voxels: Annotated[
+        int | None, typer.Option("--max-patch-voxels", help="Cap on the patch (default 128^3 in 3D, 256^2 in 2D).")
+    ] = None,
+    merge_labels: Annotated[
+        bool, typer.Option("--merge-labels", help="One foreground class for all labels > 0.")
+    ] = False,
+    overrides: SetOption = None,
+    debug: DebugOption = False,
+) -> None:
+    """Fingerprint a dataset and write a pipeline YAML derived from it, each choice commented."""
+
+    def action() -> None:
+        from medseg.config import load_config
+        from medseg.errors import ConfigError
+        from medseg.planning import plan_dataset
+
+        if modality not in (None, "ct", "mri"):
+            raise ConfigError(f"--modality {modality}: expected ct or mri")
+        source = load_config(pipeline, overrides) if pipeline is not None else None
+        if data is None and source is None:
+            raise ConfigError("medseg plan: give a dataset folder, or --pipeline to plan the pipeline's data")
+        written, fingerprint, result = plan_dataset(
+            data, output, None, modality, memory_gb, max_patch_voxels, merge_labels, source
+        )
+        typer.echo(f"{written} (fingerprint: {fingerprint})")
+        for note in result.notes:
+            typer.echo(f"note: {note}")
+        typer.echo(f"train with: medseg run {written}")
+
+    _guarded(debug, action)
+
+
 def _check_target(data: Path | None, pipeline: Path | None, overrides: list[str] | None) -> tuple[Any, Path | None]:
     """The configuration to check ``data`` with: the pipeline's, or one guessed from the folder (2D images or
     3D scans, channels as found)."""

@@ -97,15 +97,20 @@ class DataConfig(Section):
 
 
 class IntensityConfig(Section):
-    """Intensity normalisation: CT clipped to a HU window and scaled to [0, 1]; MRI z-scored over non-zero voxels."""
+    """Intensity normalisation: CT clipped to a HU window and mapped linearly onto ``scaled_to`` (default [0, 1];
+    ``medseg plan`` z-scores with foreground statistics by mapping the window onto its z-scores); MRI z-scored over
+    non-zero voxels."""
 
     kind: Literal["ct", "mri", "none"] = "mri"
     window: tuple[float, float] = (-160.0, 240.0)
+    scaled_to: tuple[float, float] = (0.0, 1.0)
 
     @model_validator(mode="after")
     def _window_ordered(self) -> IntensityConfig:
         if self.window[0] >= self.window[1]:
             raise ValueError("window must be [low, high] with low < high")
+        if self.scaled_to[0] >= self.scaled_to[1]:
+            raise ValueError("scaled_to must be [low, high] with low < high")
         return self
 
 

@@ -41,7 +41,7 @@ def preprocessing(cfg: PipelineConfig, keys: tuple[str, ...] = ("image", "label"
     return transforms
 
 
-def augmentation(aug: AugmentationConfig) -> list[Any]:
+def augmentation(aug: AugmentationConfig, square: bool = True) -> list[Any]:
     """Random flips, 90-degree rotations, affine, colour/contrast jitter and noise, image and mask in sync."""
     if not aug.enabled:
         return []
@@ -60,7 +60,8 @@ def augmentation(aug: AugmentationConfig) -> list[Any]:
     return [
         RandFlipd(keys=keys, prob=aug.flip_prob, spatial_axis=0),
         RandFlipd(keys=keys, prob=aug.flip_prob, spatial_axis=1),
-        RandRotate90d(keys=keys, prob=aug.rotate90_prob, max_k=3),
+        # quarter turns only on square inputs: on others they transpose the shape and batches cannot be stacked
+        *([RandRotate90d(keys=keys, prob=aug.rotate90_prob, max_k=3)] if square else []),
         RandAffined(
             keys=keys,
             prob=aug.affine_prob,
@@ -81,7 +82,13 @@ def image_train_transforms(cfg: PipelineConfig) -> Any:
     from monai.transforms import Compose, EnsureTyped
 
     return Compose(
-        [*preprocessing(cfg), *augmentation(cfg.augmentation), EnsureTyped(keys=["image", "label"], track_meta=False)]
+        [
+            *preprocessing(cfg),
+            *augmentation(
+                cfg.augmentation, square=cfg.preprocessing.spatial_size[0] == cfg.preprocessing.spatial_size[1]
+            ),
+            EnsureTyped(keys=["image", "label"], track_meta=False),
+        ]
     )
 
 

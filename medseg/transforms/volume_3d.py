@@ -30,9 +30,14 @@ def nonbackground(image: torch.Tensor) -> torch.Tensor:
     return torch.stack(masks)  # (C, ...): MONAI's bounding box takes any channel
 
 
-def positive(image: torch.Tensor) -> torch.Tensor:
+class AboveWindow:
     """Foreground for CT cropping after windowing: anything above the bottom of the window (air)."""
-    return image > 0
+
+    def __init__(self, bottom: float = 0.0) -> None:
+        self.bottom = bottom
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        return image > self.bottom
 
 
 def volume_preprocessing(cfg: PipelineConfig, keys: tuple[str, ...] = ("image", "label")) -> list[Any]:
@@ -64,11 +69,14 @@ def volume_preprocessing(cfg: PipelineConfig, keys: tuple[str, ...] = ("image", 
         source_key="image",
         margin=4,
         allow_smaller=True,
-        select_fn=positive if pre.intensity.kind == "ct" else nonbackground,
+        select_fn=AboveWindow(pre.intensity.scaled_to[0]) if pre.intensity.kind == "ct" else nonbackground,
     )
     if pre.intensity.kind == "ct":
         low, high = pre.intensity.window
-        transforms.append(ScaleIntensityRanged(keys="image", a_min=low, a_max=high, b_min=0.0, b_max=1.0, clip=True))
+        b_min, b_max = pre.intensity.scaled_to
+        transforms.append(
+            ScaleIntensityRanged(keys="image", a_min=low, a_max=high, b_min=b_min, b_max=b_max, clip=True)
+        )
         transforms.extend([crop] if pre.crop_foreground else [])
     else:  # MRI: z-score over non-zero voxels, then crop to what differs from the (constant) background
         if pre.intensity.kind == "mri":
@@ -102,7 +110,8 @@ def volume_augmentation(cfg: PipelineConfig) -> list[Any]:
             neg=1,
             num_samples=cfg.training.samples_per_volume,
             image_key="image",
-            image_threshold=0,
+            # negatives from inside the body: above air (CT: the window's bottom) or above MRI's zero background
+            image_threshold=cfg.preprocessing.intensity.scaled_to[0] if cfg.preprocessing.intensity.kind == "ct" else 0,
         ),
     ]
     if not aug.enabled:
