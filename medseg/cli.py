@@ -312,6 +312,28 @@ def plan(
     _guarded(debug, action)
 
 
+@app.command()
+def select(
+    runs: Annotated[list[Path], typer.Argument(help="Cross-validated run folders to compare (and ensemble in pairs).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The plan to write.")] = Path("inference_plan.json"),
+    pairs: Annotated[
+        bool, typer.Option("--pairs/--no-pairs", help="Also try every pair of runs as an ensemble.")
+    ] = True,
+    debug: DebugOption = False,
+) -> None:
+    """Pick the best run or pair of runs on out-of-fold Dice; `medseg predict -m inference_plan.json` runs it."""
+
+    def action() -> None:
+        from medseg.selection import select as select_runs
+
+        best, candidates = select_runs(runs, output, pairs)
+        for candidate in sorted(candidates, key=lambda c: -c.dice):
+            typer.echo(f"{candidate.dice:.4f}  (raw {candidate.dice_raw:.4f})  {candidate.name}")
+        typer.echo(f"selected: {best.name} -> {output}")
+
+    _guarded(debug, action)
+
+
 def _check_target(data: Path | None, pipeline: Path | None, overrides: list[str] | None) -> tuple[Any, Path | None]:
     """The configuration to check ``data`` with: the pipeline's, or one guessed from the folder (2D images or
     3D scans, channels as found)."""

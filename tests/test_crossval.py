@@ -63,6 +63,20 @@ def test_three_fold_run_is_tracked_and_predicts_with_the_ensemble(tmp_path: Path
     wrong = runner.invoke(app, ["predict", "-m", str(run_dir), "-i", str(image), "-o", str(out), "--folds", "7"])
     assert wrong.exit_code == 2 and "no fold 7" in wrong.stderr
 
+    plan = tmp_path / "inference_plan.json"
+    selected = runner.invoke(app, ["select", str(run_dir), "-o", str(plan)])
+    assert selected.exit_code == 0 and f"selected: cv -> {plan}" in selected.output, selected.output
+    by_plan, by_run = tmp_path / "by_plan", tmp_path / "by_run"
+    for model, target in ((plan, by_plan), (run_dir, by_run)):
+        done = runner.invoke(app, ["predict", "-m", str(model), "-i", str(tiny_dataset / "images"), "-o", str(target)])
+        assert done.exit_code == 0, done.output
+    steps = json.loads(plan.read_text(encoding="utf-8"))["postprocessing"]
+    if steps == json.loads((run_dir / "model" / "postprocessing.json").read_text(encoding="utf-8"))["steps"]:
+        for mask in sorted((by_run / "masks").iterdir()):
+            assert mask.read_bytes() == (by_plan / "masks" / mask.name).read_bytes()  # the plan runs the same model
+    parent_tags = client.get_run(parent.info.run_id).data.tags
+    assert parent_tags["inference_plan"] == str(plan.resolve())
+
 
 @pytest.mark.slow
 def test_folds_trained_one_at_a_time_gather_under_one_parent_run(tmp_path: Path, tiny_dataset: Path) -> None:

@@ -33,6 +33,7 @@ from medseg.postprocessing import apply_steps, saved_steps
 log = logging.getLogger(__name__)
 
 MODEL_URI_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/")
+PLAN_KIND = "medseg-inference-plan"  # the "kind" of an inference_plan.json written by `medseg select`
 
 ImageSource = Path | str | list[str] | list[Path]
 
@@ -114,6 +115,10 @@ class Predictor:
         checkpoint = resolve_model(model)
         if checkpoint.name == ENSEMBLE_FILE:
             return cls._from_ensemble(checkpoint, tta, steps, backend, folds)
+        plan = read_plan(checkpoint) if checkpoint.suffix == ".json" else None
+        if plan is not None:
+            members = [cls.from_model(Path(run), tta=tta, steps=[], backend=backend) for run in plan["members"]]
+            return CombinedPredictor(members, list(plan["postprocessing"]) if steps is None else steps)
         if folds is not None:
             raise ModelError(f"{checkpoint}: --folds needs a cross-validated run (this model has no folds)")
         if export_format(checkpoint) is not None:
@@ -289,6 +294,41 @@ class Predictor:
         """Label maps before and after post-processing (uint8, the input's shape)."""
         result = self.predict(image)
         return result.raw, result.labels
+
+
+class CombinedPredictor(Predictor):
+    """Predictors of different runs (each maybe a fold ensemble) whose probabilities on the input's own grid are
+    averaged, then discretised and post-processed once: what an ``inference_plan.json`` describes."""
+
+    def __init__(self, members: list[Predictor], steps: list[str]) -> None:  # no dataclass __init__: no network
+        self.parts, self.steps = members, list(steps)
+        self.config, self.tta = members[0].config, members[0].tta
+        self.threshold = self.config.evaluation.threshold
+        self.network, self.ensemble = members[0].network, []
+        self.runtimes = [runtime for member in members for runtime in member.runtimes]
+        self.runtime = self.runtimes[0]
+
+    def check(self, paths: list[Path]) -> list[ScanHeader]:
+        return self.parts[0].check(paths)
+
+    def probabilities(self, image: ImageSource, checked: bool = False) -> np.ndarray:
+        total = self.parts[0].probabilities(image, checked=checked)
+        for member in self.parts[1:]:
+            total += member.probabilities(image, checked=True)
+        return total / len(self.parts)
+
+
+def read_plan(path: Path) -> dict[str, Any] | None:
+    """The inference plan in ``path`` (None for another JSON file)."""
+    try:
+        document = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{path}: not a readable JSON file ({exc})") from None
+    if not isinstance(document, dict) or document.get("kind") != PLAN_KIND:
+        return None
+    if not isinstance(document.get("members"), list) or not document["members"]:
+        raise ModelError(f"{path}: an inference plan without members")
+    return document
 
 
 def resolve_model(model: Path | str) -> Path:

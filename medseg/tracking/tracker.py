@@ -108,6 +108,12 @@ class Tracker:
         self._stack[-1]["model"] = {"files": [str(f) for f in files], "registered_name": registered_name}
         return f"runs:/{self.run_id}/model"
 
+    def set_run_tag(self, run_id: str, key: str, value: str) -> None:
+        """Set a tag on an existing (finished) run."""
+        for record in self.runs:
+            if record["id"] == run_id:
+                record["tags"][key] = value
+
     def run_tags(self, run_id: str) -> dict[str, str]:
         """Tags of an existing run (to find the folder of a run being resumed)."""
         for record in self.runs:
@@ -189,6 +195,9 @@ class MlflowTracker(Tracker):
             pip_requirements=requirements,
         )
         return info.model_uri
+
+    def set_run_tag(self, run_id: str, key: str, value: str) -> None:
+        self._mlflow.MlflowClient().set_tag(run_id, key, value)
 
     def run_tags(self, run_id: str) -> dict[str, str]:
         from mlflow.exceptions import MlflowException
