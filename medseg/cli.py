@@ -270,7 +270,7 @@ def check(
 def plan(
     data: Annotated[Path | None, typer.Argument(help="Dataset folder (default: the --pipeline's).")] = None,
     output: Annotated[
-        Path, typer.Option("--output", "-o", help="Pipeline YAML to write (fingerprint.json beside it).")
+        Path, typer.Option("--output", "-o", help="Pipeline YAML to write (<name>.fingerprint.json beside it).")
     ] = Path("pipelines/planned.yaml"),
     pipeline: Annotated[
         Path | None,

@@ -405,7 +405,7 @@ def plan_dataset(
     merge_labels: bool = False,
     source: PipelineConfig | None = None,
 ) -> tuple[Path, Path, Plan]:
-    """``medseg plan``: fingerprint ``folder``, write ``fingerprint.json`` and the pipeline YAML beside ``output``.
+    """``medseg plan``: fingerprint ``folder``, write ``<name>.fingerprint.json`` and the pipeline YAML ``output``.
 
     ``source``: a pipeline whose ``data`` section says how to find the cases (layout, modalities, folders);
     without one the layout is detected and 2D/3D told from the files.
@@ -445,12 +445,16 @@ def plan_dataset(
     if not records:
         raise DataError(f"{folder}: no cases found")
     data = {k: v for k, v in data.items() if v not in ([], None)}
-    data.update({"root": str(folder.resolve().parent), "dataset_dir": folder.name})
+    data["dataset_dir"] = folder.name
+    if (
+        source is None or source.data.dataset_dir != folder.name
+    ):  # else: found as the source finds it ($MEDSEG_DATA_ROOT)
+        data["root"] = str(folder.resolve().parent)
     plan = plan_pipeline(fingerprint, data, name or output.stem, memory_gb, max_patch_voxels, merge_labels)
     if source is not None and source.data.foreground_labels:
         plan.set("data.foreground_labels", list(source.data.foreground_labels), "as in the source pipeline")
         plan.set("model.out_channels", 1, "binary, as in the source pipeline")
-    fingerprint_path = output.with_name("fingerprint.json")
+    fingerprint_path = output.with_name(f"{output.name.removesuffix(output.suffix)}.fingerprint.json")
     fingerprint.write(fingerprint_path)
     atomic_write_text(output, plan_yaml(plan, fingerprint_path.name))
     load_config(output)  # the plan must validate as it is

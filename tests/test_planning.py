@@ -47,7 +47,7 @@ def test_plan_of_3d_data_is_reproducible_validates_and_explains_itself(phantom_c
     intensity = cfg.preprocessing.intensity
     assert intensity.kind == "ct" and intensity.window[0] > -1000  # clipped to the foreground, not to air
     assert intensity.scaled_to[0] < 0 < intensity.scaled_to[1]  # z-scores of the window's ends
-    fingerprint = json.loads((tmp_path / "a" / "fingerprint.json").read_text(encoding="utf-8"))
+    fingerprint = json.loads((tmp_path / "a" / "planned.fingerprint.json").read_text(encoding="utf-8"))
     assert fingerprint["modality"] == "ct" and len(fingerprint["cases"]) == 4
     assert set(fingerprint["class_fractions"]) == {"0", "1", "2"}
     text = outputs[0]
