@@ -63,6 +63,16 @@ def test_three_fold_run_is_tracked_and_predicts_with_the_ensemble(tmp_path: Path
     wrong = runner.invoke(app, ["predict", "-m", str(run_dir), "-i", str(image), "-o", str(out), "--folds", "7"])
     assert wrong.exit_code == 2 and "no fold 7" in wrong.stderr
 
+    exported = runner.invoke(app, ["export", str(run_dir), "--format", "onnx", "-o", str(tmp_path / "cv.onnx")])
+    assert exported.exit_code == 0, exported.output
+    manifest = json.loads((tmp_path / "cv.ensemble.json").read_text(encoding="utf-8"))
+    assert manifest["members"] == {str(i): f"cv.fold{i}.onnx" for i in range(3)}
+    from_files = Predictor.from_model(tmp_path / "cv.ensemble.json")
+    assert len(from_files.members) == 3
+    np.testing.assert_allclose(
+        from_files.probabilities(image), Predictor.from_model(run_dir).probabilities(image), atol=1e-4
+    )
+
     plan = tmp_path / "inference_plan.json"
     selected = runner.invoke(app, ["select", str(run_dir), "-o", str(plan)])
     assert selected.exit_code == 0 and f"selected: cv -> {plan}" in selected.output, selected.output

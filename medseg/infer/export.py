@@ -21,7 +21,7 @@ from medseg.data.inputs import predict_inputs
 from medseg.errors import ModelError
 from medseg.infer.backends import FORMATS, WRITERS, example_input, export_format, random_inputs
 from medseg.infer.inferers import activate, working_shape
-from medseg.infer.predictor import MODEL_URI_SCHEMES, Predictor, resolve_model
+from medseg.infer.predictor import EXPORTED_ENSEMBLE_KIND, MODEL_URI_SCHEMES, Predictor, resolve_model
 from medseg.layout import ENSEMBLE_FILE
 from medseg.metrics import dice_score
 
@@ -131,10 +131,7 @@ def export_model(
         raise ModelError(f"export format {fmt!r}: expected one of {', '.join(FORMATS)}")
     checkpoint = resolve_model(model)
     if checkpoint.name == ENSEMBLE_FILE:
-        raise ModelError(
-            f"{checkpoint}: a cross-validated ensemble; export one fold's model (RUN/folds/fold_<i>), ONNX and "
-            "TorchScript files hold one network"
-        )
+        return _export_ensemble(checkpoint, fmt, output, check_inputs, max_cases)
     if export_format(checkpoint) is not None:
         raise ModelError(f"{checkpoint}: already an exported model; export from a run folder or checkpoint")
     reference = Predictor.from_model(checkpoint, backend="torch")
@@ -165,3 +162,33 @@ def export_model(
     atomic_write_text(report, json.dumps(asdict(parity), indent=1))
     log.info("Exported %s -> %s", checkpoint, target)
     return ExportResult(target, fmt, parity)
+
+
+def _export_ensemble(
+    manifest: Path, fmt: str, output: Path | None, check_inputs: Path | None, max_cases: int
+) -> ExportResult:
+    """A cross-validated run: one checked file per fold, plus ``<name>.ensemble.json`` naming them with the
+    ensemble's post-processing (what ``medseg predict -m <name>.ensemble.json`` reads)."""
+    from medseg.postprocessing import saved_steps
+
+    members = json.loads(manifest.read_text(encoding="utf-8"))["members"]
+    root = manifest.parent.parent
+    target = Path(output) if output is not None else manifest.parent / f"model{FORMATS[fmt]}"
+    if export_format(target) != fmt:
+        raise ModelError(f"{target}: a {fmt} export must end in {FORMATS[fmt]}")
+    written, reports = {}, []
+    for fold, relative in sorted(members.items(), key=lambda item: int(item[0])):
+        member = target.with_name(f"{target.stem}.fold{fold}{target.suffix}")
+        reports.append(export_model(root / relative, fmt, member, check_inputs, max_cases).parity)
+        written[fold] = member.name
+    config = Predictor.from_model(root / members[min(members, key=int)], backend="torch").config
+    document = {
+        "kind": EXPORTED_ENSEMBLE_KIND,
+        "format": fmt,
+        "members": written,
+        "postprocessing": saved_steps(config.postprocessing, manifest.parent),
+    }
+    path = target.with_name(f"{target.stem}.ensemble.json")
+    atomic_write_text(path, json.dumps(document, indent=1))
+    worst = max(reports, key=lambda r: (r.max_abs_logit_difference, -r.mask_dice))
+    return ExportResult(path, fmt, worst)

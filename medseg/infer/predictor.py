@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 MODEL_URI_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/")
 PLAN_KIND = "medseg-inference-plan"  # the "kind" of an inference_plan.json written by `medseg select`
+EXPORTED_ENSEMBLE_KIND = "medseg-exported-ensemble"  # `medseg export` of a cross-validated run
 
 ImageSource = Path | str | list[str] | list[Path]
 
@@ -116,6 +117,13 @@ class Predictor:
         if checkpoint.name == ENSEMBLE_FILE:
             return cls._from_ensemble(checkpoint, tta, steps, backend, folds)
         plan = read_plan(checkpoint) if checkpoint.suffix == ".json" else None
+        if plan is not None and plan["kind"] == EXPORTED_ENSEMBLE_KIND:
+            files = [checkpoint.parent / name for _, name in sorted(plan["members"].items(), key=lambda i: int(i[0]))]
+            networks, metadata = zip(*(read_exported(f) for f in files), strict=True)
+            config = validated_config(metadata[0].get("config"), files[0], backend)
+            steps = list(plan["postprocessing"]) if steps is None else steps
+            tta = config.inference.tta if tta is None else tta
+            return cls(networks[0], config, steps, tta, ensemble=list(networks[1:]))
         if plan is not None:
             members = [cls.from_model(Path(run), tta=tta, steps=[], backend=backend) for run in plan["members"]]
             return CombinedPredictor(members, list(plan["postprocessing"]) if steps is None else steps)
@@ -319,15 +327,15 @@ class CombinedPredictor(Predictor):
 
 
 def read_plan(path: Path) -> dict[str, Any] | None:
-    """The inference plan in ``path`` (None for another JSON file)."""
+    """The inference plan or exported-ensemble manifest in ``path`` (None for another JSON file)."""
     try:
         document = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ModelError(f"{path}: not a readable JSON file ({exc})") from None
-    if not isinstance(document, dict) or document.get("kind") != PLAN_KIND:
+    if not isinstance(document, dict) or document.get("kind") not in (PLAN_KIND, EXPORTED_ENSEMBLE_KIND):
         return None
-    if not isinstance(document.get("members"), list) or not document["members"]:
-        raise ModelError(f"{path}: an inference plan without members")
+    if not document.get("members"):
+        raise ModelError(f"{path}: a {document['kind']} without members")
     return document
 
 
