@@ -280,6 +280,9 @@ def plan(
         str | None, typer.Option("--modality", help="ct or mri (default: told from the intensities).")
     ] = None,
     memory_gb: Annotated[float, typer.Option("--memory-gb", help="Memory budget for one training step.")] = 4.0,
+    device: Annotated[
+        str, typer.Option("--device", help="cpu, or cuda[:N]: where one training step's memory is measured.")
+    ] = "cpu",
     max_patch_voxels: Annotated[
         int | None, typer.Option("--max-patch-voxels", help="Cap on the patch (default 128^3 in 3D, 256^2 in 2D).")
     ] = None,
@@ -298,11 +301,16 @@ def plan(
 
         if modality not in (None, "ct", "mri"):
             raise ConfigError(f"--modality {modality}: expected ct or mri")
+        if device != "cpu":
+            import torch
+
+            if not device.startswith("cuda") or not torch.cuda.is_available():
+                raise ConfigError(f"--device {device}: expected cpu or cuda[:N] with a CUDA GPU present")
         source = load_config(pipeline, overrides) if pipeline is not None else None
         if data is None and source is None:
             raise ConfigError("medseg plan: give a dataset folder, or --pipeline to plan the pipeline's data")
         written, fingerprint, result = plan_dataset(
-            data, output, None, modality, memory_gb, max_patch_voxels, merge_labels, source
+            data, output, None, modality, memory_gb, max_patch_voxels, merge_labels, source, device
         )
         typer.echo(f"{written} (fingerprint: {fingerprint})")
         for note in result.notes:

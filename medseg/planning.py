@@ -178,15 +178,22 @@ def network_args(spatial_dims: int, patch: list[int]) -> tuple[str, dict[str, An
     return "unet", {"channels": list(FILTERS[:levels]), "strides": [2] * (levels - 1), "num_res_units": 2}
 
 
-def training_memory(cfg: PipelineConfig, patch: list[int], batch: int) -> int:
-    """Bytes one training step needs, measured on one forward/backward pass: the tensors autograd saves for the
-    backward pass, plus weights, gradients and Adam's two moments (4 copies of the parameters), plus the batch."""
+def training_memory(cfg: PipelineConfig, patch: list[int], batch: int, device: str = "cpu") -> int:
+    """Bytes one training step needs, measured on one forward/backward pass. On a CUDA device: the allocator's
+    peak plus Adam's two moments; on the CPU: the tensors autograd saves for the backward pass, plus weights,
+    gradients and Adam's two moments (4 copies of the parameters), plus the batch."""
     import torch
 
     from medseg.registry import build_network
 
     m = cfg.model
     network = build_network(m.name, cfg.spatial_dims, m.in_channels, m.out_channels, m.args).train()
+    if device.startswith("cuda"):
+        network = network.to(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        network(torch.zeros((batch, m.in_channels, *patch), device=device)).float().mean().backward()
+        moments = 2 * sum(p.numel() * p.element_size() for p in network.parameters())
+        return int(torch.cuda.max_memory_allocated(device)) + moments
     saved = 0
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
@@ -227,8 +234,10 @@ def plan_pipeline(
     memory_gb: float = 4.0,
     max_patch_voxels: int | None = None,
     merge_labels: bool = False,
+    device: str = "cpu",
 ) -> Plan:
-    """Derive a pipeline from a fingerprint. ``data``: the ``data`` section that finds the cases."""
+    """Derive a pipeline from a fingerprint. ``data``: the ``data`` section that finds the cases; ``device``: where
+    the memory of a training step is measured (``cpu`` or ``cuda[:N]``)."""
     plan = Plan()
     plan.set("name", name, "")
     plan.set("spatial_dims", fingerprint.spatial_dims, f"{fingerprint.spatial_dims}D {fingerprint.modality} data")
@@ -248,9 +257,9 @@ def plan_pipeline(
     plan.set("model.in_channels", fingerprint.channels, f"{fingerprint.channels} channel(s) per case")
     budget = int(memory_gb * 2**30)
     if fingerprint.spatial_dims == 3:
-        _plan_volume(plan, fingerprint, budget, max_patch_voxels or 128**3)
+        _plan_volume(plan, fingerprint, budget, max_patch_voxels or 128**3, device)
     else:
-        _plan_image(plan, fingerprint, budget, max_patch_voxels or 256 * 256)
+        _plan_image(plan, fingerprint, budget, max_patch_voxels or 256 * 256, device)
     return plan
 
 
@@ -267,7 +276,14 @@ def _config_for(plan: Plan) -> PipelineConfig:
 
 
 def _fit(
-    plan: Plan, spatial_dims: int, start: list[float], batch: int, budget: int, cap: int, shrink_axis: Any
+    plan: Plan,
+    spatial_dims: int,
+    start: list[float],
+    batch: int,
+    budget: int,
+    cap: int,
+    shrink_axis: Any,
+    device: str = "cpu",
 ) -> tuple[list[int], int, int]:
     """Shrink the patch (and then the batch) until one measured training step fits ``budget`` bytes."""
     patch_f = list(start)
@@ -277,7 +293,7 @@ def _fit(
         name, args = network_args(spatial_dims, patch)
         plan.values["model.name"], plan.values["model.args"] = name, args
         if int(np.prod(patch)) <= cap:
-            used = training_memory(_config_for(plan), patch, batch)
+            used = training_memory(_config_for(plan), patch, batch, device)
             if used <= budget:
                 return patch, batch, used
         if min(patch) <= 2 * MIN_POOLED_SIZE and batch > 1:
@@ -286,7 +302,7 @@ def _fit(
             patch_f = shrink_axis(patch_f)
 
 
-def _plan_volume(plan: Plan, fingerprint: Fingerprint, budget: int, cap: int) -> None:
+def _plan_volume(plan: Plan, fingerprint: Fingerprint, budget: int, cap: int, device: str) -> None:
     spacing, why = target_spacing(fingerprint)
     plan.set("preprocessing.spacing", [round(v, 4) for v in spacing], why)
     plan.set("preprocessing.orientation", "RAS", "canonical orientation")
@@ -314,7 +330,7 @@ def _plan_volume(plan: Plan, fingerprint: Fingerprint, budget: int, cap: int) ->
         axis = int(np.argmax(physical))  # the physically longest axis first, as nnU-Net
         return [p * (0.8 if i == axis else 1.0) for i, p in enumerate(patch)]
 
-    patch, batch, used = _fit(plan, 3, resampled, 2, budget, cap, shrink)
+    patch, batch, used = _fit(plan, 3, resampled, 2, budget, cap, shrink, device)
     shape = "x".join(f"{v:.0f}" for v in resampled)
     plan.set(
         "preprocessing.patch_size",
@@ -333,14 +349,14 @@ def _plan_volume(plan: Plan, fingerprint: Fingerprint, budget: int, cap: int) ->
         )
 
 
-def _plan_image(plan: Plan, fingerprint: Fingerprint, budget: int, cap: int) -> None:
+def _plan_image(plan: Plan, fingerprint: Fingerprint, budget: int, cap: int, device: str) -> None:
     height, width = fingerprint.median_shape
     scale = min(1.0, math.sqrt(cap / (height * width)))
 
     def shrink(patch: list[float]) -> list[float]:
         return [p * 0.8 for p in patch]
 
-    patch, batch, used = _fit(plan, 2, [height * scale, width * scale], 8, budget, cap, shrink)
+    patch, batch, used = _fit(plan, 2, [height * scale, width * scale], 8, budget, cap, shrink, device)
     plan.set(
         "preprocessing.spatial_size",
         patch,
@@ -404,6 +420,7 @@ def plan_dataset(
     max_patch_voxels: int | None = None,
     merge_labels: bool = False,
     source: PipelineConfig | None = None,
+    device: str = "cpu",
 ) -> tuple[Path, Path, Plan]:
     """``medseg plan``: fingerprint ``folder``, write ``<name>.fingerprint.json`` and the pipeline YAML ``output``.
 
@@ -450,7 +467,7 @@ def plan_dataset(
         source is None or source.data.dataset_dir != folder.name
     ):  # else: found as the source finds it ($MEDSEG_DATA_ROOT)
         data["root"] = str(folder.resolve().parent)
-    plan = plan_pipeline(fingerprint, data, name or output.stem, memory_gb, max_patch_voxels, merge_labels)
+    plan = plan_pipeline(fingerprint, data, name or output.stem, memory_gb, max_patch_voxels, merge_labels, device)
     if source is not None and source.data.foreground_labels:
         plan.set("data.foreground_labels", list(source.data.foreground_labels), "as in the source pipeline")
         plan.set("model.out_channels", 1, "binary, as in the source pipeline")

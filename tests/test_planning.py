@@ -62,8 +62,10 @@ def test_plan_of_3d_data_is_reproducible_validates_and_explains_itself(phantom_c
 @pytest.mark.slow
 def test_plan_of_2d_data_trains_with_medseg_run(tiny_dataset: Path, tmp_path: Path) -> None:
     runner = CliRunner()
-    out = tmp_path / "skin.yaml"
-    assert runner.invoke(app, ["plan", str(tiny_dataset), "-o", str(out)]).exit_code == 0
+    out, again = tmp_path / "skin.yaml", tmp_path / "again" / "skin.yaml"
+    for target in (out, again):
+        assert runner.invoke(app, ["plan", str(tiny_dataset), "-o", str(target)]).exit_code == 0
+    assert out.read_text(encoding="utf-8") == again.read_text(encoding="utf-8")  # the same plan twice
     planned = yaml.safe_load(out.read_text(encoding="utf-8"))
     assert planned["preprocessing"]["spatial_size"] == [64, 96] and planned["training"]["batch_size"] == 8
     sets = [
@@ -75,6 +77,15 @@ def test_plan_of_2d_data_trains_with_medseg_run(tiny_dataset: Path, tmp_path: Pa
     ]
     result = runner.invoke(app, ["run", str(out), *[a for s in sets for a in ("--set", s)]])
     assert result.exit_code == 0, result.output
+
+
+def test_plan_refuses_a_device_it_does_not_have(tiny_dataset: Path, tmp_path: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is present")
+    result = CliRunner().invoke(app, ["plan", str(tiny_dataset), "-o", str(tmp_path / "p.yaml"), "--device", "cuda"])
+    assert result.exit_code == 2 and "--device cuda: expected cpu or cuda[:N] with a CUDA GPU present" in result.stderr
 
 
 def test_anisotropic_spacing_takes_the_10th_percentile_on_the_coarse_axis() -> None:

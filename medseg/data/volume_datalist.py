@@ -291,6 +291,21 @@ def _check_exists(path: Path, role: str) -> bool:
     raise DataError(f"{path}: {role} file not found")
 
 
+def _geometry_difference(a: np.ndarray, b: np.ndarray) -> str:
+    """Which of spacing, origin and direction differ between two voxel-to-world affines."""
+    spacing_a, spacing_b = np.linalg.norm(a[:3, :3], axis=0), np.linalg.norm(b[:3, :3], axis=0)
+    parts = []
+    if np.abs(spacing_a - spacing_b).max() > AFFINE_TOLERANCE_MM:
+        parts.append(
+            "spacing " + "x".join(f"{v:.4g}" for v in spacing_a) + " vs " + "x".join(f"{v:.4g}" for v in spacing_b)
+        )
+    if np.abs(a[:3, 3] - b[:3, 3]).max() > AFFINE_TOLERANCE_MM:
+        parts.append(f"origin differs by {np.abs(a[:3, 3] - b[:3, 3]).max():.3g} mm")
+    if np.abs(a[:3, :3] / spacing_a - b[:3, :3] / spacing_b).max() > 1e-4:
+        parts.append("direction differs")
+    return ", ".join(parts) or "the affines differ"
+
+
 def check_volume_record(record: VolumeRecord, channels: int | None = None) -> None:
     """Check that every file of a case exists and that modalities and label agree in shape and affine.
 
@@ -324,7 +339,8 @@ def check_volume_record(record: VolumeRecord, channels: int | None = None) -> No
         if difference > AFFINE_TOLERANCE_MM:
             raise DataError(
                 f"case {case!r}: affines differ between {ref_path} and {path} "
-                f"(largest difference {difference:.3g} mm, tolerance {AFFINE_TOLERANCE_MM} mm)"
+                f"({_geometry_difference(ref.affine, header.affine)}; largest difference {difference:.3g} mm, "
+                f"tolerance {AFFINE_TOLERANCE_MM} mm)"
             )
     if channels is not None and total_channels != channels:
         raise DataError(

@@ -304,7 +304,9 @@ def test_affine_mismatch_beyond_tolerance_only(tmp_path: Path) -> None:
     assert message.startswith(
         f"case 'p1': affines differ between {root / 'flair' / 'p1.nii.gz'} and {root / 't1c' / 'p1.nii.gz'} ("
     )
-    assert message == message.split(" (")[0] + " (largest difference 0.5 mm, tolerance 0.001 mm)"
+    assert (
+        message == message.split(" (")[0] + " (origin differs by 0.5 mm; largest difference 0.5 mm, tolerance 0.001 mm)"
+    )
 
 
 def test_nrrd_and_nifti_of_the_same_grid_agree(tmp_path: Path) -> None:
