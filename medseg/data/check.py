@@ -161,11 +161,15 @@ def _volume_dataset_findings(facts: dict[str, CaseFacts], records: list[Record])
     findings = []
     orientations = Counter(f.orientation for f in facts.values() if f.orientation)
     if len(orientations) > 1:
-        usual = orientations.most_common(1)[0][0]
+        usual, count = orientations.most_common(1)[0]
+        total = sum(orientations.values())
         for record in records:
             found = facts[record["id"]].orientation
             if found and found != usual:
-                message = f"{record['image'][0]}: orientation {found}, most cases are {usual} (reoriented in training)"
+                message = (
+                    f"{record['image'][0]}: orientation {found}, while {count} of {total} cases are {usual} "
+                    "(reoriented in training)"
+                )
                 findings.append(Finding("warning", record["id"], "orientation", message, record["image"][0]))
     spacings = {case: f.spacing for case, f in facts.items() if f.spacing}
     if len(spacings) >= 3:
