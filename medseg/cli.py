@@ -345,27 +345,15 @@ def select(
 def _check_target(data: Path | None, pipeline: Path | None, overrides: list[str] | None) -> tuple[Any, Path | None]:
     """The configuration to check ``data`` with: the pipeline's, or one guessed from the folder (2D images or
     3D scans, channels as found)."""
-    from medseg.config import PipelineConfig, load_config
-    from medseg.errors import ConfigError, DataError
-    from medseg.imageio.formats import is_image_2d
+    from medseg.config import load_config
+    from medseg.data.discovery import guess_config
+    from medseg.errors import ConfigError
 
     if pipeline is not None:
         return load_config(pipeline, overrides), data
     if data is None:
         raise ConfigError("medseg check: give a dataset folder, or --pipeline to check the pipeline's data")
-    if not data.is_dir():
-        raise DataError(f"{data}: dataset folder not found")
-    images = data / "images"
-    two_d = images.is_dir() and any(is_image_2d(p) for p in images.iterdir())
-    if two_d:
-        return PipelineConfig(name="check"), data
-    from medseg.data.records import detect_layout
-    from medseg.data.volume_datalist import find_volume_cases
-
-    guess = PipelineConfig(name="check", spatial_dims=3, model={"in_channels": 1})
-    records, _, _ = find_volume_cases(data, detect_layout(data, guess.data, 3), [])
-    channels = len(records[0]["image"]) if records else 1
-    return guess.with_values({"model.in_channels": channels}), data
+    return guess_config(data, "check"), data
 
 
 @app.command()

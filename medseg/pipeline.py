@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 from medseg import __version__
 from medseg.atomic import atomic_write_text
 from medseg.config import PipelineConfig
-from medseg.data.check import CheckReport
 from medseg.data.dataset import PreparedData, prepare_data
 from medseg.errors import ConfigError, DataError, ModelError
 from medseg.layout import RunLayout
@@ -254,8 +253,7 @@ def _log_run_inputs(cfg: PipelineConfig, data: PreparedData, run: RunLayout, tra
     tracker.log_artifact(data.splits_path, "data")
     if data.check is not None and data.check.bad_cases:
         skipped = data.check
-        errors = CheckReport(skipped.root, skipped.records, skipped.errors, skipped.seconds)
-        atomic_write_text(run.bad_cases, errors.csv_text())
+        atomic_write_text(run.bad_cases, skipped.csv_text(skipped.errors))
         tracker.set_tags(
             {"bad_cases": ",".join(skipped.bad_cases)[:5000], "bad_case_count": str(len(skipped.bad_cases))}
         )

@@ -20,9 +20,8 @@ import yaml
 
 from medseg.atomic import atomic_write_text
 from medseg.config import PipelineConfig
-from medseg.data.image_datalist import DatalistReport, find_image_pairs
-from medseg.data.records import Record, detect_layout
-from medseg.data.volume_datalist import cases_from_config, find_volume_cases
+from medseg.data.discovery import find_cases, guess_config
+from medseg.data.records import Record
 from medseg.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -429,14 +428,11 @@ def plan_dataset(
     """
     from medseg.config import load_config
     from medseg.data.dataset import dataset_folder
-    from medseg.imageio.formats import is_image_2d
 
-    base = source or PipelineConfig(name="plan")
-    folder = Path(folder) if folder is not None else dataset_folder(base)
+    folder = Path(folder) if folder is not None else dataset_folder(source)
     if not folder.is_dir():
         raise DataError(f"{folder}: dataset folder not found")
-    images = folder / base.data.images_dir
-    two_d = base.spatial_dims == 2 and images.is_dir() and any(is_image_2d(p) for p in images.iterdir())
+    base = source or guess_config(folder, "plan")
     defaults = PipelineConfig(name="plan").data
     data = {"name": base.data.name if source is not None else folder.name}
     data |= {k: getattr(base.data, k) for k in DATA_KEYS[1:] if getattr(base.data, k) != getattr(defaults, k)}
@@ -444,28 +440,17 @@ def plan_dataset(
         source.data.foreground_labels or source.data.label_mapping or source.model.out_channels == 1
     ):
         merge_labels = merge_labels or not source.data.label_mapping  # the source pipeline's classes are kept
-    if two_d:
-        records = find_image_pairs(folder, base.data, DatalistReport())
-        fingerprint = fingerprint_images(records)
-        data.setdefault("layout", detect_layout(folder, base.data, spatial_dims=2))
-    else:
-        if base.data.cases:
-            records, layout = cases_from_config(folder, base.data.cases), "list"
-            data["cases"] = [case.model_dump(exclude_none=True) for case in base.data.cases]
-        else:
-            layout = detect_layout(folder, base.data, spatial_dims=3)
-            records, _, _ = find_volume_cases(
-                folder, layout, base.data.modalities, base.data.labels_dir, base.data.dataset_json, base.data.csv_file
-            )
-        fingerprint = fingerprint_volumes(records, modality)
-        data["layout"] = layout
+    cases = find_cases(base, folder)
+    records = cases.records
+    data["layout"] = cases.layout
+    if base.data.cases:
+        data["cases"] = [case.model_dump(exclude_none=True) for case in base.data.cases]
     if not records:
         raise DataError(f"{folder}: no cases found")
+    fingerprint = fingerprint_images(records) if base.spatial_dims == 2 else fingerprint_volumes(records, modality)
     data = {k: v for k, v in data.items() if v not in ([], None)}
     data["dataset_dir"] = folder.name
-    if (
-        source is None or source.data.dataset_dir != folder.name
-    ):  # else: found as the source finds it ($MEDSEG_DATA_ROOT)
+    if source is None or source.data.dataset_dir != folder.name:  # else: found as the source finds its data
         data["root"] = str(folder.resolve().parent)
     plan = plan_pipeline(fingerprint, data, name or output.stem, memory_gb, max_patch_voxels, merge_labels, device)
     if source is not None and source.data.foreground_labels:

@@ -49,11 +49,14 @@ def _cross_validated(run: Path) -> PipelineConfig:
 
 
 def _truths(cfg: PipelineConfig, cases: list[str]) -> list[np.ndarray]:
-    from medseg.data.dataset import prepare_data
+    """The reference labels of these cases (found as the run found them; only these cases are read)."""
+    from medseg.data.dataset import data_folder
+    from medseg.data.discovery import find_cases
+    from medseg.data.records import subset
     from medseg.evaluation import read_truth
 
-    data = prepare_data(cfg)
-    return [read_truth(record, cfg)[0] for record in data.subset_ids(cases)]
+    records = find_cases(cfg, data_folder(cfg)).records
+    return [read_truth(record, cfg)[0] for record in subset(records, cases)]
 
 
 def _score(

@@ -22,9 +22,10 @@ import numpy as np
 
 from medseg.atomic import atomic_write_text
 from medseg.config import PipelineConfig
-from medseg.data.image_datalist import DatalistReport, find_image_pairs, pair_findings
-from medseg.data.records import Finding, Record, check_case_id, detect_layout
-from medseg.data.volume_datalist import CaseFacts, case_findings, cases_from_config, find_volume_cases
+from medseg.data.discovery import find_cases
+from medseg.data.image_datalist import DatalistReport, pair_findings
+from medseg.data.records import Finding, Record, case_id_findings
+from medseg.data.volume_datalist import CaseFacts, case_findings
 from medseg.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -72,11 +73,12 @@ class CheckReport:
             f"in {len(self.bad_cases)} case(s), {len(self.warnings)} warning(s)"
         )
 
-    def csv_text(self) -> str:
+    def csv_text(self, findings: list[Finding] | None = None) -> str:
+        """The findings (default: all of them) as CSV."""
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=COLUMNS)
         writer.writeheader()
-        writer.writerows({k: getattr(f, k) for k in COLUMNS} for f in self.findings)
+        writer.writerows({k: getattr(f, k) for k in COLUMNS} for f in (self.findings if findings is None else findings))
         return buffer.getvalue()
 
     def write(self, path: Path) -> None:
@@ -125,20 +127,6 @@ def _in_parallel(function: Callable[[Record], tuple[list[Finding], object]], rec
         return [function(r) for r in records]
     with ThreadPoolExecutor(max_workers=workers) as pool:  # decoding and zlib release the GIL
         return list(pool.map(function, records))
-
-
-def _id_findings(records: list[Record], source: Path) -> list[Finding]:
-    findings = []
-    for case, count in Counter(r["id"] for r in records).items():
-        if count > 1:
-            message = f"{source}: case id {case!r} appears {count} times"
-            findings.append(Finding("error", case, "duplicate id", message))
-    for record in records:
-        try:
-            check_case_id(record["id"], source)
-        except DataError as exc:
-            findings.append(Finding("error", record["id"], "case id", str(exc)))
-    return findings
 
 
 def _duplicate_findings(digests: dict[str, str | None], records: list[Record], key: str = "image") -> list[Finding]:
@@ -196,10 +184,10 @@ def check_dataset(cfg: PipelineConfig, folder: Path, workers: int = 2) -> CheckR
     started = time.perf_counter()
     findings: list[Finding] = []
     data = cfg.data
+    cases = find_cases(cfg, folder, findings)
+    records, report = cases.records, cases.report
+    findings += case_id_findings(records, cases.source)
     if cfg.spatial_dims == 2:
-        report = DatalistReport()
-        records = find_image_pairs(folder, data, report, findings)
-        findings += _id_findings(records, folder)
         results = _in_parallel(lambda r: pair_findings(r, cfg.model.in_channels, report), records, workers)
         digests = {r["id"]: digest for r, (_, digest) in zip(records, results, strict=True)}
         for case_findings_, _ in results:
@@ -211,17 +199,7 @@ def check_dataset(cfg: PipelineConfig, folder: Path, workers: int = 2) -> CheckR
                 f"e.g. {report.unmatched_masks[0]}"
             )
             findings.append(Finding("warning", "", "unmatched masks", message))
-        report.cases = len(records)
     else:
-        report = DatalistReport()
-        if data.cases:
-            records, channels, source = cases_from_config(folder, data.cases), None, folder
-        else:
-            layout = detect_layout(folder, data, spatial_dims=3)
-            records, channels, source = find_volume_cases(
-                folder, layout, data.modalities, data.labels_dir, data.dataset_json, data.csv_file
-            )
-        findings += _id_findings(records, source)
         if records and len(records[0]["image"]) != cfg.model.in_channels:
             message = (
                 f"{folder}: cases have {len(records[0]['image'])} image channel(s) but model.in_channels is "
@@ -229,13 +207,13 @@ def check_dataset(cfg: PipelineConfig, folder: Path, workers: int = 2) -> CheckR
             )
             findings.append(Finding("error", "", "channels", message))
         kind = cfg.preprocessing.intensity.kind
-        results = _in_parallel(lambda r: case_findings(r, channels, data.label_mapping, kind), records, workers)
+        results = _in_parallel(lambda r: case_findings(r, cases.channels, data.label_mapping, kind), records, workers)
         facts = {r["id"]: f for r, (_, f) in zip(records, results, strict=True)}
         for case_findings_, _ in results:
             findings += case_findings_
         findings += _duplicate_findings({case: f.digest for case, f in facts.items()}, records)
         findings += _volume_dataset_findings(facts, records)
-        report.cases = len(records)
+    report.cases = len(records)
     if not records and not findings:
         raise DataError(f"{folder}: no cases found")
     result = CheckReport(folder, records, findings, time.perf_counter() - started, report)

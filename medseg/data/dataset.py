@@ -144,9 +144,18 @@ def median_spacing(records: list[Record], axcodes: str) -> tuple[float, float, f
     return (float(median[0]), float(median[1]), float(median[2]))
 
 
+def _uses_synthetic(cfg: PipelineConfig) -> bool:
+    return cfg.spatial_dims == 2 and cfg.data.root is None and cfg.data.synthetic.fallback
+
+
+def data_folder(cfg: PipelineConfig) -> Path:
+    """The folder the pipeline's cases are in: the configured dataset, or the embedded synthetic set."""
+    return _synthetic_folder(cfg)[0] if _uses_synthetic(cfg) else dataset_folder(cfg)
+
+
 def prepare_data(cfg: PipelineConfig) -> PreparedData:
     """Find, check and split the dataset; the split file is created once and then reused."""
-    synthetic = cfg.spatial_dims == 2 and cfg.data.root is None and cfg.data.synthetic.fallback
+    synthetic = _uses_synthetic(cfg)
     if synthetic:
         folder, resolved = _synthetic_folder(cfg)
         name = SYNTHETIC_NAME

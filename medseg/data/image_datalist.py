@@ -58,8 +58,9 @@ def _folder_datalist(
 ) -> list[Record]:
     """``images/`` and ``masks/`` matched by name; with ``findings``, a case without its mask is recorded there and
     left out instead of stopping the search."""
+    recorded = len(findings) if findings is not None else 0
     images = _images_in(root / cfg.images_dir, findings)
-    if not images and not findings:
+    if not images and (findings is None or len(findings) == recorded):  # not even a broken link to report
         raise DataError(f"{root / cfg.images_dir}: no images found (looked for {', '.join(IMAGE_2D_SUFFIXES)})")
     mask_dir = root / cfg.masks_dir
     if not mask_dir.is_dir():

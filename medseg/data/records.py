@@ -22,14 +22,29 @@ def check_case_id(case_id: str, source: Path) -> None:
         raise DataError(f"{source}: case id {case_id!r} is not a plain name (no path separators, '..' or empty ids)")
 
 
+def case_id_findings(records: list[Record], source: Path) -> list[Finding]:
+    """An error for every id that appears twice or is not a plain name."""
+    findings, seen = [], set()
+    for record in records:
+        case = record["id"]
+        if case in seen:
+            findings.append(
+                Finding("error", case, "duplicate id", f"{source}: case id {case!r} appears more than once")
+            )
+            continue
+        seen.add(case)
+        try:
+            check_case_id(case, source)
+        except DataError as exc:
+            findings.append(Finding("error", case, "case id", str(exc)))
+    return findings
+
+
 def check_case_ids(records: list[Record], source: Path) -> None:
     """DataError for the first id that appears twice or is not a plain name."""
-    seen: set[str] = set()
-    for record in records:
-        if record["id"] in seen:
-            raise DataError(f"{source}: case id {record['id']!r} appears more than once")
-        check_case_id(record["id"], source)
-        seen.add(record["id"])
+    error = first_error(case_id_findings(records, source))
+    if error is not None:
+        raise DataError(error.message)
 
 
 def detect_layout(folder: Path, cfg: DataConfig, spatial_dims: int) -> str:

@@ -306,24 +306,28 @@ def _geometry_difference(a: np.ndarray, b: np.ndarray) -> str:
     return ", ".join(parts) or "the affines differ"
 
 
-def check_volume_record(record: VolumeRecord, channels: int | None = None) -> None:
+def check_volume_record(record: VolumeRecord, channels: int | None = None) -> dict[Path, ScanHeader]:
     """Check that every file of a case exists and that modalities and label agree in shape and affine.
 
     Args:
         record: a datalist record.
         channels: the number of channels the images must add up to (4D files count their 4th axis), if known.
+
+    Returns:
+        The headers read, by path (DICOM series folders are not read).
     """
     case = record["id"]
     files = [(Path(p), "image") for p in record["image"]]
     if record.get("label"):
         files.append((Path(record["label"]), "label"))
     reference: tuple[Path, ScanHeader] | None = None
+    headers: dict[Path, ScanHeader] = {}
     total_channels = 0
     for path, role in files:
         if not _check_exists(path, role):
             total_channels += role == "image"
             continue
-        header = read_header(path)
+        header = headers[path] = read_header(path)
         if role == "image":
             total_channels += header.channels
         if reference is None:
@@ -347,6 +351,7 @@ def check_volume_record(record: VolumeRecord, channels: int | None = None) -> No
             f"case {case!r}: the image(s) hold {total_channels} channel(s) but {channels} modalities are expected "
             f"({', '.join(Path(p).name for p in record['image'])})"
         )
+    return headers
 
 
 # --------------------------------------------------------------------------------------------------
@@ -503,13 +508,14 @@ def case_findings(
     from medseg.imageio.readers import load_volume
 
     case, findings, facts = record["id"], [], CaseFacts()
+    headers: dict[Path, ScanHeader] = {}
     try:
-        check_volume_record(record, channels)
+        headers = check_volume_record(record, channels)
     except DataError as exc:
         findings.append(Finding("error", case, "geometry", str(exc), record["image"][0]))
     first = Path(record["image"][0])
     try:
-        header = read_header(first)
+        header = headers.get(first) or read_header(first)  # a DICOM folder: not read by the geometry check
         facts.spacing = header.spacing
         facts.orientation = "".join(nib.orientations.aff2axcodes(header.affine))
     except DataError:
