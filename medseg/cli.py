@@ -44,6 +44,7 @@ def _setup_logging(debug: bool) -> None:
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", message=".*transform info of.*")
+        warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader")  # MONAI, once pydicom is installed
 
 
 def _guarded(debug: bool, action: Callable[[], Any]) -> Any:
@@ -369,7 +370,9 @@ def validate(pipeline: PipelineArg, overrides: SetOption = None, debug: DebugOpt
 
         cfg = load_config(pipeline, overrides)
         build_network(cfg.model.name, cfg.spatial_dims, cfg.model.in_channels, cfg.model.out_channels, cfg.model.args)
-        build_loss(cfg.loss.name, cfg.model.out_channels, cfg.loss.args)
+        build_loss(
+            cfg.loss.name, cfg.model.out_channels, cfg.loss.args, bool(cfg.data.regions), cfg.data.ignore_label
+        )
         if sys.stdout.isatty():
             console.print(Syntax(cfg.to_yaml(), "yaml"))
         else:

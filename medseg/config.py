@@ -71,6 +71,38 @@ class CaseConfig(Section):
     label: str | None = None
 
 
+class LabelInfo(Section):
+    """What one value of a label map is: a name (required), a display colour and a coded concept (DICOM-SEG).
+
+    ``code`` and ``category`` are ``SCHEME:VALUE`` (e.g. ``SCT:10200004``); the category defaults to an anatomical
+    structure.
+    """
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_ .-]*$", max_length=64)]
+    color: tuple[int, int, int] | None = None
+    code: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+:[A-Za-z0-9_.-]+$")] | None = None
+    category: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+:[A-Za-z0-9_.-]+$")] | None = None
+
+    @field_validator("color", mode="before")
+    @classmethod
+    def _rgb(cls, value: Any) -> Any:
+        ok = (
+            isinstance(value, (list, tuple))
+            and len(value) == 3
+            and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in value)
+        )
+        if value is not None and not ok:
+            raise ValueError("a colour is three integers 0-255, e.g. [220, 80, 60]")
+        return value
+
+
+def _label_shorthand(value: Any) -> Any:
+    """``{1: liver}`` is ``{1: {name: liver}}``."""
+    if isinstance(value, dict):
+        return {k: {"name": v} if isinstance(v, str) else v for k, v in value.items()}
+    return value
+
+
 class DataConfig(Section):
     """Where the images and masks are and how they are matched."""
 
@@ -83,6 +115,14 @@ class DataConfig(Section):
     labels_dir: str = "labelsTr"
     foreground_labels: list[int] | None = None
     label_mapping: dict[int, NonNegativeInt] | None = None
+    # the values of the label maps medseg writes (classes; with regions: raw label values), named
+    labels: dict[PositiveInt, LabelInfo] | None = None
+    # region-based training: one sigmoid channel per (possibly overlapping) region of raw labels (values or names)
+    regions: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")], list[int | str]] | None = None
+    # the order regions are painted into a label map (needed when regions overlap; later regions win)
+    region_order: list[str] | None = None
+    # voxels with this raw label value are unannotated: excluded from the loss and the metrics
+    ignore_label: Annotated[int, Field(ge=1, le=65535)] | None = None
     images_dir: str = "images"
     masks_dir: str = "masks"
     mask_suffixes: list[str] = Field(default_factory=lambda: ["", "_segmentation", "_mask", "_lesion"])
@@ -94,6 +134,8 @@ class DataConfig(Section):
     num_workers: NonNegativeInt = 0
     # what `medseg run` does with cases the data check finds errors in: stop (listing them all) or leave them out
     on_bad_case: Literal["error", "skip"] = "error"
+
+    _labels_shorthand = field_validator("labels", mode="before")(classmethod(lambda cls, v: _label_shorthand(v)))
 
 
 class IntensityConfig(Section):
@@ -301,7 +343,14 @@ class PipelineConfig(Section):
 
     @model_validator(mode="after")
     def _labels_fit_the_network(self) -> PipelineConfig:
+        from medseg.labels import label_problems
+
+        problems = label_problems(self)
+        if problems:
+            raise ValueError("; ".join(problems))
         mapping = self.data.label_mapping
+        if self.data.regions:
+            return self
         if mapping and max(mapping.values()) + 1 != self.model.out_channels:
             raise ValueError(
                 f"data.label_mapping has {max(mapping.values()) + 1} classes (with background) but "

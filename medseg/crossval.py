@@ -135,7 +135,7 @@ def finish(cfg: PipelineConfig, data: PreparedData, run: RunLayout, tracker: Tra
         for record in pooled:
             predictions.append(read_out_of_fold(run, record["id"])[1])
             truths.append(read_truth(record, cfg)[0])
-    choice = choose_postprocessing(predictions, truths, cfg.postprocessing, cfg.model.out_channels)
+    choice = choose_postprocessing(predictions, truths, cfg)
     save_choice(choice, run.model.root)
     members = {str(i): str(run.fold(i).model.best.relative_to(run.root)) for i in range(folds)}
     atomic_write_text(run.model.ensemble, json.dumps({"folds": list(range(folds)), "members": members}, indent=1))

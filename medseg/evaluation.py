@@ -48,24 +48,50 @@ def _csv_text(rows: list[dict[str, Any]]) -> str:
 def read_truth(
     record: Record, cfg: PipelineConfig, header: ScanHeader | None = None
 ) -> tuple[np.ndarray, tuple[float, ...] | None]:
-    """Reference labels on the image's own voxel grid (classes remapped as in training) and the voxel spacing.
+    """Reference labels on the image's own voxel grid and the voxel spacing: classes remapped as in training (with
+    ``data.regions``: the raw labels); voxels with ``data.ignore_label`` keep that value.
 
     ``header``: the image's header, as read for the prediction (3D; read here if not given).
     """
-    from medseg.imageio.images import read_mask
-
-    if cfg.spatial_dims == 2:
-        return read_mask(record["label"]).astype(np.uint8), None
     import torch
+
+    from medseg.transforms.labels import RemapLabels, label_remapping
+
+    remapping = {**label_remapping(cfg), "regions": None}
+    dtype = np.uint16 if (cfg.data.ignore_label or 0) > 255 else np.uint8
+    if cfg.spatial_dims == 2:
+        from medseg.imageio.images import open_image
+
+        raw = np.asarray(open_image(Path(record["label"]), "mask"))
+        raw = raw.max(axis=-1) if raw.ndim == 3 else raw  # an RGB(A) mask: any channel > 0
+        return RemapLabels(**remapping)(torch.as_tensor(raw.astype(np.int32))).numpy().astype(dtype), None
 
     from medseg.imageio.headers import read_header
     from medseg.imageio.readers import read_label_on_grid
-    from medseg.transforms.labels import RemapLabels
 
     header = header or read_header(Path(record["image"][0]))
     array = read_label_on_grid(Path(record["label"]), header)
-    labels = RemapLabels(cfg.data.label_mapping, cfg.data.foreground_labels)(torch.as_tensor(array))
-    return labels.numpy().astype(np.uint8), header.spacing
+    if cfg.data.regions:
+        return np.asarray(array).astype(dtype), header.spacing
+    labels = RemapLabels(**remapping)(torch.as_tensor(np.asarray(array).astype(np.int32)))
+    return labels.numpy().astype(dtype), header.spacing
+
+
+def structure_metrics(
+    prediction: np.ndarray, truth: np.ndarray, cfg: PipelineConfig, spacing: tuple[float, ...] | None
+) -> dict[str, dict[str, float]]:
+    """Metrics of each structure (class or region) of a predicted label map against the reference labels, the
+    ``data.ignore_label`` voxels left out."""
+    from medseg.labels import structure_masks
+
+    if cfg.data.ignore_label is not None:
+        valid = truth != cfg.data.ignore_label
+        prediction, truth = prediction * valid, truth * valid
+    predicted, true = structure_masks(prediction, cfg), structure_masks(truth, cfg)
+    if cfg.spatial_dims == 2:
+        threshold = cfg.evaluation.jaccard_threshold
+        return {name: case_metrics(predicted[name], true[name], jaccard_threshold=threshold) for name in predicted}
+    return {name: volume_metrics(predicted[name], true[name], spacing) for name in predicted}
 
 
 def evaluate(
@@ -78,7 +104,8 @@ def evaluate(
 ) -> dict[str, Any]:
     """Per-case metrics (CSV) and their summary (JSON), raw and post-processed, on the inputs' own grids.
 
-    2D: Dice, IoU, thresholded Jaccard, precision, recall, accuracy, HD95 (pixels). 3D: per foreground class,
+    One row per case and structure (each named class, or each region). 2D: Dice, IoU, thresholded Jaccard,
+    precision, recall, accuracy, HD95 (pixels). 3D:
     Dice, IoU, HD95 and average surface distance (mm) and volume error. ``on_case`` gets each case's
     segmentation, probabilities included (e.g. to keep out-of-fold predictions); ``split`` names the cases
     (default ``evaluation.split``).
@@ -86,8 +113,10 @@ def evaluate(
     Returns:
         The summary: ``{"raw": {...}, "postprocessed": {...}, "postprocessing_steps": [...], "cases": n}``.
     """
+    from medseg.labels import structures
+
     names = METRIC_NAMES if cfg.spatial_dims == 2 else VOLUME_METRIC_NAMES
-    classes = list(range(1, max(2, cfg.model.out_channels)))
+    named = structures(cfg)
     rows: list[dict[str, Any]] = []
     per_variant: dict[str, list[dict[str, float]]] = {"raw": [], "postprocessed": []}
     with progress_bar() as progress:
@@ -95,31 +124,26 @@ def evaluate(
             result = predictor.predict(record["image"], probabilities=on_case is not None)
             if on_case is not None:
                 on_case(record, result)
-            raw, post = result.raw, result.labels
             truth, spacing = read_truth(record, cfg, result.header)
-            for variant, labels in (("raw", raw), ("postprocessed", post)):
-                for cls in classes:
-                    if cfg.spatial_dims == 2:
-                        values = case_metrics(
-                            labels == cls, truth == cls, jaccard_threshold=cfg.evaluation.jaccard_threshold
-                        )
-                    else:
-                        values = volume_metrics(labels == cls, truth == cls, spacing)
+            for variant, labels in (("raw", result.raw), ("postprocessed", result.labels)):
+                metrics = structure_metrics(labels, truth, cfg, spacing)
+                for structure in named:
+                    values = metrics[structure.name]
                     per_variant[variant].append(values)
                     rows.append(
                         {
                             "case": record["id"],
                             "variant": variant,
-                            "class": cls,
+                            "label": structure.name,
+                            "values": ";".join(map(str, structure.values)),
                             **{k: round(v, 6) for k, v in values.items()},
                         }
                     )
     summary: dict[str, Any] = {variant: summarise(values, names) for variant, values in per_variant.items()}
-    if len(classes) > 1:
-        summary["per_class"] = {
-            str(cls): summarise([r for r in rows if r["class"] == cls and r["variant"] == "postprocessed"], names)
-            for cls in classes
-        }
+    summary["per_label"] = {
+        s.name: summarise([r for r in rows if r["label"] == s.name and r["variant"] == "postprocessed"], names)
+        for s in named
+    }
     summary.update(
         {
             "postprocessing_steps": predictor.steps,
@@ -153,6 +177,8 @@ def summary_metrics(summary: dict[str, Any], prefix: str = "test") -> dict[str, 
             value = summary[variant][name]["mean"]
             if np.isfinite(value):
                 metrics[f"{prefix}_{name}{suffix}"] = value
-    for cls, per_class in summary.get("per_class", {}).items():
-        metrics[f"{prefix}_dice_class{cls}"] = per_class["dice"]["mean"]
+    from medseg.labels import slug
+
+    for name, per_label in summary.get("per_label", {}).items():
+        metrics[f"{prefix}_dice_{slug(name)}"] = per_label["dice"]["mean"]
     return metrics

@@ -81,7 +81,7 @@ def _train_stage(
         predictions, truths = validation_label_maps(predictor, data.subset("val"), cfg)
     else:
         predictions, truths = [], []
-    choice = choose_postprocessing(predictions, truths, cfg.postprocessing, cfg.model.out_channels)
+    choice = choose_postprocessing(predictions, truths, cfg)
     save_choice(choice, result.model_dir)
     tracker.log_metrics(
         {

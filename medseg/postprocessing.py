@@ -18,7 +18,7 @@ from scipy import ndimage
 from skimage import morphology
 
 from medseg.atomic import atomic_write_text
-from medseg.config import PostprocessingConfig
+from medseg.config import PipelineConfig, PostprocessingConfig
 from medseg.layout import ModelLayout
 
 log = logging.getLogger(__name__)
@@ -117,24 +117,23 @@ def select_steps(
 
 
 def choose_postprocessing(
-    predictions: Sequence[np.ndarray], truths: Sequence[np.ndarray], cfg: PostprocessingConfig, classes: int
+    predictions: Sequence[np.ndarray], truths: Sequence[np.ndarray], pipeline: PipelineConfig
 ) -> dict[str, Any]:
-    """The post-processing to replay, decided on validation label maps (``auto``), or as configured.
+    """The post-processing to replay, decided on validation label maps (``auto``: mean Dice over the classes or
+    regions), or as configured.
 
     Returns:
         ``{"mode", "candidates", "steps", "scores"}``; ``scores`` holds the mean validation Dice per candidate.
     """
-    from medseg.metrics import dice_score
+    from medseg.labels import mean_dice
 
+    cfg = pipeline.postprocessing
     candidates = enabled_steps(cfg)
     choice: dict[str, Any] = {"mode": cfg.mode, "candidates": candidates, "steps": [], "scores": {}}
     if cfg.mode == "auto" and candidates:
-        foreground = range(1, max(2, classes))
-
-        def mean_dice(prediction: np.ndarray, truth: np.ndarray) -> float:
-            return float(np.mean([dice_score(prediction == c, truth == c) for c in foreground]))
-
-        choice["steps"], choice["scores"] = select_steps(predictions, truths, cfg, mean_dice)
+        choice["steps"], choice["scores"] = select_steps(
+            predictions, truths, cfg, lambda prediction, truth: mean_dice(prediction, truth, pipeline)
+        )
         log.info(
             "Post-processing chosen on %d validation cases: %s (validation Dice %s)",
             len(predictions),

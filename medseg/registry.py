@@ -71,29 +71,30 @@ NETWORKS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
-def _activation(out_channels: int) -> dict[str, bool]:
-    """Sigmoid on a 1-channel output (binary), softmax over one-hot labels otherwise."""
-    return {"sigmoid": True} if out_channels == 1 else {"softmax": True, "to_onehot_y": True}
+def _activation(out_channels: int, multilabel: bool = False) -> dict[str, bool]:
+    """Sigmoid on a 1-channel output (binary) or on region channels (multi-label), softmax over one-hot labels
+    otherwise."""
+    return {"sigmoid": True} if out_channels == 1 or multilabel else {"softmax": True, "to_onehot_y": True}
 
 
-def _dice_ce(out_channels: int, **args: Any) -> nn.Module:
+def _dice_ce(out_channels: int, multilabel: bool = False, **args: Any) -> nn.Module:
     from monai.losses import DiceCELoss
 
-    return DiceCELoss(**_activation(out_channels), **args)
+    return DiceCELoss(**_activation(out_channels, multilabel), **args)
 
 
-def _dice_focal(out_channels: int, **args: Any) -> nn.Module:
+def _dice_focal(out_channels: int, multilabel: bool = False, **args: Any) -> nn.Module:
     from monai.losses import DiceFocalLoss
 
-    return DiceFocalLoss(**_activation(out_channels), **args)
+    return DiceFocalLoss(**_activation(out_channels, multilabel), **args)
 
 
-def _tversky(out_channels: int, **args: Any) -> nn.Module:
+def _tversky(out_channels: int, multilabel: bool = False, **args: Any) -> nn.Module:
     from monai.losses import TverskyLoss
 
     args.setdefault("alpha", 0.3)
     args.setdefault("beta", 0.7)
-    return TverskyLoss(**_activation(out_channels), **args)
+    return TverskyLoss(**_activation(out_channels, multilabel), **args)
 
 
 LOSSES: dict[str, Callable[..., nn.Module]] = {
@@ -117,13 +118,27 @@ def build_network(
         raise ConfigError(f"model.args: cannot build {name}: {exc}") from None
 
 
-def build_loss(name: str, out_channels: int, args: dict[str, Any] | None = None) -> nn.Module:
-    """Instantiate a registered loss for a network with ``out_channels`` outputs."""
+def build_loss(
+    name: str,
+    out_channels: int,
+    args: dict[str, Any] | None = None,
+    multilabel: bool = False,
+    ignore_label: int | None = None,
+) -> nn.Module:
+    """Instantiate a registered loss for a network with ``out_channels`` outputs (``multilabel``: one sigmoid per
+    region channel: Dice + per-channel BCE); with ``ignore_label``, voxels holding it are left out (``dice_ce``
+    only)."""
     try:
         builder = LOSSES[name]
     except KeyError:
         raise ConfigError(f"loss.name: unknown loss {name!r}; choose one of {', '.join(LOSSES)}") from None
+    if ignore_label is not None and name != "dice_ce":
+        raise ConfigError(f"loss.name: data.ignore_label needs loss dice_ce (a masked Dice + CE), not {name}")
     try:
-        return builder(out_channels, **dict(args or {}))
+        if name == "dice_ce" and (ignore_label is not None or (multilabel and out_channels > 1)):
+            from medseg.losses import MaskedDiceCELoss
+
+            return MaskedDiceCELoss(ignore_label, **_activation(out_channels, multilabel), **dict(args or {}))
+        return builder(out_channels, multilabel, **dict(args or {}))
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"loss.args: cannot build {name}: {exc}") from None

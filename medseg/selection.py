@@ -63,22 +63,18 @@ def _score(
     probabilities: list[np.ndarray], truths: list[np.ndarray], cfg: PipelineConfig
 ) -> tuple[float, float, list[str]]:
     """Mean Dice before and after the post-processing chosen on these same cases, and the chosen steps."""
-    from medseg.metrics import dice_score
+    from medseg.labels import discretise
+    from medseg.labels import mean_dice as structures_dice
     from medseg.postprocessing import apply_steps, choose_postprocessing
 
-    threshold = cfg.evaluation.threshold
-    labels = [
-        (p[0] > threshold).astype(np.uint8) if p.shape[0] == 1 else p.argmax(axis=0).astype(np.uint8)
-        for p in probabilities
-    ]
-    classes = range(1, max(2, cfg.model.out_channels))
+    labels = [discretise(p, cfg) for p in probabilities]
 
     def mean_dice(maps: list[np.ndarray]) -> float:
         return float(
-            np.mean([np.mean([dice_score(m == c, t == c) for c in classes]) for m, t in zip(maps, truths, strict=True)])
+            np.mean([structures_dice(m, t, cfg) for m, t in zip(maps, truths, strict=True)])
         )
 
-    choice = choose_postprocessing(labels, truths, cfg.postprocessing, cfg.model.out_channels)
+    choice = choose_postprocessing(labels, truths, cfg)
     post = [apply_steps(m, choice["steps"], cfg.postprocessing) for m in labels]
     return mean_dice(labels), mean_dice(post), list(choice["steps"])
 

@@ -120,22 +120,29 @@ def build_loaders(cfg: PipelineConfig, data: PreparedData) -> tuple[Any, Any]:
 
 
 def validation_dice(network: nn.Module, loader: Any, cfg: PipelineConfig, bf16: bool) -> float:
-    """Mean Dice over validation cases (foreground classes) on the preprocessed grid."""
+    """Mean Dice over validation cases (foreground classes, or every region) on the preprocessed grid; voxels with
+    ``data.ignore_label`` are left out."""
     from monai.metrics import DiceMetric
     from monai.networks.utils import one_hot
 
     inferer = build_inferer(cfg)
-    classes = cfg.model.out_channels
-    metric = DiceMetric(include_background=classes == 1, reduction="mean", ignore_empty=False)
+    classes, multilabel, ignore = cfg.model.out_channels, bool(cfg.data.regions), cfg.data.ignore_label
+    metric = DiceMetric(include_background=classes == 1 or multilabel, reduction="mean", ignore_empty=False)
     network.eval()
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         for batch in loader:
-            probs = activate(inferer(batch["image"], network).float())
-            if classes == 1:
-                metric(y_pred=(probs > cfg.evaluation.threshold).float(), y=batch["label"])
+            probs = activate(inferer(batch["image"], network).float(), multilabel)
+            label = batch["label"]
+            valid = torch.ones_like(label[:, :1], dtype=torch.bool)
+            if ignore is not None:
+                valid = ~(label == ignore).any(dim=1, keepdim=True)
+                label = label.masked_fill(label == ignore, 0)
+            if classes == 1 or multilabel:
+                prediction = probs > cfg.evaluation.threshold
+                metric(y_pred=(prediction & valid).float(), y=label)
             else:
-                prediction = one_hot(probs.argmax(dim=1, keepdim=True), classes)
-                metric(y_pred=prediction, y=one_hot(batch["label"].long(), classes))
+                prediction = one_hot(probs.argmax(dim=1, keepdim=True), classes) * valid
+                metric(y_pred=prediction, y=one_hot(label.long(), classes) * valid)
     value = float(metric.aggregate().item())
     metric.reset()
     return value
@@ -210,7 +217,9 @@ class Trainer:
         self.network = build_network(
             cfg.model.name, cfg.spatial_dims, cfg.model.in_channels, cfg.model.out_channels, cfg.model.args
         )
-        self.loss_function = build_loss(cfg.loss.name, cfg.model.out_channels, cfg.loss.args)
+        self.loss_function = build_loss(
+            cfg.loss.name, cfg.model.out_channels, cfg.loss.args, bool(cfg.data.regions), cfg.data.ignore_label
+        )
         self.optimizer = build_optimizer(cfg, self.network)
         self.scheduler = build_scheduler(cfg, self.optimizer, len(self.train_loader))
         self.bf16 = use_bf16(cfg.training.bf16)

@@ -80,7 +80,8 @@ def check_parity(
     for index, batch in enumerate(random_inputs(reference.config.model.in_channels, shape)):
         with torch.inference_mode():
             ours, theirs = reference.network(batch).float(), exported.runtime(batch).float()
-        ours_p, theirs_p = activate(ours)[0].numpy(), activate(theirs)[0].numpy()
+        multilabel = bool(reference.config.data.regions)
+        ours_p, theirs_p = activate(ours, multilabel)[0].numpy(), activate(theirs, multilabel)[0].numpy()
         rows.append(
             {
                 "case": f"random-{index}",

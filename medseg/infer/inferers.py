@@ -11,9 +11,10 @@ from torch import nn
 from medseg.config import PipelineConfig
 
 
-def activate(logits: torch.Tensor) -> torch.Tensor:
-    """Sigmoid for a 1-channel (binary) output, softmax over classes otherwise."""
-    return torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
+def activate(logits: torch.Tensor, multilabel: bool = False) -> torch.Tensor:
+    """Sigmoid for a 1-channel (binary) output or region channels (``multilabel``), softmax over classes
+    otherwise."""
+    return torch.sigmoid(logits) if logits.shape[1] == 1 or multilabel else torch.softmax(logits, dim=1)
 
 
 def build_inferer(cfg: PipelineConfig) -> Any:
@@ -31,8 +32,10 @@ def build_inferer(cfg: PipelineConfig) -> Any:
     )
 
 
-def mirrored_probabilities(network: nn.Module, batch: torch.Tensor, tta: bool, inferer: Any = None) -> torch.Tensor:
-    """Class probabilities, averaged over flips of every spatial axis when ``tta`` is on."""
+def mirrored_probabilities(
+    network: nn.Module, batch: torch.Tensor, tta: bool, inferer: Any = None, multilabel: bool = False
+) -> torch.Tensor:
+    """Class (or region) probabilities, averaged over flips of every spatial axis when ``tta`` is on."""
     spatial_axes = list(range(2, batch.ndim))
     flips: list[list[int]] = [[]]
     if tta:
@@ -41,7 +44,7 @@ def mirrored_probabilities(network: nn.Module, batch: torch.Tensor, tta: bool, i
     for axes in flips:
         flipped = batch.flip(axes) if axes else batch
         logits = (inferer(flipped, network) if inferer is not None else network(flipped)).float()
-        probs = activate(logits.flip(axes) if axes else logits)
+        probs = activate(logits.flip(axes) if axes else logits, multilabel)
         total = probs if total is None else total.add_(probs)
     return total / len(flips)
 

@@ -238,7 +238,7 @@ class Predictor:
             if check_voxels(data["image"], source):  # uniform: nothing to segment, background everywhere
                 shape = [int(n) for n in data["image"].meta["spatial_shape"]]
                 probs = np.zeros((self.config.model.out_channels, *shape[:: -1 if len(shape) == 2 else 1]), np.float32)
-                probs[0] = 0.0 if probs.shape[0] == 1 else 1.0  # (2D: the PIL reader's (W, H) -> (H, W))
+                probs[0] = 0.0 if probs.shape[0] == 1 or self.multilabel else 1.0  # (2D: PIL's (W, H) -> (H, W))
                 return probs
             data = self.preprocess(data, start=1)
         except MedsegError:
@@ -261,9 +261,9 @@ class Predictor:
             torch.empty(0), meta=data["image"].meta, applied_operations=data["image"].applied_operations
         )
         with torch.inference_mode():
-            probs = mirrored_probabilities(self.runtimes[0], batch, self.tta, self.inferer)
+            probs = mirrored_probabilities(self.runtimes[0], batch, self.tta, self.inferer, self.multilabel)
             for runtime in self.runtimes[1:]:  # a fold ensemble: the mean of the members' probabilities
-                probs.add_(mirrored_probabilities(runtime, batch, self.tta, self.inferer))
+                probs.add_(mirrored_probabilities(runtime, batch, self.tta, self.inferer, self.multilabel))
             if len(self.runtimes) > 1:
                 probs.div_(len(self.runtimes))
         del batch
@@ -288,11 +288,17 @@ class Predictor:
         target_affine = convert_to_numpy(meta["original_affine"], dtype=np.float64)
         return resample_to_grid(probs, source_affine, target_affine, shape, cropped_sides=cropped).numpy()
 
+    @property
+    def multilabel(self) -> bool:
+        """Region channels (one sigmoid each), painted into a label map."""
+        return bool(self.config.data.regions)
+
     def discretise(self, probs: np.ndarray) -> np.ndarray:
-        """Probabilities -> uint8 label map (threshold for binary, argmax for multi-class)."""
-        if probs.shape[0] == 1:
-            return (probs[0] > self.threshold).astype(np.uint8)
-        return probs.argmax(axis=0).astype(np.uint8)
+        """Probabilities -> uint8 label map (threshold for binary, argmax for multi-class, regions painted in
+        ``data.region_order``)."""
+        from medseg.labels import discretise
+
+        return discretise(probs, self.config)
 
     def postprocess(self, labels: np.ndarray) -> np.ndarray:
         """This predictor's post-processing steps applied to a label map."""

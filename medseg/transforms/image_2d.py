@@ -19,10 +19,10 @@ def opaque_rgba_as_rgb(image: Any) -> Any:
 
 
 def preprocessing(cfg: PipelineConfig, keys: tuple[str, ...] = ("image", "label")) -> list[Any]:
-    """Load (an opaque RGBA image as RGB), channel-first, scale intensities to [0, 1], binarise the mask (>0),
+    """Load (an opaque RGBA image as RGB), channel-first, scale intensities to [0, 1], remap the mask (>0: 1),
     resize."""
     from monai.data import PILReader
-    from monai.transforms import AsDiscreted, EnsureChannelFirstd, LoadImaged, Resized, ScaleIntensityRanged
+    from monai.transforms import EnsureChannelFirstd, LoadImaged, Resized, ScaleIntensityRanged
 
     image_reader = PILReader(converter=opaque_rgba_as_rgb) if cfg.model.in_channels == 3 else "PILReader"
     transforms: list[Any] = [
@@ -32,7 +32,9 @@ def preprocessing(cfg: PipelineConfig, keys: tuple[str, ...] = ("image", "label"
         ScaleIntensityRanged(keys="image", a_min=0.0, a_max=255.0, b_min=0.0, b_max=1.0, clip=True),
     ]
     if "label" in keys:
-        transforms.append(AsDiscreted(keys="label", threshold=0.5))
+        from medseg.transforms.labels import RemapLabelsd, label_remapping
+
+        transforms.append(RemapLabelsd("label", **label_remapping(cfg)))
     modes = tuple("nearest" if key == "label" else "bilinear" for key in keys)
     antialias = tuple(key != "label" for key in keys)
     transforms.append(

@@ -52,7 +52,7 @@ def volume_preprocessing(cfg: PipelineConfig, keys: tuple[str, ...] = ("image", 
     )
 
     from medseg.imageio.readers import VolumeReader
-    from medseg.transforms.labels import RemapLabelsd
+    from medseg.transforms.labels import RemapLabelsd, label_remapping
 
     pre = cfg.preprocessing
     interpolation = tuple("nearest" if key == "label" else "bilinear" for key in keys)
@@ -60,7 +60,7 @@ def volume_preprocessing(cfg: PipelineConfig, keys: tuple[str, ...] = ("image", 
         LoadImaged(keys=list(keys), reader=VolumeReader(), image_only=True, ensure_channel_first=True)
     ]
     if "label" in keys:
-        transforms.append(RemapLabelsd("label", cfg.data.label_mapping, cfg.data.foreground_labels))
+        transforms.append(RemapLabelsd("label", **label_remapping(cfg)))
     transforms.append(Orientationd(keys=list(keys), axcodes=pre.orientation))
     if isinstance(pre.spacing, tuple):
         transforms.append(Spacingd(keys=list(keys), pixdim=pre.spacing, mode=interpolation))
