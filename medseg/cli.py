@@ -150,7 +150,32 @@ def predict(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Recompute cases whose mask exists.")] = False,
     tta: Annotated[bool | None, typer.Option("--tta/--no-tta", help="Mirror test-time augmentation.")] = None,
     overlays: Annotated[bool, typer.Option("--overlays/--no-overlays", help="Write overlay PNGs (2D).")] = True,
-    probabilities: Annotated[bool, typer.Option("--probabilities", help="Also write probability maps (3D).")] = False,
+    probabilities: Annotated[
+        bool, typer.Option("--probabilities", help="Also write probability maps (scan geometry; 2D: PNG 0..255).")
+    ] = False,
+    formats: Annotated[
+        str | None,
+        typer.Option(
+            "--format",
+            help="Mask formats, comma-separated: input (default: the scan's own), nifti, nrrd, mha, seg.nrrd "
+            "(3D Slicer), dicom-seg (DICOM series inputs).",
+        ),
+    ] = None,
+    statistics: Annotated[
+        bool,
+        typer.Option("--statistics", help="statistics.csv: volume, intensities, box, components per case and label."),
+    ] = False,
+    uncertainty: Annotated[
+        bool,
+        typer.Option(
+            "--uncertainty", help="Predictive entropy maps and summary columns (turns TTA on unless --no-tta)."
+        ),
+    ] = False,
+    meshes: Annotated[bool, typer.Option("--meshes", help="One surface mesh per label per case (3D).")] = False,
+    mesh_format: Annotated[str, typer.Option("--mesh-format", help="stl, obj or ply.")] = "stl",
+    mesh_space: Annotated[
+        str, typer.Option("--mesh-space", help="World coordinates of the meshes: lps (3D Slicer) or ras.")
+    ] = "lps",
     backend: Annotated[
         str | None,
         typer.Option("--backend", help="auto (ONNX Runtime in 3D), torch or onnxruntime; default: the model's."),
@@ -164,7 +189,7 @@ def predict(
 
     def action() -> None:
         from medseg.errors import ConfigError
-        from medseg.infer.batch import predict_folder
+        from medseg.infer.batch import Outputs, predict_folder
         from medseg.infer.predictor import Predictor
 
         if backend not in (None, "auto", "torch", "onnxruntime"):
@@ -175,10 +200,19 @@ def predict(
                 chosen = [int(f) for f in folds.split(",")]
             except ValueError:
                 raise ConfigError(f"--folds {folds}: expected fold numbers separated by commas, e.g. 0,2") from None
-        predictor = Predictor.from_model(model, tta=tta, backend=backend, folds=chosen)
-        report = predict_folder(
-            predictor, input_path, output, overwrite=overwrite, overlays=overlays, save_probabilities=probabilities
+        outputs = Outputs(
+            formats=tuple(f.strip() for f in formats.split(",") if f.strip()) if formats else (),
+            probabilities=probabilities,
+            uncertainty=uncertainty,
+            statistics=statistics,
+            meshes=meshes,
+            mesh_format=mesh_format,
+            mesh_space=mesh_space,
+            overlays=overlays,
         )
+        tta_on = True if uncertainty and tta is None else tta  # entropy over the mirrored predictions
+        predictor = Predictor.from_model(model, tta=tta_on, backend=backend, folds=chosen)
+        report = predict_folder(predictor, input_path, output, outputs, overwrite=overwrite)
         typer.echo(
             f"{len(report.written)} written, {len(report.skipped)} already done, {len(report.failed)} failed "
             f"-> {output / 'summary.csv'}"
@@ -370,9 +404,7 @@ def validate(pipeline: PipelineArg, overrides: SetOption = None, debug: DebugOpt
 
         cfg = load_config(pipeline, overrides)
         build_network(cfg.model.name, cfg.spatial_dims, cfg.model.in_channels, cfg.model.out_channels, cfg.model.args)
-        build_loss(
-            cfg.loss.name, cfg.model.out_channels, cfg.loss.args, bool(cfg.data.regions), cfg.data.ignore_label
-        )
+        build_loss(cfg.loss.name, cfg.model.out_channels, cfg.loss.args, bool(cfg.data.regions), cfg.data.ignore_label)
         if sys.stdout.isatty():
             console.print(Syntax(cfg.to_yaml(), "yaml"))
         else:

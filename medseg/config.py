@@ -297,6 +297,13 @@ class PredictionConfig(Section):
     output_dir: Path | None = None
     overlays: bool = True
     max_overlays: NonNegativeInt = 24
+    # mask formats (3D): input (the scan's own), nifti, nrrd, mha, seg.nrrd (3D Slicer), dicom-seg (DICOM inputs)
+    formats: list[Literal["input", "nifti", "nrrd", "mha", "seg.nrrd", "dicom-seg"]] = Field(default_factory=list)
+    statistics: bool = False  # statistics.csv: volume, intensities, bounding box, components per case and label
+    uncertainty: bool = False  # predictive entropy maps and a mean-entropy column in summary.csv
+    meshes: bool = False  # one surface mesh per label per case (3D)
+    mesh_format: Literal["stl", "obj", "ply"] = "stl"
+    mesh_space: Literal["lps", "ras"] = "lps"
 
 
 class TrackingConfig(Section):

@@ -220,7 +220,7 @@ def label_problems(cfg: PipelineConfig) -> list[str]:
     for position, region in enumerate(order):
         later = set().union(*(resolved[other] for other in order[position + 1 :]))
         if resolved[region] and resolved[region] <= later:
-            problems.append(f"data.region_order: region {region} is covered by later regions and would never be painted")
+            problems.append(f"data.region_order: region {region} is covered by later regions (never painted)")
     return problems
 
 

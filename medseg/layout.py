@@ -12,7 +12,8 @@ A run folder (``<output_root>/<pipeline>/<run name>/``)::
 
 A prediction folder::
 
-    masks/  overlays/  probabilities/  summary.csv
+    masks/  overlays/  probabilities/  uncertainty/  meshes/  statistics/
+    summary.csv  statistics.csv  labels.json  itksnap_labels.txt
 """
 
 from __future__ import annotations
@@ -60,11 +61,29 @@ class PredictionLayout:
     MASKS = "masks"
     OVERLAYS = "overlays"
     PROBABILITIES = "probabilities"
-    KINDS = (MASKS, OVERLAYS, PROBABILITIES)
+    UNCERTAINTY = "uncertainty"
+    MESHES = "meshes"
+    STATISTICS = "statistics"  # one CSV per case, gathered into statistics.csv
+    KINDS = (MASKS, OVERLAYS, PROBABILITIES, UNCERTAINTY, MESHES, STATISTICS)
 
     @property
     def summary(self) -> Path:
         return self.root / "summary.csv"
+
+    @property
+    def statistics(self) -> Path:
+        """Per case and label: size, intensities, bounding box, components, border contact."""
+        return self.root / "statistics.csv"
+
+    @property
+    def labels_json(self) -> Path:
+        """Every value of the masks with its name, colour and code."""
+        return self.root / "labels.json"
+
+    @property
+    def itksnap_labels(self) -> Path:
+        """The same as an ITK-SNAP label description file."""
+        return self.root / "itksnap_labels.txt"
 
     def folder(self, kind: str) -> Path:
         """``masks/``, ``overlays/`` or ``probabilities/``."""

@@ -284,7 +284,7 @@ def _predict_stage(
     cfg: PipelineConfig, data: PreparedData, predictor: Predictor, run: RunLayout, tracker: Tracker
 ) -> dict[str, str]:
     from medseg.data.inputs import predict_inputs
-    from medseg.infer.batch import predict_images, predict_volumes
+    from medseg.infer.batch import Outputs, predict_images, predict_volumes
     from medseg.layout import PredictionLayout
 
     with tracker.run("predict", tags={"stage": "predict"}):
@@ -295,17 +295,20 @@ def _predict_stage(
             if pcfg.input
             else data.subset(cfg.evaluation.split)
         )
+        outputs = Outputs.from_config(cfg)
         if cfg.spatial_dims == 3:
-            report = predict_volumes(
-                predictor, records, out_dir, overwrite=True, save_probabilities=cfg.inference.save_probabilities
-            )
+            report = predict_volumes(predictor, records, out_dir, outputs, overwrite=True)
         else:
-            report = predict_images(predictor, records, out_dir, pcfg.overlays, pcfg.max_overlays)
+            report = predict_images(predictor, records, out_dir, outputs)
         tracker.log_metrics({"predicted_cases": len(report.written), "failed_cases": len(report.failed)})
         layout = PredictionLayout(out_dir)
         tracker.log_artifact(layout.folder(layout.MASKS), "predictions/masks")
-        if layout.folder(layout.OVERLAYS).is_dir():
-            tracker.log_artifact(layout.folder(layout.OVERLAYS), "predictions/overlays")
+        for kind in (layout.OVERLAYS, layout.UNCERTAINTY, layout.MESHES):
+            if layout.folder(kind).is_dir():
+                tracker.log_artifact(layout.folder(kind), f"predictions/{kind}")
+        for table in (layout.summary, layout.statistics, layout.labels_json, layout.itksnap_labels):
+            if table.is_file():
+                tracker.log_artifact(table, "predictions")
         if run.curves.is_file():
             tracker.log_artifact(run.curves, "plots")
     return report.failed

@@ -70,9 +70,7 @@ def _score(
     labels = [discretise(p, cfg) for p in probabilities]
 
     def mean_dice(maps: list[np.ndarray]) -> float:
-        return float(
-            np.mean([structures_dice(m, t, cfg) for m, t in zip(maps, truths, strict=True)])
-        )
+        return float(np.mean([structures_dice(m, t, cfg) for m, t in zip(maps, truths, strict=True)]))
 
     choice = choose_postprocessing(labels, truths, cfg)
     post = [apply_steps(m, choice["steps"], cfg.postprocessing) for m in labels]

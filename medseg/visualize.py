@@ -8,20 +8,48 @@ import numpy as np
 from skimage.segmentation import find_boundaries
 
 from medseg.atomic import atomic_path
+from medseg.labels import Label
 
 TRUTH_COLOUR = (0, 220, 0)
 PREDICTION_COLOUR = (255, 40, 40)
 
 
-def overlay(image: np.ndarray, prediction: np.ndarray, truth: np.ndarray | None = None) -> np.ndarray:
-    """RGB image with the ground-truth contour in green and the predicted contour in red (2 px)."""
+def overlay(
+    image: np.ndarray, prediction: np.ndarray, truth: np.ndarray | None = None, labels: list[Label] | None = None
+) -> np.ndarray:
+    """RGB image with the ground-truth contour in green and the predicted contours (2 px): red for one label, each
+    label's own colour for several; with ``labels``, a legend naming them."""
     rgb = np.repeat(image[..., None], 3, axis=-1) if image.ndim == 2 else image[..., :3]
     rgb = rgb.copy()
-    layers = [(truth, TRUTH_COLOUR)] if truth is not None else []
-    for mask, colour in [*layers, (prediction, PREDICTION_COLOUR)]:
-        edge = find_boundaries(mask > 0, mode="thick")
-        rgb[edge] = colour
-    return rgb
+    if truth is not None:
+        rgb[find_boundaries(truth > 0, mode="thick")] = TRUTH_COLOUR
+    several = labels is not None and len(labels) > 1
+    entries = [(label.value, label.color if several else PREDICTION_COLOUR, label.name) for label in labels or []]
+    if not entries:
+        entries = [(None, PREDICTION_COLOUR, "prediction")]
+    for value, colour, _ in entries:
+        mask = prediction > 0 if value is None else prediction == value
+        rgb[find_boundaries(mask, mode="thick")] = colour
+    if labels is None:
+        return rgb
+    legend = ([("truth", TRUTH_COLOUR)] if truth is not None else []) + [(name, colour) for _, colour, name in entries]
+    return _with_legend(rgb, legend)
+
+
+def _with_legend(rgb: np.ndarray, entries: list[tuple[str, tuple[int, int, int]]]) -> np.ndarray:
+    """The picture with a small key in its top-left corner: a colour swatch and a name per line."""
+    from PIL import Image, ImageDraw
+
+    picture = Image.fromarray(rgb)
+    draw = ImageDraw.Draw(picture)
+    line = 14
+    width = 22 + 7 * max(len(name) for name, _ in entries)
+    draw.rectangle((2, 2, 2 + width, 4 + line * len(entries)), fill=(0, 0, 0))
+    for row, (name, colour) in enumerate(entries):
+        top = 5 + row * line
+        draw.rectangle((6, top + 2, 14, top + 10), fill=tuple(colour))
+        draw.text((18, top), name, fill=(255, 255, 255))
+    return np.asarray(picture)
 
 
 def plot_training_curves(history: list[dict[str, float]], path: Path) -> None:

@@ -14,6 +14,8 @@ VOLUME_SUFFIXES = NIFTI_SUFFIXES + SITK_SUFFIXES
 DETACHED_SUFFIXES = (".nhdr", ".mhd")  # a header file plus a separate data file
 IMAGE_2D_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
+#: mask formats ``medseg predict --format`` writes in 3D, by name (``input``: the scan's own format)
+OUTPUT_FORMATS = {"nifti": ".nii.gz", "nrrd": ".nrrd", "mha": ".mha", "seg.nrrd": ".seg.nrrd", "dicom-seg": ".dcm"}
 SUPPORTED_VOLUMES = "NIfTI (.nii, .nii.gz), NRRD (.nrrd, .nhdr), MetaImage (.mha, .mhd), a DICOM series folder"
 SUPPORTED_FORMATS = f"{SUPPORTED_VOLUMES}, 2D images ({', '.join(IMAGE_2D_SUFFIXES)})"
 

@@ -14,24 +14,29 @@ import logging
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from medseg.atomic import atomic_write_text
+from medseg.config import PipelineConfig
 from medseg.data.inputs import predict_inputs
 from medseg.data.records import Record
-from medseg.errors import DataError, MedsegError
-from medseg.imageio.formats import mask_suffix
+from medseg.errors import ConfigError, DataError, MedsegError
+from medseg.imageio.formats import OUTPUT_FORMATS, has_suffix, mask_suffix
+from medseg.imageio.headers import ScanHeader
 from medseg.imageio.images import read_mask, read_rgb, save_png
 from medseg.infer.predictor import Predictor
+from medseg.labels import slug
 from medseg.layout import PredictionLayout
+from medseg.meshes import MESH_FORMATS, MESH_SPACES
 from medseg.progress import progress_bar
 from medseg.visualize import overlay
 
 log = logging.getLogger(__name__)
 
+RGB = ("red", "green", "blue")
 SUMMARY_COLUMNS = (
     "case",
     "status",
@@ -42,8 +47,81 @@ SUMMARY_COLUMNS = (
     "shape",
     "spacing",
     "voxels",
+    "mean_entropy",
+    "mean_entropy_foreground",
     "message",
 )
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """What a batch writes besides the masks (``medseg predict`` options, or the pipeline's ``prediction`` section).
+
+    ``formats``: mask formats (``input`` = the input's own; nifti, nrrd, mha, seg.nrrd, dicom-seg); probability
+    maps; ``uncertainty`` (predictive entropy maps and summary columns); per-structure ``statistics``; ``meshes``
+    (3D) in ``mesh_format`` and ``mesh_space``; overlays (2D) of the first ``max_overlays`` cases.
+    """
+
+    formats: tuple[str, ...] = ()
+    probabilities: bool = False
+    uncertainty: bool = False
+    statistics: bool = False
+    meshes: bool = False
+    mesh_format: str = "stl"
+    mesh_space: str = "lps"
+    overlays: bool = True
+    max_overlays: int = 24
+
+    @classmethod
+    def from_config(cls, cfg: PipelineConfig, **changes: object) -> Outputs:
+        """The outputs a pipeline's ``prediction`` section (and ``inference.save_probabilities``) asks for."""
+        p = cfg.prediction
+        chosen = cls(
+            formats=tuple(p.formats),
+            probabilities=cfg.inference.save_probabilities,
+            uncertainty=p.uncertainty,
+            statistics=p.statistics,
+            meshes=p.meshes,
+            mesh_format=p.mesh_format,
+            mesh_space=p.mesh_space,
+            overlays=p.overlays,
+            max_overlays=p.max_overlays,
+        )
+        return replace(chosen, **changes)
+
+
+def check_outputs(outputs: Outputs, cfg: PipelineConfig, records: list[Record]) -> None:
+    """Every problem with the asked outputs for this model and these inputs, in one ConfigError, before anything is
+    written."""
+    problems = []
+    unknown = [f for f in outputs.formats if f not in ("input", *OUTPUT_FORMATS)]
+    if unknown:
+        problems.append(f"--format {','.join(unknown)}: unknown; choose from input, {', '.join(OUTPUT_FORMATS)}")
+    if cfg.spatial_dims == 2:
+        if [f for f in outputs.formats if f not in ("input", "png")]:
+            problems.append("--format: a 2D model writes PNG masks (leave --format out)")
+        if outputs.meshes:
+            problems.append("--meshes: a 2D model has no surfaces; meshes need a 3D model")
+    elif "dicom-seg" in outputs.formats:
+        from medseg.imageio.formats import DICOM_SUFFIXES
+
+        not_series = [
+            r["image"][0]
+            for r in records
+            if not Path(r["image"][0]).is_dir() and not has_suffix(r["image"][0], DICOM_SUFFIXES)
+        ]
+        if not_series:
+            shown = ", ".join(not_series[:3]) + (f" and {len(not_series) - 3} more" if len(not_series) > 3 else "")
+            problems.append(
+                f"--format dicom-seg: {shown} not a DICOM series (a DICOM-SEG references its source series); "
+                "use --format nifti or seg.nrrd for these"
+            )
+    if outputs.mesh_format not in MESH_FORMATS:
+        problems.append(f"--mesh-format {outputs.mesh_format}: choose {', '.join(MESH_FORMATS)}")
+    if outputs.mesh_space not in MESH_SPACES:
+        problems.append(f"--mesh-space {outputs.mesh_space}: choose {' or '.join(MESH_SPACES)}")
+    if problems:
+        raise ConfigError("; ".join(problems))
 
 
 @dataclass
@@ -73,11 +151,12 @@ def _output_path(out_dir: Path, kind: str, case_id: str, suffix: str = ".png") -
 def _run_batch(
     records: list[Record],
     out_dir: Path,
-    mask_path_of: Callable[[Record], Path],
+    outputs_of: Callable[[Record], list[Path]],
     predict_case: Callable[[Record, Path], dict[str, object]],
     overwrite: bool,
 ) -> PredictionReport:
-    """The shared batch loop: skip finished cases, isolate failures, time each case, write summary.csv."""
+    """The shared batch loop: skip finished cases (all their masks exist), isolate failures, time each case, write
+    summary.csv. ``predict_case`` gets the record and its first mask path."""
     if out_dir.exists() and not out_dir.is_dir():
         raise DataError(f"{out_dir}: output folder is a file")
     _remove_stale_temporaries(out_dir)
@@ -87,12 +166,12 @@ def _run_batch(
             case_id, started = record["id"], time.perf_counter()
             row: dict[str, object] = {"case": case_id}
             try:
-                mask_path = mask_path_of(record)
-                if mask_path.is_file() and not overwrite:
+                paths = outputs_of(record)
+                if all(path.is_file() for path in paths) and not overwrite:
                     report.skipped.append(case_id)
                     report.rows.append({**row, "status": "skipped", "message": "mask exists"})
                     continue
-                row.update(status="ok", **predict_case(record, mask_path))
+                row.update(status="ok", **predict_case(record, paths[0]))
                 report.written.append(case_id)
             except MedsegError as exc:
                 report.failed[case_id] = str(exc)
@@ -133,93 +212,221 @@ def _remove_stale_temporaries(out_dir: Path) -> None:
         log.info("Removed %d temporary file(s) left by an interrupted batch in %s", len(stale), out_dir)
 
 
+def _write_label_descriptions(predictor: Predictor, out_dir: Path) -> None:
+    """``labels.json`` and the ITK-SNAP label description file beside the masks."""
+    from medseg.labels import itksnap_label_text, labels_json
+
+    layout = PredictionLayout(out_dir)
+    atomic_write_text(layout.labels_json, labels_json(predictor.config))
+    atomic_write_text(layout.itksnap_labels, itksnap_label_text(predictor.config))
+
+
+def _case_statistics(out_dir: Path, case_id: str, rows: list[dict[str, object]], columns: list[str]) -> None:
+    """One case's statistics rows, kept per case so a resumed batch still reports every case."""
+    atomic_write_text(_output_path(out_dir, PredictionLayout.STATISTICS, case_id, ".csv"), _csv_text(rows, columns))
+
+
+def _gather_statistics(out_dir: Path, records: list[Record], columns: list[str]) -> None:
+    """``statistics.csv``: the per-case statistics of every case of the batch that has them."""
+    rows: list[dict[str, object]] = []
+    for record in records:
+        path = _output_path(out_dir, PredictionLayout.STATISTICS, record["id"], ".csv")
+        if path.is_file():
+            rows.extend(csv.DictReader(io.StringIO(path.read_text(encoding="utf-8"))))
+    atomic_write_text(PredictionLayout(out_dir).statistics, _csv_text(rows, columns))
+
+
+def _csv_text(rows: list[dict[str, object]], columns: list[str] | tuple[str, ...]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), restval="", extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def _grey_png(array: np.ndarray, path: Path) -> None:
+    """A [0, 1] map as an 8-bit grey PNG (0..255)."""
+    save_png(np.clip(np.round(array * 255.0), 0, 255).astype(np.uint8), path)
+
+
 def predict_images(
     predictor: Predictor,
     records: list[Record],
     out_dir: Path,
-    overlays: bool = True,
-    max_overlays: int = 24,
+    outputs: Outputs | None = None,
     overwrite: bool = True,
 ) -> PredictionReport:
-    """Write ``masks/<id>.png`` (0/255, input size) and, for the first cases, ``overlays/<id>.png``."""
-    drawn: list[str] = []
+    """Write ``masks/<id>.png`` (0/255 binary, else the label values; input size) and, for the first cases,
+    ``overlays/<id>.png``; with ``outputs``: probability and entropy PNGs (0..255 for 0..1) and statistics."""
+    from medseg.infer.uncertainty import entropy_summary, predictive_entropy
+    from medseg.labels import channel_names, output_labels
+    from medseg.statistics import statistics_columns, structure_statistics
+
+    outputs = outputs or Outputs()
+    check_outputs(outputs, predictor.config, records)
+    cfg, drawn = predictor.config, []
+    labels, names = output_labels(cfg), channel_names(cfg)
+    columns = statistics_columns(RGB, 2)
+    keep_probabilities = outputs.probabilities or outputs.uncertainty
 
     def predict_case(record: Record, mask_path: Path) -> dict[str, object]:
-        mask = predictor.predict(Path(record["image"])).labels > 0
-        save_png(mask.astype(np.uint8) * 255, mask_path)
-        if overlays and len(drawn) < max_overlays:
+        case_id = record["id"]
+        result = predictor.predict(Path(record["image"]), probabilities=keep_probabilities)
+        row: dict[str, object] = {}
+        if outputs.probabilities:
+            for channel, name in enumerate(names):
+                target = case_id if len(names) == 1 else f"{case_id}_{name}"
+                _grey_png(result.probabilities[channel], _output_path(out_dir, PredictionLayout.PROBABILITIES, target))
+        if outputs.uncertainty:
+            entropy = predictive_entropy(result.probabilities, predictor.multilabel)
+            _grey_png(entropy, _output_path(out_dir, PredictionLayout.UNCERTAINTY, case_id))
+            row.update(entropy_summary(entropy, result.labels > 0))
+        if outputs.statistics or (outputs.overlays and len(drawn) < outputs.max_overlays):
+            rgb = read_rgb(record["image"])
+        if outputs.statistics:
+            rows = structure_statistics(
+                case_id, result.labels, labels, rgb.transpose(2, 0, 1), ["red", "green", "blue"]
+            )
+            _case_statistics(out_dir, case_id, rows, columns)
+        if outputs.overlays and len(drawn) < outputs.max_overlays:
             truth = read_mask(record["label"]) if record.get("label") else None
-            picture = overlay(read_rgb(record["image"]), mask, truth)
-            save_png(picture, _output_path(out_dir, PredictionLayout.OVERLAYS, record["id"]))
-            drawn.append(record["id"])
-        return {"height": mask.shape[0], "width": mask.shape[1], "foreground_pixels": int(mask.sum())}
+            picture = overlay(rgb, result.labels, truth, labels)
+            save_png(picture, _output_path(out_dir, PredictionLayout.OVERLAYS, case_id))
+            drawn.append(case_id)
+        binary = len(labels) == 1 and labels[0].value == 1
+        save_png(result.labels * 255 if binary else result.labels, mask_path)
+        foreground = result.labels > 0
+        return {
+            "height": foreground.shape[0],
+            "width": foreground.shape[1],
+            "foreground_pixels": int(foreground.sum()),
+            **row,
+        }
 
-    def mask_path_of(record: Record) -> Path:
-        return _output_path(out_dir, PredictionLayout.MASKS, record["id"])
+    def outputs_of(record: Record) -> list[Path]:
+        return [_output_path(out_dir, PredictionLayout.MASKS, record["id"])]
 
-    report = _run_batch(records, out_dir, mask_path_of, predict_case, overwrite)
+    _write_label_descriptions(predictor, out_dir)
+    report = _run_batch(records, out_dir, outputs_of, predict_case, overwrite)
+    if outputs.statistics:
+        _gather_statistics(out_dir, records, columns)
     report.overlays = drawn
     return report
 
 
 def _write_summary(path: Path, rows: list[dict[str, object]]) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=SUMMARY_COLUMNS, restval="")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(path, buffer.getvalue())
+    atomic_write_text(path, _csv_text(rows, SUMMARY_COLUMNS))
 
 
 def predict_volumes(
     predictor: Predictor,
     records: list[Record],
     out_dir: Path,
+    outputs: Outputs | None = None,
     overwrite: bool = False,
-    save_probabilities: bool = False,
 ) -> PredictionReport:
-    """Write ``masks/<id>.<ext>`` (uint8, exactly the scan's geometry) and optional probability maps."""
-    from medseg.imageio.writers import write_mask_like, write_probability_like
+    """Write ``masks/<id>.<ext>`` in each asked format (uint8, exactly the scan's geometry; default the input's own
+    format) and, with ``outputs``, probability and entropy maps, meshes and statistics."""
+    from medseg.imageio.writers import write_probability_like
+    from medseg.infer.uncertainty import entropy_summary, predictive_entropy
+    from medseg.labels import channel_names, output_labels
+    from medseg.statistics import statistics_columns, structure_statistics
 
-    def mask_path_of(record: Record) -> Path:
-        return _output_path(out_dir, PredictionLayout.MASKS, record["id"], mask_suffix(Path(record["image"][0])))
+    outputs = outputs or Outputs()
+    check_outputs(outputs, predictor.config, records)
+    cfg = predictor.config
+    labels, names = output_labels(cfg), channel_names(cfg)
+    modalities = [m for m in cfg.data.modalities] or [f"channel{i}" for i in range(cfg.model.in_channels)]
+    channels = [slug(m) for m in modalities][: cfg.model.in_channels]
+    columns = statistics_columns(channels, 3)
+
+    def outputs_of(record: Record) -> list[Path]:
+        scan = Path(record["image"][0])
+        suffixes = [mask_suffix(scan) if f == "input" else OUTPUT_FORMATS[f] for f in outputs.formats or ("input",)]
+        return [_output_path(out_dir, PredictionLayout.MASKS, record["id"], suffix) for suffix in suffixes]
 
     def predict_case(record: Record, mask_path: Path) -> dict[str, object]:
         case_id = record["id"]
-        result = predictor.predict(record["image"], probabilities=save_probabilities)
+        keep = outputs.probabilities or outputs.uncertainty
+        result = predictor.predict(record["image"], probabilities=keep, image=outputs.statistics)
         header, suffix = result.header, mask_suffix(Path(record["image"][0]))
-        if result.probabilities is not None:
-            channels = result.probabilities.shape[0]
-            for channel in range(channels):
-                name = case_id if channels == 1 else f"{case_id}_class{channel}"
-                target = _output_path(out_dir, PredictionLayout.PROBABILITIES, name, suffix)
-                write_probability_like(result.probabilities[channel], header, target)
-            result.probabilities = None  # free it before the mask is written
-        write_mask_like(result.labels, header, mask_path)
+        row: dict[str, object] = {}
+        if outputs.uncertainty:
+            entropy = predictive_entropy(result.probabilities, predictor.multilabel)
+            write_probability_like(
+                entropy, header, _output_path(out_dir, PredictionLayout.UNCERTAINTY, case_id, suffix)
+            )
+            row.update(entropy_summary(entropy, result.labels > 0))
+            del entropy
+        if outputs.probabilities:
+            for channel, name in enumerate(names):
+                target = case_id if len(names) == 1 else f"{case_id}_{name}"
+                path = _output_path(out_dir, PredictionLayout.PROBABILITIES, target, suffix)
+                write_probability_like(result.probabilities[channel], header, path)
+        result.probabilities = None  # free it before the masks are written
+        if outputs.statistics:
+            rows = structure_statistics(case_id, result.labels, labels, result.image, channels, header.affine)
+            _case_statistics(out_dir, case_id, rows, columns)
+            result.image = None
+        if outputs.meshes:
+            from medseg.meshes import write_mesh
+
+            for label in labels:
+                mask = result.labels == label.value
+                if mask.any():
+                    name = f"{case_id}_{label.key}.{outputs.mesh_format}"
+                    write_mesh(
+                        mask,
+                        header.affine,
+                        _output_path(out_dir, PredictionLayout.MESHES, name, ""),
+                        outputs.mesh_space,
+                    )
+        for path in outputs_of(record):  # the masks last: a case whose masks exist is finished
+            write_label_map(result.labels, header, labels, path)
         counts = np.bincount(result.labels.ravel())  # no sorted copy of the volume, unlike np.unique
         return {
             "shape": "x".join(map(str, result.labels.shape)),
             "spacing": "x".join(f"{v:.5g}" for v in header.spacing),
             "voxels": ";".join(f"{v}:{c}" for v, c in enumerate(counts) if v and c),
+            **row,
         }
 
-    return _run_batch(records, out_dir, mask_path_of, predict_case, overwrite)
+    _write_label_descriptions(predictor, out_dir)
+    report = _run_batch(records, out_dir, outputs_of, predict_case, overwrite)
+    if outputs.statistics:
+        _gather_statistics(out_dir, records, columns)
+    return report
+
+
+def write_label_map(labels_map: np.ndarray, header: ScanHeader, labels: list, path: Path) -> Path:
+    """One mask file in the format its name asks for: DICOM-SEG (.dcm), Slicer (.seg.nrrd), or a plain label map."""
+    from medseg.imageio.writers import write_mask_like
+
+    name = path.name.lower()
+    if name.endswith(".dcm"):
+        from medseg.imageio.dicom_seg import write_dicom_seg
+
+        return write_dicom_seg(labels_map, header, labels, path)
+    if name.endswith(".seg.nrrd"):
+        from medseg.imageio.slicer import write_seg_nrrd
+
+        return write_seg_nrrd(labels_map, header, labels, path)
+    return write_mask_like(labels_map, header, path)
 
 
 def predict_folder(
     predictor: Predictor,
     source: Path,
     out_dir: Path,
+    outputs: Outputs | None = None,
     overwrite: bool = False,
-    overlays: bool = True,
-    save_probabilities: bool = False,
 ) -> PredictionReport:
     """``medseg predict``: every image or scan of ``source`` into ``out_dir`` (resumable unless ``overwrite``)."""
     if source.exists() and out_dir.resolve() == source.resolve():
         raise DataError(f"{out_dir}: choose an output folder other than the input folder")
     cfg = predictor.config
     records = predict_inputs(source, cfg.spatial_dims, cfg.model.in_channels)
+    outputs = outputs or Outputs()
     if cfg.spatial_dims == 3:
-        return predict_volumes(predictor, records, out_dir, overwrite=overwrite, save_probabilities=save_probabilities)
-    return predict_images(
-        predictor, records, out_dir, overlays=overlays, max_overlays=len(records), overwrite=overwrite
-    )
+        return predict_volumes(predictor, records, out_dir, outputs, overwrite=overwrite)
+    return predict_images(predictor, records, out_dir, replace(outputs, max_overlays=len(records)), overwrite=overwrite)

@@ -44,14 +44,15 @@ class Segmentation:
     """A predicted label map on the input's own grid, with that grid's geometry.
 
     ``labels`` is post-processed and ``raw`` is not (uint8; 2D (H, W), 3D (X, Y, Z) as the scan is stored);
-    ``header`` holds the scan's shape, affine and spacing (3D; None for 2D images); ``probabilities`` (C, ...) is
-    kept when asked for.
+    ``header`` holds the scan's shape, affine and spacing (3D; None for 2D images); ``probabilities`` (C, ...) and
+    the loaded ``image`` (3D) are kept when asked for.
     """
 
     labels: np.ndarray
     raw: np.ndarray
     header: ScanHeader | None = None
     probabilities: np.ndarray | None = None
+    image: np.ndarray | None = None  # the image as loaded (C, x, y, z) on the scan's grid (3D), when asked for
 
     @property
     def affine(self) -> np.ndarray | None:
@@ -173,7 +174,11 @@ class Predictor:
     # ------------------------------------------------------------------------------------------------ predict
 
     def predict(
-        self, source: ImageSource | np.ndarray, affine: np.ndarray | None = None, probabilities: bool = False
+        self,
+        source: ImageSource | np.ndarray,
+        affine: np.ndarray | None = None,
+        probabilities: bool = False,
+        image: bool = False,
     ) -> Segmentation:
         """Segment an image file, a scan (file, DICOM folder, or one file per channel) or an array.
 
@@ -182,18 +187,21 @@ class Predictor:
                 file, or 3D (X, Y, Z[, C]) voxels with ``affine`` (voxel-to-RAS, default identity).
             affine: the array's voxel-to-RAS affine (3D arrays only).
             probabilities: keep the class probabilities in the result.
+            image: keep the image as loaded (3D: the voxels on the scan's grid, for statistics).
         """
         if isinstance(source, np.ndarray):
             return self._predict_array(source, affine, probabilities)
         paths = [Path(p) for p in source] if isinstance(source, (list, tuple)) else [Path(source)]
         headers = self.check(paths)
-        probs = self.probabilities(source, checked=True)
+        loaded: list[np.ndarray] = []
+        probs = self._probabilities(source, True, loaded if image else None)
         raw = self.discretise(probs)
         return Segmentation(
             labels=self.postprocess(raw),
             raw=raw,
             header=headers[0] if headers else None,
             probabilities=probs if probabilities else None,
+            image=loaded[0] if loaded else None,
         )
 
     def _predict_array(self, array: np.ndarray, affine: np.ndarray | None, probabilities: bool) -> Segmentation:
@@ -227,6 +235,10 @@ class Predictor:
 
         ``checked``: the input already passed :meth:`check` (its headers are not read again).
         """
+        return self._probabilities(image, checked)
+
+    def _probabilities(self, image: ImageSource, checked: bool, loaded: list[np.ndarray] | None = None) -> np.ndarray:
+        """:meth:`probabilities`; the image as loaded is appended to ``loaded`` when given."""
         from monai.data import MetaTensor
 
         source = [str(p) for p in image] if isinstance(image, (list, tuple)) else str(image)
@@ -235,6 +247,8 @@ class Predictor:
             self.check([Path(p) for p in (source if isinstance(source, list) else [source])])
         try:
             data = self.preprocess({"image": source}, end=1)  # load only: check the voxels as read
+            if loaded is not None:
+                loaded.append(np.asarray(data["image"], dtype=np.float32))
             if check_voxels(data["image"], source):  # uniform: nothing to segment, background everywhere
                 shape = [int(n) for n in data["image"].meta["spatial_shape"]]
                 probs = np.zeros((self.config.model.out_channels, *shape[:: -1 if len(shape) == 2 else 1]), np.float32)
@@ -325,8 +339,8 @@ class CombinedPredictor(Predictor):
     def check(self, paths: list[Path]) -> list[ScanHeader]:
         return self.parts[0].check(paths)
 
-    def probabilities(self, image: ImageSource, checked: bool = False) -> np.ndarray:
-        total = self.parts[0].probabilities(image, checked=checked)
+    def _probabilities(self, image: ImageSource, checked: bool, loaded: list[np.ndarray] | None = None) -> np.ndarray:
+        total = self.parts[0]._probabilities(image, checked, loaded)
         for member in self.parts[1:]:
             total += member.probabilities(image, checked=True)
         return total / len(self.parts)

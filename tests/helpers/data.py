@@ -65,6 +65,7 @@ def write_dicom_series(volume: sitk.Image, folder: Path, series_uid: str, prefix
             "0008|0060": "CT",
             "0020|000d": "1.2.826.0.1.3680043.2.1125.7.1",
             "0020|000e": series_uid,
+            "0020|0052": f"{series_uid}.0",  # frame of reference
             "0020|0013": str(k + 1),
             "0020|0032": "\\".join(f"{v:.6f}" for v in volume.TransformIndexToPhysicalPoint((0, 0, k))),
             "0020|0037": "\\".join(f"{v:.6f}" for v in (d[0], d[3], d[6], d[1], d[4], d[7])),
