@@ -37,6 +37,7 @@ def _setup_logging(debug: bool) -> None:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", datefmt="%H:%M:%S"))
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, handlers=[handler], force=True)
+    logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)  # a GPU decoder, absent here
     for noisy in ("alembic", "mlflow", "urllib3", "matplotlib", "PIL", "git", "torch._export", "torch.export"):
         level = logging.ERROR if noisy.startswith("torch") else logging.WARNING
         logging.getLogger(noisy).setLevel(logging.DEBUG if debug else level)

@@ -510,10 +510,16 @@ def _allowed_keys(loc: tuple[str | int, ...]) -> list[str]:
 
 
 def _field_path(loc: tuple[str | int, ...]) -> tuple[str, ...]:
-    """The config key path of an error location, without pydantic's union-member tags (``bool``, ``literal[...]``)."""
+    """The config key path of an error location, without pydantic's union-member tags (``bool``, ``literal[...]``);
+    a mapping of sections (``data.labels``) keeps its key and goes on into the section."""
     model: type[BaseModel] | None = PipelineConfig
     path: list[str] = []
+    values_of: type[BaseModel] | None = None  # the section type of a mapping whose key comes next
     for part in loc:
+        if values_of is not None:
+            path.append(str(part))
+            model, values_of = values_of, None
+            continue
         if model is not None:
             field = model.model_fields.get(str(part))
             if field is None:
@@ -521,11 +527,24 @@ def _field_path(loc: tuple[str | int, ...]) -> tuple[str, ...]:
                 break
             annotation = field.annotation
             model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+            values_of = _mapped_section(annotation)
             path.append(str(part))
         elif isinstance(part, int):
             path.append(str(part))  # an index into a list or tuple
         # other parts after a non-model field are union-member tags: dropped
     return tuple(path)
+
+
+def _mapped_section(annotation: Any) -> type[BaseModel] | None:
+    """``S`` for a ``dict[K, S] | None`` field whose values are sections."""
+    import typing
+
+    for candidate in (annotation, *typing.get_args(annotation)):
+        if typing.get_origin(candidate) is dict:
+            value = typing.get_args(candidate)[1]
+            if isinstance(value, type) and issubclass(value, BaseModel):
+                return value
+    return None
 
 
 def _describe(errors: list[dict[str, Any]], provenance: Provenance, default_source: str) -> str:

@@ -456,6 +456,9 @@ def plan_dataset(
     if source is not None and source.data.foreground_labels:
         plan.set("data.foreground_labels", list(source.data.foreground_labels), "as in the source pipeline")
         plan.set("model.out_channels", 1, "binary, as in the source pipeline")
+    if source is not None and source.data.labels and plan.values["model.out_channels"] == source.model.out_channels:
+        named = {value: info.model_dump(exclude_none=True) for value, info in source.data.labels.items()}
+        plan.set("data.labels", named, "as in the source pipeline")
     fingerprint_path = output.with_name(f"{output.name.removesuffix(output.suffix)}.fingerprint.json")
     fingerprint.write(fingerprint_path)
     atomic_write_text(output, plan_yaml(plan, fingerprint_path.name))

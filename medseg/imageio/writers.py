@@ -4,7 +4,8 @@ The mask array is in the (x, y, z) voxel order that :mod:`medseg.imageio.readers
 convention), so ``write_mask_like(mask, scan, out)`` overlays on ``scan`` in 3D Slicer / ITK-SNAP:
 
 - NIfTI reference: the reference header is copied (qform and sform with their codes, pixdim, units) with nibabel;
-  only the data type changes and intensity scaling is switched off.
+  only the data type changes and intensity scaling is switched off. Asked for NRRD / MetaImage instead, SimpleITK
+  writes it with the affine's geometry.
 - NRRD / MetaImage / DICOM-series reference: SimpleITK writes the mask with the reference's exact origin, spacing
   and direction, taken from its header (:mod:`medseg.imageio.headers`; no voxels are read); a DICOM reference
   needs a NIfTI (or NRRD / MetaImage) output name.
@@ -37,7 +38,7 @@ from medseg.imageio.formats import (
     PathLike,
     has_suffix,
 )
-from medseg.imageio.headers import ScanHeader, read_header, shape_text
+from medseg.imageio.headers import LPS_TO_RAS, ScanHeader, SitkGeometry, read_header, shape_text
 
 WRITABLE_SUFFIXES = VOLUME_SUFFIXES
 
@@ -140,8 +141,21 @@ def _atomic_detached(output: Path) -> Iterator[Path]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def _geometry_from_affine(reference: ScanHeader) -> SitkGeometry:
+    """SimpleITK (LPS) geometry of a NIfTI header's affine, to write a NIfTI scan's mask as NRRD or MetaImage."""
+    lps = LPS_TO_RAS @ reference.affine  # the same flip both ways
+    spacing = np.linalg.norm(lps[:3, :3], axis=0)
+    direction = lps[:3, :3] / spacing
+    return SitkGeometry(
+        tuple(int(n) for n in reference.spatial_shape),
+        tuple(float(v) for v in spacing),
+        tuple(float(v) for v in lps[:3, 3]),
+        tuple(float(v) for v in direction.ravel()),
+    )
+
+
 def _write_sitk_like(array: np.ndarray, reference: ScanHeader, output: Path, what: str) -> Path:
-    geometry = reference.sitk
+    geometry = reference.sitk or _geometry_from_affine(reference)
     _check_shape(array, geometry.size, what, reference.path)
     image = sitk.GetImageFromArray(np.ascontiguousarray(array.transpose()))  # (x, y, z) -> SimpleITK's (z, y, x)
     image.SetSpacing(geometry.spacing)
@@ -164,6 +178,8 @@ def _write_like(array: np.ndarray, reference: PathLike | ScanHeader, output: Pat
     reference_path = reference.path if isinstance(reference, ScanHeader) else Path(reference)
     _check_paths(reference_path, output)
     if reference_path.is_file() and has_suffix(reference_path, NIFTI_SUFFIXES):
+        if has_suffix(output, SITK_SUFFIXES):  # a NIfTI scan's mask as NRRD / MetaImage: its affine as LPS geometry
+            return _write_sitk_like(array, _header_of(reference), output, what)
         return _write_nifti_like(array, _header_of(reference), output, what)
     if reference_path.is_dir() or has_suffix(reference_path, SITK_SUFFIXES):
         return _write_sitk_like(array, _header_of(reference), output, what)
@@ -180,7 +196,8 @@ def _header_of(reference: PathLike | ScanHeader) -> ScanHeader:
 def write_mask_like(mask: np.ndarray, reference: PathLike | ScanHeader, output: PathLike) -> Path:
     """Write the uint8 label map ``mask`` ((x, y, z), the reference's shape) in ``reference``'s geometry.
 
-    NIfTI references give a NIfTI copy of their header; NRRD / MetaImage references any of .nrrd, .nhdr, .mha,
+    NIfTI references give a NIfTI copy of their header (or NRRD / MetaImage with the affine's geometry); NRRD /
+    MetaImage references any of .nrrd, .nhdr, .mha,
     .mhd, .nii.gz (normally the reference's own format); DICOM-series folders a .nii.gz (or NRRD / MetaImage).
     The file appears atomically; the reference itself is never overwritten. Returns ``output``.
     """

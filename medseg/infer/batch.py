@@ -157,8 +157,7 @@ def _run_batch(
 ) -> PredictionReport:
     """The shared batch loop: skip finished cases (all their masks exist), isolate failures, time each case, write
     summary.csv. ``predict_case`` gets the record and its first mask path."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise DataError(f"{out_dir}: output folder is a file")
+    _check_output_folder(out_dir)
     _remove_stale_temporaries(out_dir)
     report = PredictionReport()
     with progress_bar() as progress:
@@ -190,6 +189,11 @@ def _run_batch(
     return report
 
 
+def _check_output_folder(out_dir: Path) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DataError(f"{out_dir}: output folder is a file")
+
+
 def _remove_stale_temporaries(out_dir: Path) -> None:
     """Delete the temporary files (``.<name>.<random>.tmp...``) of a batch that was killed while writing.
 
@@ -216,6 +220,7 @@ def _write_label_descriptions(predictor: Predictor, out_dir: Path) -> None:
     """``labels.json`` and the ITK-SNAP label description file beside the masks."""
     from medseg.labels import itksnap_label_text, labels_json
 
+    _check_output_folder(out_dir)
     layout = PredictionLayout(out_dir)
     atomic_write_text(layout.labels_json, labels_json(predictor.config))
     atomic_write_text(layout.itksnap_labels, itksnap_label_text(predictor.config))

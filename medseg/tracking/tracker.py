@@ -122,6 +122,24 @@ class Tracker:
         raise TrackingError(f"run {run_id}: not found in the in-memory tracker")
 
 
+#: the experiment tag MLflow's UI reads to open an experiment on its runs table ("Model training"), not on the GenAI
+#: overview of traces that it shows for untagged experiments
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING_KIND = "custom_model_development"
+
+
+def ensure_experiment(client: Any, name: str, artifact_location: str | None = None) -> str:
+    """The id of experiment ``name``, created if missing, tagged as a model-training experiment."""
+    found = client.get_experiment_by_name(name)
+    if found is None:
+        return client.create_experiment(
+            name, artifact_location=artifact_location, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND}
+        )
+    if found.tags.get(EXPERIMENT_KIND_TAG) is None:  # made by an older medseg, or by hand
+        client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
+    return found.experiment_id
+
+
 class MlflowTracker(Tracker):
     """Tracker that writes to an MLflow tracking store."""
 
@@ -134,10 +152,7 @@ class MlflowTracker(Tracker):
         self._mlflow = mlflow
         self.uri = uri
         mlflow.set_tracking_uri(uri)
-        client = mlflow.MlflowClient()
-        found = client.get_experiment_by_name(experiment)
-        if found is None:
-            client.create_experiment(experiment, artifact_location=artifact_location)
+        ensure_experiment(mlflow.MlflowClient(), experiment, artifact_location)
         mlflow.set_experiment(experiment)
 
     @contextlib.contextmanager

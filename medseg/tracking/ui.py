@@ -28,8 +28,8 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 5000
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 10.0
-#: MLflow 3.17's UI opens experiments on the GenAI "Overview" (traces) by default, which shows no runs.
-RUNS_HINT = "runs: switch the sidebar to 'Model training' (MLflow opens experiments on its GenAI overview)"
+#: the page of an experiment's runs table in MLflow's UI (the workflow type keeps it off the GenAI overview)
+RUNS_PAGE = "{url}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
 class UiError(MedsegError):
@@ -244,6 +244,23 @@ def _raise_stop(signum: int, frame: FrameType | None) -> None:
     raise _Stop
 
 
+def experiment_links(store_uri: str, url: str) -> list[tuple[str, str]]:
+    """(experiment name, link to its runs table) for every experiment in the store that holds runs, tagging
+    untagged ones as model-training experiments so MLflow opens them on their runs."""
+    import mlflow
+
+    from medseg.tracking.tracker import ensure_experiment
+
+    client = mlflow.MlflowClient(tracking_uri=store_uri)
+    links = []
+    for experiment in client.search_experiments():
+        if experiment.name == "Default" and not client.search_runs([experiment.experiment_id], max_results=1):
+            continue
+        ensure_experiment(client, experiment.name)
+        links.append((experiment.name, RUNS_PAGE.format(url=url, experiment_id=experiment.experiment_id)))
+    return links
+
+
 def run_ui(store_uri: str | None = None, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> None:
     """``medseg ui``: serve until Ctrl-C or SIGTERM, then stop the server's process group and return."""
     store_uri = store_uri or default_tracking_uri()
@@ -251,7 +268,8 @@ def run_ui(store_uri: str | None = None, host: str = DEFAULT_HOST, port: int = D
     try:
         with _serve(store_uri, host, port, START_TIMEOUT_S, None) as (url, process, log_path):
             print(f"MLflow UI for {store_uri} at {url}  (Ctrl-C to stop)", flush=True)
-            print(RUNS_HINT, flush=True)
+            for name, link in experiment_links(store_uri, url):
+                print(f"  {name}: {link}", flush=True)
             code = process.wait()
             raise UiError(f"mlflow server at {url} exited unexpectedly with code {code}: {_tail(log_path)}")
     except (KeyboardInterrupt, _Stop):

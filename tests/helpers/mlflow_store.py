@@ -15,10 +15,12 @@ def make_store(root: Path, experiment: str = "skin_lesion") -> tuple[str, dict[s
     """
     import mlflow
 
+    from medseg.tracking.tracker import ensure_experiment
+
     root.mkdir(parents=True, exist_ok=True)
     uri = f"sqlite:///{root / 'mlflow.db'}"
     client = mlflow.MlflowClient(tracking_uri=uri)
-    experiment_id = client.create_experiment(experiment, artifact_location=(root / "artifacts").as_uri())
+    experiment_id = ensure_experiment(client, experiment, (root / "artifacts").as_uri())
     ids = {"experiment_id": experiment_id}
     start = int(time.time() * 1000) - 3_600_000
     runs = [

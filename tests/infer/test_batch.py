@@ -15,7 +15,7 @@ import torch
 
 from medseg.config import PipelineConfig
 from medseg.imageio import headers
-from medseg.infer.batch import predict_folder
+from medseg.infer.batch import Outputs, predict_folder
 from medseg.infer.predictor import Predictor
 from medseg.registry import build_network
 from tests.helpers.data import write_dicom_series
@@ -93,7 +93,7 @@ def test_each_header_is_read_once_and_no_written_mask_is_read(
 ) -> None:
     spy = Spy(monkeypatch)
     out = tmp_path / "out"
-    report = predict_folder(predictor_3d, scans, out, save_probabilities=True)
+    report = predict_folder(predictor_3d, scans, out, Outputs(probabilities=True))
     assert sorted(report.written) == ["a", "b", "c"] and not report.failed
     assert sorted(spy.headers) == sorted([scans / "a.nii.gz", scans / "b.nrrd", scans / "c"])  # once each
     assert spy.opened and not [p for p in spy.opened if out in p.parents]

@@ -22,7 +22,7 @@ import pytest
 from typer.testing import CliRunner
 
 from medseg.cli import app
-from medseg.tracking.ui import serve, server_command, server_env
+from medseg.tracking.ui import experiment_links, serve, server_command, server_env
 from tests.helpers.mlflow_store import make_store
 from tests.helpers.paths import REPO
 
@@ -242,12 +242,13 @@ def ui_url(ui_store: tuple[str, dict[str, str]]) -> Iterator[str]:
 def test_ui_shows_runs_in_a_real_browser(
     chromium: Path, ui_url: str, ui_store: tuple[str, dict[str, str]], tmp_path: Path
 ) -> None:
-    _, ids = ui_store
-    # MLflow 3.17's UI opens an experiment on its GenAI "Overview" (traces) unless the workflow type is
-    # "Model training" (the sidebar switch, kept in localStorage; or this query parameter): only then the runs table.
-    experiment = f"{ui_url}/#/experiments/{ids['experiment_id']}"
-    experiment_page = f"{experiment}?workflowType=machine_learning"
-    run_page = f"{experiment}/runs/{ids['baseline-epochs2']}"
+    uri, ids = ui_store
+    # the link `medseg ui` prints for the experiment: its runs table, no clicking (MLflow 3 would otherwise open an
+    # untagged experiment on its GenAI overview of traces)
+    links = dict(experiment_links(uri, ui_url))
+    experiment_page = links["skin_lesion"]
+    assert experiment_page == f"{ui_url}/#/experiments/{ids['experiment_id']}/runs?workflowType=machine_learning"
+    run_page = f"{ui_url}/#/experiments/{ids['experiment_id']}/runs/{ids['baseline-epochs2']}"
     profile = tmp_path / "chromium-profile"
 
     dom = _chromium(chromium, profile, experiment_page, "--dump-dom")
