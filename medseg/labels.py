@@ -172,10 +172,7 @@ def label_problems(cfg: PipelineConfig) -> list[str]:
                 f"data.labels: {', '.join(map(str, unknown))} not a class of this model (classes 1..{classes - 1}; "
                 "with data.label_mapping, name the classes the raw labels map to)"
             )
-        missing = [v for v in range(1, classes) if labels and v not in labels]
-        if missing:
-            problems.append(f"data.labels: give every class a name; missing {', '.join(map(str, missing))}")
-        return problems
+        return problems  # classes left unnamed are called class_<k>
     if data.label_mapping:
         problems.append("data.regions: cannot be combined with data.label_mapping (regions are built from raw labels)")
     by_name = {info.name: value for value, info in labels.items()}

@@ -313,6 +313,40 @@ def yaml_unknown_key(t: Path, g: Get) -> Scenario:
 
 
 @kind("config")
+def region_of_an_unknown_label_name(t: Path, g: Get) -> Scenario:
+    text = "spatial_dims: 3\nmodel: {out_channels: 1}\ndata:\n  labels: {1: edema}\n  regions: {core: [necrosis]}\n"
+    return validate(t, text, "data.regions.core", "unknown label name 'necrosis'; data.labels names: edema")
+
+
+@kind("config")
+def overlapping_regions_without_an_order(t: Path, g: Get) -> Scenario:
+    text = "spatial_dims: 3\nmodel: {out_channels: 2}\ndata:\n  regions: {whole: [1, 2], core: [2]}\n"
+    return validate(t, text, "data.region_order", "regions whole and core overlap; give the painting order")
+
+
+@kind("config")
+def label_colour_that_is_not_rgb(t: Path, g: Get) -> Scenario:
+    text = "data:\n  labels: {1: {name: lesion, color: [255, 0, 300]}}\n"
+    return validate(t, text, "data.labels.1.color", "a colour is three integers 0-255")
+
+
+@kind("model")
+def dicom_seg_asked_for_a_nifti_input(t: Path, g: Get) -> Scenario:
+    scans = _mkdir(t / "scans")
+    shutil.copy(g("phantoms") / "imagesTr" / "case0.nii.gz", scans / "case0.nii.gz")
+    scenario = predict(g("model3d"), scans, t / "out", "case0.nii.gz", "not a DICOM series", exit_code=2)
+    scenario.args += ["--format", "dicom-seg"]
+    return scenario
+
+
+@kind("model")
+def meshes_asked_of_a_2d_model(t: Path, g: Get) -> Scenario:
+    scenario = predict(g("model2d"), _photos(g), t / "out", "--meshes", "meshes need a 3D model", exit_code=2)
+    scenario.args += ["--meshes"]
+    return scenario
+
+
+@kind("config")
 def yaml_wrong_type(t: Path, g: Get) -> Scenario:
     return validate(t, "training:\n  batch_size: eight\n", "training.batch_size", "valid integer")
 
@@ -1116,7 +1150,13 @@ def test_case_ids_cannot_write_outside_the_output_folder(tmp_path: Path, model2d
     assert sorted(report.failed) == sorted(ids[:-1])
     assert all("would write outside" in reason for reason in report.failed.values())
     written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
-    assert written == ["deep/out/masks/ok.png", "deep/out/overlays/ok.png", "deep/out/summary.csv"]
+    assert written == [
+        "deep/out/itksnap_labels.txt",
+        "deep/out/labels.json",
+        "deep/out/masks/ok.png",
+        "deep/out/overlays/ok.png",
+        "deep/out/summary.csv",
+    ]
 
 
 def test_volume_reader_pairs_images_with_their_own_files(phantoms: Path) -> None:

@@ -122,7 +122,8 @@ def test_bad_labels_get_one_line_naming_the_key(tmp_path, data: str, expected: s
 
 
 def test_out_channels_must_match_the_regions(tmp_path) -> None:
-    text = "name: p\nspatial_dims: 3\nmodel: {in_channels: 1, out_channels: 2}\ndata:\n  regions: {a: [1], b: [2], c: [3]}\n"
+    text = "name: p\nspatial_dims: 3\nmodel: {in_channels: 1, out_channels: 2}\n"
+    text += "data:\n  regions: {a: [1], b: [2], c: [3]}\n"
     assert "model.out_channels is 2 but data.regions lists 3 regions (one sigmoid channel per region)" in config_error(
         tmp_path, text
     )

@@ -244,32 +244,42 @@ def _raise_stop(signum: int, frame: FrameType | None) -> None:
     raise _Stop
 
 
-def experiment_links(store_uri: str, url: str) -> list[tuple[str, str]]:
-    """(experiment name, link to its runs table) for every experiment in the store that holds runs, tagging
-    untagged ones as model-training experiments so MLflow opens them on their runs."""
+def model_training_experiments(store_uri: str) -> list[tuple[str, str]]:
+    """(name, id) of every experiment in the store that holds runs, tagging untagged ones as model-training
+    experiments so MLflow opens them on their runs."""
     import mlflow
 
     from medseg.tracking.tracker import ensure_experiment
 
     client = mlflow.MlflowClient(tracking_uri=store_uri)
-    links = []
+    found = []
     for experiment in client.search_experiments():
         if experiment.name == "Default" and not client.search_runs([experiment.experiment_id], max_results=1):
             continue
-        ensure_experiment(client, experiment.name)
-        links.append((experiment.name, RUNS_PAGE.format(url=url, experiment_id=experiment.experiment_id)))
-    return links
+        found.append((experiment.name, ensure_experiment(client, experiment.name)))
+    return found
+
+
+def experiment_links(store_uri: str, url: str) -> list[tuple[str, str]]:
+    """(experiment name, link to its runs table in the UI at ``url``): what ``medseg ui`` prints."""
+    return [(name, runs_page(url, key)) for name, key in model_training_experiments(store_uri)]
+
+
+def runs_page(url: str, experiment_id: str) -> str:
+    return RUNS_PAGE.format(url=url, experiment_id=experiment_id)
 
 
 def run_ui(store_uri: str | None = None, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> None:
     """``medseg ui``: serve until Ctrl-C or SIGTERM, then stop the server's process group and return."""
     store_uri = store_uri or default_tracking_uri()
+    _check_store(store_uri)
+    experiments = model_training_experiments(store_uri)  # before serving: nothing slow after the URL is printed
     previous = signal.signal(signal.SIGTERM, _raise_stop)
     try:
         with _serve(store_uri, host, port, START_TIMEOUT_S, None) as (url, process, log_path):
             print(f"MLflow UI for {store_uri} at {url}  (Ctrl-C to stop)", flush=True)
-            for name, link in experiment_links(store_uri, url):
-                print(f"  {name}: {link}", flush=True)
+            for name, experiment_id in experiments:
+                print(f"  {name} runs: {runs_page(url, experiment_id)}", flush=True)
             code = process.wait()
             raise UiError(f"mlflow server at {url} exited unexpectedly with code {code}: {_tail(log_path)}")
     except (KeyboardInterrupt, _Stop):

@@ -138,6 +138,9 @@ def test_cli_ui_serves_and_stops_cleanly(ui_store: tuple[str, dict[str, str]], s
                 url = line.split(" at ")[1].split()[0]
                 port = int(url.rsplit(":", 1)[1])
         assert port is not None, "no URL printed within 120 s"
+        link = lines.get(timeout=10)  # then each experiment's runs table, a link the browser test opens
+        assert link.strip().startswith(f"skin_lesion runs: {url}/#/experiments/"), link
+        assert link.strip().endswith("/runs?workflowType=machine_learning"), link
         with urllib.request.urlopen(f"{url}/health", timeout=10) as reply:
             assert reply.status == 200
         assert _listening(port) == {"0100007F"}  # 127.0.0.1 only
