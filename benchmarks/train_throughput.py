@@ -83,7 +83,7 @@ def make_step(cfg: PipelineConfig, channels_last: bool = False, compiled: bool =
     def step(batch: dict) -> float:
         if channels_last:
             batch = {**batch, "image": batch["image"].contiguous(memory_format=torch.channels_last)}
-        return training_step(model, batch, loss_function, optimizer, bf16=False)
+        return training_step(model, batch, loss_function, optimizer, False)
 
     return step
 

@@ -23,6 +23,31 @@ SetOption = Annotated[
     list[str] | None, typer.Option("--set", "-s", help="Override a key: key.path=value (repeatable).")
 ]
 DebugOption = Annotated[bool, typer.Option("--debug", help="Show full tracebacks.")]
+DeviceOption = Annotated[
+    str | None, typer.Option("--device", help="auto (CUDA when available), cpu, cuda or cuda:N; default: the config's.")
+]
+
+
+def _checked_device(device: str | None) -> str | None:
+    """``--device`` as given, after checking this machine has it (one line and exit 2 if not)."""
+    if device is not None:
+        from medseg.devices import resolve_device
+
+        resolve_device(device, "--device")
+    return device
+
+
+def _without_option(argv: list[str], option: str) -> list[str]:
+    """``argv`` without ``option VALUE`` / ``option=VALUE``."""
+    kept, skip = [], False
+    for item in argv:
+        if skip:
+            skip = False
+        elif item == option:
+            skip = True
+        elif not item.startswith(f"{option}="):
+            kept.append(item)
+    return kept
 
 
 def _setup_logging(debug: bool) -> None:
@@ -105,16 +130,34 @@ def run(
             "--fold", help="Train one fold into the run named by --name (gather folds from several machines)."
         ),
     ] = None,
+    nproc: Annotated[
+        int | None,
+        typer.Option("--nproc", help="Train with DistributedDataParallel in N processes here (torchrun's launcher)."),
+    ] = None,
+    device: DeviceOption = None,
 ) -> None:
     """Run a pipeline: data -> train -> evaluate -> predict, tracked in MLflow."""
 
     def action() -> None:
+        import os
+
         from medseg.config import load_config
         from medseg.errors import ConfigError
         from medseg.layout import RunLayout
         from medseg.pipeline import locate_run, run_pipeline
 
-        cfg = load_config(pipeline, [*(overrides or []), *([f"training.folds={folds}"] if folds is not None else [])])
+        if nproc is not None and nproc < 1:
+            raise ConfigError(f"--nproc {nproc}: give at least 1 process (one per GPU, or a few on a CPU)")
+        chosen = _checked_device(device)
+        extra = [f"training.folds={folds}"] if folds is not None else []
+        extra += [f"training.device={chosen}", f"inference.device={chosen}"] if chosen else []
+        cfg = load_config(pipeline, [*(overrides or []), *extra])
+        if nproc and nproc > 1 and "WORLD_SIZE" not in os.environ:  # start the processes; each runs this command
+            from medseg.distributed import launch
+
+            launch(nproc, _without_option(sys.argv[1:], "--nproc"))
+            typer.echo(f"{nproc} processes finished; the run is tracked by rank 0")
+            return
         resume_dir = None
         if resume:
             resume_dir = locate_run(cfg, resume)
@@ -123,6 +166,8 @@ def run(
                 raise ConfigError(f"--resume {resume}: that run belongs to pipeline {saved.name!r}, not {cfg.name!r}")
             cfg = saved
         result = run_pipeline(cfg, run_name=name, resume_dir=resume_dir, fold=fold)
+        if os.environ.get("RANK", "0") != "0":
+            return  # another rank's outputs are rank 0's
         metrics = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items() if not k.endswith("_raw"))
         typer.echo(f"run {result.run_id}: {result.run_dir}" + (f"\n{metrics}" if metrics else ""))
         if result.model_uri:
@@ -184,6 +229,7 @@ def predict(
     folds: Annotated[
         str | None, typer.Option("--folds", help="A cross-validated run's folds to ensemble, e.g. 0,2 (default: all).")
     ] = None,
+    device: DeviceOption = None,
     debug: DebugOption = False,
 ) -> None:
     """Segment a folder of images with a trained model (resumable: existing masks are kept)."""
@@ -212,7 +258,9 @@ def predict(
             overlays=overlays,
         )
         tta_on = True if uncertainty and tta is None else tta  # entropy over the mirrored predictions
-        predictor = Predictor.from_model(model, tta=tta_on, backend=backend, folds=chosen)
+        predictor = Predictor.from_model(
+            model, tta=tta_on, backend=backend, folds=chosen, device=_checked_device(device)
+        )
         report = predict_folder(predictor, input_path, output, outputs, overwrite=overwrite)
         typer.echo(
             f"{len(report.written)} written, {len(report.skipped)} already done, {len(report.failed)} failed "

@@ -21,6 +21,7 @@ from medseg.errors import ConfigError
 from medseg.registry import LOSSES, NETWORKS
 
 DATA_ROOT_ENV = "MEDSEG_DATA_ROOT"
+DEVICE_PATTERN = r"^(auto|cpu|cuda(:[0-9]+)?)$"  # (medseg.devices resolves it; torch is not imported here)
 STAGES = ("train", "evaluate", "predict")
 
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -130,7 +131,12 @@ class DataConfig(Section):
     dataset_json: str = "dataset.json"
     synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
-    cache: Literal["memory", "none"] = "memory"
+    # memory: decoded, preprocessed cases kept in RAM; disk: kept under cache_dir (keyed by each file's size and
+    # time and by the preprocessing), reused by later runs, folds and ranks; auto: memory when the cases fit
+    # cache_memory_fraction of RAM, else disk; none: decoded every epoch
+    cache: Literal["memory", "disk", "auto", "none"] = "memory"
+    cache_dir: Path = Path("data/cache/preprocessed")
+    cache_memory_fraction: Annotated[float, Field(gt=0.0, le=1.0)] = 0.5
     num_workers: NonNegativeInt = 0
     # what `medseg run` does with cases the data check finds errors in: stop (listing them all) or leave them out
     on_bad_case: Literal["error", "skip"] = "error"
@@ -245,6 +251,7 @@ class TrainingConfig(Section):
     deterministic: bool = False
     # k-fold cross-validation over the non-test cases (folds recorded in splits.json); None: one train/val split
     folds: Annotated[int, Field(ge=2)] | None = None
+    device: Annotated[str, Field(pattern=DEVICE_PATTERN)] = "auto"  # auto = CUDA when available
 
 
 class EvaluationConfig(Section):
@@ -287,6 +294,7 @@ class InferenceConfig(Section):
     # PyTorch for 3D convolutions on CPU, benchmarks/sliding_window_3d.py); auto = onnxruntime in 3D, torch in 2D
     backend: Literal["auto", "torch", "onnxruntime"] = "auto"
     save_probabilities: bool = False
+    device: Annotated[str, Field(pattern=DEVICE_PATTERN)] = "auto"  # auto = CUDA when available
     max_voxels: PositiveInt = 1_000_000_000  # larger inputs are refused from their header, before reading voxels
 
 

@@ -14,6 +14,7 @@ from medseg import __version__
 from medseg.atomic import atomic_write_text
 from medseg.config import PipelineConfig
 from medseg.data.dataset import PreparedData, prepare_data
+from medseg.distributed import Ranks, barrier, broadcast, join, leave
 from medseg.errors import ConfigError, DataError, ModelError
 from medseg.layout import RunLayout
 from medseg.tracking.tracker import Tracker, build_tracker
@@ -65,16 +66,19 @@ def run_tags(cfg: PipelineConfig, data: PreparedData) -> dict[str, str]:
 
 
 def _train_stage(
-    cfg: PipelineConfig, data: PreparedData, run: RunLayout, tracker: Tracker, resume: bool
-) -> tuple[Path, Predictor]:
-    """Train, choose the post-processing on validation; returns the model folder and its ready predictor."""
+    cfg: PipelineConfig, data: PreparedData, run: RunLayout, tracker: Tracker, resume: bool, group: Ranks
+) -> tuple[Path, Predictor | None]:
+    """Train (on every rank), choose the post-processing on validation (rank 0); returns the model folder and its
+    ready predictor (None on the other ranks)."""
     from medseg.evaluation import validation_label_maps
     from medseg.infer.predictor import Predictor
     from medseg.postprocessing import choose_postprocessing, enabled_steps, save_choice
     from medseg.training import train
     from medseg.visualize import plot_training_curves
 
-    result = train(cfg, data, run.root, tracker, resume=resume)
+    result = train(cfg, data, run.root, tracker, resume=resume, group=group)
+    if not group.is_main:
+        return result.model_dir, None
     plot_training_curves(result.history, run.curves)
     predictor = Predictor.from_model(result.model_dir, steps=[])
     if cfg.postprocessing.mode == "auto" and enabled_steps(cfg.postprocessing):
@@ -161,9 +165,10 @@ def run_pipeline(
     With ``resume_dir`` (a run folder holding ``model/last.pt``), training continues where it stopped and
     logs into the same MLflow runs. With ``training.folds``, training is k-fold cross-validation and the model
     is the folds' ensemble; ``fold`` trains one fold into the named run (the stages after training run once
-    every fold is trained).
+    every fold is trained). Started by torchrun (``WORLD_SIZE`` > 1), every rank trains its share with
+    DistributedDataParallel; rank 0 alone writes the run folder, tracks and evaluates.
     """
-    from medseg.infer.predictor import Predictor
+    from medseg.devices import resolve_device
 
     if fold is not None and not cfg.training.folds:
         raise ConfigError(f"--fold {fold}: set training.folds (or --folds K) for a cross-validated run")
@@ -171,30 +176,54 @@ def run_pipeline(
         raise ConfigError(f"--fold {fold}: training.folds is {cfg.training.folds}; choose 0..{cfg.training.folds - 1}")
     if resume_dir is not None and cfg.training.folds:
         raise ConfigError("--resume: not available for cross-validated runs; train a missing fold with --fold i")
+    group = join(resolve_device(cfg.training.device, "training.device"))
+    if group.distributed and cfg.training.folds:
+        raise ConfigError("training.folds: train the folds one per job (--fold i) rather than with several processes")
+    try:
+        return _run_stages(cfg, run_name, resume_dir, fold, group)
+    finally:
+        leave(group)
+
+
+def _run_stages(
+    cfg: PipelineConfig, run_name: str | None, resume_dir: Path | None, fold: int | None, group: Ranks
+) -> PipelineResult:
+    """:func:`run_pipeline` once the process group (if any) is joined."""
+    from medseg.infer.predictor import Predictor
+
     ids: dict[str, str] = {}
     if resume_dir is not None:
         run_dir, name = resume_dir, resume_dir.name
-    else:
+    elif group.is_main:
         run_dir, name = _new_run_folder(cfg, run_name, gather=fold is not None)
+    run_dir, name = broadcast((run_dir, name) if group.is_main or resume_dir is not None else None, group)
     run = RunLayout(run_dir)
     if run.tracking.is_file():
         ids = json.loads(run.tracking.read_text(encoding="utf-8"))
     # without training, the given model is loaded and checked before any output is written
     predictor = None if "train" in cfg.stages else _compatible_predictor(cfg)
+    if not group.is_main:
+        barrier(group)  # rank 0 writes the split first; the others read it
     data = prepare_data(cfg)
+    if group.is_main:
+        barrier(group)
     cfg = cfg.with_values(data.resolved)  # e.g. the target spacing measured on the training cases
-    if not run.config.is_file():
+    if group.is_main and not run.config.is_file():
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run.config, cfg.to_yaml())
-    tracker = build_tracker(cfg.tracking, cfg.name)
+    tracker = build_tracker(
+        cfg.tracking if group.is_main else cfg.tracking.model_copy(update={"enabled": False}), cfg.name
+    )
     result = PipelineResult(run_dir=run_dir, run_id=None)
-    tags = {**run_tags(cfg, data), "run_dir": str(run_dir.resolve())}
+    tags = {**run_tags(cfg, data), "run_dir": str(run_dir.resolve()), "processes": str(group.world)}
     first_time = "run_id" not in ids and resume_dir is None  # a new run (not resumed, not a further fold)
     with tracker.run(name, tags=tags, run_id=ids.get("run_id")) as run_id:
-        result.run_id = ids["run_id"] = run_id
-        atomic_write_text(run.tracking, json.dumps(ids, indent=1))
-        log.info("Run %s (%s), outputs in %s", name, run_id, run_dir)
-        if first_time:
+        result.run_id = run_id
+        if group.is_main:
+            ids["run_id"] = run_id
+            atomic_write_text(run.tracking, json.dumps(ids, indent=1))
+            log.info("Run %s (%s), outputs in %s", name, run_id, run_dir)
+        if first_time and group.is_main:
             _log_run_inputs(cfg, data, run, tracker)
         model_dir = cfg.model.checkpoint
         if "train" in cfg.stages and cfg.training.folds:
@@ -206,9 +235,12 @@ def run_pipeline(
                 return result
         elif "train" in cfg.stages:
             with tracker.run("train", tags={"stage": "train"}, run_id=ids.get("train_run_id")) as train_id:
-                ids["train_run_id"] = train_id
-                atomic_write_text(run.tracking, json.dumps(ids, indent=1))
-                model_dir, predictor = _train_stage(cfg, data, run, tracker, resume=resume_dir is not None)
+                if group.is_main:
+                    ids["train_run_id"] = train_id
+                    atomic_write_text(run.tracking, json.dumps(ids, indent=1))
+                model_dir, predictor = _train_stage(cfg, data, run, tracker, resume_dir is not None, group)
+            if not group.is_main:
+                return result  # evaluation and prediction: rank 0 alone
             result.model_uri = _log_model(cfg, predictor.network, run, tracker)
         predictor = predictor or Predictor.from_model(model_dir)
         if "evaluate" in cfg.stages:

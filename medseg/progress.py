@@ -15,8 +15,9 @@ from rich.progress import (
 console = Console(stderr=True)
 
 
-def progress_bar() -> Progress:
-    """A progress bar with description, bar, count, elapsed and remaining time."""
+def progress_bar(enabled: bool = True) -> Progress:
+    """A progress bar with description, bar, count, elapsed and remaining time (``enabled=False``: silent, e.g. on
+    every rank but the first)."""
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -25,5 +26,5 @@ def progress_bar() -> Progress:
         TimeRemainingColumn(),
         console=console,
         transient=True,
-        disable=not console.is_terminal,
+        disable=not (enabled and console.is_terminal),
     )

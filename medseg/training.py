@@ -24,6 +24,9 @@ from medseg.atomic import atomic_write_text
 from medseg.checkpoint import load_checkpoint, save_checkpoint
 from medseg.config import PipelineConfig
 from medseg.data.dataset import PreparedData
+from medseg.devices import Precision, precision_for, resolve_device
+from medseg.distributed import Ranks, all_sum, broadcast, rank_device
+from medseg.errors import ConfigError
 from medseg.infer.inferers import activate, build_inferer
 from medseg.layout import ModelLayout, RunLayout
 from medseg.progress import progress_bar
@@ -46,13 +49,11 @@ class TrainResult:
 
 
 def use_bf16(setting: bool | str) -> bool:
-    """bf16 autocast: ``auto`` turns it on only where the CPU has native bf16 (AVX512-BF16/AMX).
+    """bf16 autocast on the CPU: ``auto`` turns it on only where the CPU has native bf16 (AVX512-BF16/AMX).
 
     On CPUs without it (e.g. AVX2-only) bf16 is emulated and measured ~20x slower than fp32.
     """
-    if setting == "auto":
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    return bool(setting)
+    return precision_for(torch.device("cpu"), setting).enabled
 
 
 def network_spec(cfg: PipelineConfig) -> dict[str, Any]:
@@ -89,50 +90,76 @@ def build_scheduler(cfg: PipelineConfig, optimizer: torch.optim.Optimizer, steps
     )
 
 
-def build_loaders(cfg: PipelineConfig, data: PreparedData) -> tuple[Any, Any]:
-    """The training loader (shuffled, augmented, cached preprocessing) and the validation loader."""
-    from monai.data import CacheDataset, DataLoader, Dataset
+def build_loaders(
+    cfg: PipelineConfig, data: PreparedData, group: Ranks = Ranks(), device: torch.device = torch.device("cpu")
+) -> tuple[Any, Any]:
+    """The training loader (shuffled, augmented, cached preprocessing; a seeded ``DistributedSampler`` shard per
+    rank, ``training.batch_size`` being the global batch) and this rank's share of the validation cases."""
+    from monai.data import DataLoader
 
+    from medseg.data.cache import cached_dataset
     from medseg.transforms import train_transforms, validation_transforms
 
-    def dataset(records, transform):
-        if cfg.data.cache == "memory":
-            return CacheDataset(records, transform, cache_rate=1.0, num_workers=None, progress=False)
-        return Dataset(records, transform)
-
     train_records, val_records = data.subset("train"), data.subset("val")
+    batch = cfg.training.batch_size
+    if batch % group.world:
+        raise ConfigError(
+            f"training.batch_size {batch}: the global batch must split evenly over {group.world} processes"
+        )
+    per_rank = batch // group.world
+    train_set = cached_dataset(cfg, train_records, train_transforms(cfg), data)
     generator = torch.Generator().manual_seed(cfg.seed)
+    sampler = None
+    if group.distributed:
+        from torch.utils.data.distributed import DistributedSampler
+
+        sampler = DistributedSampler(
+            train_set, num_replicas=group.world, rank=group.rank, shuffle=True, seed=cfg.seed, drop_last=True
+        )
+    pin = device.type == "cuda"
     train_loader = DataLoader(
-        dataset(train_records, train_transforms(cfg)),
-        batch_size=cfg.training.batch_size,
-        shuffle=True,
-        drop_last=len(train_records) > cfg.training.batch_size,
+        train_set,
+        batch_size=per_rank,
+        shuffle=sampler is None,
+        sampler=sampler,
+        drop_last=len(train_records) > batch,
         num_workers=cfg.data.num_workers,
         generator=generator,
         persistent_workers=cfg.data.num_workers > 0,
+        pin_memory=pin,
     )
     val_loader = DataLoader(
-        dataset(val_records, validation_transforms(cfg)),
+        cached_dataset(cfg, val_records[group.rank :: group.world], validation_transforms(cfg), data),
         batch_size=cfg.training.batch_size if cfg.spatial_dims == 2 else 1,  # whole volumes differ in size
         num_workers=0,
+        pin_memory=pin,
     )
     return train_loader, val_loader
 
 
-def validation_dice(network: nn.Module, loader: Any, cfg: PipelineConfig, bf16: bool) -> float:
-    """Mean Dice over validation cases (foreground classes, or every region) on the preprocessed grid; voxels with
-    ``data.ignore_label`` are left out."""
+def validation_dice(
+    network: nn.Module,
+    loader: Any,
+    cfg: PipelineConfig,
+    precision: Precision | bool,
+    group: Ranks = Ranks(),
+    device: torch.device = torch.device("cpu"),
+) -> float:
+    """Mean Dice over validation cases (foreground classes, or every region) on the preprocessed grid, summed over
+    the ranks' shares; voxels with ``data.ignore_label`` are left out."""
     from monai.metrics import DiceMetric
     from monai.networks.utils import one_hot
 
-    inferer = build_inferer(cfg)
+    if isinstance(precision, bool):
+        precision = precision_for(device, precision)
+    inferer = build_inferer(cfg, device)
     classes, multilabel, ignore = cfg.model.out_channels, bool(cfg.data.regions), cfg.data.ignore_label
-    metric = DiceMetric(include_background=classes == 1 or multilabel, reduction="mean", ignore_empty=False)
+    metric = DiceMetric(include_background=classes == 1 or multilabel, reduction="none", ignore_empty=False)
     network.eval()
-    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+    with torch.inference_mode(), precision.autocast():
         for batch in loader:
-            probs = activate(inferer(batch["image"], network).float(), multilabel)
-            label = batch["label"]
+            image, label = batch["image"].to(device, non_blocking=True), batch["label"].to(device, non_blocking=True)
+            probs = activate(inferer(image, network).float(), multilabel)
             valid = torch.ones_like(label[:, :1], dtype=torch.bool)
             if ignore is not None:
                 valid = ~(label == ignore).any(dim=1, keepdim=True)
@@ -143,21 +170,37 @@ def validation_dice(network: nn.Module, loader: Any, cfg: PipelineConfig, bf16: 
             else:
                 prediction = one_hot(probs.argmax(dim=1, keepdim=True), classes) * valid
                 metric(y_pred=prediction, y=one_hot(label.long(), classes) * valid)
-    value = float(metric.aggregate().item())
+    scores = metric.get_buffer() if len(loader) else None
     metric.reset()
-    return value
+    total, count = (0.0, 0.0) if scores is None else (float(scores.nansum()), float((~scores.isnan()).sum()))
+    total, count = all_sum([total, count], group, device)
+    return total / count if count else 0.0
 
 
 def training_step(
-    network: nn.Module, batch: dict[str, torch.Tensor], loss_function: nn.Module, optimizer, bf16: bool
+    network: nn.Module,
+    batch: dict[str, torch.Tensor],
+    loss_function: nn.Module,
+    optimizer,
+    precision: Precision | bool,
+    scaler: Any = None,
+    device: torch.device = torch.device("cpu"),
 ) -> float:
-    """One optimiser step on a batch; the loss is reduced in fp32 even under bf16 autocast."""
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        logits = network(batch["image"])
-    loss = loss_function(logits.float(), batch["label"])
+    """One optimiser step on a batch; the loss is reduced in fp32 even under autocast (fp16: scaled gradients)."""
+    if isinstance(precision, bool):
+        precision = precision_for(device, precision)
+    image, label = batch["image"].to(device, non_blocking=True), batch["label"].to(device, non_blocking=True)
+    with precision.autocast():
+        logits = network(image)
+    loss = loss_function(logits.float(), label)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
     return float(loss.detach())
 
 
@@ -204,10 +247,13 @@ class TrainingState:
 class Trainer:
     """The parts of one training run, built once from the config; :meth:`fit` runs the epochs."""
 
-    def __init__(self, cfg: PipelineConfig, data: PreparedData, model: ModelLayout) -> None:
-        self.cfg, self.model = cfg, model
+    def __init__(self, cfg: PipelineConfig, data: PreparedData, model: ModelLayout, group: Ranks = Ranks()) -> None:
+        self.cfg, self.model, self.group = cfg, model, group
+        self.device = rank_device(resolve_device(cfg.training.device, "training.device"), group)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed patch / image sizes: the fastest kernels, found once
         started = time.perf_counter()
-        self.train_loader, self.val_loader = build_loaders(cfg, data)
+        self.train_loader, self.val_loader = build_loaders(cfg, data, group, self.device)
         log.info(
             "Cached %d training and %d validation images in %.1f s",
             len(self.train_loader.dataset),
@@ -216,13 +262,21 @@ class Trainer:
         )
         self.network = build_network(
             cfg.model.name, cfg.spatial_dims, cfg.model.in_channels, cfg.model.out_channels, cfg.model.args
-        )
+        ).to(self.device)
+        self.trained = self.network  # what runs the steps: the network, or its DistributedDataParallel wrapper
+        if group.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.trained = DistributedDataParallel(self.network, device_ids=ids)
         self.loss_function = build_loss(
             cfg.loss.name, cfg.model.out_channels, cfg.loss.args, bool(cfg.data.regions), cfg.data.ignore_label
         )
         self.optimizer = build_optimizer(cfg, self.network)
         self.scheduler = build_scheduler(cfg, self.optimizer, len(self.train_loader))
-        self.bf16 = use_bf16(cfg.training.bf16)
+        self.precision = precision_for(self.device, cfg.training.bf16)
+        self.bf16 = self.precision.dtype == torch.bfloat16
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.precision.needs_scaler else None
 
     def checkpoint(self, epoch: int, **extra: Any) -> dict[str, Any]:
         """What every checkpoint holds: weights, the network's arguments, the config, the epoch."""
@@ -251,15 +305,22 @@ class Trainer:
         return progress
 
     def run_epoch(self, epoch: int, advance: Any) -> float:
-        """One seeded pass over the training loader; the mean loss."""
+        """One seeded pass over the training loader; the mean loss (over the ranks)."""
         seed_epoch(self.cfg.seed, epoch, self.train_loader.dataset.transform, self.train_loader.generator)
-        self.network.train()
+        if self.train_loader.sampler is not None and hasattr(self.train_loader.sampler, "set_epoch"):
+            self.train_loader.sampler.set_epoch(epoch)
+        self.trained.train()
         losses = []
         for batch in self.train_loader:
-            losses.append(training_step(self.network, batch, self.loss_function, self.optimizer, self.bf16))
+            losses.append(
+                training_step(
+                    self.trained, batch, self.loss_function, self.optimizer, self.precision, self.scaler, self.device
+                )
+            )
             self.scheduler.step()
             advance(losses[-1])
-        return sum(losses) / len(losses)
+        total, count = all_sum([sum(losses), len(losses)], self.group, self.device)
+        return total / count
 
     def fit(self, tracker: Tracker, progress: TrainingState, started: float) -> TrainingState:
         """Train from ``progress.epoch + 1``: validate, keep the best checkpoint, save ``last.pt`` every epoch."""
@@ -267,7 +328,7 @@ class Trainer:
         spent_minutes = progress.history[-1].get("minutes", 0.0) if progress.history else 0.0
         deadline = started + tcfg.max_minutes * 60 if tcfg.max_minutes else math.inf
         steps = len(self.train_loader)
-        with progress_bar() as bar:
+        with progress_bar(enabled=self.group.is_main) as bar:
             task = bar.add_task("train", total=tcfg.epochs * steps, completed=progress.epoch * steps)
             for epoch in range(progress.epoch + 1, tcfg.epochs + 1):
 
@@ -278,10 +339,13 @@ class Trainer:
                 row["lr"] = self.optimizer.param_groups[0]["lr"]
                 row["minutes"] = spent_minutes + (time.perf_counter() - started) / 60  # wall clock, across resumes
                 if epoch % tcfg.val_every == 0 or epoch == tcfg.epochs:
-                    row["val_dice"] = validation_dice(self.network, self.val_loader, self.cfg, self.bf16)
+                    row["val_dice"] = validation_dice(
+                        self.network, self.val_loader, self.cfg, self.precision, self.group, self.device
+                    )
                     if row["val_dice"] > progress.best_dice:
                         progress.best_dice, progress.best_epoch, progress.stale_rounds = row["val_dice"], epoch, 0
-                        save_checkpoint(self.model.best, self.checkpoint(epoch, val_dice=progress.best_dice))
+                        if self.group.is_main:
+                            save_checkpoint(self.model.best, self.checkpoint(epoch, val_dice=progress.best_dice))
                     else:
                         progress.stale_rounds += 1
                 progress.history.append(row)
@@ -294,24 +358,32 @@ class Trainer:
                     optimizer=self.optimizer.state_dict(),
                     scheduler=self.scheduler.state_dict(),
                 )
-                save_checkpoint(self.model.last, progress.record(last))
+                if self.group.is_main:
+                    save_checkpoint(self.model.last, progress.record(last))
                 log.info(
                     "epoch %d: loss %.4f%s",
                     epoch,
                     row["train_loss"],
                     f", val Dice {row['val_dice']:.4f}" if "val_dice" in row else "",
                 )
-                if patience_spent:
+                # rank 0 decides (its clock for max_minutes) and every rank follows
+                out_of_time = broadcast(time.perf_counter() > deadline, self.group)
+                if broadcast(patience_spent, self.group):
                     log.info("Early stopping: no validation improvement in %d rounds", progress.stale_rounds)
                     break
-                if time.perf_counter() > deadline:
+                if out_of_time:
                     log.info("Stopping: training.max_minutes=%s reached", tcfg.max_minutes)
                     break
         return progress
 
 
 def train(
-    cfg: PipelineConfig, data: PreparedData, run_dir: Path, tracker: Tracker, resume: bool = False
+    cfg: PipelineConfig,
+    data: PreparedData,
+    run_dir: Path,
+    tracker: Tracker,
+    resume: bool = False,
+    group: Ranks = Ranks(),
 ) -> TrainResult:
     """Fit the configured network on the train split, selecting the best epoch on validation Dice.
 
@@ -321,11 +393,11 @@ def train(
     from monai.utils import set_determinism
 
     set_determinism(seed=cfg.seed, use_deterministic_algorithms=cfg.training.deterministic or None)
-    torch.set_num_threads(cfg.training.num_threads or os.cpu_count() or 1)
+    torch.set_num_threads(cfg.training.num_threads or max(1, (os.cpu_count() or 1) // group.world))
     layout = RunLayout(run_dir)
     layout.model.root.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    trainer = Trainer(cfg, data, layout.model)
+    trainer = Trainer(cfg, data, layout.model, group)
     if resume:
         progress = trainer.resume()
     else:
@@ -334,13 +406,17 @@ def train(
             {
                 "network_parameters": sum(p.numel() for p in trainer.network.parameters()),
                 "bf16_active": trainer.bf16,
+                "precision": trainer.precision.name,
+                "device": str(trainer.device),
+                "processes": group.world,
                 "train_cases": len(trainer.train_loader.dataset),
                 "val_cases": len(trainer.val_loader.dataset),
             }
         )
     progress = trainer.fit(tracker, progress, started)
     minutes = (time.perf_counter() - started) / 60
-    atomic_write_text(layout.history, json.dumps(progress.history, indent=1))
+    if group.is_main:
+        atomic_write_text(layout.history, json.dumps(progress.history, indent=1))
     log.info("Best validation Dice %.4f at epoch %d (%.1f min)", progress.best_dice, progress.best_epoch, minutes)
     return TrainResult(
         layout.model.root, progress.best_dice, progress.best_epoch, progress.epoch, minutes, progress.history

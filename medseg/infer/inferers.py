@@ -17,8 +17,9 @@ def activate(logits: torch.Tensor, multilabel: bool = False) -> torch.Tensor:
     return torch.sigmoid(logits) if logits.shape[1] == 1 or multilabel else torch.softmax(logits, dim=1)
 
 
-def build_inferer(cfg: PipelineConfig) -> Any:
-    """Whole-image inference in 2D; sliding window with Gaussian blending in 3D (MONAI inferers)."""
+def build_inferer(cfg: PipelineConfig, device: torch.device | None = None, stitch: torch.device | None = None) -> Any:
+    """Whole-image inference in 2D; sliding window with Gaussian blending in 3D (MONAI inferers): windows run on
+    ``device``, the stitched output lives on ``stitch`` (default: the device too)."""
     from monai.inferers import SimpleInferer, SlidingWindowInferer
 
     if cfg.spatial_dims == 2:
@@ -29,7 +30,22 @@ def build_inferer(cfg: PipelineConfig) -> Any:
         sw_batch_size=inf.sw_batch_size,
         overlap=inf.overlap,
         mode=inf.blend_mode,
+        sw_device=device,
+        device=stitch or device,
     )
+
+
+def stitch_device(cfg: PipelineConfig, shape: tuple[int, ...], device: torch.device) -> torch.device:
+    """Where a volume's sliding-window output is stitched: on the GPU when the output and its weight map take under
+    half of the free GPU memory, else on the CPU (a 512x512x600 CT must not run a 16 GB GPU out of memory)."""
+    if device.type != "cuda":
+        return device
+    free, _ = torch.cuda.mem_get_info(device)
+    voxels = 1
+    for n in shape[2:]:
+        voxels *= int(n)
+    needed = (cfg.model.out_channels + 1) * voxels * 4 * (2 if cfg.inference.tta else 1)
+    return device if needed < free / 2 else torch.device("cpu")
 
 
 def mirrored_probabilities(

@@ -76,16 +76,23 @@ class Predictor:
     def __post_init__(self) -> None:
         from monai.transforms import Invertd
 
+        from medseg.devices import resolve_device
+        from medseg.infer.backends import OnnxNetwork
         from medseg.transforms import inference_transforms
 
+        self.device = resolve_device(self.config.inference.device, "inference.device")
+        if any(isinstance(m, OnnxNetwork | torch.jit.ScriptModule) for m in self.members):
+            self.device = torch.device("cpu")  # exported files run on ONNX Runtime's / TorchScript's CPU build
+        elif self.device.type == "cuda" and self.config.inference.backend != "torch":
+            self.config = self.config.with_values({"inference.backend": "torch"})  # ONNX Runtime here is CPU-only
         for member in self.members:
-            member.eval()
+            member.eval().to(self.device)
         # what runs: PyTorch or ONNX Runtime, one per member
         self.runtimes = [runtime_network(member, self.config) for member in self.members]
         self.runtime = self.runtimes[0]
         self.threshold = self.config.evaluation.threshold
         self.preprocess = inference_transforms(self.config)
-        self.inferer = build_inferer(self.config)
+        self.inferer = build_inferer(self.config, self.device)
         # 2D: MONAI's Invertd; 3D: medseg.infer.resampling (same result, a fraction of Invertd's memory)
         self.invert = (
             Invertd(keys="pred", transform=self.preprocess, orig_keys="image", nearest_interp=False)
@@ -106,44 +113,55 @@ class Predictor:
         steps: list[str] | None = None,
         backend: str | None = None,
         folds: list[int] | None = None,
+        device: str | None = None,
     ) -> Predictor:
         """Build from a run folder, its ``model/`` folder, a checkpoint, an MLflow model URI, or a file
         written by ``medseg export`` (``.onnx`` runs on ONNX Runtime, ``.ts`` on TorchScript). A cross-validated
         run gives the ensemble of its folds (``folds`` chooses some of them).
 
         ``steps`` overrides the post-processing saved with the model (used while choosing it); ``backend``
-        overrides ``inference.backend``.
+        overrides ``inference.backend`` and ``device`` ``inference.device``. Checkpoints load on any device.
         """
+        if device is not None:
+            backend = backend or ("torch" if device != "cpu" else None)
         checkpoint = resolve_model(model)
         if checkpoint.name == ENSEMBLE_FILE:
-            return cls._from_ensemble(checkpoint, tta, steps, backend, folds)
+            return cls._from_ensemble(checkpoint, tta, steps, backend, folds, device)
         plan = read_plan(checkpoint) if checkpoint.suffix == ".json" else None
         if plan is not None and plan["kind"] == EXPORTED_ENSEMBLE_KIND:
             files = [checkpoint.parent / name for _, name in sorted(plan["members"].items(), key=lambda i: int(i[0]))]
             networks, metadata = zip(*(read_exported(f) for f in files), strict=True)
-            config = validated_config(metadata[0].get("config"), files[0], backend)
+            config = validated_config(metadata[0].get("config"), files[0], backend, device)
             steps = list(plan["postprocessing"]) if steps is None else steps
             tta = config.inference.tta if tta is None else tta
             return cls(networks[0], config, steps, tta, ensemble=list(networks[1:]))
         if plan is not None:
-            members = [cls.from_model(Path(run), tta=tta, steps=[], backend=backend) for run in plan["members"]]
+            members = [
+                cls.from_model(Path(run), tta=tta, steps=[], backend=backend, device=device) for run in plan["members"]
+            ]
             return CombinedPredictor(members, list(plan["postprocessing"]) if steps is None else steps)
         if folds is not None:
             raise ModelError(f"{checkpoint}: --folds needs a cross-validated run (this model has no folds)")
         if export_format(checkpoint) is not None:
             network, metadata = read_exported(checkpoint)
-            config = validated_config(metadata.get("config"), checkpoint, backend)
+            config = validated_config(metadata.get("config"), checkpoint, backend, device)
             steps = list(metadata.get("postprocessing", [])) if steps is None else steps  # resolved at export
             return cls(network, config, steps, config.inference.tta if tta is None else tta)
         state = load_checkpoint(checkpoint)
-        config = validated_config(state.get("config"), checkpoint, backend)
+        config = validated_config(state.get("config"), checkpoint, backend, device)
         network = network_from_checkpoint(state, checkpoint)
         steps = saved_steps(config.postprocessing, checkpoint.parent) if steps is None else steps
         return cls(network, config, steps, config.inference.tta if tta is None else tta)
 
     @classmethod
     def _from_ensemble(
-        cls, manifest: Path, tta: bool | None, steps: list[str] | None, backend: str | None, folds: list[int] | None
+        cls,
+        manifest: Path,
+        tta: bool | None,
+        steps: list[str] | None,
+        backend: str | None,
+        folds: list[int] | None,
+        device: str | None = None,
     ) -> Predictor:
         """The fold checkpoints a cross-validated run's ``model/ensemble.json`` lists (all, or ``folds``)."""
         try:
@@ -159,7 +177,7 @@ class Predictor:
         for fold in chosen:
             path = root / members[fold]
             state = load_checkpoint(path)
-            config = config or validated_config(state.get("config"), path, backend)
+            config = config or validated_config(state.get("config"), path, backend, device)
             networks.append(network_from_checkpoint(state, path))
         steps = saved_steps(config.postprocessing, manifest.parent) if steps is None else steps
         tta = config.inference.tta if tta is None else tta
@@ -263,7 +281,7 @@ class Predictor:
                 raise wrapped from None
             reason = _root_cause(exc).replace(f" for file: {name}", "").replace(name, "").rstrip(". ")
             raise MedsegError(f"{name}: cannot read image ({reason})") from None
-        batch = data["image"].as_tensor()[None]
+        batch = data["image"].as_tensor()[None].to(self.device)
         channels, dims = self.config.model.in_channels, self.config.spatial_dims
         if batch.ndim != dims + 2 or batch.shape[1] != channels:
             raise DataError(
@@ -274,18 +292,41 @@ class Predictor:
         data["image"] = MetaTensor(
             torch.empty(0), meta=data["image"].meta, applied_operations=data["image"].applied_operations
         )
-        with torch.inference_mode():
-            probs = mirrored_probabilities(self.runtimes[0], batch, self.tta, self.inferer, self.multilabel)
-            for runtime in self.runtimes[1:]:  # a fold ensemble: the mean of the members' probabilities
-                probs.add_(mirrored_probabilities(runtime, batch, self.tta, self.inferer, self.multilabel))
-            if len(self.runtimes) > 1:
-                probs.div_(len(self.runtimes))
+        probs = self._network_probabilities(batch).cpu()
         del batch
         if self.config.spatial_dims == 3:
             return self._back_onto_scan(probs[0], data["image"])
         data["pred"] = MetaTensor(probs[0])  # a MetaTensor, or Invertd silently leaves it untouched
         inverted = np.asarray(self.invert(data)["pred"], dtype=np.float32)
         return inverted.transpose(0, 2, 1)  # the PIL reader is (W, H); images are (H, W)
+
+    def _network_probabilities(self, batch: torch.Tensor) -> torch.Tensor:
+        """The members' mean probabilities on the preprocessed grid; on a GPU, stitched where the volume fits (else
+        on the CPU, and again on the CPU after a CUDA out-of-memory error, with a warning)."""
+        inferer = self.inferer
+        if self.device.type == "cuda" and self.config.spatial_dims == 3:
+            from medseg.infer.inferers import stitch_device
+
+            inferer = build_inferer(
+                self.config, self.device, stitch_device(self.config, tuple(batch.shape), self.device)
+            )
+        try:
+            return self._mean_probabilities(batch, inferer)
+        except torch.cuda.OutOfMemoryError:
+            if self.config.spatial_dims == 2:
+                raise
+            log.warning("CUDA out of memory stitching a %s volume on the GPU; stitching on the CPU", tuple(batch.shape))
+            torch.cuda.empty_cache()
+            return self._mean_probabilities(batch, build_inferer(self.config, self.device, torch.device("cpu")))
+
+    def _mean_probabilities(self, batch: torch.Tensor, inferer: Any) -> torch.Tensor:
+        with torch.inference_mode():
+            probs = mirrored_probabilities(self.runtimes[0], batch, self.tta, inferer, self.multilabel)
+            for runtime in self.runtimes[1:]:  # a fold ensemble: the mean of the members' probabilities
+                probs.add_(mirrored_probabilities(runtime, batch, self.tta, inferer, self.multilabel))
+            if len(self.runtimes) > 1:
+                probs.div_(len(self.runtimes))
+        return probs
 
     @staticmethod
     def _back_onto_scan(probs: torch.Tensor, preprocessed: Any) -> np.ndarray:
@@ -333,6 +374,7 @@ class CombinedPredictor(Predictor):
         self.config, self.tta = members[0].config, members[0].tta
         self.threshold = self.config.evaluation.threshold
         self.network, self.ensemble = members[0].network, []
+        self.device = members[0].device
         self.runtimes = [runtime for member in members for runtime in member.runtimes]
         self.runtime = self.runtimes[0]
 
@@ -368,11 +410,14 @@ def resolve_model(model: Path | str) -> Path:
     return resolve_checkpoint(Path(model))
 
 
-def validated_config(raw: object, source: Path, backend: str | None = None) -> PipelineConfig:
-    """The pipeline configuration saved with a model (``backend`` replacing its inference backend)."""
+def validated_config(
+    raw: object, source: Path, backend: str | None = None, device: str | None = None
+) -> PipelineConfig:
+    """The pipeline configuration saved with a model (``backend`` and ``device`` replacing its inference ones)."""
     try:
         config = PipelineConfig.model_validate(raw)
-        return config.with_values({"inference.backend": backend}) if backend is not None else config
+        changes = {"inference.backend": backend, "inference.device": device}
+        return config.with_values({k: v for k, v in changes.items() if v is not None})
     except ValueError as exc:
         first = str(exc).splitlines()
         detail = " ".join(line.strip() for line in first[1:3]) if len(first) > 1 else str(exc)
