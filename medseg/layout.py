@@ -70,6 +70,10 @@ class PredictionLayout:
     def summary(self) -> Path:
         return self.root / "summary.csv"
 
+    def shard_summary(self, index: int, count: int) -> Path:
+        """The summary of one shard of a batch split over several jobs (``--shard i/N``)."""
+        return self.root / f"summary.shard{index}-of-{count}.csv"
+
     @property
     def statistics(self) -> Path:
         """Per case and label: size, intensities, bounding box, components, border contact."""

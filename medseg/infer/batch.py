@@ -72,6 +72,10 @@ class Outputs:
     overlays: bool = True
     max_overlays: int = 24
 
+    def as_dict(self) -> dict[str, object]:
+        """Plain values (to send to another process)."""
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
     @classmethod
     def from_config(cls, cfg: PipelineConfig, **changes: object) -> Outputs:
         """The outputs a pipeline's ``prediction`` section (and ``inference.save_probabilities``) asks for."""
@@ -148,37 +152,68 @@ def _output_path(out_dir: Path, kind: str, case_id: str, suffix: str = ".png") -
     return path
 
 
-def _run_batch(
-    records: list[Record],
-    out_dir: Path,
-    outputs_of: Callable[[Record], list[Path]],
-    predict_case: Callable[[Record, Path], dict[str, object]],
-    overwrite: bool,
-) -> PredictionReport:
-    """The shared batch loop: skip finished cases (all their masks exist), isolate failures, time each case, write
-    summary.csv. ``predict_case`` gets the record and its first mask path."""
+@dataclass
+class CaseFunctions:
+    """How one case is done: the masks that mark it finished, and the function that writes them (and the rest)."""
+
+    outputs_of: Callable[[Record], list[Path]]
+    predict_case: Callable[[Record, Path], dict[str, object]]
+    columns: list[str] = field(default_factory=list)  # of statistics.csv
+    drawn: list[str] = field(default_factory=list)  # the cases given an overlay (2D)
+
+    def finished(self, record: Record) -> bool:
+        return all(path.is_file() for path in self.outputs_of(record))
+
+    def run(self, record: Record) -> dict[str, object]:
+        """The case's summary row: ``ok`` (written), or ``failed`` with the reason; the case's failure never
+        escapes."""
+        started = time.perf_counter()
+        row: dict[str, object] = {"case": record["id"]}
+        try:
+            row.update(status="ok", **self.predict_case(record, self.outputs_of(record)[0]))
+        except MedsegError as exc:
+            row.update(status="failed", message=str(exc))
+            log.error("%s", exc)
+        row["seconds"] = round(time.perf_counter() - started, 3)
+        return row
+
+
+def prepare_output_folder(out_dir: Path) -> None:
+    """Refuse a file as the output folder; clear what a killed batch left half-written."""
     _check_output_folder(out_dir)
     _remove_stale_temporaries(out_dir)
+
+
+def split_finished(records: list[Record], cases: CaseFunctions, overwrite: bool) -> tuple[list[Record], list[Record]]:
+    """(to do, already finished) cases; with ``overwrite`` every case is to do. A case whose id is unsafe is to do,
+    where it fails with the reason."""
+    todo, done = [], []
+    for record in records:
+        try:
+            finished = not overwrite and cases.finished(record)
+        except MedsegError:
+            finished = False
+        (done if finished else todo).append(record)
+    return todo, done
+
+
+def report_rows(
+    records: list[Record], rows: dict[str, dict[str, object]], out_dir: Path, summary: Path
+) -> PredictionReport:
+    """The batch's report, in the records' order (cases without a row were finished already), and ``summary.csv``."""
     report = PredictionReport()
-    with progress_bar() as progress:
-        for record in progress.track(records, description="predict"):
-            case_id, started = record["id"], time.perf_counter()
-            row: dict[str, object] = {"case": case_id}
-            try:
-                paths = outputs_of(record)
-                if all(path.is_file() for path in paths) and not overwrite:
-                    report.skipped.append(case_id)
-                    report.rows.append({**row, "status": "skipped", "message": "mask exists"})
-                    continue
-                row.update(status="ok", **predict_case(record, paths[0]))
-                report.written.append(case_id)
-            except MedsegError as exc:
-                report.failed[case_id] = str(exc)
-                row.update(status="failed", message=str(exc))
-                log.error("%s", exc)
-            row["seconds"] = round(time.perf_counter() - started, 3)
-            report.rows.append(row)
-    _write_summary(PredictionLayout(out_dir).summary, report.rows)
+    for record in records:
+        row = rows.get(record["id"])
+        if row is None:
+            report.skipped.append(record["id"])
+            report.rows.append({"case": record["id"], "status": "skipped", "message": "mask exists"})
+            continue
+        report.rows.append(row)
+        if row["status"] == "ok":
+            report.written.append(str(row["case"]))
+        else:
+            report.failed[str(row["case"])] = str(row.get("message", ""))
+    _write_summary(summary, report.rows)
     log.info(
         "Predicted %d case(s) into %s%s%s",
         len(report.written),
@@ -187,6 +222,20 @@ def _run_batch(
         f"; {len(report.failed)} failed: {', '.join(report.failed)}" if report.failed else "",
     )
     return report
+
+
+def _run_batch(
+    records: list[Record], out_dir: Path, cases: CaseFunctions, overwrite: bool, summary: Path | None = None
+) -> PredictionReport:
+    """The local batch loop: skip finished cases (all their masks exist), isolate failures, time each case, write
+    summary.csv."""
+    prepare_output_folder(out_dir)
+    todo, _ = split_finished(records, cases, overwrite)
+    rows = {}
+    with progress_bar() as progress:
+        for record in progress.track(todo, description="predict"):
+            rows[record["id"]] = cases.run(record)
+    return report_rows(records, rows, out_dir, summary or PredictionLayout(out_dir).summary)
 
 
 def _check_output_folder(out_dir: Path) -> None:
@@ -263,12 +312,17 @@ def predict_images(
 ) -> PredictionReport:
     """Write ``masks/<id>.png`` (0/255 binary, else the label values; input size) and, for the first cases,
     ``overlays/<id>.png``; with ``outputs``: probability and entropy PNGs (0..255 for 0..1) and statistics."""
+    outputs = outputs or Outputs()
+    check_outputs(outputs, predictor.config, records)
+    return run_cases(predictor, records, out_dir, outputs, overwrite, image_cases(predictor, out_dir, outputs))
+
+
+def image_cases(predictor: Predictor, out_dir: Path, outputs: Outputs) -> CaseFunctions:
+    """What one 2D case writes (see :func:`predict_images`)."""
     from medseg.infer.uncertainty import entropy_summary, predictive_entropy
     from medseg.labels import channel_names, output_labels
     from medseg.statistics import statistics_columns, structure_statistics
 
-    outputs = outputs or Outputs()
-    check_outputs(outputs, predictor.config, records)
     cfg, drawn = predictor.config, []
     labels, names = output_labels(cfg), channel_names(cfg)
     columns = statistics_columns(RGB, 2)
@@ -311,11 +365,26 @@ def predict_images(
     def outputs_of(record: Record) -> list[Path]:
         return [_output_path(out_dir, PredictionLayout.MASKS, record["id"])]
 
+    return CaseFunctions(outputs_of, predict_case, columns, drawn)
+
+
+def run_cases(
+    predictor: Predictor,
+    records: list[Record],
+    out_dir: Path,
+    outputs: Outputs,
+    overwrite: bool,
+    cases: CaseFunctions,
+    summary: Path | None = None,
+    everyone: list[Record] | None = None,
+) -> PredictionReport:
+    """The local engine: the label descriptions, every case in turn, then ``statistics.csv`` (over ``everyone``
+    that has statistics: all shards' cases)."""
     _write_label_descriptions(predictor, out_dir)
-    report = _run_batch(records, out_dir, outputs_of, predict_case, overwrite)
+    report = _run_batch(records, out_dir, cases, overwrite, summary)
     if outputs.statistics:
-        _gather_statistics(out_dir, records, columns)
-    report.overlays = drawn
+        _gather_statistics(out_dir, everyone or records, cases.columns)
+    report.overlays = list(cases.drawn)
     return report
 
 
@@ -332,13 +401,18 @@ def predict_volumes(
 ) -> PredictionReport:
     """Write ``masks/<id>.<ext>`` in each asked format (uint8, exactly the scan's geometry; default the input's own
     format) and, with ``outputs``, probability and entropy maps, meshes and statistics."""
+    outputs = outputs or Outputs()
+    check_outputs(outputs, predictor.config, records)
+    return run_cases(predictor, records, out_dir, outputs, overwrite, volume_cases(predictor, out_dir, outputs))
+
+
+def volume_cases(predictor: Predictor, out_dir: Path, outputs: Outputs) -> CaseFunctions:
+    """What one 3D case writes (see :func:`predict_volumes`)."""
     from medseg.imageio.writers import write_probability_like
     from medseg.infer.uncertainty import entropy_summary, predictive_entropy
     from medseg.labels import channel_names, output_labels
     from medseg.statistics import statistics_columns, structure_statistics
 
-    outputs = outputs or Outputs()
-    check_outputs(outputs, predictor.config, records)
     cfg = predictor.config
     labels, names = output_labels(cfg), channel_names(cfg)
     modalities = [m for m in cfg.data.modalities] or [f"channel{i}" for i in range(cfg.model.in_channels)]
@@ -396,11 +470,30 @@ def predict_volumes(
             **row,
         }
 
-    _write_label_descriptions(predictor, out_dir)
-    report = _run_batch(records, out_dir, outputs_of, predict_case, overwrite)
-    if outputs.statistics:
-        _gather_statistics(out_dir, records, columns)
-    return report
+    return CaseFunctions(outputs_of, predict_case, columns)
+
+
+def case_functions(predictor: Predictor, out_dir: Path, outputs: Outputs) -> CaseFunctions:
+    """What one case of this predictor's kind (2D image or 3D scan) writes."""
+    return (volume_cases if predictor.config.spatial_dims == 3 else image_cases)(predictor, out_dir, outputs)
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``i/N`` -> (i, N); ConfigError unless 0 <= i < N."""
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise ConfigError(f"--shard {text}: expected i/N, e.g. 0/4 for the first of 4 shards") from None
+    if count < 1 or not 0 <= index < count:
+        last = max(count - 1, 0)
+        raise ConfigError(f"--shard {text}: i must be 0..N-1 (the shards of {count} are 0/{count} .. {last}/{count})")
+    return index, count
+
+
+def shard_records(records: list[Record], index: int, count: int) -> list[Record]:
+    """Shard ``index`` of ``count``: every ``count``-th case by sorted case id, so N shards cover each case once."""
+    ordered = sorted(records, key=lambda record: record["id"])
+    return ordered[index::count]
 
 
 def write_label_map(labels_map: np.ndarray, header: ScanHeader, labels: list, path: Path) -> Path:
@@ -425,13 +518,26 @@ def predict_folder(
     out_dir: Path,
     outputs: Outputs | None = None,
     overwrite: bool = False,
+    shard: tuple[int, int] | None = None,
 ) -> PredictionReport:
-    """``medseg predict``: every image or scan of ``source`` into ``out_dir`` (resumable unless ``overwrite``)."""
+    """``medseg predict``: every image or scan of ``source`` into ``out_dir`` (resumable unless ``overwrite``);
+    ``shard`` (i, N): only shard i of N, its summary in ``summary.shard<i>-of-<N>.csv``."""
+    records, todo, summary = folder_cases(predictor.config, source, out_dir, shard)
+    outputs = outputs or Outputs()
+    if predictor.config.spatial_dims == 2:
+        outputs = replace(outputs, max_overlays=len(records))
+    check_outputs(outputs, predictor.config, todo)
+    cases = case_functions(predictor, out_dir, outputs)
+    return run_cases(predictor, todo, out_dir, outputs, overwrite, cases, summary, records)
+
+
+def folder_cases(
+    cfg: PipelineConfig, source: Path, out_dir: Path, shard: tuple[int, int] | None
+) -> tuple[list[Record], list[Record], Path | None]:
+    """All the cases of ``source``, those of this shard, and the shard's summary path (None: ``summary.csv``)."""
     if source.exists() and out_dir.resolve() == source.resolve():
         raise DataError(f"{out_dir}: choose an output folder other than the input folder")
-    cfg = predictor.config
     records = predict_inputs(source, cfg.spatial_dims, cfg.model.in_channels)
-    outputs = outputs or Outputs()
-    if cfg.spatial_dims == 3:
-        return predict_volumes(predictor, records, out_dir, outputs, overwrite=overwrite)
-    return predict_images(predictor, records, out_dir, replace(outputs, max_overlays=len(records)), overwrite=overwrite)
+    if shard is None:
+        return records, records, None
+    return records, shard_records(records, *shard), PredictionLayout(out_dir).shard_summary(*shard)
