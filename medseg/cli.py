@@ -230,17 +230,35 @@ def predict(
         str | None, typer.Option("--folds", help="A cross-validated run's folds to ensemble, e.g. 0,2 (default: all).")
     ] = None,
     device: DeviceOption = None,
+    engine: Annotated[
+        str, typer.Option("--engine", help="local (this process) or ray (Ray Data actors, one model each).")
+    ] = "local",
+    workers: Annotated[int, typer.Option("--workers", help="Ray: how many actors.")] = 2,
+    gpus_per_worker: Annotated[float, typer.Option("--gpus-per-worker", help="Ray: GPUs per actor.")] = 0.0,
+    ray_address: Annotated[
+        str | None, typer.Option("--ray-address", help="Ray: join this cluster (default $RAY_ADDRESS, else local).")
+    ] = None,
+    shard: Annotated[
+        str | None, typer.Option("--shard", help="i/N: only shard i of N (job arrays); N shards cover every case once.")
+    ] = None,
     debug: DebugOption = False,
 ) -> None:
     """Segment a folder of images with a trained model (resumable: existing masks are kept)."""
 
     def action() -> None:
         from medseg.errors import ConfigError
-        from medseg.infer.batch import Outputs, predict_folder
+        from medseg.infer.batch import Outputs, parse_shard, predict_folder
         from medseg.infer.predictor import Predictor
 
         if backend not in (None, "auto", "torch", "onnxruntime"):
             raise ConfigError(f"--backend {backend}: expected auto, torch or onnxruntime")
+        if engine not in ("local", "ray"):
+            raise ConfigError(f"--engine {engine}: expected local or ray")
+        portion = parse_shard(shard) if shard is not None else None
+        if engine == "ray":
+            from medseg.infer.ray_engine import import_ray
+
+            import_ray()  # the extra is installed, or one line saying how
         chosen = None
         if folds is not None:
             try:
@@ -258,10 +276,29 @@ def predict(
             overlays=overlays,
         )
         tta_on = True if uncertainty and tta is None else tta  # entropy over the mirrored predictions
-        predictor = Predictor.from_model(
-            model, tta=tta_on, backend=backend, folds=chosen, device=_checked_device(device)
-        )
-        report = predict_folder(predictor, input_path, output, outputs, overwrite=overwrite)
+        options = {"tta": tta_on, "backend": backend, "folds": chosen, "device": _checked_device(device)}
+        if engine == "ray":
+            from medseg.infer.batch import folder_cases
+            from medseg.infer.ray_engine import predict_with_ray
+
+            predictor = Predictor.from_model(model, **options)  # a bad model fails here, before Ray starts
+            _, todo, summary = folder_cases(predictor.config, input_path, output, portion)
+            report = predict_with_ray(
+                predictor,
+                model,
+                options,
+                todo,
+                output,
+                outputs,
+                overwrite,
+                workers,
+                gpus_per_worker,
+                ray_address,
+                summary,
+            )
+        else:
+            predictor = Predictor.from_model(model, **options)
+            report = predict_folder(predictor, input_path, output, outputs, overwrite=overwrite, shard=portion)
         typer.echo(
             f"{len(report.written)} written, {len(report.skipped)} already done, {len(report.failed)} failed "
             f"-> {output / 'summary.csv'}"

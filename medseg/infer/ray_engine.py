@@ -54,6 +54,7 @@ class _CaseWorker:
 
 
 def predict_with_ray(
+    predictor: Predictor,
     model: str,
     options: dict[str, Any],
     records: list[Record],
@@ -65,12 +66,12 @@ def predict_with_ray(
     address: str | None = None,
     summary: Path | None = None,
 ) -> PredictionReport:
-    """Segment ``records`` on ``workers`` Ray actors (a local Ray on this machine's CPUs unless ``address`` or
-    ``$RAY_ADDRESS`` names a cluster); the outputs and report are those of the local engine."""
+    """Segment ``records`` on ``workers`` Ray actors, each loading ``model`` with ``options`` once (a local Ray on this
+    machine's CPUs unless ``address`` or ``$RAY_ADDRESS`` names a cluster); ``predictor`` (the same model, loaded
+    here) checks the inputs and outputs first. The outputs and report are those of the local engine."""
     ray = import_ray()
     if workers < 1:
         raise ConfigError(f"--workers {workers}: give at least 1 worker")
-    predictor = Predictor.from_model(model, **options)  # checked here once: a bad model fails before Ray starts
     check_outputs(outputs, predictor.config, records)
     prepare_output_folder(out_dir)
     _write_label_descriptions(predictor, out_dir)
