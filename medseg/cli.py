@@ -333,6 +333,7 @@ def export(
             "tensors of the working shape always go through both networks.",
         ),
     ] = None,
+    device: DeviceOption = None,
     debug: DebugOption = False,
 ) -> None:
     """Export a trained model to ONNX or TorchScript; written only if it reproduces the PyTorch network."""
@@ -340,7 +341,7 @@ def export(
     def action() -> None:
         from medseg.infer.export import export_model
 
-        result = export_model(model, export_format, output, check_input)
+        result = export_model(model, export_format, output, check_input, device=_checked_device(device))
         parity = result.parity
         typer.echo(
             f"{result.path} ({result.format}): parity on {parity.inputs}: max |logit difference| "

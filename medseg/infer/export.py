@@ -79,7 +79,8 @@ def check_parity(
     shape = working_shape(reference.config)
     for index, batch in enumerate(random_inputs(reference.config.model.in_channels, shape)):
         with torch.inference_mode():
-            ours, theirs = reference.network(batch).float(), exported.runtime(batch).float()
+            ours = reference.network(batch.to(reference.device)).float().cpu()
+            theirs = exported.runtime(batch).float()
         multilabel = bool(reference.config.data.regions)
         ours_p, theirs_p = activate(ours, multilabel)[0].numpy(), activate(theirs, multilabel)[0].numpy()
         rows.append(
@@ -122,9 +123,15 @@ def parity_inputs(source: Path, config: PipelineConfig) -> list[str | list[str]]
 
 
 def export_model(
-    model: Path | str, fmt: str, output: Path | None = None, check_inputs: Path | None = None, max_cases: int = 4
+    model: Path | str,
+    fmt: str,
+    output: Path | None = None,
+    check_inputs: Path | None = None,
+    max_cases: int = 4,
+    device: str | None = None,
 ) -> ExportResult:
-    """Export ``model`` (run folder, checkpoint or MLflow URI) and check the file against PyTorch.
+    """Export ``model`` (run folder, checkpoint or MLflow URI) and check the file against PyTorch (on ``device``;
+    the file itself is written from the CPU: ONNX and TorchScript files are device-independent).
 
     Raises ModelError, after writing nothing, if the export does not reproduce the network.
     """
@@ -132,10 +139,10 @@ def export_model(
         raise ModelError(f"export format {fmt!r}: expected one of {', '.join(FORMATS)}")
     checkpoint = resolve_model(model)
     if checkpoint.name == ENSEMBLE_FILE:
-        return _export_ensemble(checkpoint, fmt, output, check_inputs, max_cases)
+        return _export_ensemble(checkpoint, fmt, output, check_inputs, max_cases, device)
     if export_format(checkpoint) is not None:
         raise ModelError(f"{checkpoint}: already an exported model; export from a run folder or checkpoint")
-    reference = Predictor.from_model(checkpoint, backend="torch")
+    reference = Predictor.from_model(checkpoint, backend="torch", device="cpu")
     state = load_checkpoint(checkpoint)
     from_uri = isinstance(model, str) and model.startswith(MODEL_URI_SCHEMES)
     default_folder = Path.cwd() if from_uri else checkpoint.parent  # not inside the download cache
@@ -150,7 +157,10 @@ def export_model(
     try:
         exported = Predictor.from_model(staged)
         images = parity_inputs(check_inputs, reference.config)[:max_cases] if check_inputs is not None else None
-        parity = check_parity(reference, exported, images)
+        checked = (
+            reference if device in (None, "cpu") else Predictor.from_model(checkpoint, backend="torch", device=device)
+        )
+        parity = check_parity(checked, exported, images)
         if not parity.passed:
             raise ModelError(
                 f"{target}: the {fmt} export does not reproduce the network (max |logit difference| "
@@ -166,7 +176,7 @@ def export_model(
 
 
 def _export_ensemble(
-    manifest: Path, fmt: str, output: Path | None, check_inputs: Path | None, max_cases: int
+    manifest: Path, fmt: str, output: Path | None, check_inputs: Path | None, max_cases: int, device: str | None = None
 ) -> ExportResult:
     """A cross-validated run: one checked file per fold, plus ``<name>.ensemble.json`` naming them with the
     ensemble's post-processing (what ``medseg predict -m <name>.ensemble.json`` reads)."""
@@ -180,7 +190,7 @@ def _export_ensemble(
     written, reports = {}, []
     for fold, relative in sorted(members.items(), key=lambda item: int(item[0])):
         member = target.with_name(f"{target.stem}.fold{fold}{target.suffix}")
-        reports.append(export_model(root / relative, fmt, member, check_inputs, max_cases).parity)
+        reports.append(export_model(root / relative, fmt, member, check_inputs, max_cases, device).parity)
         written[fold] = member.name
     config = Predictor.from_model(root / members[min(members, key=int)], backend="torch").config
     document = {

@@ -320,7 +320,11 @@ class Predictor:
             return self._mean_probabilities(batch, build_inferer(self.config, self.device, torch.device("cpu")))
 
     def _mean_probabilities(self, batch: torch.Tensor, inferer: Any) -> torch.Tensor:
-        with torch.inference_mode():
+        from medseg.devices import precision_for
+
+        # on a GPU, the windows run under bf16/fp16 autocast (probabilities are reduced in fp32); on the CPU as trained
+        precision = precision_for(self.device, self.config.training.bf16 if self.device.type == "cuda" else False)
+        with torch.inference_mode(), precision.autocast():
             probs = mirrored_probabilities(self.runtimes[0], batch, self.tta, inferer, self.multilabel)
             for runtime in self.runtimes[1:]:  # a fold ensemble: the mean of the members' probabilities
                 probs.add_(mirrored_probabilities(runtime, batch, self.tta, inferer, self.multilabel))
