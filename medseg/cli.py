@@ -490,7 +490,9 @@ def validate(pipeline: PipelineArg, overrides: SetOption = None, debug: DebugOpt
         from medseg.registry import build_loss, build_network
 
         cfg = load_config(pipeline, overrides)
-        build_network(cfg.model.name, cfg.spatial_dims, cfg.model.in_channels, cfg.model.out_channels, cfg.model.args)
+        network, filled = build_network(
+            cfg.model.name, cfg.spatial_dims, cfg.model.in_channels, cfg.model.out_channels, cfg.model.args, True
+        )
         build_loss(cfg.loss.name, cfg.model.out_channels, cfg.loss.args, bool(cfg.data.regions), cfg.data.ignore_label)
         if sys.stdout.isatty():
             console.print(Syntax(cfg.to_yaml(), "yaml"))

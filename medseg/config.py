@@ -214,6 +214,8 @@ class LossConfig(Section):
 
     name: str = "dice_ce"
     args: dict[str, Any] = Field(default_factory=dict)
+    # weighted terms of a combined loss: {dice: 1.0, ce: 0.5} (dice_ce), {dice: 1.0, focal: 2.0} (dice_focal)
+    weights: dict[Literal["dice", "ce", "bce", "focal"], NonNegativeFloat] | None = None
 
     @field_validator("name")
     @classmethod
@@ -230,11 +232,15 @@ class OptimizerConfig(Section):
 
 
 class ScheduleConfig(Section):
-    """Learning-rate schedule, stepped every iteration."""
+    """Learning-rate schedule: cosine (linear warm-up), poly and constant step every iteration; plateau lowers the rate
+    when validation Dice stops rising."""
 
-    name: Literal["cosine", "constant"] = "cosine"
+    name: Literal["cosine", "poly", "plateau", "constant"] = "cosine"
     warmup_epochs: NonNegativeInt = 2
     end_lr: NonNegativeFloat = 0.0
+    poly_exponent: PositiveFloat = 0.9  # poly: lr * (1 - step / total) ** exponent, as nnU-Net
+    plateau_factor: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.5  # plateau: lr * factor when validation Dice stalls
+    plateau_patience: NonNegativeInt = 2  # validation rounds without improvement before lowering the lr
 
 
 class TrainingConfig(Section):

@@ -79,11 +79,22 @@ def build_optimizer(cfg: PipelineConfig, network: nn.Module) -> torch.optim.Opti
 
 
 def build_scheduler(cfg: PipelineConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
-    """Linear warm-up then cosine decay (MONAI's WarmupCosineSchedule), stepped per iteration."""
+    """Linear warm-up then cosine decay (MONAI's WarmupCosineSchedule), poly (nnU-Net's) or constant, stepped per
+    iteration; or ReduceLROnPlateau on validation Dice, stepped per validation."""
     from monai.optimizers import WarmupCosineSchedule
 
-    if cfg.schedule.name == "constant":
+    schedule = cfg.schedule
+    if schedule.name == "constant":
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    if schedule.name == "plateau":  # stepped on validation Dice (see Trainer.fit)
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="max", factor=schedule.plateau_factor, patience=schedule.plateau_patience
+        )
+    if schedule.name == "poly":
+        total_steps = max(1, cfg.training.epochs * steps_per_epoch)
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: max(0.0, 1.0 - step / total_steps) ** schedule.poly_exponent
+        )
     total = cfg.training.epochs * steps_per_epoch
     return WarmupCosineSchedule(
         optimizer, warmup_steps=cfg.schedule.warmup_epochs * steps_per_epoch, t_total=total, end_lr=cfg.schedule.end_lr
@@ -270,7 +281,12 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.trained = DistributedDataParallel(self.network, device_ids=ids)
         self.loss_function = build_loss(
-            cfg.loss.name, cfg.model.out_channels, cfg.loss.args, bool(cfg.data.regions), cfg.data.ignore_label
+            cfg.loss.name,
+            cfg.model.out_channels,
+            cfg.loss.args,
+            bool(cfg.data.regions),
+            cfg.data.ignore_label,
+            cfg.loss.weights,
         )
         self.optimizer = build_optimizer(cfg, self.network)
         self.scheduler = build_scheduler(cfg, self.optimizer, len(self.train_loader))
@@ -317,7 +333,8 @@ class Trainer:
                     self.trained, batch, self.loss_function, self.optimizer, self.precision, self.scaler, self.device
                 )
             )
-            self.scheduler.step()
+            if not isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                self.scheduler.step()
             advance(losses[-1])
         total, count = all_sum([sum(losses), len(losses)], self.group, self.device)
         return total / count
@@ -342,6 +359,8 @@ class Trainer:
                     row["val_dice"] = validation_dice(
                         self.network, self.val_loader, self.cfg, self.precision, self.group, self.device
                     )
+                    if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                        self.scheduler.step(row["val_dice"])
                     if row["val_dice"] > progress.best_dice:
                         progress.best_dice, progress.best_epoch, progress.stale_rounds = row["val_dice"], epoch, 0
                         if self.group.is_main:

@@ -1,0 +1,98 @@
+"""Every registry network builds in 2D and 3D and runs forward; FCN and DeepLabV3+ on odd sizes; losses, their
+weights, and the schedules."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from medseg.config import PipelineConfig
+from medseg.errors import ConfigError
+from medseg.registry import LOSSES, NETWORKS, build_loss, build_network, network_arguments
+
+SMALL = {
+    "unet": {"channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 0},
+    "attention_unet": {"channels": [4, 8, 16], "strides": [2, 2]},
+    "basic_unet_plus_plus": {"features": [4, 4, 8, 16, 32, 4]},
+    "dynunet": {"filters": [4, 8, 16]},
+    "segresnet": {"init_filters": 8},
+    "fcn8s": {"channels": [4, 8, 8, 16, 16], "head_channels": 16},
+    "fcn16s": {"channels": [4, 8, 8, 16, 16], "head_channels": 16},
+    "fcn32s": {"channels": [4, 8, 8, 16, 16], "head_channels": 16},
+    "deeplabv3plus": {"channels": [4, 8, 16, 16], "aspp_channels": 16, "low_level_channels": 8},
+    "swin_unetr": {"feature_size": 12, "depths": [1, 1, 1, 1], "num_heads": [1, 2, 3, 4]},
+    "unetr": {"feature_size": 4, "hidden_size": 48, "mlp_dim": 96, "num_heads": 2},
+    "flexible_unet": {"backbone": "efficientnet-b0", "decoder_channels": [16, 8, 8, 4, 4]},
+}
+
+
+@pytest.mark.parametrize("name", sorted(NETWORKS))
+@pytest.mark.parametrize("dims", [2, 3])
+def test_every_network_builds_and_runs_forward(name: str, dims: int) -> None:
+    # sizes each architecture accepts: multiples of 32 (SwinUNETR in 3D: 64, its instance norm needs > 1 voxel)
+    size = (64,) * dims if dims == 2 or name == "swin_unetr" else (32,) * dims
+    args = dict(SMALL[name])
+    if name == "unetr":
+        args["img_size"] = list(size)
+    network = build_network(name, dims, 3, 2, args).eval()
+    with torch.no_grad():
+        assert network(torch.randn(1, 3, *size)).shape == (1, 2, *size)
+
+
+@pytest.mark.parametrize("name", ["fcn8s", "fcn16s", "fcn32s", "deeplabv3plus"])
+@pytest.mark.parametrize("size", [(67, 93), (33, 41, 29)])
+def test_fcn_and_deeplab_keep_odd_input_sizes(name: str, size: tuple[int, ...]) -> None:
+    network = build_network(name, len(size), 1, 3, SMALL[name]).eval()
+    with torch.no_grad():
+        assert network(torch.randn(2, 1, *size)).shape == (2, 3, *size)
+
+
+def test_the_registry_reports_the_defaults_it_filled_in() -> None:
+    filled = network_arguments("deeplabv3plus", 2, 3, 1, {"aspp_channels": 64})
+    assert filled == {
+        "aspp_channels": 64,
+        "channels": (32, 64, 128, 256),
+        "rates": (6, 12, 18),
+        "low_level_channels": 48,
+    }
+    assert network_arguments("flexible_unet", 2, 3, 1, {})["pretrained"] is False  # never downloads weights
+    with pytest.raises(ConfigError, match="UNETR needs model.args.img_size"):
+        build_network("unetr", 3, 1, 1, {})
+
+
+def test_losses_and_their_weights() -> None:
+    torch.manual_seed(0)
+    logits, target = torch.randn(2, 1, 8, 8), (torch.rand(2, 1, 8, 8) > 0.5).float()
+    for name in LOSSES:
+        assert torch.isfinite(build_loss(name, 1)(logits, target))
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
+    assert build_loss("bce", 1)(logits, target).item() == pytest.approx(bce.item(), rel=1e-5)
+    from monai.losses import DiceLoss
+
+    dice = DiceLoss(sigmoid=True)(logits, target)
+    weighted = build_loss("dice_ce", 1, weights={"dice": 2.0, "ce": 0.5})(logits, target)
+    assert weighted.item() == pytest.approx(2.0 * dice.item() + 0.5 * bce.item(), rel=1e-5)
+    with pytest.raises(ConfigError, match="loss.weights.focal: dice_ce has no focal term"):
+        build_loss("dice_ce", 1, weights={"focal": 1.0})
+    many, classes = torch.randn(2, 3, 8, 8), torch.randint(0, 3, (2, 1, 8, 8)).float()
+    ce = torch.nn.functional.cross_entropy(many, classes[:, 0].long())
+    assert build_loss("ce", 3)(many, classes).item() == pytest.approx(ce.item(), rel=1e-5)
+    assert torch.isfinite(build_loss("focal", 3)(many, classes))
+
+
+def test_poly_and_plateau_schedules() -> None:
+    from medseg.training import build_scheduler
+
+    cfg = PipelineConfig(name="s", training={"epochs": 10}, schedule={"name": "poly"})
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    poly = build_scheduler(cfg, optimizer, steps_per_epoch=10)
+    for _ in range(50):
+        optimizer.step()
+        poly.step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.5**0.9)  # halfway through 100 steps
+    cfg = cfg.with_values({"schedule.name": "plateau", "schedule.plateau_patience": 1})
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    plateau = build_scheduler(cfg, optimizer, steps_per_epoch=10)
+    for dice in (0.5, 0.6, 0.6, 0.6):
+        plateau.step(dice)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.5)  # lowered once the Dice stalled
