@@ -64,7 +64,14 @@ def overrides(root: Path, epochs: int = EPOCHS) -> list[str]:
 def medseg(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MEDSEG_DATA_ROOT")}
     return subprocess.run(
-        [sys.executable, "-m", "medseg", *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO
+        [sys.executable, "-m", "medseg", *args],
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+        timeout=timeout,
+        env=env,
+        cwd=REPO,
     )
 
 
@@ -132,7 +139,13 @@ def test_a_rank_that_dies_stops_the_others_with_a_clear_message(data: Path) -> N
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     args = ["run", str(PIPELINE), "--name", "killed", "--nproc", "2", *overrides(data, 400)]
     process = subprocess.Popen(
-        [sys.executable, "-m", "medseg", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        [sys.executable, "-m", "medseg", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+        env=env,
     )
     try:
         victim = _rank_process(process.pid, "1")
