@@ -46,6 +46,8 @@ class SyntheticConfig(Section):
     seed: NonNegativeInt = 0
     cache_dir: Path = Path("data/cache")
     epochs: PositiveInt | None = None
+    # lesion: binary lesion masks; multiclass: also hair and ruler ticks (0 background, 1 lesion, 2 hair, 3 ruler)
+    kind: Literal["lesion", "multiclass"] = "lesion"
 
 
 class SplitConfig(Section):

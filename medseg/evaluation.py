@@ -113,10 +113,13 @@ def evaluate(
     Returns:
         The summary: ``{"raw": {...}, "postprocessed": {...}, "postprocessing_steps": [...], "cases": n}``.
     """
-    from medseg.labels import structures
+    from medseg.labels import class_count, output_labels, structures
+    from medseg.metrics import confusion_matrix, semantic_scores
 
     names = METRIC_NAMES if cfg.spatial_dims == 2 else VOLUME_METRIC_NAMES
     named = structures(cfg)
+    classes = None if cfg.data.regions else class_count(cfg)  # a confusion matrix for class models
+    matrix = np.zeros((classes, classes), dtype=np.int64) if classes else None
     rows: list[dict[str, Any]] = []
     per_variant: dict[str, list[dict[str, float]]] = {"raw": [], "postprocessed": []}
     with progress_bar() as progress:
@@ -125,6 +128,9 @@ def evaluate(
             if on_case is not None:
                 on_case(record, result)
             truth, spacing = read_truth(record, cfg, result.header)
+            if matrix is not None:
+                valid = None if cfg.data.ignore_label is None else truth != cfg.data.ignore_label
+                matrix += confusion_matrix(result.labels, truth, classes, valid)
             for variant, labels in (("raw", result.raw), ("postprocessed", result.labels)):
                 metrics = structure_metrics(labels, truth, cfg, spacing)
                 for structure in named:
@@ -144,6 +150,10 @@ def evaluate(
         s.name: summarise([r for r in rows if r["label"] == s.name and r["variant"] == "postprocessed"], names)
         for s in named
     }
+    if matrix is not None:
+        class_names = ["background", *(label.name for label in output_labels(cfg))]
+        summary["semantic"] = {**semantic_scores(matrix), "classes": class_names, "confusion_matrix": matrix.tolist()}
+        write_confusion_matrix(matrix, class_names, out_dir)
     summary.update(
         {
             "postprocessing_steps": predictor.steps,
@@ -169,6 +179,41 @@ def evaluate(
     return summary
 
 
+def write_confusion_matrix(matrix: np.ndarray, names: list[str], out_dir: Path) -> None:
+    """``confusion_matrix.csv`` (pixel counts, rows true, columns predicted) and ``confusion_matrix.png`` (rows
+    normalised, with the counts)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from medseg.atomic import atomic_path
+
+    rows = [
+        {"true \\ predicted": name, **dict(zip(names, map(int, row), strict=True))}
+        for name, row in zip(names, matrix, strict=True)
+    ]
+    atomic_write_text(out_dir / "confusion_matrix.csv", _csv_text(rows))
+    totals = matrix.sum(axis=1, keepdims=True)
+    shares = np.divide(matrix, totals, out=np.zeros(matrix.shape), where=totals > 0)
+    fig, axis = plt.subplots(figsize=(1.2 * len(names) + 2.5, 1.1 * len(names) + 1.8))
+    image = axis.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    for i in range(len(names)):
+        for j in range(len(names)):
+            colour = "white" if shares[i, j] > 0.5 else "black"
+            axis.text(j, i, f"{shares[i, j]:.2f}\n{matrix[i, j]:,}", ha="center", va="center", color=colour, fontsize=8)
+    axis.set_xticks(range(len(names)), names, rotation=30, ha="right")
+    axis.set_yticks(range(len(names)), names)
+    axis.set_xlabel("predicted")
+    axis.set_ylabel("true")
+    axis.set_title("confusion matrix (rows sum to 1; pixel counts)")
+    fig.colorbar(image, ax=axis, fraction=0.046)
+    fig.tight_layout()
+    with atomic_path(out_dir / "confusion_matrix.png") as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
 def summary_metrics(summary: dict[str, Any], prefix: str = "test") -> dict[str, float]:
     """Flatten a summary to MLflow metrics: ``test_dice`` (post-processed) and ``test_dice_raw``."""
     metrics = {}
@@ -181,4 +226,12 @@ def summary_metrics(summary: dict[str, Any], prefix: str = "test") -> dict[str, 
 
     for name, per_label in summary.get("per_label", {}).items():
         metrics[f"{prefix}_dice_{slug(name)}"] = per_label["dice"]["mean"]
+    semantic = summary.get("semantic")
+    if semantic:
+        for key in ("miou", "fwiou", "pixel_accuracy", "mean_pixel_accuracy"):
+            if np.isfinite(semantic[key]):
+                metrics[f"{prefix}_{key}"] = semantic[key]
+        for name, iou in zip(semantic["classes"], semantic["iou"], strict=True):
+            if iou is not None and name != "background":
+                metrics[f"{prefix}_iou_{slug(name)}"] = iou
     return metrics

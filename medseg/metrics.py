@@ -109,3 +109,37 @@ def summarise(rows: Sequence[dict[str, float]], names: Sequence[str] = METRIC_NA
             "n": int(finite.size),
         }
     return summary
+
+
+def confusion_matrix(
+    prediction: np.ndarray, truth: np.ndarray, classes: int, valid: np.ndarray | None = None
+) -> np.ndarray:
+    """(classes, classes) pixel counts, rows the true class, columns the predicted one (``valid`` pixels only)."""
+    pred, true = prediction.ravel().astype(np.int64), truth.ravel().astype(np.int64)
+    keep = (true < classes) & (pred < classes)
+    if valid is not None:
+        keep &= valid.ravel()
+    return np.bincount(true[keep] * classes + pred[keep], minlength=classes * classes).reshape(classes, classes)
+
+
+def semantic_scores(matrix: np.ndarray) -> dict[str, object]:
+    """The semantic-segmentation scores of a confusion matrix (FCN paper's definitions): pixel accuracy, mean pixel
+    accuracy (mean per-class recall), mean IoU, frequency-weighted IoU, and per-class IoU and Dice (classes absent
+    from both truth and prediction are left out of the means)."""
+    matrix = matrix.astype(np.float64)
+    true, predicted, hits = matrix.sum(axis=1), matrix.sum(axis=0), np.diag(matrix)
+    union = true + predicted - hits
+    present = union > 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou = np.where(present, hits / union, np.nan)
+        dice = np.where(present, 2 * hits / (true + predicted), np.nan)
+        recall = np.where(true > 0, hits / true, np.nan)
+    frequency = true / true.sum() if true.sum() else true
+    return {
+        "pixel_accuracy": float(hits.sum() / matrix.sum()) if matrix.sum() else math.nan,
+        "mean_pixel_accuracy": float(np.nanmean(recall)) if np.isfinite(recall).any() else math.nan,
+        "miou": float(np.nanmean(iou)) if present.any() else math.nan,
+        "fwiou": float(np.nansum(frequency * np.nan_to_num(iou))),
+        "iou": [None if np.isnan(v) else float(v) for v in iou],
+        "dice": [None if np.isnan(v) else float(v) for v in dice],
+    }

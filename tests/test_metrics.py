@@ -88,3 +88,34 @@ def test_summary_ignores_nan_and_counts() -> None:
     summary = summarise(rows)
     assert summary["dice"]["mean"] == pytest.approx(0.75) and summary["dice"]["n"] == 2
     assert summary["hd95"]["mean"] == pytest.approx(4.0) and summary["hd95"]["n"] == 1
+
+
+def test_semantic_scores_equal_hand_computed_values_on_a_3x3_confusion_matrix() -> None:
+    from medseg.metrics import confusion_matrix, semantic_scores
+
+    matrix = np.array([[50, 2, 3], [4, 30, 1], [0, 5, 10]])  # rows true, columns predicted
+    scores = semantic_scores(matrix)
+    assert scores["pixel_accuracy"] == pytest.approx(90 / 105)
+    assert scores["mean_pixel_accuracy"] == pytest.approx((50 / 55 + 30 / 35 + 10 / 15) / 3)
+    ious = [50 / (55 + 54 - 50), 30 / (35 + 37 - 30), 10 / (15 + 14 - 10)]
+    assert scores["iou"] == pytest.approx(ious)
+    assert scores["miou"] == pytest.approx(sum(ious) / 3)
+    assert scores["fwiou"] == pytest.approx((55 * ious[0] + 35 * ious[1] + 15 * ious[2]) / 105)
+    assert scores["dice"] == pytest.approx([100 / 109, 60 / 72, 20 / 29])
+    truth = np.array([[0, 0, 1], [2, 2, 255]])
+    prediction = np.array([[0, 1, 1], [2, 0, 2]])
+    counted = confusion_matrix(prediction, truth, 3, valid=truth != 255)
+    assert counted.tolist() == [[1, 1, 0], [0, 1, 0], [1, 0, 1]]
+    absent = semantic_scores(np.array([[5, 0], [0, 0]]))  # a class in neither truth nor prediction: left out
+    assert absent["miou"] == 1.0 and absent["iou"] == [1.0, None]
+
+
+def test_multiclass_synthetic_masks_are_exact_classes() -> None:
+    from medseg.data.synthetic import MULTICLASS_LABELS, synthesize_case
+
+    image, labels = synthesize_case(np.random.default_rng(3), (96, 128), multiclass=True)
+    _, lesion = synthesize_case(np.random.default_rng(3), (96, 128))
+    assert image.shape == (96, 128, 3) and labels.dtype == np.uint8
+    assert set(np.unique(labels)) <= set(MULTICLASS_LABELS) | {0}
+    assert ((labels == 1) <= lesion).all()  # lesion pixels are the binary lesion's, less what hair or ruler covers
+    assert (image[labels == 3] < 60).all()  # ruler ticks are dark

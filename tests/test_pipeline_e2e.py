@@ -140,3 +140,39 @@ def test_cli_demo_falls_back_to_synthetic_data(tmp_path: Path) -> None:
     assert experiment.artifact_location.startswith((tmp_path / "mlruns" / "artifacts").as_uri())
     run = client.search_runs([experiment.experiment_id], filter_string="attributes.run_name = 'demo'")[0]
     assert run.data.tags["data_synthetic"] == "true" and run.data.tags["dataset"] == "synthetic-dermoscopy"
+
+
+@pytest.mark.slow
+def test_2d_multiclass_run_logs_per_class_and_semantic_metrics(tmp_path: Path) -> None:
+    """The multi-class synthetic set (lesion, hair, ruler ticks) end to end: per-class Dice and IoU, mIoU, FWIoU,
+    pixel accuracy logged, a confusion matrix written, masks holding the class values."""
+    import csv as csv_module
+
+    import mlflow
+
+    from medseg.data.synthetic import generate_dermoscopy_dataset
+    from medseg.pipeline import run_pipeline
+
+    data = generate_dermoscopy_dataset(tmp_path / "mc", num_cases=14, image_size=(64, 80), seed=2, multiclass=True)
+    overrides = [
+        *tiny_overrides(tmp_path, data),
+        "preprocessing.spatial_size=[64, 80]",
+        "training.epochs=2",
+        "prediction.max_overlays=1",
+    ]
+    cfg = load_config(REPO / "pipelines" / "skin_multiclass.yaml", overrides)
+    result = run_pipeline(cfg, run_name="mc")
+    expected = {f"test_dice_{n}" for n in ("lesion", "hair", "ruler")} | {f"test_iou_{n}" for n in ("lesion", "hair")}
+    assert expected | {"test_miou", "test_fwiou", "test_pixel_accuracy", "test_mean_pixel_accuracy"} <= set(
+        result.metrics
+    )
+    evaluation = result.run_dir / "evaluation"
+    rows = list(csv_module.reader((evaluation / "confusion_matrix.csv").open()))
+    assert rows[0] == ["true \\ predicted", "background", "lesion", "hair", "ruler"] and len(rows) == 5
+    assert (evaluation / "confusion_matrix.png").stat().st_size > 5000
+    per_case = list(csv_module.DictReader((evaluation / "per_case_metrics.csv").open()))
+    assert {r["label"] for r in per_case} == {"lesion", "hair", "ruler"}
+    mask = np.asarray(Image.open(next((result.run_dir / "predictions" / "masks").glob("*.png"))))
+    assert set(np.unique(mask)) <= {0, 1, 2, 3}
+    client = mlflow.MlflowClient(cfg.tracking.uri)
+    assert "test_miou" in client.get_run(result.run_id).data.metrics

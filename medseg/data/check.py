@@ -188,7 +188,9 @@ def check_dataset(cfg: PipelineConfig, folder: Path, workers: int = 2) -> CheckR
     records, report = cases.records, cases.report
     findings += case_id_findings(records, cases.source)
     if cfg.spatial_dims == 2:
-        results = _in_parallel(lambda r: pair_findings(r, cfg.model.in_channels, report), records, workers)
+        mapped = cfg.data.label_mapping
+        values = {*mapped, *([cfg.data.ignore_label] if cfg.data.ignore_label else [])} if mapped else None
+        results = _in_parallel(lambda r: pair_findings(r, cfg.model.in_channels, report, values), records, workers)
         digests = {r["id"]: digest for r, (_, digest) in zip(records, results, strict=True)}
         for case_findings_, _ in results:
             findings += case_findings_

@@ -105,7 +105,8 @@ def _synthetic_folder(cfg: PipelineConfig) -> tuple[Path, dict[str, Any]]:
 
     syn = cfg.data.synthetic
     height, width = syn.image_size
-    folder = syn.cache_dir / f"{SYNTHETIC_NAME}-n{syn.num_cases}-s{syn.seed}-{height}x{width}"
+    kind = "" if syn.kind == "lesion" else f"-{syn.kind}"
+    folder = syn.cache_dir / f"{SYNTHETIC_NAME}{kind}-n{syn.num_cases}-s{syn.seed}-{height}x{width}"
     log.warning(
         "No dataset configured (data.root / $%s unset): using the SYNTHETIC dermoscopy set "
         "(%d generated cases) in %s. Results say nothing about real images.",
@@ -117,7 +118,9 @@ def _synthetic_folder(cfg: PipelineConfig) -> tuple[Path, dict[str, Any]]:
     if syn.epochs is not None and syn.epochs < cfg.training.epochs:
         log.warning("Synthetic demo: training.epochs %d -> data.synthetic.epochs %d", cfg.training.epochs, syn.epochs)
         resolved["training.epochs"] = syn.epochs
-    generate_dermoscopy_dataset(folder, num_cases=syn.num_cases, image_size=syn.image_size, seed=syn.seed)
+    generate_dermoscopy_dataset(
+        folder, num_cases=syn.num_cases, image_size=syn.image_size, seed=syn.seed, multiclass=syn.kind == "multiclass"
+    )
     return folder, resolved
 
 

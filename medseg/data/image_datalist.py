@@ -204,8 +204,11 @@ def _mode_finding(image: Image.Image, path: Path, case: str, in_channels: int) -
     )
 
 
-def pair_findings(record: Record, in_channels: int, report: DatalistReport) -> tuple[list[Finding], str | None]:
-    """Decode one image and its mask once: modes, sizes, empty and non-binary masks (counted in ``report``).
+def pair_findings(
+    record: Record, in_channels: int, report: DatalistReport, label_values: set[int] | None = None
+) -> tuple[list[Finding], str | None]:
+    """Decode one image and its mask once: modes, sizes, empty and non-binary masks (counted in ``report``);
+    with ``label_values`` (multi-class: the raw values ``data.label_mapping`` lists), values outside them instead.
 
     Returns the findings and the decoded image's content hash (duplicates are found across cases by
     :mod:`medseg.data.check`), None when the image cannot be read.
@@ -232,7 +235,14 @@ def pair_findings(record: Record, in_channels: int, report: DatalistReport) -> t
         findings.append(Finding("error", case, "size mismatch", message, str(mask_path)))
     values = np.asarray(mask)
     top = values.max() if values.size else 0
-    non_binary = int(np.count_nonzero((values != 0) & (values != top)))
+    if label_values is not None:
+        unknown = sorted(set(np.unique(values).tolist()) - label_values - {0})
+        if unknown:
+            message = f"{mask_path}: label value(s) {unknown[:8]} not in data.label_mapping (read as background)"
+            findings.append(Finding("warning", case, "unmapped labels", message, str(mask_path)))
+        non_binary = 0
+    else:
+        non_binary = int(np.count_nonzero((values != 0) & (values != top)))
     if non_binary:
         report.masks_with_non_binary_pixels += 1
         report.non_binary_pixels += non_binary

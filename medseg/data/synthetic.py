@@ -25,7 +25,7 @@ from PIL import Image
 from scipy import ndimage as ndi
 from skimage import draw, filters, transform
 
-__all__ = ["GENERATOR_NAME", "GENERATOR_VERSION", "generate_dermoscopy_dataset", "synthesize_case"]
+__all__ = ["GENERATOR_NAME", "GENERATOR_VERSION", "MULTICLASS_LABELS", "generate_dermoscopy_dataset", "synthesize_case"]
 
 GENERATOR_NAME = "medseg.data.synthetic.dermoscopy"
 #: Bump whenever the images produced for a given seed change, so cached datasets are rebuilt.
@@ -245,16 +245,49 @@ def _vignette(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------
 
 
-def synthesize_case(rng: np.random.Generator, image_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+#: the classes of the multi-class synthetic set (mask values)
+MULTICLASS_LABELS = {1: "lesion", 2: "hair", 3: "ruler"}
+
+
+def _ruler(rng: np.random.Generator, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """A ruler along one image edge, as dermoscopes show: (opacity of its light strip, mask of its dark ticks)."""
+    h, w = shape
+    strip = np.zeros(shape)
+    ticks = np.zeros(shape, dtype=bool)
+    depth = max(4, int(round(min(h, w) * rng.uniform(0.07, 0.11))))
+    spacing = max(3, int(round(min(h, w) * rng.uniform(0.03, 0.05))))
+    offset = int(rng.integers(0, spacing))
+    if rng.random() < 0.5:  # top or bottom edge
+        rows = slice(0, depth) if rng.random() < 0.5 else slice(h - depth, h)
+        strip[rows, :] = 0.85
+        for index, col in enumerate(range(offset, w, spacing)):
+            long = depth if index % 5 == 0 else depth // 2
+            band = range(rows.start, rows.start + long) if rows.start == 0 else range(h - long, h)
+            ticks[list(band), col] = True
+    else:
+        cols = slice(0, depth) if rng.random() < 0.5 else slice(w - depth, w)
+        strip[:, cols] = 0.85
+        for index, row in enumerate(range(offset, h, spacing)):
+            long = depth if index % 5 == 0 else depth // 2
+            band = range(cols.start, cols.start + long) if cols.start == 0 else range(w - long, w)
+            ticks[row, list(band)] = True
+    return strip, ticks
+
+
+def synthesize_case(
+    rng: np.random.Generator, image_size: tuple[int, int], multiclass: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """Synthesise one dermoscopy-like case.
 
     Args:
         rng: Random generator; the case is a deterministic function of its state.
         image_size: Output (H, W).
+        multiclass: also draw a ruler, and label lesion, hair and ruler ticks (:data:`MULTICLASS_LABELS`).
 
     Returns:
-        ``(image, mask)``: image (H, W, 3) uint8 RGB and mask (H, W) bool, the exact lesion region
-        (hairs and vignetting are not part of it).
+        ``(image, mask)``: image (H, W, 3) uint8 RGB and mask (H, W): bool, the exact lesion region (hairs and
+        vignetting are not part of it); multi-class: uint8 0 background, 1 lesion, 2 hair (over the lesion), 3 ruler
+        ticks (over everything).
     """
     shape = (int(image_size[0]), int(image_size[1]))
     if shape[0] < 16 or shape[1] < 16:
@@ -275,15 +308,27 @@ def synthesize_case(rng: np.random.Generator, image_size: tuple[int, int]) -> tu
     img = img * light[..., None]
 
     n_hairs = int(rng.integers(0, 7))
+    hair = np.zeros(shape, dtype=bool)
     if n_hairs:
         hair_alpha = _hairs(rng, shape, n_hairs)[..., None]
         hair_colour = np.array([38.0, 26.0, 20.0]) * rng.uniform(0.5, 1.4)
         img = img * (1.0 - hair_alpha) + hair_colour * hair_alpha
+        hair = hair_alpha[..., 0] > 0.5
 
     img = img * _vignette(rng, shape)[..., None]
     img = img + rng.normal(0.0, rng.uniform(1.0, 3.5), img.shape)
-    image = np.clip(np.rint(img), 0, 255).astype(np.uint8)
-    return image, mask.astype(bool)
+    if not multiclass:
+        image = np.clip(np.rint(img), 0, 255).astype(np.uint8)
+        return image, mask.astype(bool)
+    strip, ticks = _ruler(rng, shape)  # drawn last: the ruler lies on top of skin, lesion and hair
+    img = img * (1.0 - strip[..., None]) + 225.0 * strip[..., None]
+    img[ticks] = 25.0
+    labels = np.zeros(shape, dtype=np.uint8)
+    labels[mask.astype(bool)] = 1
+    labels[hair] = 2
+    labels[strip > 0] = 0  # the strip hides what is under it
+    labels[ticks] = 3
+    return np.clip(np.rint(img), 0, 255).astype(np.uint8), labels
 
 
 def _case_ids(num_cases: int) -> list[str]:
@@ -291,13 +336,14 @@ def _case_ids(num_cases: int) -> list[str]:
     return [f"synth_{i:0{width}d}" for i in range(num_cases)]
 
 
-def _expected_manifest(num_cases: int, image_size: tuple[int, int], seed: int) -> dict:
+def _expected_manifest(num_cases: int, image_size: tuple[int, int], seed: int, multiclass: bool = False) -> dict:
     return {
         "generator": GENERATOR_NAME,
         "version": GENERATOR_VERSION,
         "num_cases": num_cases,
         "image_size": [int(image_size[0]), int(image_size[1])],
         "seed": seed,
+        **({"labels": {str(k): v for k, v in MULTICLASS_LABELS.items()}} if multiclass else {}),
     }
 
 
@@ -328,9 +374,14 @@ def _is_replaceable(out_dir: Path) -> bool:
 
 
 def generate_dermoscopy_dataset(
-    out_dir: Path, num_cases: int = 60, image_size: tuple[int, int] = (192, 256), seed: int = 0
+    out_dir: Path,
+    num_cases: int = 60,
+    image_size: tuple[int, int] = (192, 256),
+    seed: int = 0,
+    multiclass: bool = False,
 ) -> Path:
-    """Write images/<id>.png (RGB uint8) and masks/<id>.png (L, 0/255) under out_dir; return out_dir.
+    """Write images/<id>.png (RGB uint8) and masks/<id>.png (L, 0/255; multi-class: the label values 0-3 of
+    :data:`MULTICLASS_LABELS`) under out_dir; return out_dir.
 
     ids are synth_000, synth_001, ... Reuses an existing complete dataset with the same parameters
     (a manifest.json in out_dir records num_cases, image_size (H, W), seed, generator version);
@@ -353,7 +404,7 @@ def generate_dermoscopy_dataset(
     if num_cases < 1:
         raise ValueError(f"num_cases must be >= 1, got {num_cases}")
     size = (int(image_size[0]), int(image_size[1]))
-    expected = _expected_manifest(int(num_cases), size, int(seed))
+    expected = _expected_manifest(int(num_cases), size, int(seed), multiclass)
     if _is_complete(out_dir, expected):
         return out_dir
     if out_dir.exists() and not (out_dir.is_dir() and _is_replaceable(out_dir)):
@@ -369,9 +420,10 @@ def generate_dermoscopy_dataset(
         ids = _case_ids(num_cases)
         children = np.random.SeedSequence(int(seed)).spawn(num_cases)
         for case_id, child in zip(ids, children, strict=True):
-            image, mask = synthesize_case(np.random.default_rng(child), size)
+            image, mask = synthesize_case(np.random.default_rng(child), size, multiclass)
             Image.fromarray(image).save(tmp / "images" / f"{case_id}.png", compress_level=1)
-            Image.fromarray(mask.astype(np.uint8) * 255).save(tmp / "masks" / f"{case_id}.png", compress_level=1)
+            values = mask if multiclass else mask.astype(np.uint8) * 255
+            Image.fromarray(values).save(tmp / "masks" / f"{case_id}.png", compress_level=1)
         (tmp / _MANIFEST).write_text(json.dumps({**expected, "ids": ids}, indent=2) + "\n")
 
         if out_dir.exists():
