@@ -111,6 +111,19 @@ def _flexible_unet(spatial_dims: int, in_channels: int, out_channels: int, args:
     return FlexibleUNet(in_channels, out_channels, spatial_dims=spatial_dims, **args)
 
 
+def _classical(method: str) -> Callable[..., nn.Module]:
+    def build(spatial_dims: int, in_channels: int, out_channels: int, args: dict[str, Any]) -> nn.Module:
+        from medseg.classical import GRID, ClassicalSegmenter
+
+        if spatial_dims != 2 or out_channels != 1:
+            raise ValueError(f"{method} is a binary 2D baseline (spatial_dims 2, out_channels 1)")
+        for name, values in GRID[method].items():
+            args.setdefault(name, values[0])
+        return ClassicalSegmenter(method, **args)
+
+    return build
+
+
 NETWORKS: dict[str, Callable[..., nn.Module]] = {
     "unet": _unet,
     "attention_unet": _attention_unet,
@@ -124,6 +137,10 @@ NETWORKS: dict[str, Callable[..., nn.Module]] = {
     "swin_unetr": _swin_unetr,
     "unetr": _unetr,
     "flexible_unet": _flexible_unet,
+    # classical baselines (scikit-image; fitted by grid search in the train stage)
+    "otsu": _classical("otsu"),
+    "watershed": _classical("watershed"),
+    "kmeans": _classical("kmeans"),
 }
 
 

@@ -143,6 +143,11 @@ def export_model(
     if export_format(checkpoint) is not None:
         raise ModelError(f"{checkpoint}: already an exported model; export from a run folder or checkpoint")
     reference = Predictor.from_model(checkpoint, backend="torch", device="cpu")
+    if getattr(reference.network, "classical", False):
+        raise ModelError(
+            f"{checkpoint}: a classical baseline ({reference.config.model.name}) is not a network to "
+            "export; medseg predict runs it from the run folder"
+        )
     state = load_checkpoint(checkpoint)
     from_uri = isinstance(model, str) and model.startswith(MODEL_URI_SCHEMES)
     default_folder = Path.cwd() if from_uri else checkpoint.parent  # not inside the download cache

@@ -200,9 +200,13 @@ class MlflowTracker(Tracker):
         with torch.inference_mode():
             output = network(torch.from_numpy(input_example)).float().numpy()
         requirements = [f"torch=={torch.__version__.split('+')[0]}", f"medseg=={_medseg_version()}"]
+        # a classical baseline runs scikit-image inside forward(): torch.export (MLflow's pt2 default) cannot trace
+        # it. medseg itself always reloads the weights-only checkpoint among the extra files, never this pickle
+        serialization = {"serialization_format": "pickle"} if getattr(network, "classical", False) else {}
         info = mlflow.pytorch.log_model(
             network,
             name="model",
+            **serialization,
             signature=infer_signature(input_example, output),
             input_example=input_example,
             extra_files=[str(f) for f in files],
