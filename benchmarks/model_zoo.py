@@ -1,0 +1,136 @@
+"""Every 2D architecture and the classical baselines on the recorded PH2 split at the same training budget: test
+Dice, thresholded Jaccard, HD95, parameters, seconds per epoch, milliseconds per image at inference, and the
+melanoma cases of the test split on their own.
+
+    MEDSEG_DATA_ROOT=../shared/data python benchmarks/model_zoo.py [--minutes 10] [--models unet,fcn8s,...]
+
+Each model is the shipped skin-lesion pipeline with only ``model`` replaced, trained for ``--minutes`` with a
+constant learning rate (the cosine schedule's length would otherwise depend on how many epochs fit the budget), the
+best validation epoch kept; each runs in its own process. Prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+MODELS: dict[str, dict] = {
+    "unet": {"channels": [16, 32, 64, 128, 256], "strides": [2, 2, 2, 2], "num_res_units": 2},
+    "attention_unet": {"channels": [16, 32, 64, 128, 256], "strides": [2, 2, 2, 2]},
+    "fcn8s": {},
+    "fcn32s": {},
+    "deeplabv3plus": {},
+    "flexible_unet": {},
+    "swin_unetr": {"feature_size": 12},
+    "otsu": {},
+    "watershed": {},
+    "kmeans": {},
+}
+CLASSICAL = ("otsu", "watershed", "kmeans")
+
+
+def run_one(name: str, minutes: float, out: Path) -> dict:
+    """Train, evaluate and time one model; its figures."""
+    import torch
+
+    from medseg.config import load_config
+    from medseg.infer.predictor import Predictor
+    from medseg.pipeline import run_pipeline
+
+    cfg = load_config(REPO / "pipelines" / "skin_lesion.yaml", [f"output_root={out}", "tracking.experiment=model_zoo"])
+    cfg = cfg.with_values(
+        {
+            "model.name": name,
+            "model.args": MODELS[name],
+            "training.max_minutes": minutes,
+            "training.epochs": 1000,
+            "schedule.name": "constant",
+            "stages": ["train", "evaluate"],
+        }
+    )
+    started = time.perf_counter()
+    result = run_pipeline(cfg, run_name=f"zoo-{name}")
+    history = json.loads((result.run_dir / "history.json").read_text())
+    predictor = Predictor.from_model(result.run_dir)
+    rows = list(csv.DictReader((result.run_dir / "evaluation" / "per_case_metrics.csv").open()))
+    post = [r for r in rows if r["variant"] == "postprocessed"]
+    with (cfg.data.root / "ph2" / "metadata.csv").open(encoding="utf-8") as table:
+        diagnosis = {r["id"]: r["clinical_diagnosis_name"] for r in csv.DictReader(table)}
+    melanoma = [r for r in post if diagnosis.get(r["case"]) == "melanoma"]
+    images = sorted((cfg.data.root / "ph2" / "images").iterdir())[:8]
+    predictor.predict(images[0])  # warm-up
+    begun = time.perf_counter()
+    for image in images:
+        predictor.predict(image)
+    ms_per_image = 1000 * (time.perf_counter() - begun) / len(images)
+
+    def mean(values: list[dict], key: str) -> float:
+        finite = [float(v[key]) for v in values if v[key] not in ("", "nan")]
+        return sum(finite) / len(finite) if finite else float("nan")
+
+    return {
+        "model": name,
+        "test_dice": mean(post, "dice"),
+        "jaccard_thresholded": mean(post, "jaccard_thresholded"),
+        "hd95": mean(post, "hd95"),
+        "melanoma_dice": mean(melanoma, "dice"),
+        "melanoma_cases": len(melanoma),
+        "parameters": int(sum(p.numel() for p in predictor.network.parameters() if p.requires_grad)),
+        "epochs": len(history),
+        "seconds_per_epoch": history[-1]["minutes"] * 60 / len(history) if name not in CLASSICAL else float("nan"),
+        "minutes": (time.perf_counter() - started) / 60,
+        "ms_per_image": ms_per_image,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--output", type=Path, default=REPO / "mlruns" / "runs")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print("RESULT " + json.dumps(run_one(args.worker, args.minutes, args.output)))
+        return
+    results = []
+    for name in args.models.split(","):
+        command = [
+            sys.executable,
+            __file__,
+            "--worker",
+            name,
+            "--minutes",
+            str(args.minutes),
+            "--output",
+            str(args.output),
+        ]
+        done = subprocess.run(command, capture_output=True, text=True, encoding="utf-8", errors="replace")
+        lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+        if done.returncode or not lines:
+            print(f"{name}: failed ({done.stderr.strip().splitlines()[-1:] or done.returncode})", flush=True)
+            continue
+        results.append(json.loads(lines[-1][7:]))
+        print(json.dumps(results[-1]), flush=True)
+    header = "| model | test Dice | thr. Jaccard | HD95 (px) | melanoma Dice | parameters | epochs"
+    print(f"\n{header} in {args.minutes:g} min | s/epoch | ms/image |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in sorted(results, key=lambda r: -r["test_dice"]):
+        print(
+            f"| {r['model']} | {r['test_dice']:.4f} | {r['jaccard_thresholded']:.4f} | {r['hd95']:.1f} | "
+            f"{r['melanoma_dice']:.4f} ({r['melanoma_cases']}) | {r['parameters']:,} | {r['epochs']} | "
+            f"{r['seconds_per_epoch']:.1f} | {r['ms_per_image']:.0f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
