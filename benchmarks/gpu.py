@@ -62,22 +62,14 @@ def training_rates(pipeline: str, shape: tuple[int, ...], batch: int, steps: int
     images = torch.randn(batch * 4, cfg.model.in_channels, *shape)
     labels = (torch.rand(batch * 4, 1, *shape) > 0.7).float()
 
+    from medseg.steps import training_step
+
     def run(loader, network, loss_function, optimizer, precision, scaler) -> None:
         done = 0
         while done < steps:
             for image, label in loader:
-                image, label = image.to(device, non_blocking=True), label.to(device, non_blocking=True)
-                with precision.autocast():
-                    logits = network(image)
-                loss = loss_function(logits.float(), label)
-                optimizer.zero_grad(set_to_none=True)
-                if scaler is not None:
-                    scaler.scale(loss).backward()
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    loss.backward()
-                    optimizer.step()
+                batch = {"image": image, "label": label}
+                training_step(network, batch, loss_function, optimizer, precision, scaler, device)
                 done += 1
                 if done == steps:
                     return

@@ -31,6 +31,7 @@ from medseg.infer.inferers import activate, build_inferer
 from medseg.layout import ModelLayout, RunLayout
 from medseg.progress import progress_bar
 from medseg.registry import build_loss, build_network
+from medseg.steps import training_step
 from medseg.tracking.tracker import Tracker
 
 log = logging.getLogger(__name__)
@@ -186,33 +187,6 @@ def validation_dice(
     total, count = (0.0, 0.0) if scores is None else (float(scores.nansum()), float((~scores.isnan()).sum()))
     total, count = all_sum([total, count], group, device)
     return total / count if count else 0.0
-
-
-def training_step(
-    network: nn.Module,
-    batch: dict[str, torch.Tensor],
-    loss_function: nn.Module,
-    optimizer,
-    precision: Precision | bool,
-    scaler: Any = None,
-    device: torch.device = torch.device("cpu"),
-) -> float:
-    """One optimiser step on a batch; the loss is reduced in fp32 even under autocast (fp16: scaled gradients)."""
-    if isinstance(precision, bool):
-        precision = precision_for(device, precision)
-    image, label = batch["image"].to(device, non_blocking=True), batch["label"].to(device, non_blocking=True)
-    with precision.autocast():
-        logits = network(image)
-    loss = loss_function(logits.float(), label)
-    optimizer.zero_grad(set_to_none=True)
-    if scaler is not None:
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        loss.backward()
-        optimizer.step()
-    return float(loss.detach())
 
 
 def seed_epoch(seed: int, epoch: int, transform: Any, generator: torch.Generator) -> None:

@@ -150,3 +150,20 @@ def test_public_api_is_small_and_lazy() -> None:
     assert medseg.Predictor is Predictor
     with pytest.raises(AttributeError, match="no attribute 'nothing_here'"):
         _ = medseg.nothing_here
+
+
+def test_the_gpu_benchmark_needs_no_mlflow_simpleitk_or_onnx() -> None:
+    """benchmarks/gpu.py must run where only PyTorch, MONAI, nibabel, pydantic and PyYAML are installed: the medseg
+    modules it uses import none of the others (MONAI imports MLflow only where it is installed)."""
+    modules = "medseg.steps, medseg.devices, medseg.infer.inferers, medseg.registry, medseg.config"
+    code = (
+        f"import sys, {modules}\n"
+        "print(sorted(m for m in ('mlflow', 'SimpleITK', 'onnx', 'onnxruntime', 'ray') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+    skipped = subprocess.run([sys.executable, "benchmarks/gpu.py"], capture_output=True, text=True, cwd=REPO)
+    import torch
+
+    if not torch.cuda.is_available():
+        assert skipped.returncode == 0 and skipped.stdout.startswith("skipped: no CUDA GPU here")
