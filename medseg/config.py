@@ -167,7 +167,7 @@ class IntensityConfig(Section):
 class PreprocessingConfig(Section):
     """Deterministic preprocessing shared by training, validation and inference.
 
-    2D images are resized to ``spatial_size``; 3D volumes are reoriented, resampled to ``spacing``
+    2D images are resized to ``spatial_size`` (height, width); 3D volumes are reoriented, resampled to ``spacing``
     (``auto``: the median spacing of the training cases), normalised and cropped to the foreground.
     """
 

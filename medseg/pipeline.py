@@ -122,7 +122,9 @@ def _log_model(cfg: PipelineConfig, network: Any, run: RunLayout, tracker: Track
     """Log the best network with ``mlflow.pytorch`` (signature, input example, medseg checkpoint inside)."""
     import numpy as np
 
-    spatial = cfg.preprocessing.spatial_size if cfg.spatial_dims == 2 else cfg.preprocessing.patch_size
+    from medseg.infer.inferers import working_shape
+
+    spatial = working_shape(cfg)
     example = np.zeros((1, cfg.model.in_channels, *spatial), dtype=np.float32)
     files = [run.model.best, run.model.postprocessing, run.config]
     uri = tracker.log_model(network, example, [f for f in files if f.is_file()], cfg.tracking.registered_model)

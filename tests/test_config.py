@@ -118,14 +118,16 @@ def test_unknown_model_name_lists_choices(tmp_path: Path) -> None:
     path = write(tmp_path / "p.yaml", "model:\n  name: resnet\n")
     assert config_error(path) == (
         f"{path}: model.name: unknown network 'resnet'; choose one of "
-        "attention_unet, basic_unet_plus_plus, dynunet, segresnet, unet (got 'resnet')"
+        "attention_unet, basic_unet_plus_plus, deeplabv3plus, dynunet, fcn16s, fcn32s, fcn8s, flexible_unet, kmeans, "
+        "otsu, segresnet, swin_unetr, unet, unetr, watershed (got 'resnet')"
     )
 
 
 def test_unknown_loss_name_lists_choices(tmp_path: Path) -> None:
     path = write(tmp_path / "p.yaml", "loss:\n  name: hinge\n")
     assert config_error(path) == (
-        f"{path}: loss.name: unknown loss 'hinge'; choose one of dice_ce, dice_focal, tversky (got 'hinge')"
+        f"{path}: loss.name: unknown loss 'hinge'; choose one of bce, ce, dice, dice_ce, dice_focal, focal, tversky "
+        "(got 'hinge')"
     )
 
 

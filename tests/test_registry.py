@@ -26,7 +26,7 @@ SMALL = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(NETWORKS))
+@pytest.mark.parametrize("name", sorted(set(NETWORKS) - {"otsu", "watershed", "kmeans"}))  # (tests/test_classical.py)
 @pytest.mark.parametrize("dims", [2, 3])
 def test_every_network_builds_and_runs_forward(name: str, dims: int) -> None:
     # sizes each architecture accepts: multiples of 32 (SwinUNETR in 3D: 64, its instance norm needs > 1 voxel)

@@ -68,5 +68,6 @@ def mirrored_probabilities(
 def working_shape(cfg: PipelineConfig) -> tuple[int, ...]:
     """The spatial shape the network sees: the resized image (2D) or the sliding-window ROI (3D)."""
     if cfg.spatial_dims == 2:
-        return tuple(cfg.preprocessing.spatial_size)
+        height, width = cfg.preprocessing.spatial_size
+        return (width, height)  # as the network sees it: MONAI's PIL reader loads (width, height) arrays
     return tuple(cfg.inference.roi_size or cfg.preprocessing.patch_size)

@@ -18,6 +18,13 @@ def opaque_rgba_as_rgb(image: Any) -> Any:
     return image.convert("RGB") if image.mode == "RGBA" else image
 
 
+def network_grid(cfg: PipelineConfig) -> tuple[int, int]:
+    """The array shape a 2D image is resized to: ``preprocessing.spatial_size`` is (height, width), and MONAI's PIL
+    reader loads images as (width, height) arrays."""
+    height, width = cfg.preprocessing.spatial_size
+    return (width, height)
+
+
 def preprocessing(cfg: PipelineConfig, keys: tuple[str, ...] = ("image", "label")) -> list[Any]:
     """Load (an opaque RGBA image as RGB), channel-first, scale intensities to [0, 1], remap the mask (>0: 1),
     resize."""
@@ -37,9 +44,7 @@ def preprocessing(cfg: PipelineConfig, keys: tuple[str, ...] = ("image", "label"
         transforms.append(RemapLabelsd("label", **label_remapping(cfg)))
     modes = tuple("nearest" if key == "label" else "bilinear" for key in keys)
     antialias = tuple(key != "label" for key in keys)
-    transforms.append(
-        Resized(keys=list(keys), spatial_size=cfg.preprocessing.spatial_size, mode=modes, anti_aliasing=antialias)
-    )
+    transforms.append(Resized(keys=list(keys), spatial_size=network_grid(cfg), mode=modes, anti_aliasing=antialias))
     return transforms
 
 

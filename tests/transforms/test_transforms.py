@@ -33,8 +33,9 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
 def test_validation_transforms_binarise_and_resize(marked_pair: dict[str, str]) -> None:
     cfg = PipelineConfig(name="t", preprocessing={"spatial_size": [32, 48]})
     out = validation_transforms(cfg)(marked_pair)
-    assert tuple(out["image"].shape) == (3, 32, 48)
-    assert tuple(out["label"].shape) == (1, 32, 48)
+    # spatial_size is (height, width); MONAI's PIL reader holds images as (width, height) arrays
+    assert tuple(out["image"].shape) == (3, 48, 32)
+    assert tuple(out["label"].shape) == (1, 48, 32)
     assert set(np.unique(out["label"].numpy())) == {0.0, 1.0}
     assert float(out["image"].min()) >= 0.0 and float(out["image"].max()) <= 1.0
 
