@@ -254,6 +254,9 @@ class TrainingConfig(Section):
     val_every: PositiveInt = 1
     early_stopping_patience: PositiveInt | None = 15
     bf16: bool | Literal["auto"] = "auto"
+    # channels_last / contiguous, or auto: time a few real steps of each candidate (with bf16 where native) at the
+    # start of training and keep the fastest (the choice and the timings are logged as MLflow params)
+    memory_format: Literal["auto", "contiguous", "channels_last"] = "contiguous"
     max_minutes: PositiveFloat | None = None
     num_threads: PositiveInt | None = None
     deterministic: bool = False

@@ -1,0 +1,50 @@
+"""The training step in either memory format gives the same loss; ``memory_format: auto`` times the candidates on
+real batches and keeps the fastest."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from medseg.devices import precision_for
+from medseg.registry import build_loss, build_network
+from medseg.steps import channels_last_format, fastest_step, training_step
+
+ARGS = {"channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 1}
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_channels_last_steps_match_contiguous_ones(dims: int) -> None:
+    torch.manual_seed(0)
+    size = (32,) * dims
+    batch = {"image": torch.randn(2, 3, *size), "label": (torch.rand(2, 1, *size) > 0.5).float()}
+    losses = []
+    for memory_format in (None, channels_last_format(dims)):
+        torch.manual_seed(1)
+        network = build_network("unet", dims, 3, 1, ARGS)
+        if memory_format is not None:
+            network = network.to(memory_format=memory_format)
+        optimizer = torch.optim.SGD(network.parameters(), lr=0.1)
+        fp32 = precision_for(torch.device("cpu"), False)
+        step = [
+            training_step(
+                network, batch, build_loss("dice_ce", 1), optimizer, fp32, None, torch.device("cpu"), memory_format
+            )
+            for _ in range(2)
+        ]
+        losses.append(step)
+    assert losses[0] == pytest.approx(losses[1], rel=1e-4)
+
+
+def test_fastest_step_times_every_candidate_and_leaves_the_network_alone() -> None:
+    torch.manual_seed(0)
+    network = build_network("unet", 2, 3, 1, ARGS)
+    before = {k: v.clone() for k, v in network.state_dict().items()}
+    batch = {"image": torch.randn(2, 3, 32, 32), "label": (torch.rand(2, 1, 32, 32) > 0.5).float()}
+    fp32 = precision_for(torch.device("cpu"), False)
+    candidates = [(False, fp32), (True, fp32)]
+    chosen, timings = fastest_step(network, batch, build_loss("dice_ce", 1), candidates, torch.device("cpu"), steps=2)
+    assert set(timings) == {"contiguous+fp32", "channels_last+fp32"} and all(t > 0 for t in timings.values())
+    assert chosen == candidates[min(range(2), key=lambda i: list(timings.values())[i])]
+    for key, value in network.state_dict().items():
+        torch.testing.assert_close(value, before[key])  # trials ran on copies
