@@ -12,7 +12,8 @@ Both train the skin-lesion UNet (pipelines/skin_lesion.yaml) at 256x256, batch 8
 - medseg: ``medseg.training``'s loaders (decoded and resized once into a ``CacheDataset``, MONAI random
   affine, flips, colour and noise augmentation per epoch) and its ``training_step``;
 - medseg variants: each lever of issue #6 that applies on a CPU (channels-last, ``torch.compile``, a loader
-  worker), so that only levers that measure are kept.
+  worker), bf16 autocast, channels-last + bf16, and what ``training.memory_format: auto`` picks here by timing, so
+  that only levers that measure are kept.
 
 Prints samples per second (median over repeats of whole epochs, data loading included) and the ratio
 against the tutorial measured in the same run. The one-off cache build is reported separately.
@@ -70,7 +71,9 @@ def epoch_rate(loader: Iterable, step: Callable[[dict], float], samples: int, ep
     return samples * epochs / (time.perf_counter() - started)
 
 
-def make_step(cfg: PipelineConfig, channels_last: bool = False, compiled: bool = False) -> Callable[[dict], float]:
+def make_step(
+    cfg: PipelineConfig, channels_last: bool = False, compiled: bool = False, bf16: bool = False
+) -> Callable[[dict], float]:
     torch.manual_seed(0)
     m = cfg.model
     network = build_network(m.name, 2, m.in_channels, m.out_channels, m.args).train()
@@ -83,9 +86,25 @@ def make_step(cfg: PipelineConfig, channels_last: bool = False, compiled: bool =
     def step(batch: dict) -> float:
         if channels_last:
             batch = {**batch, "image": batch["image"].contiguous(memory_format=torch.channels_last)}
-        return training_step(model, batch, loss_function, optimizer, False)
+        return training_step(model, batch, loss_function, optimizer, bf16)
 
     return step
+
+
+def auto_step(cfg: PipelineConfig, loader: Iterable) -> tuple[Callable[[dict], float], str]:
+    """What ``training.memory_format: auto`` picks on this machine (timed on a real batch), as a step."""
+    from medseg.devices import precision_for
+    from medseg.steps import fastest_step
+
+    m = cfg.model
+    network = build_network(m.name, 2, m.in_channels, m.out_channels, m.args).train()
+    cpu = torch.device("cpu")
+    candidates = [(layout, precision_for(cpu, p)) for layout in (False, True) for p in (False, cfg.training.bf16)]
+    candidates = list(dict.fromkeys((layout, precision) for layout, precision in candidates))
+    batch = next(iter(loader))
+    (channels_last, precision), _ = fastest_step(network, batch, build_loss("dice_ce", 1), candidates, cpu)
+    choice = f"{'channels-last' if channels_last else 'NCHW'}, {precision.name}"
+    return make_step(cfg, channels_last=channels_last, bf16=precision.enabled), choice
 
 
 def synthetic_ph2(folder: Path, width: int, height: int, count: int = 98) -> Path:
@@ -158,7 +177,11 @@ def main() -> None:
         "medseg (cached, fp32 NCHW)": (medseg_loader, make_step(cfg)),
         "medseg + channels-last": (medseg_loader, make_step(cfg, channels_last=True)),
         "medseg + 1 loader worker": (worker_loader, make_step(cfg)),
+        "medseg + bf16 autocast": (medseg_loader, make_step(cfg, bf16=True)),
+        "medseg + channels-last + bf16": (medseg_loader, make_step(cfg, channels_last=True, bf16=True)),
     }
+    step, choice = auto_step(cfg, medseg_loader)
+    variants[f"medseg, memory_format auto ({choice})"] = (medseg_loader, step)
     if not args.skip_compile:
         variants["medseg + torch.compile"] = (medseg_loader, make_step(cfg, compiled=True))
     for name, (loader, step) in variants.items():  # warm-up: allocator, oneDNN kernels, compilation
