@@ -437,7 +437,7 @@ def train(
                 "bf16_active": trainer.bf16,
                 "precision": trainer.precision.name,
                 "memory_format": "channels_last" if trainer.memory_format is not None else "contiguous",
-                **{f"step_ms.{name}": round(seconds * 1000, 1) for name, seconds in trainer.step_timings.items()},
+                **{f"step_ms.{name.replace('+', '_')}": round(s * 1000, 1) for name, s in trainer.step_timings.items()},
                 "device": str(trainer.device),
                 "processes": group.world,
                 "train_cases": len(trainer.train_loader.dataset),

@@ -48,3 +48,23 @@ def test_fastest_step_times_every_candidate_and_leaves_the_network_alone() -> No
     assert chosen == candidates[min(range(2), key=lambda i: list(timings.values())[i])]
     for key, value in network.state_dict().items():
         torch.testing.assert_close(value, before[key])  # trials ran on copies
+
+
+@pytest.mark.slow
+def test_memory_format_auto_in_a_tracked_run(tiny_dataset, tmp_path) -> None:
+    import mlflow
+
+    from medseg.config import load_config
+    from medseg.pipeline import run_pipeline
+    from tests.helpers.data import tiny_overrides
+    from tests.helpers.paths import REPO
+
+    overrides = [*tiny_overrides(tmp_path, tiny_dataset), "training.memory_format=auto", "training.epochs=1"]
+    cfg = load_config(REPO / "pipelines" / "skin_lesion.yaml", [*overrides, "stages=[train]"])
+    result = run_pipeline(cfg, run_name="auto-format")
+    client = mlflow.MlflowClient(cfg.tracking.uri)
+    parent = client.get_run(result.run_id)
+    train = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{result.run_id}'")[0]
+    timed = {k: v for k, v in train.data.params.items() if k.startswith("step_ms.")}
+    assert {"step_ms.contiguous_fp32", "step_ms.channels_last_fp32"} <= set(timed)
+    assert train.data.params["memory_format"] in ("contiguous", "channels_last")
