@@ -82,12 +82,9 @@ def structure_metrics(
 ) -> dict[str, dict[str, float]]:
     """Metrics of each structure (class or region) of a predicted label map against the reference labels, the
     ``data.ignore_label`` voxels left out."""
-    from medseg.labels import structure_masks
+    from medseg.labels import compared_masks
 
-    if cfg.data.ignore_label is not None:
-        valid = truth != cfg.data.ignore_label
-        prediction, truth = prediction * valid, truth * valid
-    predicted, true = structure_masks(prediction, cfg), structure_masks(truth, cfg)
+    predicted, true = compared_masks(prediction, truth, cfg)
     if cfg.spatial_dims == 2:
         threshold = cfg.evaluation.jaccard_threshold
         return {name: case_metrics(predicted[name], true[name], jaccard_threshold=threshold) for name in predicted}

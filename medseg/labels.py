@@ -270,13 +270,20 @@ def discretise(probabilities: np.ndarray, cfg: PipelineConfig) -> np.ndarray:
     return probabilities.argmax(axis=0).astype(np.uint8)
 
 
-def mean_dice(prediction: np.ndarray, truth: np.ndarray, cfg: PipelineConfig) -> float:
-    """Mean Dice over the structures (classes or regions) of two label maps; ``data.ignore_label`` voxels of the
-    truth are left out."""
-    from medseg.metrics import dice_score
-
+def compared_masks(
+    prediction: np.ndarray, truth: np.ndarray, cfg: PipelineConfig
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The structure masks of a predicted and a reference label map, ``data.ignore_label`` voxels of the truth left
+    out of both."""
     if cfg.data.ignore_label is not None:
         valid = truth != cfg.data.ignore_label
         prediction, truth = prediction * valid, truth * valid
-    predicted, true = structure_masks(prediction, cfg), structure_masks(truth, cfg)
+    return structure_masks(prediction, cfg), structure_masks(truth, cfg)
+
+
+def mean_dice(prediction: np.ndarray, truth: np.ndarray, cfg: PipelineConfig) -> float:
+    """Mean Dice over the structures (classes or regions) of two label maps (ignored voxels left out)."""
+    from medseg.metrics import dice_score
+
+    predicted, true = compared_masks(prediction, truth, cfg)
     return float(np.mean([dice_score(predicted[name], true[name]) for name in predicted]))

@@ -119,7 +119,7 @@ def build_loaders(
             f"training.batch_size {batch}: the global batch must split evenly over {group.world} processes"
         )
     per_rank = batch // group.world
-    train_set = cached_dataset(cfg, train_records, train_transforms(cfg), data)
+    train_set = cached_dataset(cfg, train_records, train_transforms(cfg))
     generator = torch.Generator().manual_seed(cfg.seed)
     sampler = None
     if group.distributed:
@@ -141,7 +141,7 @@ def build_loaders(
         pin_memory=pin,
     )
     val_loader = DataLoader(
-        cached_dataset(cfg, val_records[group.rank :: group.world], validation_transforms(cfg), data),
+        cached_dataset(cfg, val_records[group.rank :: group.world], validation_transforms(cfg)),
         batch_size=cfg.training.batch_size if cfg.spatial_dims == 2 else 1,  # whole volumes differ in size
         num_workers=0,
         pin_memory=pin,

@@ -61,8 +61,13 @@ def overrides(root: Path, epochs: int = EPOCHS) -> list[str]:
     return [item for value in values for item in ("--set", value)]
 
 
+def clean_env() -> dict[str, str]:
+    """This environment without a surrounding torchrun's ranks or a data root."""
+    return {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MEDSEG_DATA_ROOT")}
+
+
 def medseg(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MEDSEG_DATA_ROOT")}
+    env = clean_env()
     return subprocess.run(
         [sys.executable, "-m", "medseg", *args],
         capture_output=True,
@@ -136,7 +141,7 @@ def _rank_process(parent: int, rank: str, timeout: float = 120) -> int:
 
 @pytest.mark.slow
 def test_a_rank_that_dies_stops_the_others_with_a_clear_message(data: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env = clean_env()
     args = ["run", str(PIPELINE), "--name", "killed", "--nproc", "2", *overrides(data, 400)]
     process = subprocess.Popen(
         [sys.executable, "-m", "medseg", *args],

@@ -83,7 +83,7 @@ def cache_mode(cfg: PipelineConfig, records: list[Record]) -> str:
     return mode
 
 
-def cached_dataset(cfg: PipelineConfig, records: list[Record], transform: Any, data: Any = None) -> Any:
+def cached_dataset(cfg: PipelineConfig, records: list[Record], transform: Any) -> Any:
     """The MONAI dataset of ``records`` with the configured cache."""
     from monai.data import CacheDataset, Dataset, PersistentDataset
 

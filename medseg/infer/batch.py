@@ -77,10 +77,10 @@ class Outputs:
         return {name: getattr(self, name) for name in self.__dataclass_fields__}
 
     @classmethod
-    def from_config(cls, cfg: PipelineConfig, **changes: object) -> Outputs:
+    def from_config(cls, cfg: PipelineConfig) -> Outputs:
         """The outputs a pipeline's ``prediction`` section (and ``inference.save_probabilities``) asks for."""
         p = cfg.prediction
-        chosen = cls(
+        return cls(
             formats=tuple(p.formats),
             probabilities=cfg.inference.save_probabilities,
             uncertainty=p.uncertainty,
@@ -91,7 +91,6 @@ class Outputs:
             overlays=p.overlays,
             max_overlays=p.max_overlays,
         )
-        return replace(chosen, **changes)
 
 
 def check_outputs(outputs: Outputs, cfg: PipelineConfig, records: list[Record]) -> None:
@@ -227,9 +226,8 @@ def report_rows(
 def _run_batch(
     records: list[Record], out_dir: Path, cases: CaseFunctions, overwrite: bool, summary: Path | None = None
 ) -> PredictionReport:
-    """The local batch loop: skip finished cases (all their masks exist), isolate failures, time each case, write
-    summary.csv."""
-    prepare_output_folder(out_dir)
+    """The local batch loop (the output folder prepared): skip finished cases (all their masks exist), isolate
+    failures, time each case, write summary.csv."""
     todo, _ = split_finished(records, cases, overwrite)
     rows = {}
     with progress_bar() as progress:
@@ -265,11 +263,10 @@ def _remove_stale_temporaries(out_dir: Path) -> None:
         log.info("Removed %d temporary file(s) left by an interrupted batch in %s", len(stale), out_dir)
 
 
-def _write_label_descriptions(predictor: Predictor, out_dir: Path) -> None:
+def write_label_descriptions(predictor: Predictor, out_dir: Path) -> None:
     """``labels.json`` and the ITK-SNAP label description file beside the masks."""
     from medseg.labels import itksnap_label_text, labels_json
 
-    _check_output_folder(out_dir)
     layout = PredictionLayout(out_dir)
     atomic_write_text(layout.labels_json, labels_json(predictor.config))
     atomic_write_text(layout.itksnap_labels, itksnap_label_text(predictor.config))
@@ -280,7 +277,7 @@ def _case_statistics(out_dir: Path, case_id: str, rows: list[dict[str, object]],
     atomic_write_text(_output_path(out_dir, PredictionLayout.STATISTICS, case_id, ".csv"), _csv_text(rows, columns))
 
 
-def _gather_statistics(out_dir: Path, records: list[Record], columns: list[str]) -> None:
+def gather_statistics(out_dir: Path, records: list[Record], columns: list[str]) -> None:
     """``statistics.csv``: the per-case statistics of every case of the batch that has them."""
     rows: list[dict[str, object]] = []
     for record in records:
@@ -380,10 +377,11 @@ def run_cases(
 ) -> PredictionReport:
     """The local engine: the label descriptions, every case in turn, then ``statistics.csv`` (over ``everyone``
     that has statistics: all shards' cases)."""
-    _write_label_descriptions(predictor, out_dir)
+    prepare_output_folder(out_dir)
+    write_label_descriptions(predictor, out_dir)
     report = _run_batch(records, out_dir, cases, overwrite, summary)
     if outputs.statistics:
-        _gather_statistics(out_dir, everyone or records, cases.columns)
+        gather_statistics(out_dir, everyone or records, cases.columns)
     report.overlays = list(cases.drawn)
     return report
 

@@ -90,7 +90,6 @@ class Predictor:
         # what runs: PyTorch or ONNX Runtime, one per member
         self.runtimes = [runtime_network(member, self.config) for member in self.members]
         self.runtime = self.runtimes[0]
-        self.threshold = self.config.evaluation.threshold
         self.preprocess = inference_transforms(self.config)
         self.inferer = build_inferer(self.config, self.device)
         # 2D: MONAI's Invertd; 3D: medseg.infer.resampling (same result, a fraction of Invertd's memory)
@@ -376,7 +375,6 @@ class CombinedPredictor(Predictor):
     def __init__(self, members: list[Predictor], steps: list[str]) -> None:  # no dataclass __init__: no network
         self.parts, self.steps = members, list(steps)
         self.config, self.tta = members[0].config, members[0].tta
-        self.threshold = self.config.evaluation.threshold
         self.network, self.ensemble = members[0].network, []
         self.device = members[0].device
         self.runtimes = [runtime for member in members for runtime in member.runtimes]

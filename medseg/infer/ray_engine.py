@@ -15,13 +15,13 @@ from medseg.errors import ConfigError
 from medseg.infer.batch import (
     Outputs,
     PredictionReport,
-    _gather_statistics,
-    _write_label_descriptions,
     case_functions,
     check_outputs,
+    gather_statistics,
     prepare_output_folder,
     report_rows,
     split_finished,
+    write_label_descriptions,
 )
 from medseg.infer.predictor import Predictor
 from medseg.layout import PredictionLayout
@@ -74,7 +74,7 @@ def predict_with_ray(
         raise ConfigError(f"--workers {workers}: give at least 1 worker")
     check_outputs(outputs, predictor.config, records)
     prepare_output_folder(out_dir)
-    _write_label_descriptions(predictor, out_dir)
+    write_label_descriptions(predictor, out_dir)
     cases = case_functions(predictor, out_dir, outputs)
     todo, _ = split_finished(records, cases, overwrite)
     rows: dict[str, dict[str, object]] = {}
@@ -110,5 +110,5 @@ def predict_with_ray(
     log.info("Ray: %d case(s) on %d worker(s)", len(todo), workers)
     report = report_rows(records, rows, out_dir, summary or PredictionLayout(out_dir).summary)
     if outputs.statistics:
-        _gather_statistics(out_dir, records, cases.columns)
+        gather_statistics(out_dir, records, cases.columns)
     return report
