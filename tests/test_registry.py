@@ -96,3 +96,29 @@ def test_poly_and_plateau_schedules() -> None:
     for dice in (0.5, 0.6, 0.6, 0.6):
         plateau.step(dice)
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.5)  # lowered once the Dice stalled
+
+
+def test_flexible_unet_trained_from_scratch_still_segments_in_eval_mode() -> None:
+    # MONAI's EfficientNet BatchNorm momentum (0.01) left eval mode predicting nothing after training from scratch
+    torch.manual_seed(0)
+    yy, xx = torch.meshgrid(torch.arange(64), torch.arange(64), indexing="ij")
+
+    def blobs(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        centres = torch.randint(20, 44, (n, 2))
+        masks = torch.stack([((yy - cy) ** 2 + (xx - cx) ** 2 < 144).float()[None] for cy, cx in centres.tolist()])
+        return (0.8 - 0.5 * masks + 0.05 * torch.randn_like(masks)).expand(-1, 3, -1, -1), masks
+
+    network = build_network("flexible_unet", 2, 3, 1, {})
+    loss_function = build_loss("dice_ce", out_channels=1)
+    optimizer = torch.optim.AdamW(network.parameters(), lr=2e-3)
+    for _ in range(40):
+        images, masks = blobs(8)
+        loss = loss_function(network.train()(images), masks)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    images, masks = blobs(8)
+    with torch.no_grad():
+        predicted = (network.eval()(images) > 0).float()
+    dice = 2 * (predicted * masks).sum() / (predicted.sum() + masks.sum())
+    assert dice > 0.8
