@@ -4,9 +4,11 @@ melanoma cases of the test split on their own.
 
     MEDSEG_DATA_ROOT=../shared/data python benchmarks/model_zoo.py [--minutes 10] [--models unet,fcn8s,...]
 
-Each model is the shipped skin-lesion pipeline with only ``model`` replaced, trained for ``--minutes`` with a
-constant learning rate (the cosine schedule's length would otherwise depend on how many epochs fit the budget), the
-best validation epoch kept; each runs in its own process. Prints a Markdown table.
+Each model is the shipped skin-lesion pipeline with only ``model`` replaced and its epochs set to what fits
+``--minutes``: three calibration epochs time the model (training + validation), the cosine schedule then runs over
+the epochs that fit the budget, with ``training.max_minutes`` as the hard stop; the best validation epoch is kept.
+The unet row is therefore the shipped default at that budget. Each model runs in its own process; finished rows are
+kept in ``--results`` (JSON), so an interrupted comparison resumes. Prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -26,10 +28,12 @@ MODELS: dict[str, dict] = {
     "unet": {"channels": [16, 32, 64, 128, 256], "strides": [2, 2, 2, 2], "num_res_units": 2},
     "attention_unet": {"channels": [16, 32, 64, 128, 256], "strides": [2, 2, 2, 2]},
     "fcn8s": {},
+    "fcn16s": {},
     "fcn32s": {},
     "deeplabv3plus": {},
     "flexible_unet": {},
     "swin_unetr": {"feature_size": 12},
+    "unetr": {"img_size": [256, 256], "feature_size": 16},
     "otsu": {},
     "watershed": {},
     "kmeans": {},
@@ -46,16 +50,18 @@ def run_one(name: str, minutes: float, out: Path) -> dict:
     from medseg.pipeline import run_pipeline
 
     cfg = load_config(REPO / "pipelines" / "skin_lesion.yaml", [f"output_root={out}", "tracking.experiment=model_zoo"])
-    cfg = cfg.with_values(
-        {
-            "model.name": name,
-            "model.args": MODELS[name],
-            "training.max_minutes": minutes,
-            "training.epochs": 1000,
-            "schedule.name": "constant",
-            "stages": ["train", "evaluate"],
-        }
-    )
+    cfg = cfg.with_values({"model.name": name, "model.args": MODELS[name], "stages": ["train", "evaluate"]})
+    epochs = 1
+    if name not in CLASSICAL:
+        calibration = cfg.with_values(
+            {"training.epochs": 3, "stages": ["train"], "tracking.enabled": False, "training.max_minutes": None}
+        )
+        timed = json.loads(
+            (run_pipeline(calibration, run_name=f"zoo-{name}-timing").run_dir / "history.json").read_text()
+        )
+        seconds_per_epoch = (timed[-1]["minutes"] - timed[0]["minutes"]) * 60 / (len(timed) - 1)
+        epochs = max(3, int(minutes * 60 / seconds_per_epoch))
+    cfg = cfg.with_values({"training.epochs": epochs, "training.max_minutes": minutes})
     started = time.perf_counter()
     result = run_pipeline(cfg, run_name=f"zoo-{name}")
     history = json.loads((result.run_dir / "history.json").read_text())
@@ -85,6 +91,7 @@ def run_one(name: str, minutes: float, out: Path) -> dict:
         "melanoma_cases": len(melanoma),
         "parameters": int(sum(p.numel() for p in predictor.network.parameters() if p.requires_grad)),
         "epochs": len(history),
+        "planned_epochs": epochs,
         "seconds_per_epoch": history[-1]["minutes"] * 60 / len(history) if name not in CLASSICAL else float("nan"),
         "minutes": (time.perf_counter() - started) / 60,
         "ms_per_image": ms_per_image,
@@ -97,13 +104,18 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--output", type=Path, default=REPO / "mlruns" / "runs")
+    parser.add_argument("--results", type=Path, default=REPO / "mlruns" / "model_zoo.json")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         print("RESULT " + json.dumps(run_one(args.worker, args.minutes, args.output)))
         return
-    results = []
+    store = args.results
+    results = {r["model"]: r for r in json.loads(store.read_text())} if store.exists() else {}
     for name in args.models.split(","):
+        if name in results and results[name]["minutes_budget"] == args.minutes:
+            print(f"{name}: kept from {store}", flush=True)
+            continue
         command = [
             sys.executable,
             __file__,
@@ -119,15 +131,19 @@ def main() -> None:
         if done.returncode or not lines:
             print(f"{name}: failed ({done.stderr.strip().splitlines()[-1:] or done.returncode})", flush=True)
             continue
-        results.append(json.loads(lines[-1][7:]))
-        print(json.dumps(results[-1]), flush=True)
+        results[name] = {**json.loads(lines[-1][7:]), "minutes_budget": args.minutes}
+        store.parent.mkdir(parents=True, exist_ok=True)
+        store.write_text(json.dumps(list(results.values()), indent=1))
+        print(json.dumps(results[name]), flush=True)
+    results = [results[name] for name in args.models.split(",") if name in results]
     header = "| model | test Dice | thr. Jaccard | HD95 (px) | melanoma Dice | parameters | epochs"
     print(f"\n{header} in {args.minutes:g} min | s/epoch | ms/image |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in sorted(results, key=lambda r: -r["test_dice"]):
         print(
             f"| {r['model']} | {r['test_dice']:.4f} | {r['jaccard_thresholded']:.4f} | {r['hd95']:.1f} | "
-            f"{r['melanoma_dice']:.4f} ({r['melanoma_cases']}) | {r['parameters']:,} | {r['epochs']} | "
+            f"{r['melanoma_dice']:.4f} ({r['melanoma_cases']}) | {r['parameters']:,} | "
+            f"{r['epochs']}/{r['planned_epochs']} | "
             f"{r['seconds_per_epoch']:.1f} | {r['ms_per_image']:.0f} |"
         )
 
