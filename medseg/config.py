@@ -253,9 +253,11 @@ class TrainingConfig(Section):
     samples_per_volume: PositiveInt = 2
     val_every: PositiveInt = 1
     early_stopping_patience: PositiveInt | None = 15
+    # auto: time fp32 against native bf16 (the GPU's mixed precision on CUDA) and keep the faster; true: bf16 where
+    # native, untimed; emulated bf16 is never used
     bf16: bool | Literal["auto"] = "auto"
-    # channels_last / contiguous, or auto: time a few real steps of each candidate (with bf16 where native) at the
-    # start of training and keep the fastest (the choice and the timings are logged as MLflow params)
+    # channels_last / contiguous, or auto: both timed (with the bf16 candidates) on real steps at the start of
+    # training; the fastest is kept (the choice and the timings are logged as MLflow params)
     memory_format: Literal["auto", "contiguous", "channels_last"] = "contiguous"
     max_minutes: PositiveFloat | None = None
     num_threads: PositiveInt | None = None

@@ -50,28 +50,37 @@ def fastest_step(
     loss_function: nn.Module,
     candidates: list[tuple[bool, Precision]],
     device: torch.device,
-    steps: int = 3,
+    rounds: int = 5,
 ) -> tuple[tuple[bool, Precision], dict[str, float]]:
-    """Time ``steps`` real training steps (after one warm-up) of each (channels-last?, precision) candidate on copies
-    of the network and optimiser (the run's own are untouched); the fastest and every median seconds per step."""
+    """Time real training steps of each (channels-last?, precision) candidate on copies of the network and optimiser
+    (the run's own are untouched): one warm-up each, then ``rounds`` rounds of one step per candidate, interleaved so
+    that a burst of other load hits them all; the fastest by its quickest step, and every candidate's quickest step
+    in seconds (the minimum: noise only ever adds time)."""
     import copy
-    import statistics
     import time
 
-    timings: dict[str, float] = {}
     spatial_dims = batch["image"].ndim - 2
+    trials = []
     for channels_last, precision in candidates:
         trial = copy.deepcopy(network)
         memory_format = channels_last_format(spatial_dims) if channels_last else None
         if memory_format is not None:
             trial = trial.to(memory_format=memory_format)
-        optimizer = torch.optim.AdamW(trial.parameters(), lr=1e-5)
-        seconds = []
-        for index in range(steps + 1):
+        trials.append((trial, torch.optim.AdamW(trial.parameters(), lr=1e-5), precision, memory_format))
+    seconds: list[list[float]] = [[] for _ in candidates]
+    for round_index in range(rounds + 1):
+        for index, (trial, optimizer, precision, memory_format) in enumerate(trials):
             started = time.perf_counter()
             training_step(trial, batch, loss_function, optimizer, precision, None, device, memory_format)
-            if index:
-                seconds.append(time.perf_counter() - started)
-        timings[f"{'channels_last' if channels_last else 'contiguous'}+{precision.name}"] = statistics.median(seconds)
-    best = min(range(len(candidates)), key=lambda i: list(timings.values())[i])
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if round_index:  # round 0 warms up
+                seconds[index].append(time.perf_counter() - started)
+    timings = {step_name(*candidate): min(times) for candidate, times in zip(candidates, seconds, strict=True)}
+    best = min(range(len(candidates)), key=lambda i: min(seconds[i]))
     return candidates[best], timings
+
+
+def step_name(channels_last: bool, precision: Precision) -> str:
+    """``contiguous+fp32``, ``channels_last+bf16``, ...: how a step choice is logged."""
+    return f"{'channels_last' if channels_last else 'contiguous'}+{precision.name}"

@@ -31,7 +31,7 @@ from medseg.infer.inferers import activate, build_inferer
 from medseg.layout import ModelLayout, RunLayout
 from medseg.progress import progress_bar
 from medseg.registry import build_loss, build_network
-from medseg.steps import channels_last_format, fastest_step, training_step
+from medseg.steps import channels_last_format, fastest_step, step_name, training_step
 from medseg.tracking.tracker import Tracker
 
 log = logging.getLogger(__name__)
@@ -232,7 +232,15 @@ class TrainingState:
 class Trainer:
     """The parts of one training run, built once from the config; :meth:`fit` runs the epochs."""
 
-    def __init__(self, cfg: PipelineConfig, data: PreparedData, model: ModelLayout, group: Ranks = Ranks()) -> None:
+    def __init__(
+        self,
+        cfg: PipelineConfig,
+        data: PreparedData,
+        model: ModelLayout,
+        group: Ranks = Ranks(),
+        saved_step: dict[str, Any] | None = None,
+    ) -> None:
+        """``saved_step``: the step choice of a run being resumed (else chosen here, see :meth:`_choose_step`)."""
         self.cfg, self.model, self.group = cfg, model, group
         self.device = rank_device(resolve_device(cfg.training.device, "training.device"), group)
         if self.device.type == "cuda":
@@ -264,36 +272,43 @@ class Trainer:
         )
         self.optimizer = build_optimizer(cfg, self.network)
         self.scheduler = build_scheduler(cfg, self.optimizer, len(self.train_loader))
-        self.precision = precision_for(self.device, cfg.training.bf16)
-        self.memory_format = (
-            channels_last_format(cfg.spatial_dims) if cfg.training.memory_format == "channels_last" else None
-        )
         self.step_timings: dict[str, float] = {}
-        if cfg.training.memory_format == "auto" and not getattr(self.network, "classical", False):
-            self._choose_fastest_step()
+        channels_last, self.precision = self._choose_step(saved_step)
+        self.memory_format = channels_last_format(cfg.spatial_dims) if channels_last else None
         if self.memory_format is not None:
             self.network.to(memory_format=self.memory_format)
         self.bf16 = self.precision.dtype == torch.bfloat16
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision.needs_scaler else None
 
-    def _choose_fastest_step(self) -> None:
-        """``training.memory_format: auto``: time channels-last against contiguous (each with fp32 and, where this
-        device runs it natively, the automatic mixed precision) on the first real batch; keep the fastest."""
-        precisions = [precision_for(self.device, False)]
-        automatic = precision_for(self.device, self.cfg.training.bf16)
-        if automatic.enabled:
-            precisions.append(automatic)
-        candidates = [(layout, precision) for layout in (False, True) for precision in precisions]
+    def _choose_step(self, saved: dict[str, Any] | None) -> tuple[bool, Precision]:
+        """Channels-last or not, and the precision. ``memory_format: auto`` tries both layouts and ``bf16: auto``
+        fp32 against the mixed precision this device runs natively (never emulated bf16); with more than one
+        candidate, real steps on the first batch are timed and the fastest kept (rank 0's choice on every rank).
+        A resumed run keeps the choice saved in its checkpoint."""
+        tcfg = self.cfg.training
+        if saved is not None:
+            return saved["channels_last"], precision_for(self.device, saved["precision"] != "fp32")
+        layouts = [False, True] if tcfg.memory_format == "auto" else [tcfg.memory_format == "channels_last"]
+        mixed = precision_for(self.device, tcfg.bf16)
+        precisions = [precision_for(self.device, False), mixed] if tcfg.bf16 == "auto" and mixed.enabled else [mixed]
+        candidates = [(layout, precision) for layout in layouts for precision in precisions]
+        if len(candidates) == 1 or getattr(self.network, "classical", False):
+            return candidates[0]
         batch = next(iter(self.train_loader))
-        (channels_last, self.precision), self.step_timings = fastest_step(
-            self.network, batch, self.loss_function, candidates, self.device
-        )
-        self.memory_format = channels_last_format(self.cfg.spatial_dims) if channels_last else None
+        chosen, self.step_timings = fastest_step(self.network, batch, self.loss_function, candidates, self.device)
+        index, self.step_timings = broadcast((candidates.index(chosen), self.step_timings), self.group)
+        chosen = candidates[index]
         log.info(
             "Fastest training step here: %s (%s)",
-            f"{'channels_last' if channels_last else 'contiguous'}+{self.precision.name}",
+            step_name(*chosen),
             ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in self.step_timings.items()),
         )
+        return chosen
+
+    @property
+    def step_choice(self) -> dict[str, Any]:
+        """What a checkpoint records of the step choice, for a resumed run."""
+        return {"channels_last": self.memory_format is not None, "precision": self.precision.name}
 
     def checkpoint(self, epoch: int, **extra: Any) -> dict[str, Any]:
         """What every checkpoint holds: weights, the network's arguments, the config, the epoch."""
@@ -384,6 +399,7 @@ class Trainer:
                     tcfg.epochs if patience_spent else epoch,  # a resumed run that stopped early stays stopped
                     optimizer=self.optimizer.state_dict(),
                     scheduler=self.scheduler.state_dict(),
+                    step=self.step_choice,
                 )
                 if self.group.is_main:
                     save_checkpoint(self.model.last, progress.record(last))
@@ -424,7 +440,8 @@ def train(
     layout = RunLayout(run_dir)
     layout.model.root.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    trainer = Trainer(cfg, data, layout.model, group)
+    saved_step = load_checkpoint(layout.model.last).get("step") if resume and layout.model.last.exists() else None
+    trainer = Trainer(cfg, data, layout.model, group, saved_step)
     if getattr(trainer.network, "classical", False):
         return _fit_classical(trainer, tracker, layout, started)
     if resume:

@@ -46,6 +46,7 @@ def _overrides(tmp_path: Path, dataset: Path, *extra: str) -> list[str]:
         "training.val_every=1",
         "training.samples_per_volume=2",
         "training.max_minutes=null",
+        "training.bf16=true",  # no step timing (tests/helpers/data.py)
         *extra,
     ]
 
