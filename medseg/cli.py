@@ -224,7 +224,7 @@ def predict(
     ] = "lps",
     backend: Annotated[
         str | None,
-        typer.Option("--backend", help="auto (ONNX Runtime in 3D), torch or onnxruntime; default: the model's."),
+        typer.Option("--backend", help="auto (the fastest here, timed), torch or onnxruntime; default: the model's."),
     ] = None,
     folds: Annotated[
         str | None, typer.Option("--folds", help="A cross-validated run's folds to ensemble, e.g. 0,2 (default: all).")

@@ -303,9 +303,13 @@ class InferenceConfig(Section):
     sw_batch_size: PositiveInt = 2
     blend_mode: Literal["gaussian", "constant"] = "gaussian"
     tta: bool = False
-    # onnxruntime: the trained network is exported in memory and run by ONNX Runtime (measured ~2x faster than
-    # PyTorch for 3D convolutions on CPU, benchmarks/sliding_window_3d.py); auto = onnxruntime in 3D, torch in 2D
+    # onnxruntime: the trained network exported in memory and run by ONNX Runtime; torch: PyTorch with
+    # memory_format and bf16 below; auto: each of those timed on the working shape when the predictor is built (CPU;
+    # bf16 ones only with bf16: true), the fastest kept and logged (CUDA: torch)
     backend: Literal["auto", "torch", "onnxruntime"] = "auto"
+    memory_format: Literal["contiguous", "channels_last"] = "contiguous"  # torch backend
+    # torch backend on a CPU with native bf16: bf16 autocast (probabilities move in the third digit); never emulated
+    bf16: bool = False
     save_probabilities: bool = False
     device: Annotated[str, Field(pattern=DEVICE_PATTERN)] = "auto"  # auto = CUDA when available
     max_voxels: PositiveInt = 1_000_000_000  # larger inputs are refused from their header, before reading voxels

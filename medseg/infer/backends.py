@@ -39,9 +39,26 @@ def export_format(path: Path) -> str | None:
 
 
 def inference_backend(cfg: PipelineConfig) -> str:
-    """``torch`` or ``onnxruntime`` for this pipeline (``auto``: ONNX Runtime for 3D sliding windows)."""
-    backend = cfg.inference.backend
-    return ("onnxruntime" if cfg.spatial_dims == 3 else "torch") if backend == "auto" else backend
+    """``torch`` or ``onnxruntime`` for this pipeline; ``auto`` (before :func:`resolve_backend` decided) is torch."""
+    return "onnxruntime" if cfg.inference.backend == "onnxruntime" else "torch"
+
+
+class TorchRuntime(nn.Module):
+    """A PyTorch network run channels-last and/or under CPU bf16 autocast; float32 logits out."""
+
+    def __init__(self, network: nn.Module, spatial_dims: int, channels_last: bool, bf16: bool) -> None:
+        super().__init__()
+        self.network, self.bf16 = network, bf16
+        self.memory_format = None
+        if channels_last:
+            self.memory_format = torch.channels_last if spatial_dims == 2 else torch.channels_last_3d
+            self.network = network.to(memory_format=self.memory_format)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.memory_format is not None:
+            x = x.contiguous(memory_format=self.memory_format)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+            return self.network(x).float()
 
 
 class OnnxNetwork(nn.Module):
@@ -148,14 +165,91 @@ def read_exported(path: Path) -> tuple[nn.Module, dict[str, Any]]:
 
 def runtime_network(network: nn.Module, cfg: PipelineConfig) -> nn.Module:
     """The network as it will run: exported in memory to ONNX Runtime when the backend says so (PyTorch if the
-    export fails, with a warning: the result is the same, only slower)."""
-    if inference_backend(cfg) != "onnxruntime" or isinstance(network, OnnxNetwork | torch.jit.ScriptModule):
+    export fails, with a warning: the result is the same, only slower), else PyTorch, channels-last and under bf16
+    autocast where ``inference.memory_format`` / ``inference.bf16`` say so (bf16 only where the CPU has it)."""
+    from medseg.devices import cpu_has_native_bf16
+
+    if isinstance(network, OnnxNetwork | torch.jit.ScriptModule):
         return network
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "network.onnx"
-            write_onnx(network.eval(), example_input(cfg), {}, path)
-            return OnnxNetwork(path)  # the session holds the model in memory; the file can go
-    except Exception as exc:  # any exporter failure
-        log.warning("ONNX Runtime backend unavailable (%s); running the network in PyTorch", str(exc)[:200])
-        return network
+    if inference_backend(cfg) == "onnxruntime":
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / "network.onnx"
+                write_onnx(network.eval(), example_input(cfg), {}, path)
+                return OnnxNetwork(path)  # the session holds the model in memory; the file can go
+        except Exception as exc:  # any exporter failure
+            log.warning("ONNX Runtime backend unavailable (%s); running the network in PyTorch", str(exc)[:200])
+            return network
+    on_cpu = next(network.parameters(), torch.empty(0)).device.type == "cpu"
+    channels_last = on_cpu and cfg.inference.memory_format == "channels_last"
+    bf16 = on_cpu and cfg.inference.bf16 and cpu_has_native_bf16()
+    return TorchRuntime(network, cfg.spatial_dims, channels_last, bf16) if channels_last or bf16 else network
+
+
+BACKEND_CHOICES: dict[tuple, dict[str, Any]] = {}  # this process's decisions, per network shape and machine setting
+
+
+def backend_candidates(cfg: PipelineConfig) -> dict[str, dict[str, Any]]:
+    """What ``inference.backend: auto`` times: PyTorch contiguous and channels-last (and each under bf16 where
+    ``inference.bf16`` allows it and the CPU has it natively), and ONNX Runtime."""
+    from medseg.devices import cpu_has_native_bf16
+
+    candidates = {}
+    for bf16 in (False, True) if cfg.inference.bf16 and cpu_has_native_bf16() else (False,):
+        for layout in ("contiguous", "channels_last"):
+            name = f"torch+{layout}" + ("+bf16" if bf16 else "")
+            candidates[name] = {"inference.backend": "torch", "inference.memory_format": layout, "inference.bf16": bf16}
+    candidates["onnxruntime"] = {"inference.backend": "onnxruntime", "inference.memory_format": "contiguous"}
+    return candidates
+
+
+def resolve_backend(network: nn.Module, cfg: PipelineConfig, rounds: int = 3) -> tuple[PipelineConfig, dict]:
+    """``inference.backend: auto`` made concrete for this machine: every candidate (:func:`backend_candidates`) runs
+    the network on inputs of the working shape (3D: ``sw_batch_size`` windows), one warm-up and then ``rounds``
+    interleaved rounds; the quickest run of each counts and the fastest candidate's settings replace ``auto`` (a
+    candidate that fails here is left out). The decision is kept for the rest of the process (same network size,
+    shape and threads). Returns the concrete configuration and the seconds per candidate (empty: nothing timed)."""
+    import copy
+    import time
+
+    if cfg.inference.backend != "auto":
+        return cfg, {}
+    if getattr(network, "classical", False):  # scikit-image inside: nothing to export or lay out
+        return cfg.with_values({"inference.backend": "torch"}), {}
+    parameters = sum(p.numel() for p in network.parameters())
+    shape = (cfg.inference.sw_batch_size if cfg.spatial_dims == 3 else 1, *working_shape(cfg))
+    key = (type(network).__name__, parameters, shape, cfg.inference.bf16, torch.get_num_threads())
+    if key in BACKEND_CHOICES:
+        return cfg.with_values(BACKEND_CHOICES[key]), {}
+    example = torch.randn((shape[0], cfg.model.in_channels, *shape[1:]), generator=torch.Generator().manual_seed(0))
+    runtimes = {}
+    with torch.inference_mode():
+        for name, changes in backend_candidates(cfg).items():
+            try:  # a candidate that cannot be built or run here (a failed export, a layout the network refuses) is out
+                runtime = runtime_network(copy.deepcopy(network).eval(), cfg.with_values(changes))
+                runtime(example)  # warm-up
+            except Exception as exc:  # any builder or kernel failure
+                log.debug("Inference candidate %s unavailable: %s", name, error_summary(exc))
+                continue
+            if name != "onnxruntime" or isinstance(runtime, OnnxNetwork):  # the export fell back to PyTorch
+                runtimes[name] = runtime
+    if len(runtimes) <= 1:
+        fallback = next(iter(runtimes), "torch+contiguous")
+        BACKEND_CHOICES[key] = backend_candidates(cfg)[fallback]
+        return cfg.with_values(BACKEND_CHOICES[key]), {}
+    seconds: dict[str, float] = {}
+    with torch.inference_mode():
+        for _ in range(rounds):
+            for name, runtime in runtimes.items():
+                started = time.perf_counter()
+                runtime(example)
+                seconds[name] = min(seconds.get(name, float("inf")), time.perf_counter() - started)
+    fastest = min(seconds, key=seconds.get)
+    BACKEND_CHOICES[key] = backend_candidates(cfg)[fastest]
+    log.info(
+        "Inference backend here: %s (%s per %s input)",
+        fastest,
+        ", ".join(f"{name} {s * 1000:.0f} ms" for name, s in seconds.items()),
+        "x".join(map(str, shape)),
+    )
+    return cfg.with_values(BACKEND_CHOICES[key]), seconds

@@ -24,7 +24,7 @@ from medseg.checkpoint import load_checkpoint, network_from_checkpoint, resolve_
 from medseg.config import PipelineConfig
 from medseg.errors import DataError, MedsegError, ModelError, user_error_in
 from medseg.imageio.headers import ScanHeader
-from medseg.infer.backends import export_format, read_exported, runtime_network
+from medseg.infer.backends import export_format, read_exported, resolve_backend, runtime_network
 from medseg.infer.checks import check_image, check_scans, check_voxels
 from medseg.infer.inferers import build_inferer, mirrored_probabilities
 from medseg.layout import ENSEMBLE_FILE
@@ -87,6 +87,9 @@ class Predictor:
             self.config = self.config.with_values({"inference.backend": "torch"})  # ONNX Runtime here is CPU-only
         for member in self.members:
             member.eval().to(self.device)
+        self.backend_timings: dict[str, float] = {}  # inference.backend: auto, what was timed (seconds per input)
+        if self.device.type == "cpu" and not isinstance(self.network, OnnxNetwork | torch.jit.ScriptModule):
+            self.config, self.backend_timings = resolve_backend(self.network, self.config)
         # what runs: PyTorch or ONNX Runtime, one per member
         self.runtimes = [runtime_network(member, self.config) for member in self.members]
         self.runtime = self.runtimes[0]

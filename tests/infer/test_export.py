@@ -70,7 +70,8 @@ def test_export_reproduces_the_network_and_predicts_the_same_masks(fmt: str, mod
     assert metadata["postprocessing"] == ["fill_holes", "largest_component"]
     assert metadata["network"]["args"] == ARGS
     reference, exported = Predictor.from_model(model_2d), Predictor.from_model(result.path)
-    assert exported.steps == reference.steps and exported.config == reference.config
+    assert exported.steps == reference.steps  # and the config, but for the backend the reference chose by timing
+    assert exported.config.model_copy(update={"inference": reference.config.inference}) == reference.config
     for image in sorted(images.iterdir()):
         ours, theirs = reference.probabilities(image), exported.probabilities(image)
         assert theirs.shape == ours.shape
@@ -158,23 +159,70 @@ def test_export_errors_are_one_line_and_write_nothing(model_2d: Path, tmp_path: 
     assert not target.exists() and not list(tmp_path.glob(".strict*")), "a failed export leaves no file"
 
 
-def test_3d_runs_on_onnx_runtime_by_default_and_matches_pytorch(tmp_path: Path) -> None:
-    from medseg.infer.backends import OnnxNetwork
+@pytest.mark.parametrize("dims", [2, 3])
+def test_backend_auto_times_every_candidate_and_keeps_the_fastest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dims: int
+) -> None:
+    from medseg.infer.backends import OnnxNetwork, TorchRuntime, backend_candidates
 
-    cfg = PipelineConfig(
-        name="t3d",
-        spatial_dims=3,
-        preprocessing={"spacing": None, "patch_size": [16, 16, 16]},
-        model={"in_channels": 1, "out_channels": 1, "args": ARGS},
-    )
+    monkeypatch.setattr(backends, "BACKEND_CHOICES", {})
+    if dims == 3:
+        cfg = PipelineConfig(
+            name="t3d",
+            spatial_dims=3,
+            preprocessing={"spacing": None, "patch_size": [16, 16, 16]},
+            model={"in_channels": 1, "out_channels": 1, "args": ARGS},
+        )
+        scan = tmp_path / "scan.nii.gz"
+        volume = np.random.default_rng(0).normal(0, 1, (20, 18, 17)).astype(np.float32)
+        nib.save(nib.Nifti1Image(volume, np.eye(4)), scan)
+    else:
+        cfg = PipelineConfig(name="t2d", preprocessing={"spatial_size": [32, 48]}, model={"args": ARGS})
+        scan = tmp_path / "image.png"
+        Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 52, 3), dtype=np.uint8)).save(scan)
     model = _checkpoint(tmp_path / "run", cfg, [])
-    scan = tmp_path / "scan.nii.gz"
-    nib.save(nib.Nifti1Image(np.random.default_rng(0).normal(0, 1, (20, 18, 17)).astype(np.float32), np.eye(4)), scan)
-    default, pytorch = Predictor.from_model(model), Predictor.from_model(model, backend="torch")
-    assert isinstance(default.runtime, OnnxNetwork) and pytorch.runtime is pytorch.network
-    np.testing.assert_allclose(default.probabilities([scan]), pytorch.probabilities([scan]), atol=1e-5)
-    two_d = PipelineConfig(name="t2d", preprocessing={"spatial_size": [32, 32]}, model={"args": ARGS})
-    assert Predictor(build_network("unet", 2, 3, 1, ARGS), two_d).runtime.__class__.__name__ == "UNet"
+    chosen = Predictor.from_model(model)
+    timings = chosen.backend_timings
+    assert set(timings) == {"torch+contiguous", "torch+channels_last", "onnxruntime"}  # bf16 only when allowed
+    fastest = backend_candidates(cfg)[min(timings, key=timings.get)]
+    inference = chosen.config.inference
+    assert (inference.backend, inference.memory_format) == (
+        fastest["inference.backend"],
+        fastest["inference.memory_format"],
+    )
+    expected = {"onnxruntime": OnnxNetwork, "channels_last": TorchRuntime, "contiguous": type(chosen.network)}
+    assert isinstance(
+        chosen.runtime, expected["onnxruntime" if inference.backend == "onnxruntime" else inference.memory_format]
+    )
+    again = Predictor.from_model(model)  # decided once per process
+    assert again.backend_timings == {} and again.config.inference == inference
+    reference = Predictor.from_model(model, backend="torch").probabilities([scan])
+    for changes in backend_candidates(cfg).values():
+        other = Predictor(Predictor.from_model(model, backend="torch").network, chosen.config.with_values(changes))
+        np.testing.assert_allclose(other.probabilities([scan]), reference, atol=1e-5)
+
+
+def test_bf16_inference_is_timed_only_where_allowed_and_native(tmp_path: Path, monkeypatch) -> None:
+    import medseg.devices
+    from medseg.devices import cpu_has_native_bf16
+    from medseg.infer.backends import backend_candidates
+
+    cfg = PipelineConfig(name="t2d", preprocessing={"spatial_size": [32, 32]}, model={"args": ARGS})
+    assert "torch+contiguous+bf16" not in backend_candidates(cfg)  # inference.bf16 is off by default
+    allowed = cfg.with_values({"inference.bf16": True})
+    native = cpu_has_native_bf16()
+    assert ("torch+channels_last+bf16" in backend_candidates(allowed)) is native
+    monkeypatch.setattr(medseg.devices, "cpu_has_native_bf16", lambda: False)
+    assert len(backend_candidates(allowed)) == 3  # emulated bf16 is never tried
+    if native:  # bf16 probabilities stay within a few hundredths of fp32 ones
+        monkeypatch.undo()
+        torch.manual_seed(0)
+        network = build_network("unet", 2, 3, 1, ARGS)
+        image = tmp_path / "image.png"
+        Image.fromarray(np.random.default_rng(1).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(image)
+        plain = Predictor(network, cfg.with_values({"inference.backend": "torch"})).probabilities([image])
+        bf16 = Predictor(network, allowed.with_values({"inference.backend": "torch"})).probabilities([image])
+        assert np.abs(plain - bf16).max() < 0.05 and not np.array_equal(plain, bf16)
 
 
 def test_backend_falls_back_to_pytorch_when_the_export_fails(tmp_path: Path, monkeypatch, caplog) -> None:
@@ -182,12 +230,16 @@ def test_backend_falls_back_to_pytorch_when_the_export_fails(tmp_path: Path, mon
         raise RuntimeError("exporter exploded")
 
     monkeypatch.setattr(backends, "write_onnx", broken)
-    cfg = PipelineConfig(name="t3d", spatial_dims=3, preprocessing={"patch_size": [16, 16, 16]}, model={"args": ARGS})
+    monkeypatch.setattr(backends, "BACKEND_CHOICES", {})
+    model = {"in_channels": 1, "args": ARGS}
+    cfg = PipelineConfig(name="t3d", spatial_dims=3, preprocessing={"patch_size": [16, 16, 16]}, model=model)
     network = build_network("unet", 3, 1, 1, ARGS)
     with caplog.at_level("WARNING"):
-        predictor = Predictor(network, cfg)
+        predictor = Predictor(network, cfg.with_values({"inference.backend": "onnxruntime"}))
     assert predictor.runtime is network
     assert "ONNX Runtime backend unavailable (exporter exploded); running the network in PyTorch" in caplog.text
+    timed = Predictor(network, cfg).backend_timings  # auto: ONNX Runtime is left out of the timing
+    assert set(timed) == {"torch+contiguous", "torch+channels_last"}
 
 
 def test_written_files_get_ordinary_permissions(model_2d: Path) -> None:
