@@ -10,7 +10,8 @@ Both go from the files to a mask on the scan's own grid:
   ``sliding_window_inference`` with its defaults (sw_batch_size 1, constant blending) in fp32 under
   ``torch.no_grad`` over the whole volume -> sigmoid -> ``Invertd``;
 - medseg: ``Predictor.probabilities`` with the pipeline's settings (brain crop, Gaussian blending,
-  ``inference_mode``, ONNX Runtime, resampling back slab by slab), plus a variant per lever of issue #6.
+  ``inference_mode``, resampling back slab by slab) on each backend (``inference.backend: auto`` picks one by
+  timing), plus a variant per lever of issue #6.
 
 Prints voxels per second of the input volume (median over repeats, interleaved), the ratio against the
 baseline, the Dice between each variant's mask and the baseline's, and each mask's Dice against the ground
@@ -92,17 +93,6 @@ def baseline(network: torch.nn.Module, roi: tuple[int, ...], overlap: float) -> 
     return run
 
 
-class ChannelsLast3d(torch.nn.Module):
-    """Feed the network NDHWC tensors (the channels-last lever)."""
-
-    def __init__(self, network: torch.nn.Module) -> None:
-        super().__init__()
-        self.network = network.to(memory_format=torch.channels_last_3d)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.network(x.contiguous(memory_format=torch.channels_last_3d))
-
-
 def dice(a: np.ndarray, b: np.ndarray) -> float:
     total = int(a.sum()) + int(b.sum())
     return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
@@ -138,26 +128,38 @@ def main() -> None:
     roi, overlap = tuple(cfg.inference.roi_size or cfg.preprocessing.patch_size), cfg.inference.overlap
     print(f"ROI {roi}, overlap {overlap}, {torch.get_num_threads()} threads\n")
 
-    def predictor(config: PipelineConfig, net: torch.nn.Module = network) -> Callable[[list[str]], np.ndarray]:
-        p = Predictor(net, config, steps=[])
+    def predictor(config: PipelineConfig) -> Callable[[list[str]], np.ndarray]:
+        p = Predictor(copy.deepcopy(network), config, steps=[])
         return lambda files: p.probabilities(files)[0] > config.evaluation.threshold
 
     def with_inference(config: PipelineConfig = cfg, **changes) -> PipelineConfig:
         return config.model_copy(update={"inference": config.inference.model_copy(update=changes)})
 
     torch_cfg = with_inference(backend="torch")
-    no_crop = cfg.model_copy(update={"preprocessing": cfg.preprocessing.model_copy(update={"crop_foreground": False})})
+    onnx_cfg = with_inference(backend="onnxruntime")
+    no_crop = onnx_cfg.model_copy(
+        update={"preprocessing": cfg.preprocessing.model_copy(update={"crop_foreground": False})}
+    )
     sw = cfg.inference.sw_batch_size
+    auto = Predictor(network, with_inference(bf16=True), steps=[])  # backend auto, bf16 candidates allowed
+    picked = f"{auto.config.inference.backend} {auto.config.inference.memory_format} bf16={auto.config.inference.bf16}"
     variants: dict[str, Callable[[list[str]], np.ndarray]] = {
         "baseline: plain sliding_window_inference (sw_batch 1, constant, no_grad, PyTorch)": baseline(
             network, roi, overlap
         ),
-        f"medseg default (brain crop, Gaussian, sw_batch {sw}, ONNX Runtime)": predictor(cfg),
+        f"medseg, backend auto with inference.bf16 (picked: {picked})": predictor(auto.config),
+        f"medseg (brain crop, Gaussian, sw_batch {sw}), ONNX Runtime": predictor(onnx_cfg),
         f"medseg, PyTorch backend (sw_batch {sw})": predictor(torch_cfg),
-        "medseg, PyTorch backend, channels-last 3D": predictor(torch_cfg, ChannelsLast3d(copy.deepcopy(network))),
+        "medseg, PyTorch backend, channels-last 3D": predictor(
+            with_inference(torch_cfg, memory_format="channels_last")
+        ),
+        "medseg, PyTorch backend, bf16 (native only)": predictor(with_inference(torch_cfg, bf16=True)),
+        "medseg, PyTorch backend, channels-last 3D + bf16": predictor(
+            with_inference(torch_cfg, memory_format="channels_last", bf16=True)
+        ),
         "medseg, ONNX Runtime, no brain crop": predictor(with_inference(no_crop)),
-        "medseg, ONNX Runtime, sw_batch 4": predictor(with_inference(sw_batch_size=4)),
-        "medseg, constant blending (as the baseline)": predictor(with_inference(blend_mode="constant")),
+        "medseg, ONNX Runtime, sw_batch 4": predictor(with_inference(onnx_cfg, sw_batch_size=4)),
+        "medseg, constant blending (as the baseline)": predictor(with_inference(onnx_cfg, blend_mode="constant")),
         "medseg, constant blending, no brain crop (the baseline's windows)": predictor(
             with_inference(no_crop, blend_mode="constant")
         ),
