@@ -275,6 +275,8 @@ def run_ui(store_uri: str | None = None, host: str = DEFAULT_HOST, port: int = D
     _check_store(store_uri)
     experiments = model_training_experiments(store_uri)  # before serving: nothing slow after the URL is printed
     previous = signal.signal(signal.SIGTERM, _raise_stop)
+    # Ctrl-C stops the server even where SIGINT was inherited as ignored (a `cmd &` in a non-interactive shell)
+    previous_interrupt = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with _serve(store_uri, host, port, START_TIMEOUT_S, None) as (url, process, log_path):
             print(f"MLflow UI for {store_uri} at {url}  (Ctrl-C to stop)", flush=True)
@@ -286,3 +288,4 @@ def run_ui(store_uri: str | None = None, host: str = DEFAULT_HOST, port: int = D
         print("stopped", file=sys.stderr, flush=True)
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_interrupt)
