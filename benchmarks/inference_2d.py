@@ -21,19 +21,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import benchmark_network
 from PIL import Image
 
-from medseg.checkpoint import load_checkpoint, network_from_checkpoint, resolve_checkpoint
 from medseg.config import PipelineConfig, load_config
 from medseg.devices import cpu_has_native_bf16
 from medseg.infer.predictor import Predictor
+from medseg.metrics import dice_score as dice
 
 PIPELINE = Path("pipelines/skin_lesion.yaml")
-
-
-def newest_run_checkpoint() -> Path | None:
-    runs = sorted(Path("mlruns/runs/skin_lesion").glob("*/model/best.pt"), key=lambda p: p.stat().st_mtime)
-    return runs[-1] if runs else None
 
 
 def images(folder: Path, count: int) -> list[Path]:
@@ -52,11 +48,6 @@ def images(folder: Path, count: int) -> list[Path]:
     return paths
 
 
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=None, help="run folder or checkpoint (default: newest run)")
@@ -64,17 +55,7 @@ def main() -> None:
     args = parser.parse_args()
     scratch = tempfile.TemporaryDirectory()
     cfg: PipelineConfig = load_config(PIPELINE, ["tracking.enabled=false"])
-    checkpoint = resolve_checkpoint(args.model) if args.model else newest_run_checkpoint()
-    if checkpoint is not None:
-        network = network_from_checkpoint(load_checkpoint(checkpoint), checkpoint)
-        print(f"network: {checkpoint}")
-    else:
-        from medseg.registry import build_network
-
-        torch.manual_seed(0)
-        m = cfg.model
-        network = build_network(m.name, 2, m.in_channels, m.out_channels, m.args).eval()
-        print("network: untrained (no skin_lesion run found)")
+    network = benchmark_network(cfg, args.model, "mlruns/runs/skin_lesion/*/model/best.pt")
     files = images(Path(scratch.name), 12)
     print(
         f"{len(files)} images from {files[0].parent}, {torch.get_num_threads()} threads, native bf16: "

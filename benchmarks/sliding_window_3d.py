@@ -32,18 +32,14 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import torch
+from common import benchmark_network
 
-from medseg.checkpoint import load_checkpoint, network_from_checkpoint, resolve_checkpoint
 from medseg.config import PipelineConfig, load_config
 from medseg.infer.predictor import Predictor
+from medseg.metrics import dice_score as dice
 
 PIPELINE = Path("pipelines/brain_tumor_mri.yaml")
 CASE = "brats_2013_pat0006_1"
-
-
-def newest_run_checkpoint() -> Path | None:
-    runs = sorted(Path("mlruns/runs/brain_tumor_mri").glob("*/model/best.pt"), key=lambda p: p.stat().st_mtime)
-    return runs[-1] if runs else None
 
 
 def synthetic_case(folder: Path) -> list[str]:
@@ -93,11 +89,6 @@ def baseline(network: torch.nn.Module, roi: tuple[int, ...], overlap: float) -> 
     return run
 
 
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=None, help="run folder or checkpoint (default: newest run)")
@@ -106,17 +97,7 @@ def main() -> None:
     scratch = tempfile.TemporaryDirectory()
 
     cfg: PipelineConfig = load_config(PIPELINE, ["tracking.enabled=false"])
-    checkpoint = resolve_checkpoint(args.model) if args.model else newest_run_checkpoint()
-    if checkpoint is not None:
-        network = network_from_checkpoint(load_checkpoint(checkpoint), checkpoint)
-        print(f"network: {checkpoint}")
-    else:
-        from medseg.registry import build_network
-
-        torch.manual_seed(0)
-        m = cfg.model
-        network = build_network(m.name, 3, m.in_channels, m.out_channels, m.args).eval()
-        print("network: untrained (no brain_tumor_mri run found; the Dice agreement is then less telling)")
+    network = benchmark_network(cfg, args.model, "mlruns/runs/brain_tumor_mri/*/model/best.pt")
     data_root = Path(os.environ.get("MEDSEG_DATA_ROOT", "../shared/data")) / "brats2015-sample"
     if (data_root / "imagesTr" / f"{CASE}.nii.gz").is_file():
         paths = [str(data_root / folder / f"{CASE}.nii.gz") for folder in cfg.data.modalities]
