@@ -24,6 +24,7 @@ from medseg.atomic import atomic_path
 from medseg.config import PipelineConfig
 from medseg.errors import ModelError, error_summary
 from medseg.infer.inferers import working_shape
+from medseg.steps import channels_last_format
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +39,6 @@ def export_format(path: Path) -> str | None:
     return next((name for name, suffix in FORMATS.items() if Path(path).suffix == suffix), None)
 
 
-def inference_backend(cfg: PipelineConfig) -> str:
-    """``torch`` or ``onnxruntime`` for this pipeline; ``auto`` (before :func:`resolve_backend` decided) is torch."""
-    return "onnxruntime" if cfg.inference.backend == "onnxruntime" else "torch"
-
-
 class TorchRuntime(nn.Module):
     """A PyTorch network run channels-last and/or under CPU bf16 autocast; float32 logits out."""
 
@@ -51,7 +47,7 @@ class TorchRuntime(nn.Module):
         self.network, self.bf16 = network, bf16
         self.memory_format = None
         if channels_last:
-            self.memory_format = torch.channels_last if spatial_dims == 2 else torch.channels_last_3d
+            self.memory_format = channels_last_format(spatial_dims)
             self.network = network.to(memory_format=self.memory_format)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -171,7 +167,7 @@ def runtime_network(network: nn.Module, cfg: PipelineConfig) -> nn.Module:
 
     if isinstance(network, OnnxNetwork | torch.jit.ScriptModule):
         return network
-    if inference_backend(cfg) == "onnxruntime":
+    if cfg.inference.backend == "onnxruntime":  # (auto is made concrete by resolve_backend first)
         try:
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / "network.onnx"
