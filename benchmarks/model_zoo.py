@@ -3,6 +3,8 @@ Dice, thresholded Jaccard, HD95, parameters, seconds per epoch, milliseconds per
 melanoma cases of the test split on their own.
 
     MEDSEG_DATA_ROOT=../shared/data python benchmarks/model_zoo.py [--minutes 10] [--models unet,fcn8s,...]
+    # a recipe variant: the same comparison with overrides, kept as its own rows
+    ... benchmarks/model_zoo.py --models unet --tag res192 --set preprocessing.spatial_size=[192,192]
 
 Each model is the shipped skin-lesion pipeline with only ``model`` replaced and its epochs set to what fits
 ``--minutes``: three calibration epochs time the model (training + validation), the cosine schedule then runs over
@@ -41,16 +43,17 @@ MODELS: dict[str, dict] = {
 CLASSICAL = ("otsu", "watershed", "kmeans")
 
 
-def run_one(name: str, minutes: float, out: Path) -> dict:
-    """Train, evaluate and time one model; its figures."""
+def run_one(name: str, minutes: float, out: Path, overrides: list[str]) -> dict:
+    """Train, evaluate and time one model (``overrides``: ``key=value`` applied after the model); its figures."""
     import torch
 
-    from medseg.config import load_config
+    from medseg.config import load_config, parse_override
     from medseg.infer.predictor import Predictor
     from medseg.pipeline import run_pipeline
 
     cfg = load_config(REPO / "pipelines" / "skin_lesion.yaml", [f"output_root={out}", "tracking.experiment=model_zoo"])
     cfg = cfg.with_values({"model.name": name, "model.args": MODELS[name], "stages": ["train", "evaluate"]})
+    cfg = cfg.with_values({".".join(key): value for key, value in map(parse_override, overrides)})
     epochs = 1
     if name not in CLASSICAL:
         calibration = cfg.with_values(
@@ -103,39 +106,37 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="key=value, for every model")
+    parser.add_argument("--tag", default="", help="names the rows of a --set variant: <model>+<tag>")
     parser.add_argument("--output", type=Path, default=REPO / "mlruns" / "runs")
     parser.add_argument("--results", type=Path, default=REPO / "mlruns" / "model_zoo.json")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.overrides and not args.tag:
+        parser.error("--set needs --tag, so that its rows are not mistaken for the shipped recipe")
     if args.worker:
-        print("RESULT " + json.dumps(run_one(args.worker, args.minutes, args.output)))
+        print("RESULT " + json.dumps(run_one(args.worker, args.minutes, args.output, args.overrides)))
         return
     store = args.results
     results = {r["model"]: r for r in json.loads(store.read_text())} if store.exists() else {}
-    for name in args.models.split(","):
-        if name in results and results[name]["minutes_budget"] == args.minutes:
-            print(f"{name}: kept from {store}", flush=True)
+    rows = [f"{name}+{args.tag}" if args.tag else name for name in args.models.split(",")]
+    for name, row in zip(args.models.split(","), rows, strict=True):
+        if row in results and results[row]["minutes_budget"] == args.minutes:
+            print(f"{row}: kept from {store}", flush=True)
             continue
-        command = [
-            sys.executable,
-            __file__,
-            "--worker",
-            name,
-            "--minutes",
-            str(args.minutes),
-            "--output",
-            str(args.output),
-        ]
+        command = [sys.executable, __file__, "--worker", name, "--minutes", str(args.minutes)]
+        command += ["--output", str(args.output / row), *(f"--set={o}" for o in args.overrides)]
         done = subprocess.run(command, capture_output=True, text=True, encoding="utf-8", errors="replace")
         lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
         if done.returncode or not lines:
-            print(f"{name}: failed ({done.stderr.strip().splitlines()[-1:] or done.returncode})", flush=True)
+            print(f"{row}: failed ({done.stderr.strip().splitlines()[-1:] or done.returncode})", flush=True)
             continue
-        results[name] = {**json.loads(lines[-1][7:]), "minutes_budget": args.minutes}
+        results[row] = {**json.loads(lines[-1][7:]), "model": row, "overrides": args.overrides}
+        results[row]["minutes_budget"] = args.minutes
         store.parent.mkdir(parents=True, exist_ok=True)
         store.write_text(json.dumps(list(results.values()), indent=1))
-        print(json.dumps(results[name]), flush=True)
-    results = [results[name] for name in args.models.split(",") if name in results]
+        print(json.dumps(results[row]), flush=True)
+    results = [results[row] for row in rows if row in results]
     header = "| model | test Dice | thr. Jaccard | HD95 (px) | melanoma Dice | parameters | epochs"
     print(f"\n{header} in {args.minutes:g} min | s/epoch | ms/image |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
