@@ -6,9 +6,9 @@ melanoma cases of the test split on their own.
     # a recipe variant: the same comparison with overrides, kept as its own rows
     ... benchmarks/model_zoo.py --models unet --tag res192 --set preprocessing.spatial_size=[192,192]
 
-Each model is the shipped skin-lesion pipeline with only ``model`` replaced and its epochs set to what fits
-``--minutes``: three calibration epochs time the model (training + validation), the cosine schedule then runs over
-the epochs that fit the budget, with ``training.max_minutes`` as the hard stop; the best validation epoch is kept.
+Each model is the shipped skin-lesion pipeline with only ``model`` replaced, trained for ``--minutes`` with
+``schedule.length: max_minutes``: the first epochs time the model (training + validation), the cosine schedule then
+runs over the epochs that fit the budget, ``training.max_minutes`` is the hard stop; the best validation epoch is kept.
 The unet row is therefore the shipped default at that budget. Each model runs in its own process; finished rows are
 kept in ``--results`` (JSON), so an interrupted comparison resumes. Prints a Markdown table.
 """
@@ -43,6 +43,14 @@ MODELS: dict[str, dict] = {
 CLASSICAL = ("otsu", "watershed", "kmeans")
 
 
+def planned_epochs(run_dir: Path) -> int:
+    """The epochs the training fitted to its budget (1 for a classical baseline)."""
+    from medseg.checkpoint import load_checkpoint
+
+    state = load_checkpoint(run_dir / "model" / "last.pt")
+    return state.get("planned_epochs") or state["epoch"]
+
+
 def run_one(name: str, minutes: float, out: Path, overrides: list[str]) -> dict:
     """Train, evaluate and time one model (``overrides``: ``key=value`` applied after the model); its figures."""
     import torch
@@ -53,18 +61,11 @@ def run_one(name: str, minutes: float, out: Path, overrides: list[str]) -> dict:
 
     cfg = load_config(REPO / "pipelines" / "skin_lesion.yaml", [f"output_root={out}", "tracking.experiment=model_zoo"])
     cfg = cfg.with_values({"model.name": name, "model.args": MODELS[name], "stages": ["train", "evaluate"]})
+    if name not in CLASSICAL:  # the schedule runs over the epochs that fit the budget (timed on the first ones)
+        cfg = cfg.with_values(
+            {"training.max_minutes": minutes, "training.epochs": 10_000, "schedule.length": "max_minutes"}
+        )
     cfg = cfg.with_values({".".join(key): value for key, value in map(parse_override, overrides)})
-    epochs = 1
-    if name not in CLASSICAL:
-        calibration = cfg.with_values(
-            {"training.epochs": 3, "stages": ["train"], "tracking.enabled": False, "training.max_minutes": None}
-        )
-        timed = json.loads(
-            (run_pipeline(calibration, run_name=f"zoo-{name}-timing").run_dir / "history.json").read_text()
-        )
-        seconds_per_epoch = (timed[-1]["minutes"] - timed[0]["minutes"]) * 60 / (len(timed) - 1)
-        epochs = max(3, int(minutes * 60 / seconds_per_epoch))
-    cfg = cfg.with_values({"training.epochs": epochs, "training.max_minutes": minutes})
     started = time.perf_counter()
     result = run_pipeline(cfg, run_name=f"zoo-{name}")
     history = json.loads((result.run_dir / "history.json").read_text())
@@ -94,7 +95,7 @@ def run_one(name: str, minutes: float, out: Path, overrides: list[str]) -> dict:
         "melanoma_cases": len(melanoma),
         "parameters": int(sum(p.numel() for p in predictor.network.parameters() if p.requires_grad)),
         "epochs": len(history),
-        "planned_epochs": epochs,
+        "planned_epochs": planned_epochs(result.run_dir),
         "seconds_per_epoch": history[-1]["minutes"] * 60 / len(history) if name not in CLASSICAL else float("nan"),
         "minutes": (time.perf_counter() - started) / 60,
         "ms_per_image": ms_per_image,

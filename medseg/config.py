@@ -243,6 +243,9 @@ class ScheduleConfig(Section):
     poly_exponent: PositiveFloat = 0.9  # poly: lr * (1 - step / total) ** exponent, as nnU-Net
     plateau_factor: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.5  # plateau: lr * factor when validation Dice stalls
     plateau_patience: NonNegativeInt = 2  # validation rounds without improvement before lowering the lr
+    # epochs: cosine / poly run over training.epochs; max_minutes: over the epochs that fit training.max_minutes,
+    # timed on the first epochs (never more than training.epochs), so a time budget ends with an annealed rate
+    length: Literal["epochs", "max_minutes"] = "epochs"
 
 
 class TrainingConfig(Section):
@@ -390,6 +393,12 @@ class PipelineConfig(Section):
             )
         if not mapping and self.model.out_channels != 1:
             raise ValueError("model.out_channels > 1 needs data.label_mapping (raw label -> class index)")
+        return self
+
+    @model_validator(mode="after")
+    def _schedule_length_has_a_budget(self) -> PipelineConfig:
+        if self.schedule.length == "max_minutes" and self.training.max_minutes is None:
+            raise ValueError("schedule.length: max_minutes needs training.max_minutes (the budget to fit)")
         return self
 
     @model_validator(mode="after")

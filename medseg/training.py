@@ -79,6 +79,17 @@ def build_optimizer(cfg: PipelineConfig, network: nn.Module) -> torch.optim.Opti
     return optimizer_class(network.parameters(), lr=opt.lr, weight_decay=opt.weight_decay)
 
 
+class PolySchedule(torch.optim.lr_scheduler.LambdaLR):
+    """nnU-Net's poly decay, ``lr * (1 - step / t_total) ** exponent``; ``t_total`` may be re-planned mid-run."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, t_total: int, exponent: float) -> None:
+        self.t_total, self.exponent = max(1, t_total), exponent
+        super().__init__(optimizer, self.lr_lambda)
+
+    def lr_lambda(self, step: int) -> float:
+        return max(0.0, 1.0 - step / self.t_total) ** self.exponent
+
+
 def build_scheduler(cfg: PipelineConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
     """Linear warm-up then cosine decay (MONAI's WarmupCosineSchedule), poly (nnU-Net's) or constant, stepped per
     iteration; or ReduceLROnPlateau on validation Dice, stepped per validation."""
@@ -91,15 +102,17 @@ def build_scheduler(cfg: PipelineConfig, optimizer: torch.optim.Optimizer, steps
         return torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode="max", factor=schedule.plateau_factor, patience=schedule.plateau_patience
         )
-    if schedule.name == "poly":
-        total_steps = max(1, cfg.training.epochs * steps_per_epoch)
-        return torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: max(0.0, 1.0 - step / total_steps) ** schedule.poly_exponent
-        )
     total = cfg.training.epochs * steps_per_epoch
+    if schedule.name == "poly":
+        return PolySchedule(optimizer, total, schedule.poly_exponent)
     return WarmupCosineSchedule(
         optimizer, warmup_steps=cfg.schedule.warmup_epochs * steps_per_epoch, t_total=total, end_lr=cfg.schedule.end_lr
     )
+
+
+def planned_epochs(cap: int, epochs_done: int, seconds_per_epoch: float, seconds_left: float) -> int:
+    """How many epochs a budget holds: those done plus the whole epochs that fit in what is left, at most ``cap``."""
+    return min(cap, epochs_done + max(0, math.floor(seconds_left / seconds_per_epoch)))
 
 
 def build_loaders(
@@ -211,6 +224,7 @@ class TrainingState:
     best_epoch: int = 0
     stale_rounds: int = 0
     epoch: int = 0  # the last finished epoch
+    planned_epochs: int | None = None  # schedule.length max_minutes: the epochs that fit, once timed
 
     def record(self, state: dict[str, Any]) -> dict[str, Any]:
         """``state`` with this progress added (for ``last.pt``)."""
@@ -220,12 +234,18 @@ class TrainingState:
             "best_epoch": self.best_epoch,
             "stale_rounds": self.stale_rounds,
             "history": self.history,
+            "planned_epochs": self.planned_epochs,
         }
 
     @classmethod
     def restored(cls, state: dict[str, Any]) -> TrainingState:
         return cls(
-            list(state["history"]), state["best_val_dice"], state["best_epoch"], state["stale_rounds"], state["epoch"]
+            list(state["history"]),
+            state["best_val_dice"],
+            state["best_epoch"],
+            state["stale_rounds"],
+            state["epoch"],
+            state.get("planned_epochs"),
         )
 
 
@@ -368,17 +388,27 @@ class Trainer:
         spent_minutes = progress.history[-1].get("minutes", 0.0) if progress.history else 0.0
         deadline = started + tcfg.max_minutes * 60 if tcfg.max_minutes else math.inf
         steps = len(self.train_loader)
+        planned = progress.planned_epochs or tcfg.epochs
+        to_plan = self.cfg.schedule.length == "max_minutes" and progress.planned_epochs is None
+        timed_from: tuple[int, float] | None = None  # (epoch, clock) at the end of this process's first pass
         with progress_bar(enabled=self.group.is_main) as bar:
-            task = bar.add_task("train", total=tcfg.epochs * steps, completed=progress.epoch * steps)
-            for epoch in range(progress.epoch + 1, tcfg.epochs + 1):
+            task = bar.add_task("train", total=planned * steps, completed=progress.epoch * steps)
+            epoch = progress.epoch
+            while epoch < planned:
+                epoch += 1
 
-                def advance(loss: float, epoch: int = epoch) -> None:
-                    bar.update(task, advance=1, description=f"epoch {epoch}/{tcfg.epochs} loss {loss:.3f}")
+                def advance(loss: float, epoch: int = epoch, planned: int = planned) -> None:
+                    bar.update(task, advance=1, description=f"epoch {epoch}/{planned} loss {loss:.3f}")
 
                 row = {"epoch": epoch, "train_loss": self.run_epoch(epoch, advance)}
+                if to_plan and timed_from and epoch >= max(2, self.cfg.schedule.warmup_epochs):
+                    planned = progress.planned_epochs = self._plan(epoch, timed_from, deadline, tracker)
+                    bar.update(task, total=planned * steps)
+                    to_plan = False
+                timed_from = timed_from or (epoch, time.perf_counter())
                 row["lr"] = self.optimizer.param_groups[0]["lr"]
                 row["minutes"] = spent_minutes + (time.perf_counter() - started) / 60  # wall clock, across resumes
-                if epoch % tcfg.val_every == 0 or epoch == tcfg.epochs:
+                if epoch % tcfg.val_every == 0 or epoch == planned:
                     row["val_dice"] = validation_dice(
                         self.network, self.val_loader, self.cfg, self.precision, self.group, self.device
                     )
@@ -418,6 +448,26 @@ class Trainer:
                     log.info("Stopping: training.max_minutes=%s reached", tcfg.max_minutes)
                     break
         return progress
+
+    def _plan(self, epoch: int, timed_from: tuple[int, float], deadline: float, tracker: Tracker) -> int:
+        """``schedule.length: max_minutes``: the epochs that fit the budget, timed from the passes since
+        ``timed_from`` (rank 0's clock); the cosine / poly schedule is stretched or shrunk to end there."""
+        now = time.perf_counter()
+        seconds_per_epoch = (now - timed_from[1]) / (epoch - timed_from[0])
+        planned = broadcast(
+            planned_epochs(self.cfg.training.epochs, epoch, seconds_per_epoch, deadline - now), self.group
+        )
+        if hasattr(self.scheduler, "t_total"):
+            self.scheduler.t_total = planned * len(self.train_loader)
+        log.info(
+            "Schedule fitted to training.max_minutes=%s: %d epochs at %.1f s each (at most training.epochs=%d)",
+            self.cfg.training.max_minutes,
+            planned,
+            seconds_per_epoch,
+            self.cfg.training.epochs,
+        )
+        tracker.log_params({"planned_epochs": planned, "seconds_per_epoch": round(seconds_per_epoch, 2)})
+        return planned
 
 
 def train(

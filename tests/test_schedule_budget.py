@@ -1,0 +1,74 @@
+"""``schedule.length: max_minutes``: the cosine / poly schedule runs over the epochs that fit the time budget,
+timed on the first epochs, never more than ``training.epochs``; a resumed run keeps the plan."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from medseg.config import PipelineConfig, load_config
+from medseg.errors import ConfigError
+from medseg.training import TrainingState, planned_epochs
+from tests.helpers.data import tiny_overrides
+from tests.helpers.paths import REPO
+
+
+def test_planned_epochs_fill_the_budget_and_keep_the_cap() -> None:
+    assert planned_epochs(cap=100, epochs_done=2, seconds_per_epoch=10.0, seconds_left=95.0) == 11
+    assert planned_epochs(cap=5, epochs_done=2, seconds_per_epoch=1.0, seconds_left=100.0) == 5
+    assert planned_epochs(cap=100, epochs_done=3, seconds_per_epoch=10.0, seconds_left=-4.0) == 3
+
+
+def test_a_budget_schedule_needs_a_budget(tmp_path) -> None:
+    PipelineConfig(name="s", schedule={"length": "max_minutes"}, training={"max_minutes": 10})
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text("name: p\nschedule: {length: max_minutes}\n")
+    with pytest.raises(ConfigError, match="schedule.length: max_minutes needs training.max_minutes") as error:
+        load_config(pipeline)
+    assert "\n" not in str(error.value)
+
+
+def test_the_plan_survives_a_checkpoint() -> None:
+    state = TrainingState(history=[{"epoch": 1}], best_dice=0.5, best_epoch=1, epoch=3, planned_epochs=7)
+    assert TrainingState.restored(state.record({"epoch": 3})).planned_epochs == 7
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "poly"])
+def test_the_schedule_ends_annealed_at_the_epochs_that_fit(
+    schedule: str, tiny_dataset, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mlflow
+
+    import medseg.training
+    from medseg.pipeline import run_pipeline
+
+    seen = []
+
+    def four_fit(cap: int, epochs_done: int, seconds_per_epoch: float, seconds_left: float) -> int:
+        seen.append(planned_epochs(cap, epochs_done, seconds_per_epoch, seconds_left))
+        assert 0 < seconds_per_epoch < 60 and 0 < seconds_left <= 5 * 60 and epochs_done == 2
+        return 4  # as if only four epochs fitted the budget
+
+    monkeypatch.setattr(medseg.training, "planned_epochs", four_fit)
+    overrides = [
+        *tiny_overrides(tmp_path, tiny_dataset),
+        "training.epochs=30",
+        "training.max_minutes=5",
+        "training.early_stopping_patience=null",
+        "schedule.length=max_minutes",
+        f"schedule.name={schedule}",
+        "stages=[train]",
+    ]
+    cfg = load_config(REPO / "pipelines" / "skin_lesion.yaml", overrides)
+    result = run_pipeline(cfg, run_name="budget")
+    assert seen == [30], "tiny epochs: the whole cap fits five minutes"
+    history = json.loads((result.run_dir / "history.json").read_text())
+    assert [row["epoch"] for row in history] == [1, 2, 3, 4]
+    if schedule == "cosine":
+        assert history[1]["lr"] == pytest.approx(cfg.optimizer.lr), "the warm-up ends at its peak"
+    assert history[-1]["lr"] == pytest.approx(0.0, abs=1e-12), "annealed to the end of the fitted schedule"
+    client = mlflow.MlflowClient(cfg.tracking.uri)
+    parent = client.get_run(result.run_id)
+    train = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{result.run_id}'")[0]
+    assert train.data.params["planned_epochs"] == "4" and float(train.data.params["seconds_per_epoch"]) > 0
