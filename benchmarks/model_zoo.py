@@ -113,11 +113,11 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=REPO / "mlruns" / "model_zoo.json")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.overrides and not args.tag:
-        parser.error("--set needs --tag, so that its rows are not mistaken for the shipped recipe")
     if args.worker:
         print("RESULT " + json.dumps(run_one(args.worker, args.minutes, args.output, args.overrides)))
         return
+    if args.overrides and not args.tag:
+        parser.error("--set needs --tag, so that its rows are not mistaken for the shipped recipe")
     store = args.results
     results = {r["model"]: r for r in json.loads(store.read_text())} if store.exists() else {}
     rows = [f"{name}+{args.tag}" if args.tag else name for name in args.models.split(",")]
