@@ -50,6 +50,7 @@ def overrides(root: Path, epochs: int = EPOCHS) -> list[str]:
         f"training.epochs={epochs}",
         "training.batch_size=4",
         "training.max_minutes=null",
+        "schedule.length=epochs",
         "training.early_stopping_patience=null",
         "training.bf16=false",
         "augmentation.enabled=false",

@@ -66,6 +66,9 @@ class OnnxNetwork(nn.Module):
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
+        # no busy-waiting between runs: spinning threads take the cores from the PyTorch work between network calls
+        # (TTA flips, activation, resampling, post-processing)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
