@@ -13,7 +13,7 @@ import tempfile
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -202,24 +202,33 @@ def backend_candidates(cfg: PipelineConfig) -> dict[str, dict[str, Any]]:
     return candidates
 
 
-def resolve_backend(network: nn.Module, cfg: PipelineConfig, rounds: int = 3) -> tuple[PipelineConfig, dict]:
+class BackendChoice(NamedTuple):
+    """What ``inference.backend: auto`` decided: the concrete configuration, the seconds per timed candidate (empty:
+    nothing timed) and the winner as it was timed (built on a copy of the network; None when nothing was timed)."""
+
+    config: PipelineConfig
+    seconds: dict[str, float]
+    runtime: nn.Module | None = None
+
+
+def resolve_backend(network: nn.Module, cfg: PipelineConfig, rounds: int = 3) -> BackendChoice:
     """``inference.backend: auto`` made concrete for this machine: every candidate (:func:`backend_candidates`) runs
     the network on inputs of the working shape (3D: ``sw_batch_size`` windows), one warm-up and then ``rounds``
     interleaved rounds; the quickest run of each counts and the fastest candidate's settings replace ``auto`` (a
     candidate that fails here is left out). The decision is kept for the rest of the process (same network size,
-    shape and threads). Returns the concrete configuration and the seconds per candidate (empty: nothing timed)."""
+    shape and threads); the winner's runtime comes back too, so it is not built (an ONNX export) a second time."""
     import copy
     import time
 
     if cfg.inference.backend != "auto":
-        return cfg, {}
+        return BackendChoice(cfg, {})
     if getattr(network, "classical", False):  # scikit-image inside: nothing to export or lay out
-        return cfg.with_values({"inference.backend": "torch"}), {}
+        return BackendChoice(cfg.with_values({"inference.backend": "torch"}), {})
     parameters = sum(p.numel() for p in network.parameters())
     shape = (cfg.inference.sw_batch_size if cfg.spatial_dims == 3 else 1, *working_shape(cfg))
     key = (type(network).__name__, parameters, shape, cfg.inference.bf16, torch.get_num_threads())
     if key in BACKEND_CHOICES:
-        return cfg.with_values(BACKEND_CHOICES[key]), {}
+        return BackendChoice(cfg.with_values(BACKEND_CHOICES[key]), {})
     example = torch.randn((shape[0], cfg.model.in_channels, *shape[1:]), generator=torch.Generator().manual_seed(0))
     runtimes = {}
     with torch.inference_mode():
@@ -235,7 +244,7 @@ def resolve_backend(network: nn.Module, cfg: PipelineConfig, rounds: int = 3) ->
     if len(runtimes) <= 1:
         fallback = next(iter(runtimes), "torch+contiguous")
         BACKEND_CHOICES[key] = backend_candidates(cfg)[fallback]
-        return cfg.with_values(BACKEND_CHOICES[key]), {}
+        return BackendChoice(cfg.with_values(BACKEND_CHOICES[key]), {}, runtimes.get(fallback))
     seconds: dict[str, float] = {}
     with torch.inference_mode():
         for _ in range(rounds):
@@ -251,4 +260,4 @@ def resolve_backend(network: nn.Module, cfg: PipelineConfig, rounds: int = 3) ->
         ", ".join(f"{name} {s * 1000:.0f} ms" for name, s in seconds.items()),
         "x".join(map(str, shape)),
     )
-    return cfg.with_values(BACKEND_CHOICES[key]), seconds
+    return BackendChoice(cfg.with_values(BACKEND_CHOICES[key]), seconds, runtimes[fastest])

@@ -88,10 +88,12 @@ class Predictor:
         for member in self.members:
             member.eval().to(self.device)
         self.backend_timings: dict[str, float] = {}  # inference.backend: auto, what was timed (seconds per input)
+        timed = None  # the winner of the timing, ready to run
         if self.device.type == "cpu" and not isinstance(self.network, OnnxNetwork | torch.jit.ScriptModule):
-            self.config, self.backend_timings = resolve_backend(self.network, self.config)
+            self.config, self.backend_timings, timed = resolve_backend(self.network, self.config)
         # what runs: PyTorch or ONNX Runtime, one per member
-        self.runtimes = [runtime_network(member, self.config) for member in self.members]
+        self.runtimes = [runtime_network(member, self.config) for member in self.members[1:]]
+        self.runtimes.insert(0, timed if timed is not None else runtime_network(self.network, self.config))
         self.runtime = self.runtimes[0]
         self.preprocess = inference_transforms(self.config)
         self.inferer = build_inferer(self.config, self.device)

@@ -159,6 +159,9 @@ def test_export_errors_are_one_line_and_write_nothing(model_2d: Path, tmp_path: 
     assert not target.exists() and not list(tmp_path.glob(".strict*")), "a failed export leaves no file"
 
 
+ONNX_ONLY = {"inference.backend": "onnxruntime", "inference.memory_format": "contiguous"}
+
+
 @pytest.mark.parametrize("dims", [2, 3])
 def test_backend_auto_times_every_candidate_and_keeps_the_fastest(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dims: int
@@ -200,6 +203,20 @@ def test_backend_auto_times_every_candidate_and_keeps_the_fastest(
     for changes in backend_candidates(cfg).values():
         other = Predictor(Predictor.from_model(model, backend="torch").network, chosen.config.with_values(changes))
         np.testing.assert_allclose(other.probabilities([scan]), reference, atol=1e-5)
+
+
+def test_backend_auto_exports_once_and_runs_what_it_timed(monkeypatch: pytest.MonkeyPatch) -> None:
+    from medseg.infer.backends import OnnxNetwork
+
+    exports = []
+    real_write = backends.write_onnx
+    monkeypatch.setattr(backends, "write_onnx", lambda *args: exports.append(args) or real_write(*args))
+    monkeypatch.setattr(backends, "BACKEND_CHOICES", {})
+    monkeypatch.setattr(backends, "backend_candidates", lambda cfg: {"onnxruntime": ONNX_ONLY})  # it wins alone
+    cfg = PipelineConfig(name="t2d", preprocessing={"spatial_size": [32, 32]}, model={"args": ARGS})
+    predictor = Predictor(build_network("unet", 2, 3, 1, ARGS), cfg)
+    assert isinstance(predictor.runtime, OnnxNetwork) and predictor.config.inference.backend == "onnxruntime"
+    assert len(exports) == 1, "the session timed is the session that runs"
 
 
 def test_bf16_inference_is_timed_only_where_allowed_and_native(tmp_path: Path, monkeypatch) -> None:
