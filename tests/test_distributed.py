@@ -51,6 +51,7 @@ def overrides(root: Path, epochs: int = EPOCHS) -> list[str]:
         "training.batch_size=4",
         "training.max_minutes=null",
         "schedule.length=epochs",
+        "training.memory_format=contiguous",
         "training.early_stopping_patience=null",
         "training.bf16=false",
         "augmentation.enabled=false",

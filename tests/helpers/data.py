@@ -33,6 +33,7 @@ def tiny_overrides(tmp_path: Path, data_root: Path) -> list[str]:
         "training.max_minutes=null",
         "schedule.length=epochs",  # the shipped pipeline fits its schedule to a time budget: tests run set epochs
         "training.bf16=true",  # bf16 where native, without timing fp32 against it: runs compared in tests stay equal
+        "training.memory_format=contiguous",  # the same: no layout timing
         "prediction.max_overlays=2",
         f"tracking.uri=sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}",
     ]
