@@ -525,11 +525,21 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str], provenance: Prove
     """Apply ``--set`` overrides to a merged raw mapping."""
     for text in overrides:
         path, value = parse_override(text)
-        update: dict[str, Any] = value
+        # `--set model.args={}` clears the mapping (merged, an empty one would change nothing)
+        update: Any = _CLEARED if value == {} else value
         for part in reversed(path):
             update = {part: update}
         raw = _merge(raw, update, f"--set {text}", provenance)
-    return raw
+    return _restore_cleared(raw)
+
+
+_CLEARED = "__medseg_cleared__"  # an empty mapping while the overrides merge (a string replaces any mapping)
+
+
+def _restore_cleared(raw: Any) -> Any:
+    if isinstance(raw, dict):
+        return {key: _restore_cleared(value) for key, value in raw.items()}
+    return {} if raw == _CLEARED else raw
 
 
 def _allowed_keys(loc: tuple[str | int, ...]) -> list[str]:

@@ -494,3 +494,13 @@ def test_prepare_data_returns_what_it_resolved_without_changing_the_config(tmp_p
     data = prepare_data(cfg)
     assert data.synthetic and data.resolved == {"training.epochs": 2}
     assert cfg.training.epochs == 40
+
+
+def test_an_empty_mapping_override_clears_the_mapping(tmp_path: Path) -> None:
+    path = write(tmp_path / "p.yaml", "model:\n  args: {channels: [8, 16], strides: [2]}\n")
+    assert load_config(path, ["model.args={}"]).model.args == {}
+    assert load_config(path, ["model.args={num_res_units: 1}"]).model.args == {
+        "channels": [8, 16],
+        "strides": [2],
+        "num_res_units": 1,
+    }, "a non-empty mapping still merges"
