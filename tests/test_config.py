@@ -461,7 +461,7 @@ def test_every_shipped_pipeline_loads_and_builds(pipeline: Path, tmp_path: Path)
 def test_skin_lesion_pipeline_values() -> None:
     cfg = load_config(REPO / "pipelines" / "skin_lesion.yaml")
     assert cfg.name == "skin_lesion"
-    assert cfg.training.epochs == 120  # the pipeline overrides the preset
+    assert cfg.training.epochs == 300 and cfg.training.max_minutes == 10  # the pipeline overrides the preset
     assert cfg.training.early_stopping_patience is None and cfg.inference.tta
     assert cfg.training.batch_size == 8  # from configs/dermoscopy_2d.yaml
     assert cfg.optimizer.lr == 0.002
