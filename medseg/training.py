@@ -389,7 +389,9 @@ class Trainer:
         deadline = started + tcfg.max_minutes * 60 if tcfg.max_minutes else math.inf
         steps = len(self.train_loader)
         planned = progress.planned_epochs or tcfg.epochs
+        # schedule.length max_minutes: planned after the warm-up, planned again halfway on the longer timing
         to_plan = self.cfg.schedule.length == "max_minutes" and progress.planned_epochs is None
+        plan_at = max(2, self.cfg.schedule.warmup_epochs) if to_plan else None
         timed_from: tuple[int, float] | None = None  # (epoch, clock) at the end of this process's first pass
         with progress_bar(enabled=self.group.is_main) as bar:
             task = bar.add_task("train", total=planned * steps, completed=progress.epoch * steps)
@@ -401,10 +403,11 @@ class Trainer:
                     bar.update(task, advance=1, description=f"epoch {epoch}/{planned} loss {loss:.3f}")
 
                 row = {"epoch": epoch, "train_loss": self.run_epoch(epoch, advance)}
-                if to_plan and timed_from and epoch >= max(2, self.cfg.schedule.warmup_epochs):
-                    planned = progress.planned_epochs = self._plan(epoch, timed_from, deadline, tracker)
+                if plan_at is not None and timed_from and epoch >= plan_at:
+                    again = progress.planned_epochs is not None
+                    planned = progress.planned_epochs = self._plan(epoch, timed_from, deadline, tracker, again)
                     bar.update(task, total=planned * steps)
-                    to_plan = False
+                    plan_at = None if again or (epoch + planned) // 2 <= epoch else (epoch + planned) // 2
                 timed_from = timed_from or (epoch, time.perf_counter())
                 row["lr"] = self.optimizer.param_groups[0]["lr"]
                 row["minutes"] = spent_minutes + (time.perf_counter() - started) / 60  # wall clock, across resumes
@@ -449,9 +452,12 @@ class Trainer:
                     break
         return progress
 
-    def _plan(self, epoch: int, timed_from: tuple[int, float], deadline: float, tracker: Tracker) -> int:
-        """``schedule.length: max_minutes``: the epochs that fit the budget, timed from the passes since
-        ``timed_from`` (rank 0's clock); the cosine / poly schedule is stretched or shrunk to end there."""
+    def _plan(
+        self, epoch: int, timed_from: tuple[int, float], deadline: float, tracker: Tracker, again: bool = False
+    ) -> int:
+        """``schedule.length: max_minutes``: the epochs that fit the budget, timed over the passes since
+        ``timed_from`` (rank 0's clock); the cosine / poly schedule is stretched or shrunk to end there. ``again``:
+        the halfway re-plan, on the longer timing (MLflow param ``replanned_epochs``)."""
         now = time.perf_counter()
         seconds_per_epoch = (now - timed_from[1]) / (epoch - timed_from[0])
         planned = broadcast(
@@ -460,13 +466,20 @@ class Trainer:
         if hasattr(self.scheduler, "t_total"):
             self.scheduler.t_total = planned * len(self.train_loader)
         log.info(
-            "Schedule fitted to training.max_minutes=%s: %d epochs at %.1f s each (at most training.epochs=%d)",
+            "Schedule %s to training.max_minutes=%s: %d epochs at %.1f s each (at most training.epochs=%d)",
+            "re-fitted" if again else "fitted",
             self.cfg.training.max_minutes,
             planned,
             seconds_per_epoch,
             self.cfg.training.epochs,
         )
-        tracker.log_params({"planned_epochs": planned, "seconds_per_epoch": round(seconds_per_epoch, 2)})
+        suffix = "_replanned" if again else ""
+        tracker.log_params(
+            {
+                ("replanned_epochs" if again else "planned_epochs"): planned,
+                f"seconds_per_epoch{suffix}": round(seconds_per_epoch, 2),
+            }
+        )
         return planned
 
 

@@ -1,5 +1,5 @@
 """``schedule.length: max_minutes``: the cosine / poly schedule runs over the epochs that fit the time budget,
-timed on the first epochs, never more than ``training.epochs``; a resumed run keeps the plan."""
+timed after the warm-up and again halfway, never more than ``training.epochs``; a resumed run keeps the plan."""
 
 from __future__ import annotations
 
@@ -45,12 +45,12 @@ def test_the_schedule_ends_annealed_at_the_epochs_that_fit(
 
     seen = []
 
-    def four_fit(cap: int, epochs_done: int, seconds_per_epoch: float, seconds_left: float) -> int:
-        seen.append(planned_epochs(cap, epochs_done, seconds_per_epoch, seconds_left))
-        assert 0 < seconds_per_epoch < 60 and 0 < seconds_left <= 5 * 60 and epochs_done == 2
-        return 4  # as if only four epochs fitted the budget
+    def six_fit(cap: int, epochs_done: int, seconds_per_epoch: float, seconds_left: float) -> int:
+        seen.append((epochs_done, planned_epochs(cap, epochs_done, seconds_per_epoch, seconds_left)))
+        assert 0 < seconds_per_epoch < 60 and 0 < seconds_left <= 5 * 60
+        return 6  # as if only six epochs fitted the budget
 
-    monkeypatch.setattr(medseg.training, "planned_epochs", four_fit)
+    monkeypatch.setattr(medseg.training, "planned_epochs", six_fit)
     overrides = [
         *tiny_overrides(tmp_path, tiny_dataset),
         "training.epochs=30",
@@ -62,13 +62,15 @@ def test_the_schedule_ends_annealed_at_the_epochs_that_fit(
     ]
     cfg = load_config(REPO / "pipelines" / "skin_lesion.yaml", overrides)
     result = run_pipeline(cfg, run_name="budget")
-    assert seen == [30], "tiny epochs: the whole cap fits five minutes"
+    # planned after the warm-up (epoch 2), again halfway (epoch 4); tiny epochs: the whole cap fits five minutes
+    assert seen == [(2, 30), (4, 30)]
     history = json.loads((result.run_dir / "history.json").read_text())
-    assert [row["epoch"] for row in history] == [1, 2, 3, 4]
+    assert [row["epoch"] for row in history] == [1, 2, 3, 4, 5, 6]
     if schedule == "cosine":
         assert history[1]["lr"] == pytest.approx(cfg.optimizer.lr), "the warm-up ends at its peak"
     assert history[-1]["lr"] == pytest.approx(0.0, abs=1e-12), "annealed to the end of the fitted schedule"
     client = mlflow.MlflowClient(cfg.tracking.uri)
     parent = client.get_run(result.run_id)
     train = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{result.run_id}'")[0]
-    assert train.data.params["planned_epochs"] == "4" and float(train.data.params["seconds_per_epoch"]) > 0
+    params = train.data.params
+    assert params["planned_epochs"] == params["replanned_epochs"] == "6" and float(params["seconds_per_epoch"]) > 0
