@@ -26,8 +26,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-MODELS: dict[str, dict] = {
-    "unet": {"channels": [16, 32, 64, 128, 256], "strides": [2, 2, 2, 2], "num_res_units": 2},
+MODELS: dict[str, dict | None] = {
+    "unet": None,  # the shipped pipeline's own network arguments
     "attention_unet": {"channels": [16, 32, 64, 128, 256], "strides": [2, 2, 2, 2]},
     "fcn8s": {},
     "fcn16s": {},
@@ -60,7 +60,13 @@ def run_one(name: str, minutes: float, out: Path, overrides: list[str]) -> dict:
     from medseg.pipeline import run_pipeline
 
     cfg = load_config(REPO / "pipelines" / "skin_lesion.yaml", [f"output_root={out}", "tracking.experiment=model_zoo"])
-    cfg = cfg.with_values({"model.name": name, "model.args": MODELS[name], "stages": ["train", "evaluate"]})
+    cfg = cfg.with_values(
+        {
+            "model.name": name,
+            "model.args": cfg.model.args if MODELS[name] is None else MODELS[name],
+            "stages": ["train", "evaluate"],
+        }
+    )
     if name not in CLASSICAL:  # the schedule runs over the epochs that fit the budget (timed on the first ones)
         cfg = cfg.with_values(
             {"training.max_minutes": minutes, "training.epochs": 10_000, "schedule.length": "max_minutes"}
