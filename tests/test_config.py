@@ -465,7 +465,8 @@ def test_skin_lesion_pipeline_values() -> None:
     assert cfg.training.early_stopping_patience is None and cfg.inference.tta
     assert cfg.training.batch_size == 8  # from configs/dermoscopy_2d.yaml
     assert cfg.optimizer.lr == 0.002
-    assert cfg.model.args["channels"] == [16, 32, 64, 128, 256]
+    assert cfg.model.args["channels"] == [8, 16, 32, 64, 128]  # the pipeline's, over the preset's 16-256
+    assert cfg.model.args["num_res_units"] == 2  # from the preset
     assert cfg.data.layout == "folder"
     assert cfg.data.dataset_dir == "ph2"
 
