@@ -468,14 +468,15 @@ def read_yaml(path: Path) -> dict[str, Any]:
 
 
 def _merge(base: dict, update: dict, source: str | None, provenance: Provenance, prefix: tuple[str, ...] = ()) -> dict:
-    """Deep-merge ``update`` into a copy of ``base``; mappings merge, everything else replaces.
+    """Deep-merge ``update`` into a copy of ``base``; mappings merge, everything else (and an empty mapping, as in
+    ``--set model.args={}``) replaces.
 
     Records in ``provenance`` which source set each key (``source=None``: already recorded).
     """
     merged = dict(base)
     for key, value in update.items():
         path = (*prefix, str(key))
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+        if isinstance(value, dict) and value and isinstance(merged.get(key), dict):
             merged[key] = _merge(merged[key], value, source, provenance, path)
         else:
             merged[key] = value
@@ -525,21 +526,11 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str], provenance: Prove
     """Apply ``--set`` overrides to a merged raw mapping."""
     for text in overrides:
         path, value = parse_override(text)
-        # `--set model.args={}` clears the mapping (merged, an empty one would change nothing)
-        update: Any = _CLEARED if value == {} else value
+        update: dict[str, Any] = value
         for part in reversed(path):
             update = {part: update}
         raw = _merge(raw, update, f"--set {text}", provenance)
-    return _restore_cleared(raw)
-
-
-_CLEARED = "__medseg_cleared__"  # an empty mapping while the overrides merge (a string replaces any mapping)
-
-
-def _restore_cleared(raw: Any) -> Any:
-    if isinstance(raw, dict):
-        return {key: _restore_cleared(value) for key, value in raw.items()}
-    return {} if raw == _CLEARED else raw
+    return raw
 
 
 def _allowed_keys(loc: tuple[str | int, ...]) -> list[str]:

@@ -390,8 +390,8 @@ class Trainer:
         steps = len(self.train_loader)
         planned = progress.planned_epochs or tcfg.epochs
         # schedule.length max_minutes: planned after the warm-up, planned again halfway on the longer timing
-        to_plan = self.cfg.schedule.length == "max_minutes" and progress.planned_epochs is None
-        plan_at = max(2, self.cfg.schedule.warmup_epochs) if to_plan else None
+        unplanned = self.cfg.schedule.length == "max_minutes" and progress.planned_epochs is None
+        plan_at = max(2, self.cfg.schedule.warmup_epochs) if unplanned else None
         timed_from: tuple[int, float] | None = None  # (epoch, clock) at the end of this process's first pass
         with progress_bar(enabled=self.group.is_main) as bar:
             task = bar.add_task("train", total=planned * steps, completed=progress.epoch * steps)
@@ -457,7 +457,7 @@ class Trainer:
     ) -> int:
         """``schedule.length: max_minutes``: the epochs that fit the budget, timed over the passes since
         ``timed_from`` (rank 0's clock); the cosine / poly schedule is stretched or shrunk to end there. ``again``:
-        the halfway re-plan, on the longer timing (MLflow param ``replanned_epochs``)."""
+        the halfway re-plan, on the longer timing (MLflow params ``replanned_*``)."""
         now = time.perf_counter()
         seconds_per_epoch = (now - timed_from[1]) / (epoch - timed_from[0])
         planned = broadcast(
@@ -473,13 +473,11 @@ class Trainer:
             seconds_per_epoch,
             self.cfg.training.epochs,
         )
-        suffix = "_replanned" if again else ""
-        tracker.log_params(
-            {
-                ("replanned_epochs" if again else "planned_epochs"): planned,
-                f"seconds_per_epoch{suffix}": round(seconds_per_epoch, 2),
-            }
-        )
+        timing = round(seconds_per_epoch, 2)
+        if again:
+            tracker.log_params({"replanned_epochs": planned, "replanned_seconds_per_epoch": timing})
+        else:
+            tracker.log_params({"planned_epochs": planned, "seconds_per_epoch": timing})
         return planned
 
 

@@ -92,8 +92,8 @@ class Predictor:
         if self.device.type == "cpu" and not isinstance(self.network, OnnxNetwork | torch.jit.ScriptModule):
             self.config, self.backend_timings, timed = resolve_backend(self.network, self.config)
         # what runs: PyTorch or ONNX Runtime, one per member
-        self.runtimes = [runtime_network(member, self.config) for member in self.members[1:]]
-        self.runtimes.insert(0, timed if timed is not None else runtime_network(self.network, self.config))
+        first = timed if timed is not None else runtime_network(self.network, self.config)
+        self.runtimes = [first, *(runtime_network(member, self.config) for member in self.ensemble)]
         self.runtime = self.runtimes[0]
         self.preprocess = inference_transforms(self.config)
         self.inferer = build_inferer(self.config, self.device)
