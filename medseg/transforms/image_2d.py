@@ -85,18 +85,15 @@ def augmentation(aug: AugmentationConfig, square: bool = True) -> list[Any]:
 
 
 def image_train_transforms(cfg: PipelineConfig) -> Any:
-    """Preprocessing + augmentation for training; metadata dropped for fast collation."""
+    """Preprocessing (cached) + augmentation for training, on plain tensors (no metadata: fast augmentation and
+    collation)."""
     from monai.transforms import Compose, EnsureTyped
 
-    return Compose(
-        [
-            *preprocessing(cfg),
-            *augmentation(
-                cfg.augmentation, square=cfg.preprocessing.spatial_size[0] == cfg.preprocessing.spatial_size[1]
-            ),
-            EnsureTyped(keys=["image", "label"], track_meta=False),
-        ]
-    )
+    from medseg.transforms.untracked import UntrackedCompose
+
+    square = cfg.preprocessing.spatial_size[0] == cfg.preprocessing.spatial_size[1]
+    augment = UntrackedCompose([*augmentation(cfg.augmentation, square), EnsureTyped(keys=["image", "label"])])
+    return Compose([*preprocessing(cfg), augment])
 
 
 def image_validation_transforms(cfg: PipelineConfig) -> Any:

@@ -137,12 +137,13 @@ def volume_augmentation(cfg: PipelineConfig) -> list[Any]:
 
 
 def volume_train_transforms(cfg: PipelineConfig) -> Any:
-    """Preprocessing (cached) + patch sampling and augmentation."""
+    """Preprocessing (cached) + patch sampling and augmentation, on plain tensors (no metadata)."""
     from monai.transforms import Compose, EnsureTyped
 
-    return Compose(
-        [*volume_preprocessing(cfg), *volume_augmentation(cfg), EnsureTyped(keys=["image", "label"], track_meta=False)]
-    )
+    from medseg.transforms.untracked import UntrackedCompose
+
+    augment = UntrackedCompose([*volume_augmentation(cfg), EnsureTyped(keys=["image", "label"])])
+    return Compose([*volume_preprocessing(cfg), augment])
 
 
 def volume_validation_transforms(cfg: PipelineConfig) -> Any:

@@ -92,3 +92,17 @@ def test_mri_crop_finds_the_brain_on_a_constant_non_zero_background() -> None:
     assert torch.equal(masks[0], brain) and torch.equal(masks[1], brain)
     noisy = torch.randn(1, 20, 18, 16)  # corners differ: no constant background, every non-zero voxel counts
     assert torch.equal(nonbackground(noisy)[0], noisy[0] != 0)
+
+
+def test_augmentation_runs_untracked_and_puts_tracking_back(marked_pair: dict[str, str]) -> None:
+    from monai.data import MetaTensor, get_track_meta
+
+    cfg = PipelineConfig(name="t", preprocessing={"spatial_size": [64, 64]}, augmentation={"affine_prob": 1.0})
+    transform = train_transforms(cfg)
+    transform.set_random_state(seed=0)
+    first = transform(marked_pair)
+    assert not isinstance(first["image"], MetaTensor) and not isinstance(first["label"], MetaTensor)
+    assert get_track_meta()  # inference (Invertd) needs it on again
+    assert isinstance(inference_transforms(cfg)({"image": marked_pair["image"]})["image"], MetaTensor)
+    transform.set_random_state(seed=0)  # seeding still reaches the nested random transforms
+    np.testing.assert_array_equal(transform(marked_pair)["image"].numpy(), first["image"].numpy())
