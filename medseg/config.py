@@ -256,6 +256,9 @@ class TrainingConfig(Section):
     samples_per_volume: PositiveInt = 2
     val_every: PositiveInt = 1
     early_stopping_patience: PositiveInt | None = 15
+    # the model kept as model/best.pt: the best validation epoch, or the final one (nnU-Net's choice: a schedule that
+    # ends annealed ends on its best weights, and the best of a few noisy validation epochs is partly luck)
+    keep: Literal["best", "final"] = "best"
     # auto: time fp32 against native bf16 (the GPU's mixed precision on CUDA) and keep the faster; true: bf16 where
     # native, untimed; emulated bf16 is never used
     bf16: bool | Literal["auto"] = "auto"

@@ -87,6 +87,7 @@ def train_folds(
                 {
                     "best_val_dice": result.best_val_dice,
                     "best_epoch": result.best_epoch,
+                    "kept_epoch": result.kept_epoch,
                     "epochs_run": result.epochs_run,
                     "train_minutes": result.minutes,
                     **{k: v for k, v in summary_metrics(summary, "oof").items() if k.endswith("_raw")},

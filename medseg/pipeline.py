@@ -91,6 +91,7 @@ def _train_stage(
         {
             "best_val_dice": result.best_val_dice,
             "best_epoch": result.best_epoch,
+            "kept_epoch": result.kept_epoch,
             "epochs_run": result.epochs_run,
             "train_minutes": result.minutes,
         }

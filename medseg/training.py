@@ -47,6 +47,8 @@ class TrainResult:
     epochs_run: int
     minutes: float
     history: list[dict[str, float]]
+    kept_epoch: int  # whose weights model/best.pt holds: best_epoch, or the final one (training.keep)
+    kept_val_dice: float
 
 
 def use_bf16(setting: bool | str) -> bool:
@@ -225,6 +227,15 @@ class TrainingState:
     stale_rounds: int = 0
     epoch: int = 0  # the last finished epoch
     planned_epochs: int | None = None  # schedule.length max_minutes: the epochs that fit, once timed
+    kept_epoch: int | None = None  # training.keep final: the epoch whose weights are the model (set as fit ends)
+    kept_dice: float | None = None
+
+    @property
+    def kept(self) -> tuple[float, int]:
+        """(validation Dice, epoch) of the model kept: the best epoch, or the final one (``training.keep``)."""
+        if self.kept_epoch is not None and self.kept_dice is not None:
+            return self.kept_dice, self.kept_epoch
+        return self.best_dice, self.best_epoch
 
     def record(self, state: dict[str, Any]) -> dict[str, Any]:
         """``state`` with this progress added (for ``last.pt``)."""
@@ -419,7 +430,7 @@ class Trainer:
                         self.scheduler.step(row["val_dice"])
                     if row["val_dice"] > progress.best_dice:
                         progress.best_dice, progress.best_epoch, progress.stale_rounds = row["val_dice"], epoch, 0
-                        if self.group.is_main:
+                        if self.group.is_main and tcfg.keep == "best":
                             save_checkpoint(self.model.best, self.checkpoint(epoch, val_dice=progress.best_dice))
                     else:
                         progress.stale_rounds += 1
@@ -450,7 +461,20 @@ class Trainer:
                 if out_of_time:
                     log.info("Stopping: training.max_minutes=%s reached", tcfg.max_minutes)
                     break
+        if tcfg.keep == "final" and progress.history:
+            self._keep_final(progress)
         return progress
+
+    def _keep_final(self, progress: TrainingState) -> None:
+        """``training.keep: final``: the last epoch's weights become the model (validated if that epoch was not)."""
+        final = progress.history[-1]
+        if "val_dice" not in final:
+            final["val_dice"] = validation_dice(
+                self.network, self.val_loader, self.cfg, self.precision, self.group, self.device
+            )
+        progress.kept_epoch, progress.kept_dice = final["epoch"], final["val_dice"]
+        if self.group.is_main:
+            save_checkpoint(self.model.best, self.checkpoint(progress.kept_epoch, val_dice=progress.kept_dice))
 
     def _plan(
         self, epoch: int, timed_from: tuple[int, float], deadline: float, tracker: Tracker, again: bool = False
@@ -489,7 +513,8 @@ def train(
     resume: bool = False,
     group: Ranks = Ranks(),
 ) -> TrainResult:
-    """Fit the configured network on the train split, selecting the best epoch on validation Dice.
+    """Fit the configured network on the train split, keeping the best epoch on validation Dice or the final one
+    (``training.keep``).
 
     With ``resume``, training continues after the epoch saved in ``model/last.pt`` (weights, optimiser,
     schedule, history); every epoch is seeded from (seed, epoch), so the result equals an uninterrupted run.
@@ -526,9 +551,17 @@ def train(
     minutes = (time.perf_counter() - started) / 60
     if group.is_main:
         atomic_write_text(layout.history, json.dumps(progress.history, indent=1))
-    log.info("Best validation Dice %.4f at epoch %d (%.1f min)", progress.best_dice, progress.best_epoch, minutes)
+    kept_dice, kept_epoch = progress.kept
+    log.info("Kept the %s epoch %d: validation Dice %.4f (%.1f min)", cfg.training.keep, kept_epoch, kept_dice, minutes)
     return TrainResult(
-        layout.model.root, progress.best_dice, progress.best_epoch, progress.epoch, minutes, progress.history
+        layout.model.root,
+        progress.best_dice,
+        progress.best_epoch,
+        progress.epoch,
+        minutes,
+        progress.history,
+        kept_epoch,
+        kept_dice,
     )
 
 
@@ -561,4 +594,4 @@ def _fit_classical(trainer: Trainer, tracker: Tracker, layout: RunLayout, starte
     save_checkpoint(layout.model.last, TrainingState(history, val_dice, 1, 0, 1).record(state))
     atomic_write_text(layout.history, json.dumps(history, indent=1))
     log.info("%s fitted on %d training images: validation Dice %.4f", cfg.model.name, len(records), val_dice)
-    return TrainResult(layout.model.root, val_dice, 1, 1, minutes, history)
+    return TrainResult(layout.model.root, val_dice, 1, 1, minutes, history, 1, val_dice)
