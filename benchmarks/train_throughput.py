@@ -186,8 +186,13 @@ def main() -> None:
         print("bf16 variants left out: this CPU has no native bf16 (medseg trains in fp32 here)")
     step, choice = auto_step(cfg, medseg_loader)
     variants[f"medseg, memory_format auto ({choice})"] = (medseg_loader, step)
-    if not args.skip_compile:
+    if not args.skip_compile:  # training.compile: true, alone and with the fastest layout and precision here
         variants["medseg + torch.compile"] = (medseg_loader, make_step(cfg, compiled=True))
+        native = cpu_has_native_bf16()
+        variants[f"medseg + torch.compile + channels-last{' + bf16' if native else ''}"] = (
+            medseg_loader,
+            make_step(cfg, channels_last=True, compiled=True, bf16=native),
+        )
     for name, (loader, step) in variants.items():  # warm-up: allocator, oneDNN kernels, compilation
         started = time.perf_counter()
         epoch_rate(loader, step, len(records), 1)

@@ -310,6 +310,9 @@ class Trainer:
             self.network.to(memory_format=self.memory_format)
         self.bf16 = self.precision.dtype == torch.bfloat16
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision.needs_scaler else None
+        self.compiling = cfg.training.compile and not getattr(self.network, "classical", False)
+        if self.compiling:
+            self.trained = torch.compile(self.trained)
 
     def _choose_step(self, saved: dict[str, Any] | None) -> tuple[bool, Precision]:
         """Channels-last or not, and the precision. ``memory_format: auto`` tries both layouts and ``bf16: auto``
@@ -375,23 +378,39 @@ class Trainer:
         self.trained.train()
         losses = []
         for batch in self.train_loader:
-            losses.append(
-                training_step(
-                    self.trained,
-                    batch,
-                    self.loss_function,
-                    self.optimizer,
-                    self.precision,
-                    self.scaler,
-                    self.device,
-                    self.memory_format,
-                )
-            )
+            losses.append(self._step(batch))
             if not isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                 self.scheduler.step()
             advance(losses[-1])
         total, count = all_sum([sum(losses), len(losses)], self.group, self.device)
         return total / count
+
+    def _step(self, batch: dict[str, torch.Tensor]) -> float:
+        """One training step; with ``training.compile``, the first one compiles, and a failure to compile (no C++
+        compiler, an unsupported operation) falls back to eager steps with a warning."""
+
+        def step() -> float:
+            return training_step(
+                self.trained,
+                batch,
+                self.loss_function,
+                self.optimizer,
+                self.precision,
+                self.scaler,
+                self.device,
+                self.memory_format,
+            )
+
+        if not self.compiling:
+            return step()
+        self.compiling = False
+        try:
+            return step()
+        except Exception as exc:  # inductor reports a missing compiler or an unsupported op at the first call
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            log.warning("training.compile: torch.compile failed (%s); training without it", reason[:200])
+            self.trained = getattr(self.trained, "_orig_mod", self.trained)
+            return step()
 
     def fit(self, tracker: Tracker, progress: TrainingState, started: float) -> TrainingState:
         """Train from ``progress.epoch + 1``: validate, keep the best checkpoint, save ``last.pt`` every epoch."""
@@ -540,6 +559,7 @@ def train(
                 "bf16_active": trainer.bf16,
                 "precision": trainer.precision.name,
                 "memory_format": "channels_last" if trainer.memory_format is not None else "contiguous",
+                "compiled": trainer.compiling,
                 **{f"step_ms.{name.replace('+', '_')}": round(s * 1000, 1) for name, s in trainer.step_timings.items()},
                 "device": str(trainer.device),
                 "processes": group.world,
