@@ -54,11 +54,11 @@ def _footprint(ndim: int, radius: int) -> np.ndarray:
 
 
 def _opening(mask: np.ndarray, cfg: PostprocessingConfig) -> np.ndarray:
-    return morphology.binary_opening(mask, _footprint(mask.ndim, cfg.radius))
+    return morphology.opening(mask, _footprint(mask.ndim, cfg.radius)).astype(bool)  # binary_* deprecated in 0.26
 
 
 def _closing(mask: np.ndarray, cfg: PostprocessingConfig) -> np.ndarray:
-    return morphology.binary_closing(mask, _footprint(mask.ndim, cfg.radius))
+    return morphology.closing(mask, _footprint(mask.ndim, cfg.radius)).astype(bool)
 
 
 STEPS: dict[str, Callable[[np.ndarray, PostprocessingConfig], np.ndarray]] = {
