@@ -44,7 +44,7 @@ def test_keep_final_keeps_the_last_epochs_weights(tmp_path, tiny_dataset, val_ev
 
 
 def test_keep_best_keeps_the_best_validation_epoch(tmp_path, tiny_dataset) -> None:
-    overrides = [*tiny_overrides(tmp_path, tiny_dataset), "training.epochs=4", "stages=[train]"]
+    overrides = [*tiny_overrides(tmp_path, tiny_dataset), "training.epochs=4", "training.keep=best", "stages=[train]"]
     result = run_pipeline(load_config(REPO / "pipelines" / "skin_lesion.yaml", overrides), run_name="best")
     layout = RunLayout(result.run_dir)
     history = json.loads(layout.history.read_text())
