@@ -413,7 +413,7 @@ class Trainer:
             return step()
 
     def fit(self, tracker: Tracker, progress: TrainingState, started: float) -> TrainingState:
-        """Train from ``progress.epoch + 1``: validate, keep the best checkpoint, save ``last.pt`` every epoch."""
+        """Train from ``progress.epoch + 1``: validate, keep the model (``training.keep``), save ``last.pt``."""
         tcfg = self.cfg.training
         spent_minutes = progress.history[-1].get("minutes", 0.0) if progress.history else 0.0
         deadline = started + tcfg.max_minutes * 60 if tcfg.max_minutes else math.inf
