@@ -419,7 +419,8 @@ class Trainer:
         deadline = started + tcfg.max_minutes * 60 if tcfg.max_minutes else math.inf
         steps = len(self.train_loader)
         planned = progress.planned_epochs or tcfg.epochs
-        # schedule.length max_minutes: planned after the warm-up, planned again halfway on the longer timing
+        # schedule.length max_minutes: planned after the warm-up, planned again halfway on the epochs since (a slow
+        # start, e.g. another job sharing the CPU, then stops holding back the rest of the budget)
         unplanned = self.cfg.schedule.length == "max_minutes" and progress.planned_epochs is None
         plan_at = max(2, self.cfg.schedule.warmup_epochs) if unplanned else None
         timed_from: tuple[int, float] | None = None  # (epoch, clock) at the end of this process's first pass
@@ -437,6 +438,7 @@ class Trainer:
                     again = progress.planned_epochs is not None
                     planned = progress.planned_epochs = self._plan(epoch, timed_from, deadline, tracker, again)
                     bar.update(task, total=planned * steps)
+                    timed_from = (epoch, time.perf_counter())
                     plan_at = None if again or (epoch + planned) // 2 <= epoch else (epoch + planned) // 2
                 timed_from = timed_from or (epoch, time.perf_counter())
                 row["lr"] = self.optimizer.param_groups[0]["lr"]
@@ -500,7 +502,7 @@ class Trainer:
     ) -> int:
         """``schedule.length: max_minutes``: the epochs that fit the budget, timed over the passes since
         ``timed_from`` (rank 0's clock); the cosine / poly schedule is stretched or shrunk to end there. ``again``:
-        the halfway re-plan, on the longer timing (MLflow params ``replanned_*``)."""
+        the halfway re-plan, timed since the first (MLflow params ``replanned_*``)."""
         now = time.perf_counter()
         seconds_per_epoch = (now - timed_from[1]) / (epoch - timed_from[0])
         planned = broadcast(
