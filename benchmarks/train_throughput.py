@@ -28,6 +28,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -108,6 +109,39 @@ def auto_step(cfg: PipelineConfig, loader: Iterable) -> tuple[Callable[[dict], f
     return make_step(cfg, channels_last=channels_last, bf16=precision.enabled), choice
 
 
+def augmentation_costs(dataset: Any, repeats: int) -> None:
+    """Milliseconds per image of each random transform, run on the cached images as MONAI runs them by default
+    (metadata tracked) and as medseg runs them (``UntrackedCompose``: plain tensors)."""
+    from monai.data import set_track_meta
+    from monai.transforms import Compose
+
+    *preprocessing, chain = dataset.transform.transforms  # the UntrackedCompose after the cached preprocessing
+    items = [Compose(preprocessing)(dict(record)) for record in dataset.data]  # what the cache holds
+    columns = {}
+    for tracked in (True, False):
+        costs = [[] for _ in chain.transforms]
+        for _ in range(repeats):
+            totals = [0.0] * len(chain.transforms)
+            set_track_meta(tracked)
+            try:
+                for item in items:
+                    data = dict(item)
+                    for index, transform in enumerate(chain.transforms):
+                        started = time.perf_counter()
+                        data = transform(data)
+                        totals[index] += time.perf_counter() - started
+            finally:
+                set_track_meta(True)
+            for index, total in enumerate(totals):
+                costs[index].append(total * 1000 / len(items))
+        columns[tracked] = [statistics.median(c) for c in costs]
+    print("\n| augmentation transform | ms/image, metadata tracked | ms/image, plain tensors (medseg) |")
+    print("| --- | --- | --- |")
+    for index, transform in enumerate(chain.transforms):
+        print(f"| {type(transform).__name__} | {columns[True][index]:.2f} | {columns[False][index]:.2f} |")
+    print(f"| all | {sum(columns[True]):.2f} | {sum(columns[False]):.2f} |")
+
+
 def synthetic_ph2(folder: Path, width: int, height: int, count: int = 98) -> Path:
     """PH2-like JPEG photographs with PNG masks (when the real data is absent, or to try larger photographs)."""
     rng = np.random.default_rng(0)
@@ -130,7 +164,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2, help="epochs per measurement")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-compile", action="store_true", help="leave out the torch.compile variant")
-    parser.add_argument("--data-only", action="store_true", help="time the loaders alone, without the network")
+    parser.add_argument(
+        "--data-only", action="store_true", help="time the loaders alone and each augmentation transform, no network"
+    )
     parser.add_argument(
         "--synthetic-size",
         type=int,
@@ -172,6 +208,7 @@ def main() -> None:
                     pass
                 times.append(time.perf_counter() - started)
             print(f"{name} loader alone: {statistics.median(times):.2f} s per epoch (median of {args.repeats})")
+        augmentation_costs(medseg_loader.dataset, args.repeats)
         return
     variants: dict[str, tuple[Iterable, Callable[[dict], float]]] = {
         "tutorial (decode+resize per read, fp32 NCHW)": (tutorial_loader, make_step(cfg)),

@@ -25,7 +25,7 @@ from medseg.checkpoint import load_checkpoint, save_checkpoint
 from medseg.config import PipelineConfig
 from medseg.data.dataset import PreparedData
 from medseg.devices import Precision, precision_for, resolve_device
-from medseg.distributed import Ranks, all_sum, broadcast, rank_device
+from medseg.distributed import Ranks, all_sum, barrier, broadcast, rank_device
 from medseg.errors import ConfigError
 from medseg.infer.inferers import activate, build_inferer
 from medseg.layout import ModelLayout, RunLayout
@@ -310,9 +310,9 @@ class Trainer:
             self.network.to(memory_format=self.memory_format)
         self.bf16 = self.precision.dtype == torch.bfloat16
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision.needs_scaler else None
+        # training.compile: compiled at the first step (None: not asked for; then whether it worked)
+        self.compiled: bool | None = None
         self.compiling = cfg.training.compile and not getattr(self.network, "classical", False)
-        if self.compiling:
-            self.trained = torch.compile(self.trained)
 
     def _choose_step(self, saved: dict[str, Any] | None) -> tuple[bool, Precision]:
         """Channels-last or not, and the precision. ``memory_format: auto`` tries both layouts and ``bf16: auto``
@@ -403,14 +403,17 @@ class Trainer:
 
         if not self.compiling:
             return step()
-        self.compiling = False
+        self.compiling, eager = False, self.trained
         try:
-            return step()
+            self.trained = torch.compile(eager)
+            loss = step()
         except Exception as exc:  # inductor reports a missing compiler or an unsupported op at the first call
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             log.warning("training.compile: torch.compile failed (%s); training without it", reason[:200])
-            self.trained = getattr(self.trained, "_orig_mod", self.trained)
+            self.trained, self.compiled = eager, False
             return step()
+        self.compiled = True
+        return loss
 
     def fit(self, tracker: Tracker, progress: TrainingState, started: float) -> TrainingState:
         """Train from ``progress.epoch + 1``: validate, keep the model (``training.keep``), save ``last.pt``."""
@@ -484,6 +487,7 @@ class Trainer:
                     break
         if tcfg.keep == "final" and progress.history:
             self._keep_final(progress)
+        barrier(self.group)  # the ranks leave together, the model written (rank 0 goes on alone)
         return progress
 
     def _keep_final(self, progress: TrainingState) -> None:
@@ -561,7 +565,6 @@ def train(
                 "bf16_active": trainer.bf16,
                 "precision": trainer.precision.name,
                 "memory_format": "channels_last" if trainer.memory_format is not None else "contiguous",
-                "compiled": trainer.compiling,
                 **{f"step_ms.{name.replace('+', '_')}": round(s * 1000, 1) for name, s in trainer.step_timings.items()},
                 "device": str(trainer.device),
                 "processes": group.world,
@@ -570,6 +573,8 @@ def train(
             }
         )
     progress = trainer.fit(tracker, progress, started)
+    if trainer.compiled is not None:
+        tracker.set_tags({"compiled": str(trainer.compiled).lower()})
     minutes = (time.perf_counter() - started) / 60
     if group.is_main:
         atomic_write_text(layout.history, json.dumps(progress.history, indent=1))

@@ -13,7 +13,6 @@ from __future__ import annotations
 import ast
 import csv
 import hashlib
-import locale
 import logging
 import os
 import shutil
@@ -22,6 +21,7 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -32,7 +32,7 @@ from typer.testing import CliRunner
 
 from medseg.cli import app
 from medseg.config import DATA_ROOT_ENV
-from tests.helpers.data import AFFINE, phantom_case, tiny_overrides
+from tests.helpers.data import AFFINE, locale_kept, phantom_case, tiny_overrides
 from tests.helpers.paths import REPO
 
 SKIN = REPO / "pipelines" / "skin_lesion.yaml"
@@ -255,7 +255,14 @@ def dicom_two_series(folder: Path) -> Path:
     folder.mkdir()
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
-    saved = locale.setlocale(locale.LC_ALL)  # GDCM leaves the process in the "C" locale after writing positions
+    with locale_kept():  # GDCM leaves the process in the "C" locale after writing positions
+        _write_two_series(folder, writer)
+    return folder
+
+
+def _write_two_series(folder: Path, writer: Any) -> None:
+    import SimpleITK as sitk
+
     for series, uid in enumerate(("1.2.826.0.1.3680043.2.1125.1", "1.2.826.0.1.3680043.2.1125.2")):
         for z in range(4):
             slice_ = sitk.GetImageFromArray(np.full((8, 10), 10 * z + series, np.int16))
@@ -270,8 +277,6 @@ def dicom_two_series(folder: Path) -> Path:
                 slice_.SetMetaData(tag, value)
             writer.SetFileName(str(folder / f"s{series}_{z}.dcm"))
             writer.Execute(slice_)
-    locale.setlocale(locale.LC_ALL, saved)  # (later tests write text in the locale's encoding)
-    return folder
 
 
 def torch_file(path: Path, state: object) -> Path:

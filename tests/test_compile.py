@@ -17,10 +17,10 @@ from tests.helpers.data import tiny_overrides
 from tests.helpers.paths import REPO
 
 
-def _train_params(cfg, result) -> dict[str, str]:
+def _train_tags(cfg, result) -> dict[str, str]:
     client = mlflow.MlflowClient(cfg.tracking.uri)
     experiment = client.get_run(result.run_id).info.experiment_id
-    return client.search_runs([experiment], f"tags.mlflow.parentRunId = '{result.run_id}'")[0].data.params
+    return client.search_runs([experiment], f"tags.mlflow.parentRunId = '{result.run_id}'")[0].data.tags
 
 
 @pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None, reason="inductor needs a C++ compiler")
@@ -28,7 +28,7 @@ def test_a_compiled_step_trains(tmp_path, tiny_dataset) -> None:
     overrides = [*tiny_overrides(tmp_path, tiny_dataset), "training.compile=true", "stages=[train]"]
     cfg = load_config(REPO / "pipelines" / "skin_lesion.yaml", overrides)
     result = run_pipeline(cfg, run_name="compiled")
-    assert _train_params(cfg, result)["compiled"] == "True"
+    assert _train_tags(cfg, result)["compiled"] == "true"
     history = json.loads(RunLayout(result.run_dir).history.read_text())
     assert len(history) == 2 and all(0 < row["train_loss"] < 2 and 0 <= row["val_dice"] <= 1 for row in history)
 
@@ -56,3 +56,4 @@ def test_training_goes_on_eagerly_where_compiling_fails(tmp_path, tiny_dataset, 
     )
     history = json.loads(RunLayout(result.run_dir).history.read_text())
     assert len(history) == cfg.training.epochs and all(0 < row["train_loss"] < 2 for row in history)
+    assert _train_tags(cfg, result)["compiled"] == "false"

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import locale
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -54,8 +57,24 @@ def phantom_case(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.n
     return flair.astype(np.float32), t1c.astype(np.float32), label.astype(np.float32)
 
 
+@contextmanager
+def locale_kept() -> Iterator[None]:
+    """GDCM leaves the process in the "C" locale after writing DICOM positions, and later tests (and torch's
+    inductor, which reads its templates in the locale's encoding) read and write text: put the locale back."""
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        yield
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+
+
 def write_dicom_series(volume: sitk.Image, folder: Path, series_uid: str, prefix: str) -> None:
     """One file per slice with the tags GDCM needs to rebuild the volume (position, orientation, UIDs)."""
+    with locale_kept():
+        _write_dicom_slices(volume, folder, series_uid, prefix)
+
+
+def _write_dicom_slices(volume: sitk.Image, folder: Path, series_uid: str, prefix: str) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
