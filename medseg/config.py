@@ -265,9 +265,9 @@ class TrainingConfig(Section):
     # channels_last / contiguous, or auto: both timed (with the bf16 candidates) on real steps at the start of
     # training; the fastest is kept (the choice and the timings are logged as MLflow params)
     memory_format: Literal["auto", "contiguous", "channels_last"] = "contiguous"
-    # torch.compile the training step (inductor; a C++ compiler on CPUs): on a 2-core AVX512-BF16 EPYC 1.16x the
+    # torch.compile the training step (inductor; a C++ compiler on CPUs): on a 2-core AVX512-BF16 EPYC 1.16-1.21x the
     # channels-last + bf16 step after ~1 min of compiling (BENCHMARKS.md); where compiling fails, training goes on
-    # without it (a warning). Validation and inference stay eager
+    # without it (a warning, MLflow tag compiled: false). Validation and inference stay eager
     compile: bool = False
     max_minutes: PositiveFloat | None = None
     num_threads: PositiveInt | None = None
