@@ -74,3 +74,44 @@ def test_the_schedule_ends_annealed_at_the_epochs_that_fit(
     train = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{result.run_id}'")[0]
     params = train.data.params
     assert params["planned_epochs"] == params["replanned_epochs"] == "6" and float(params["seconds_per_epoch"]) > 0
+
+
+def test_the_halfway_replan_times_the_epochs_since_the_first_plan(tmp_path, tiny_dataset, monkeypatch) -> None:
+    """A slow start (another job on the CPU) is not held against the rest of the budget: on a fake clock, epochs 1-2
+    take 30 s and the later ones 3 s; two minutes of budget."""
+    import types
+
+    import mlflow
+
+    import medseg.training
+    from medseg.pipeline import run_pipeline
+
+    clock = [1000.0]
+    monkeypatch.setattr(medseg.training, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    run_epoch = medseg.training.Trainer.run_epoch
+
+    def timed_epoch(self, epoch: int, advance) -> float:
+        loss = run_epoch(self, epoch, advance)
+        clock[0] += 30.0 if epoch <= 2 else 3.0
+        return loss
+
+    monkeypatch.setattr(medseg.training.Trainer, "run_epoch", timed_epoch)
+    overrides = [
+        *tiny_overrides(tmp_path, tiny_dataset),
+        "training.epochs=100",
+        "training.max_minutes=2",
+        "training.early_stopping_patience=null",
+        "schedule.length=max_minutes",
+        "stages=[train]",
+    ]
+    cfg = load_config(REPO / "pipelines" / "skin_lesion.yaml", overrides)
+    result = run_pipeline(cfg, run_name="slow-start")
+    history = json.loads((result.run_dir / "history.json").read_text())
+    # planned at epoch 2 on its 30 s: 2 + 60 // 30 = 4 epochs; re-planned at epoch 3 on the 3 s since: 3 + 57 // 3
+    # (timed over the whole run, 33 s for 2 epochs, it would have been 3 + 57 // 16.5 = 6)
+    assert len(history) == 22
+    client = mlflow.MlflowClient(cfg.tracking.uri)
+    experiment = client.get_run(result.run_id).info.experiment_id
+    params = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{result.run_id}'")[0].data.params
+    assert (params["planned_epochs"], params["replanned_epochs"]) == ("4", "22")
+    assert float(params["replanned_seconds_per_epoch"]) == 3.0
