@@ -78,13 +78,13 @@ def segment(image: np.ndarray, method: str, params: dict[str, Any]) -> np.ndarra
         rough = values < filters.threshold_otsu(values)
         radius = int(params["marker_erosion"])
         markers = np.zeros(values.shape, dtype=np.int32)
-        markers[~morphology.dilation(rough, morphology.disk(radius)).astype(bool)] = 1  # surely skin
-        markers[morphology.erosion(rough, morphology.disk(radius)).astype(bool)] = 2  # surely lesion
+        markers[~morphology.dilation(rough, morphology.disk(radius)).astype(bool, copy=False)] = 1  # surely skin
+        markers[morphology.erosion(rough, morphology.disk(radius)).astype(bool, copy=False)] = 2  # surely lesion
         mask = segmentation.watershed(filters.sobel(values), markers) == 2
     else:
         mask = _kmeans_dark(values, int(params["clusters"]))
     if params["opening"]:
-        mask = morphology.opening(mask, morphology.disk(int(params["opening"]))).astype(bool)
+        mask = morphology.opening(mask, morphology.disk(int(params["opening"]))).astype(bool, copy=False)
     labelled, count = ndimage.label(mask)
     if count > 1:
         sizes = np.bincount(labelled.ravel())

@@ -54,11 +54,12 @@ def _footprint(ndim: int, radius: int) -> np.ndarray:
 
 
 def _opening(mask: np.ndarray, cfg: PostprocessingConfig) -> np.ndarray:
-    return morphology.opening(mask, _footprint(mask.ndim, cfg.radius)).astype(bool)  # binary_* deprecated in 0.26
+    # skimage's binary_* morphology is deprecated since 0.26; opening/closing give the same masks
+    return morphology.opening(mask, _footprint(mask.ndim, cfg.radius)).astype(bool, copy=False)
 
 
 def _closing(mask: np.ndarray, cfg: PostprocessingConfig) -> np.ndarray:
-    return morphology.closing(mask, _footprint(mask.ndim, cfg.radius)).astype(bool)
+    return morphology.closing(mask, _footprint(mask.ndim, cfg.radius)).astype(bool, copy=False)
 
 
 STEPS: dict[str, Callable[[np.ndarray, PostprocessingConfig], np.ndarray]] = {

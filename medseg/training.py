@@ -48,7 +48,6 @@ class TrainResult:
     minutes: float
     history: list[dict[str, float]]
     kept_epoch: int  # whose weights model/best.pt holds: best_epoch, or the final one (training.keep)
-    kept_val_dice: float
 
 
 def use_bf16(setting: bool | str) -> bool:
@@ -227,15 +226,6 @@ class TrainingState:
     stale_rounds: int = 0
     epoch: int = 0  # the last finished epoch
     planned_epochs: int | None = None  # schedule.length max_minutes: the epochs that fit, once timed
-    kept_epoch: int | None = None  # training.keep final: the epoch whose weights are the model (set as fit ends)
-    kept_dice: float | None = None
-
-    @property
-    def kept(self) -> tuple[float, int]:
-        """(validation Dice, epoch) of the model kept: the best epoch, or the final one (``training.keep``)."""
-        if self.kept_epoch is not None and self.kept_dice is not None:
-            return self.kept_dice, self.kept_epoch
-        return self.best_dice, self.best_epoch
 
     def record(self, state: dict[str, Any]) -> dict[str, Any]:
         """``state`` with this progress added (for ``last.pt``)."""
@@ -310,9 +300,8 @@ class Trainer:
             self.network.to(memory_format=self.memory_format)
         self.bf16 = self.precision.dtype == torch.bfloat16
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision.needs_scaler else None
-        # training.compile: compiled at the first step (None: not asked for; then whether it worked)
+        # training.compile: None until the first step compiles (or fails to), then whether it worked
         self.compiled: bool | None = None
-        self.compiling = cfg.training.compile and not getattr(self.network, "classical", False)
 
     def _choose_step(self, saved: dict[str, Any] | None) -> tuple[bool, Precision]:
         """Channels-last or not, and the precision. ``memory_format: auto`` tries both layouts and ``bf16: auto``
@@ -401,9 +390,9 @@ class Trainer:
                 self.memory_format,
             )
 
-        if not self.compiling:
+        if self.compiled is not None or not self.cfg.training.compile:
             return step()
-        self.compiling, eager = False, self.trained
+        eager = self.trained
         try:
             self.trained = torch.compile(eager)
             loss = step()
@@ -497,9 +486,8 @@ class Trainer:
             final["val_dice"] = validation_dice(
                 self.network, self.val_loader, self.cfg, self.precision, self.group, self.device
             )
-        progress.kept_epoch, progress.kept_dice = final["epoch"], final["val_dice"]
         if self.group.is_main:
-            save_checkpoint(self.model.best, self.checkpoint(progress.kept_epoch, val_dice=progress.kept_dice))
+            save_checkpoint(self.model.best, self.checkpoint(final["epoch"], val_dice=final["val_dice"]))
 
     def _plan(
         self, epoch: int, timed_from: tuple[int, float], deadline: float, tracker: Tracker, again: bool = False
@@ -578,7 +566,11 @@ def train(
     minutes = (time.perf_counter() - started) / 60
     if group.is_main:
         atomic_write_text(layout.history, json.dumps(progress.history, indent=1))
-    kept_dice, kept_epoch = progress.kept
+    final = progress.history[-1] if progress.history else None
+    if cfg.training.keep == "final" and final is not None:
+        kept_dice, kept_epoch = final["val_dice"], final["epoch"]
+    else:
+        kept_dice, kept_epoch = progress.best_dice, progress.best_epoch
     log.info("Kept the %s epoch %d: validation Dice %.4f (%.1f min)", cfg.training.keep, kept_epoch, kept_dice, minutes)
     return TrainResult(
         layout.model.root,
@@ -588,7 +580,6 @@ def train(
         minutes,
         progress.history,
         kept_epoch,
-        kept_dice,
     )
 
 
@@ -621,4 +612,4 @@ def _fit_classical(trainer: Trainer, tracker: Tracker, layout: RunLayout, starte
     save_checkpoint(layout.model.last, TrainingState(history, val_dice, 1, 0, 1).record(state))
     atomic_write_text(layout.history, json.dumps(history, indent=1))
     log.info("%s fitted on %d training images: validation Dice %.4f", cfg.model.name, len(records), val_dice)
-    return TrainResult(layout.model.root, val_dice, 1, 1, minutes, history, 1, val_dice)
+    return TrainResult(layout.model.root, val_dice, 1, 1, minutes, history, 1)

@@ -21,7 +21,6 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -256,27 +255,21 @@ def dicom_two_series(folder: Path) -> Path:
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
     with locale_kept():  # GDCM leaves the process in the "C" locale after writing positions
-        _write_two_series(folder, writer)
+        for series, uid in enumerate(("1.2.826.0.1.3680043.2.1125.1", "1.2.826.0.1.3680043.2.1125.2")):
+            for z in range(4):
+                slice_ = sitk.GetImageFromArray(np.full((8, 10), 10 * z + series, np.int16))
+                for tag, value in (
+                    ("0020|000e", uid),
+                    ("0020|000d", "1.2.826.0.1.3680043.2.1125.9"),
+                    ("0008|0018", f"{uid}.{z}"),
+                    ("0008|0060", "MR"),
+                    ("0020|0013", str(z)),
+                    ("0020|0032", f"0\\0\\{z}"),
+                ):
+                    slice_.SetMetaData(tag, value)
+                writer.SetFileName(str(folder / f"s{series}_{z}.dcm"))
+                writer.Execute(slice_)
     return folder
-
-
-def _write_two_series(folder: Path, writer: Any) -> None:
-    import SimpleITK as sitk
-
-    for series, uid in enumerate(("1.2.826.0.1.3680043.2.1125.1", "1.2.826.0.1.3680043.2.1125.2")):
-        for z in range(4):
-            slice_ = sitk.GetImageFromArray(np.full((8, 10), 10 * z + series, np.int16))
-            for tag, value in (
-                ("0020|000e", uid),
-                ("0020|000d", "1.2.826.0.1.3680043.2.1125.9"),
-                ("0008|0018", f"{uid}.{z}"),
-                ("0008|0060", "MR"),
-                ("0020|0013", str(z)),
-                ("0020|0032", f"0\\0\\{z}"),
-            ):
-                slice_.SetMetaData(tag, value)
-            writer.SetFileName(str(folder / f"s{series}_{z}.dcm"))
-            writer.Execute(slice_)
 
 
 def torch_file(path: Path, state: object) -> Path:

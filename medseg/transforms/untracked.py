@@ -1,6 +1,6 @@
 """Augmentation without MONAI's metadata tracking: training batches drop the metadata anyway (``EnsureTyped(...,
-track_meta=False)`` at the end), and tracking it through every random transform doubled their cost on PH2
-(6.1 against 3.0 ms per 256x256 image on 2 cores, BENCHMARKS.md). Imported when a chain is built (it needs MONAI)."""
+track_meta=False)`` at the end), and tracking it through every random transform made them 1.6-2.1x costlier on PH2
+(3.55 against 2.17 ms per 256x256 image on 2 cores, BENCHMARKS.md). Imported when a chain is built (needs MONAI)."""
 
 from __future__ import annotations
 

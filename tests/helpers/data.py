@@ -71,29 +71,25 @@ def locale_kept() -> Iterator[None]:
 def write_dicom_series(volume: sitk.Image, folder: Path, series_uid: str, prefix: str) -> None:
     """One file per slice with the tags GDCM needs to rebuild the volume (position, orientation, UIDs)."""
     with locale_kept():
-        _write_dicom_slices(volume, folder, series_uid, prefix)
-
-
-def _write_dicom_slices(volume: sitk.Image, folder: Path, series_uid: str, prefix: str) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    d = volume.GetDirection()
-    for k in range(volume.GetDepth()):
-        image = volume[:, :, k]
-        tags = {
-            "0008|0016": "1.2.840.10008.5.1.4.1.1.2",  # CT Image Storage
-            "0008|0018": f"{series_uid}.{k + 1}",
-            "0008|0060": "CT",
-            "0020|000d": "1.2.826.0.1.3680043.2.1125.7.1",
-            "0020|000e": series_uid,
-            "0020|0052": f"{series_uid}.0",  # frame of reference
-            "0020|0013": str(k + 1),
-            "0020|0032": "\\".join(f"{v:.6f}" for v in volume.TransformIndexToPhysicalPoint((0, 0, k))),
-            "0020|0037": "\\".join(f"{v:.6f}" for v in (d[0], d[3], d[6], d[1], d[4], d[7])),
-            "0018|0050": f"{volume.GetSpacing()[2]:.6f}",
-        }
-        for tag, value in tags.items():
-            image.SetMetaData(tag, value)
-        writer.SetFileName(str(folder / f"{prefix}{k:03d}.dcm"))
-        writer.Execute(image)
+        folder.mkdir(parents=True, exist_ok=True)
+        writer = sitk.ImageFileWriter()
+        writer.KeepOriginalImageUIDOn()
+        d = volume.GetDirection()
+        for k in range(volume.GetDepth()):
+            image = volume[:, :, k]
+            tags = {
+                "0008|0016": "1.2.840.10008.5.1.4.1.1.2",  # CT Image Storage
+                "0008|0018": f"{series_uid}.{k + 1}",
+                "0008|0060": "CT",
+                "0020|000d": "1.2.826.0.1.3680043.2.1125.7.1",
+                "0020|000e": series_uid,
+                "0020|0052": f"{series_uid}.0",  # frame of reference
+                "0020|0013": str(k + 1),
+                "0020|0032": "\\".join(f"{v:.6f}" for v in volume.TransformIndexToPhysicalPoint((0, 0, k))),
+                "0020|0037": "\\".join(f"{v:.6f}" for v in (d[0], d[3], d[6], d[1], d[4], d[7])),
+                "0018|0050": f"{volume.GetSpacing()[2]:.6f}",
+            }
+            for tag, value in tags.items():
+                image.SetMetaData(tag, value)
+            writer.SetFileName(str(folder / f"{prefix}{k:03d}.dcm"))
+            writer.Execute(image)
