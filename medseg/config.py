@@ -259,6 +259,9 @@ class TrainingConfig(Section):
     # the model kept as model/best.pt: the best validation epoch, or the final one (nnU-Net's choice: a schedule that
     # ends annealed ends on its best weights, and the best of a few noisy validation epochs is partly luck)
     keep: Literal["best", "final"] = "best"
+    # train: fit on the training split; train_val: on the training and validation splits together (nnU-Net's "all"
+    # fold), with the final epoch kept: validation Dice is then measured on cases the network trains on
+    fit_on: Literal["train", "train_val"] = "train"
     # auto: time fp32 against native bf16 (the GPU's mixed precision on CUDA) and keep the faster; true: bf16 where
     # native, untimed; emulated bf16 is never used
     bf16: bool | Literal["auto"] = "auto"
@@ -275,6 +278,22 @@ class TrainingConfig(Section):
     # k-fold cross-validation over the non-test cases (folds recorded in splits.json); None: one train/val split
     folds: Annotated[int, Field(ge=2)] | None = None
     device: Annotated[str, Field(pattern=DEVICE_PATTERN)] = "auto"  # auto = CUDA when available
+
+    @model_validator(mode="after")
+    def _selection_needs_held_out_cases(self) -> TrainingConfig:
+        if self.fit_on == "train":
+            return self
+        held_out = "fit_on: train_val trains on the validation cases"
+        problems = []
+        if self.keep == "best":
+            problems.append(f"keep: best picks the best validation epoch, but {held_out}; set keep: final")
+        if self.early_stopping_patience is not None:
+            problems.append(f"early_stopping_patience: stops on validation Dice, but {held_out}; set null")
+        if self.folds is not None:
+            problems.append(f"folds: cross-validation holds each fold out, but {held_out}; set fit_on: train")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
 
 class EvaluationConfig(Section):

@@ -82,6 +82,11 @@ def _train_stage(
     plot_training_curves(result.history, run.curves)
     predictor = Predictor.from_model(result.model_dir, steps=[])
     if cfg.postprocessing.mode == "auto" and enabled_steps(cfg.postprocessing):
+        if cfg.training.fit_on == "train_val":
+            log.warning(
+                "postprocessing.mode auto chooses on the validation cases, which training.fit_on: train_val "
+                "trained on; set postprocessing.mode: on or off to decide without them"
+            )
         predictions, truths = validation_label_maps(predictor, data.subset("val"), cfg)
     else:
         predictions, truths = [], []

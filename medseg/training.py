@@ -127,6 +127,8 @@ def build_loaders(
     from medseg.transforms import train_transforms, validation_transforms
 
     train_records, val_records = data.subset("train"), data.subset("val")
+    if cfg.training.fit_on == "train_val":
+        train_records = train_records + val_records
     batch = cfg.training.batch_size
     if batch % group.world:
         raise ConfigError(

@@ -10,6 +10,7 @@ import torch
 
 from medseg.checkpoint import load_checkpoint
 from medseg.config import load_config
+from medseg.errors import ConfigError
 from medseg.layout import RunLayout
 from medseg.pipeline import run_pipeline
 from tests.helpers.data import tiny_overrides
@@ -51,3 +52,39 @@ def test_keep_best_keeps_the_best_validation_epoch(tmp_path, tiny_dataset) -> No
     best = max(history, key=lambda row: row["val_dice"])
     kept = load_checkpoint(layout.model.best)
     assert kept["epoch"] == best["epoch"] and kept["val_dice"] == best["val_dice"]
+
+
+def test_fit_on_train_val_trains_on_both_splits(tmp_path, tiny_dataset, caplog) -> None:
+    overrides = [
+        *tiny_overrides(tmp_path, tiny_dataset),
+        "training.epochs=1",
+        "training.fit_on=train_val",
+        "training.keep=final",
+        "training.early_stopping_patience=null",
+        "stages=[train]",
+    ]
+    cfg = load_config(REPO / "pipelines" / "skin_lesion.yaml", overrides)
+    result = run_pipeline(cfg, run_name="train_val")
+    splits = json.loads((tmp_path / "splits.json").read_text())
+    client = mlflow.MlflowClient(cfg.tracking.uri)
+    experiment = client.get_run(result.run_id).info.experiment_id
+    train = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{result.run_id}'")[0]
+    assert train.data.params["train_cases"] == str(len(splits["train"]) + len(splits["val"])) == "10"
+    assert train.data.params["val_cases"] == str(len(splits["val"])) == "2"
+    assert "postprocessing.mode auto chooses on the validation cases" in caplog.text
+
+
+def test_fit_on_train_val_names_every_selection_on_validation(tmp_path, tiny_dataset) -> None:
+    overrides = [
+        *tiny_overrides(tmp_path, tiny_dataset),
+        "training.fit_on=train_val",
+        "training.keep=best",
+        "training.early_stopping_patience=5",
+        "training.folds=3",
+    ]
+    with pytest.raises(ConfigError) as raised:
+        load_config(REPO / "pipelines" / "skin_lesion.yaml", overrides)
+    message = str(raised.value)
+    assert "\n" not in message
+    for problem in ("keep: best", "early_stopping_patience", "folds: cross-validation"):
+        assert problem in message
