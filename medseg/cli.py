@@ -493,7 +493,10 @@ def validate(pipeline: PipelineArg, overrides: SetOption = None, debug: DebugOpt
         network, filled = build_network(
             cfg.model.name, cfg.spatial_dims, cfg.model.in_channels, cfg.model.out_channels, cfg.model.args, True
         )
-        build_loss(cfg.loss.name, cfg.model.out_channels, cfg.loss.args, bool(cfg.data.regions), cfg.data.ignore_label)
+        loss = cfg.loss
+        build_loss(
+            loss.name, cfg.model.out_channels, loss.args, bool(cfg.data.regions), cfg.data.ignore_label, loss.weights
+        )
         if sys.stdout.isatty():
             console.print(Syntax(cfg.to_yaml(), "yaml"))
         else:

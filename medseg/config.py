@@ -217,7 +217,9 @@ class LossConfig(Section):
     name: str = "dice_ce"
     args: dict[str, Any] = Field(default_factory=dict)
     # weighted terms of a combined loss: {dice: 1.0, ce: 0.5} (dice_ce), {dice: 1.0, focal: 2.0} (dice_focal)
-    weights: dict[Literal["dice", "ce", "bce", "focal"], NonNegativeFloat] | None = None
+    # boundary (any loss): + weight * MONAI's BoundaryLoss, the predicted probabilities times the distance (voxels) to
+    # the labelled border
+    weights: dict[Literal["dice", "ce", "bce", "focal", "boundary"], NonNegativeFloat] | None = None
 
     @field_validator("name")
     @classmethod

@@ -1,4 +1,5 @@
-"""A Dice + cross-entropy loss for region channels and for unannotated voxels (``data.ignore_label``).
+"""A Dice + cross-entropy loss for region channels and for unannotated voxels (``data.ignore_label``), and a loss
+with a weighted boundary term.
 
 Written here because MONAI's ``DiceCELoss`` (1.5) has no ignore label, and with ``sigmoid=True`` on more than one
 channel it adds a softmax cross-entropy across the channels, not a per-channel binary one: wrong for overlapping
@@ -59,3 +60,15 @@ class MaskedDiceCELoss(nn.Module):
             ce = nn.functional.cross_entropy(logits, target[:, 0].long(), reduction="none")[:, None]
         ce = (ce * valid).sum() / valid.sum().clamp_min(1.0)
         return self.lambda_dice * dice + self.lambda_ce * ce
+
+
+class WithBoundaryTerm(nn.Module):
+    """``loss + weight * boundary``: a region loss with a distance-to-the-border term (MONAI ``BoundaryLoss``, whose
+    signed distance maps are in voxels, so useful weights are small: 0.001-0.01 at 256 pixels)."""
+
+    def __init__(self, loss: nn.Module, boundary: nn.Module, weight: float) -> None:
+        super().__init__()
+        self.loss, self.boundary, self.weight = loss, boundary, weight
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.loss(logits, target) + self.weight * self.boundary(logits.float(), target)

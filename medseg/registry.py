@@ -215,6 +215,8 @@ LOSSES: dict[str, Callable[..., nn.Module]] = {
 #: ``loss.weights`` keys -> the MONAI loss arguments they set
 LOSS_WEIGHTS = {"dice": "lambda_dice", "ce": "lambda_ce", "bce": "lambda_ce", "focal": "lambda_focal"}
 COMBINED_TERMS = {"dice_ce": ("dice", "ce", "bce"), "dice_focal": ("dice", "focal")}
+#: a ``loss.weights`` term any loss takes: MONAI's BoundaryLoss (Kervadec et al. 2019) added with that weight
+BOUNDARY_TERM = "boundary"
 
 
 def build_network(
@@ -262,7 +264,11 @@ def build_loss(
     if ignore_label is not None and name != "dice_ce":
         raise ConfigError(f"loss.name: data.ignore_label needs loss dice_ce (a masked Dice + CE), not {name}")
     args = dict(args or {})
-    for term, weight in (weights or {}).items():
+    weights = dict(weights or {})
+    boundary = weights.pop(BOUNDARY_TERM, 0.0)
+    if boundary and ignore_label is not None:
+        raise ConfigError("loss.weights.boundary: the boundary term has no ignore label; drop it or data.ignore_label")
+    for term, weight in weights.items():
         terms = COMBINED_TERMS.get(name, ())
         if term not in terms:
             known = "; ".join(f"{loss}: {', '.join(parts)}" for loss, parts in COMBINED_TERMS.items())
@@ -273,6 +279,14 @@ def build_loss(
             from medseg.losses import MaskedDiceCELoss
 
             return MaskedDiceCELoss(ignore_label, **_activation(out_channels, multilabel), **args)
-        return builder(out_channels, multilabel, **args)
+        loss = builder(out_channels, multilabel, **args)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"loss.args: cannot build {name}: {exc}") from None
+    if not boundary:
+        return loss
+    from monai.losses import BoundaryLoss
+
+    from medseg.losses import WithBoundaryTerm
+
+    activation = _activation(out_channels, multilabel)
+    return WithBoundaryTerm(loss, BoundaryLoss(include_background="sigmoid" in activation, **activation), boundary)

@@ -80,6 +80,25 @@ def test_losses_and_their_weights() -> None:
     assert torch.isfinite(build_loss("focal", 3)(many, classes))
 
 
+def test_boundary_term_adds_the_weighted_distance_to_the_border() -> None:
+    square = torch.zeros(1, 1, 32, 32)
+    square[..., 8:24, 8:24] = 1.0
+    right, wrong = (2 * square - 1) * 30, (1 - 2 * square) * 30  # near-certain logits, right and inverted
+    plain = build_loss("dice_ce", 1)
+    weighted = build_loss("dice_ce", 1, weights={"dice": 1.0, "ce": 1.0, "boundary": 0.5})
+    # right: -(mean distance inside the square, 1 less at the border) over the image; by hand from the 8 rings
+    rings = sum(ring * ((16 - 2 * ring) ** 2 - max(14 - 2 * ring, 0) ** 2) for ring in range(8))
+    assert weighted(right, square).item() == pytest.approx(plain(right, square).item() - 0.5 * rings / 32**2, abs=1e-4)
+    from scipy.ndimage import distance_transform_edt
+
+    outside = distance_transform_edt(square[0, 0].numpy() == 0).sum() / 32**2  # inverted: all of it outside
+    assert weighted(wrong, square).item() == pytest.approx(plain(wrong, square).item() + 0.5 * outside, rel=1e-4)
+    classes = torch.randint(0, 3, (2, 1, 16, 16)).float()
+    assert torch.isfinite(build_loss("dice_ce", 3, weights={"boundary": 0.01})(torch.randn(2, 3, 16, 16), classes))
+    with pytest.raises(ConfigError, match="loss.weights.boundary: the boundary term has no ignore label"):
+        build_loss("dice_ce", 1, ignore_label=255, weights={"boundary": 0.01})
+
+
 def test_poly_and_plateau_schedules() -> None:
     from medseg.training import build_scheduler
 
