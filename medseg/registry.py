@@ -272,7 +272,9 @@ def build_loss(
         terms = COMBINED_TERMS.get(name, ())
         if term not in terms:
             known = "; ".join(f"{loss}: {', '.join(parts)}" for loss, parts in COMBINED_TERMS.items())
-            raise ConfigError(f"loss.weights.{term}: {name} has no {term} term (weighted terms: {known})")
+            raise ConfigError(
+                f"loss.weights.{term}: {name} has no {term} term (weighted terms: {known}; any loss: {BOUNDARY_TERM})"
+            )
         args[LOSS_WEIGHTS[term]] = float(weight)
     try:
         if name == "dice_ce" and (ignore_label is not None or (multilabel and out_channels > 1)):
