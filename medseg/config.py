@@ -172,6 +172,10 @@ class PreprocessingConfig(Section):
     """
 
     spatial_size: tuple[PositiveInt, PositiveInt] = (256, 256)
+    # 2D colour: shades_of_gray divides each channel by the image's illuminant estimate, the Minkowski p-norm mean of
+    # the channel (Finlayson & Trezzi 2004; p 6, as ISIC 2017-2018 entries used)
+    color_constancy: Literal["none", "shades_of_gray"] = "none"
+    color_constancy_power: Annotated[float, Field(ge=1.0)] = 6.0
     orientation: Annotated[str, Field(pattern=r"^[LRAPSI]{3}$")] = "RAS"
     spacing: tuple[PositiveFloat, PositiveFloat, PositiveFloat] | Literal["auto"] | None = None
     intensity: IntensityConfig = Field(default_factory=IntensityConfig)
@@ -421,6 +425,16 @@ class PipelineConfig(Section):
             )
         if not mapping and self.model.out_channels != 1:
             raise ValueError("model.out_channels > 1 needs data.label_mapping (raw label -> class index)")
+        return self
+
+    @model_validator(mode="after")
+    def _color_constancy_on_rgb(self) -> PipelineConfig:
+        if self.preprocessing.color_constancy != "none" and (self.spatial_dims != 2 or self.model.in_channels != 3):
+            raise ValueError(
+                f"preprocessing.color_constancy: {self.preprocessing.color_constancy} needs 2D RGB images "
+                f"(spatial_dims 2, model.in_channels 3), not spatial_dims {self.spatial_dims} with "
+                f"{self.model.in_channels} channel(s)"
+            )
         return self
 
     @model_validator(mode="after")

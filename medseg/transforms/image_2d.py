@@ -18,6 +18,25 @@ def opaque_rgba_as_rgb(image: Any) -> Any:
     return image.convert("RGB") if image.mode == "RGBA" else image
 
 
+class ShadesOfGrayd:
+    """Colour constancy of an RGB image in [0, 1] (channel first): each channel divided by its Minkowski ``power``-mean
+    (the illuminant estimate), normalised so that a grey illuminant leaves the image unchanged; clipped to [0, 1]."""
+
+    def __init__(self, key: str, power: float) -> None:
+        self.key, self.power = key, power
+
+    def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
+        import torch
+
+        image = data[self.key]
+        flat = torch.as_tensor(image).float().flatten(1)
+        illuminant = flat.clamp_min(0).pow(self.power).mean(dim=1).pow(1.0 / self.power).clamp_min(1e-6)
+        gain = illuminant.norm() / (illuminant * math.sqrt(len(illuminant)))
+        out = dict(data)
+        out[self.key] = (image * gain.reshape(-1, *([1] * (image.ndim - 1))).to(image.dtype)).clamp(0.0, 1.0)
+        return out
+
+
 def network_grid(cfg: PipelineConfig) -> tuple[int, int]:
     """The array shape a 2D image is resized to: ``preprocessing.spatial_size`` is (height, width), and MONAI's PIL
     reader loads images as (width, height) arrays."""
@@ -38,6 +57,8 @@ def preprocessing(cfg: PipelineConfig, keys: tuple[str, ...] = ("image", "label"
         EnsureChannelFirstd(keys=list(keys)),
         ScaleIntensityRanged(keys="image", a_min=0.0, a_max=255.0, b_min=0.0, b_max=1.0, clip=True),
     ]
+    if cfg.preprocessing.color_constancy == "shades_of_gray":
+        transforms.append(ShadesOfGrayd("image", cfg.preprocessing.color_constancy_power))
     if "label" in keys:
         from medseg.transforms.labels import RemapLabelsd, label_remapping
 

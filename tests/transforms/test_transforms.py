@@ -106,3 +106,29 @@ def test_augmentation_runs_untracked_and_puts_tracking_back(marked_pair: dict[st
     assert isinstance(inference_transforms(cfg)({"image": marked_pair["image"]})["image"], MetaTensor)
     transform.set_random_state(seed=0)  # seeding still reaches the nested random transforms
     np.testing.assert_array_equal(transform(marked_pair)["image"].numpy(), first["image"].numpy())
+
+
+def test_shades_of_gray_balances_a_colour_cast(tmp_path: Path) -> None:
+    from medseg.config import load_config
+    from medseg.errors import ConfigError
+    from medseg.transforms.image_2d import ShadesOfGrayd
+    from tests.helpers.paths import REPO
+
+    colour = ["preprocessing.color_constancy=shades_of_gray"]
+
+    rng = np.random.default_rng(0)
+    scene = rng.uniform(0.1, 0.6, (1, 40, 50))
+    cast = torch.as_tensor(np.concatenate([scene * 1.5, scene, scene * 0.7]), dtype=torch.float32)  # a warm light
+    balanced = ShadesOfGrayd("image", power=6.0)({"image": cast})["image"]
+    power_means = balanced.flatten(1).pow(6).mean(1).pow(1 / 6)
+    torch.testing.assert_close(power_means, power_means.mean().expand(3), rtol=1e-4, atol=0)  # a grey illuminant
+    torch.testing.assert_close(balanced[1] / balanced[0], torch.ones(40, 50), rtol=1e-4, atol=0)  # channels alike
+    grey = torch.as_tensor(np.concatenate([scene] * 3), dtype=torch.float32)
+    torch.testing.assert_close(ShadesOfGrayd("image", 6.0)({"image": grey})["image"], grey)  # nothing to correct
+    write_pair(tmp_path, "case", (cast.permute(1, 2, 0).numpy() * 255).astype(np.uint8), np.zeros((40, 50), np.uint8))
+    pair = {"image": str(tmp_path / "images" / "case.png"), "label": str(tmp_path / "masks" / "case.png")}
+    cfg = PipelineConfig(name="t", preprocessing={"spatial_size": [40, 50], "color_constancy": "shades_of_gray"})
+    red, green, blue = validation_transforms(cfg)(pair)["image"].flatten(1).pow(6).mean(1).pow(1 / 6).tolist()
+    assert red == pytest.approx(green, rel=0.02) and blue == pytest.approx(green, rel=0.02)
+    with pytest.raises(ConfigError, match="preprocessing.color_constancy: shades_of_gray needs 2D RGB images"):
+        load_config(REPO / "pipelines" / "skin_lesion.yaml", ["model.in_channels=1", *colour])
