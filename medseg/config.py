@@ -466,6 +466,8 @@ class PipelineConfig(Section):
             *parents, last = key.split(".")
             section = raw
             for part in parents:
+                if section.get(part) is None:  # a key under an unset mapping (loss.weights: null)
+                    section[part] = {}
                 section = section[part]
             section[last] = list(value) if isinstance(value, tuple) else value
         return PipelineConfig.model_validate(raw)

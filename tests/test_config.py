@@ -482,6 +482,8 @@ def test_a_validated_config_cannot_change_and_resolved_values_make_a_new_one() -
     assert (cfg.training.epochs, cfg.preprocessing.spacing) == (40, None)
     with pytest.raises(pydantic.ValidationError):
         cfg.with_values({"training.epochs": 0})
+    assert cfg.loss.weights is None  # a key under an unset mapping starts it
+    assert cfg.with_values({"loss.weights.boundary": 0.01}).loss.weights == {"boundary": 0.01}
 
 
 def test_prepare_data_returns_what_it_resolved_without_changing_the_config(tmp_path: Path) -> None:
