@@ -1,5 +1,5 @@
 """A Dice + cross-entropy loss for region channels and for unannotated voxels (``data.ignore_label``), and a loss
-with a weighted boundary term.
+with a weighted boundary term, and the deep-supervision wrapper for networks that stack their heads' outputs.
 
 Written here because MONAI's ``DiceCELoss`` (1.5) has no ignore label, and with ``sigmoid=True`` on more than one
 channel it adds a softmax cross-entropy across the channels, not a per-channel binary one: wrong for overlapping
@@ -72,3 +72,20 @@ class WithBoundaryTerm(nn.Module):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return self.loss(logits, target) + self.weight * self.boundary(logits.float(), target)
+
+
+class StackedDeepSupervision(nn.Module):
+    """MONAI ``DeepSupervisionLoss`` for a network whose training output stacks its heads on dim 1 (``DynUNet`` with
+    ``deep_supervision``: (batch, 1 + heads, channels, *spatial), every head at full size): the loss of each head,
+    weighted 1, 1/2, 1/4, ... from the full-resolution one. A plain output passes straight through."""
+
+    def __init__(self, loss: nn.Module) -> None:
+        from monai.losses import DeepSupervisionLoss
+
+        super().__init__()
+        self.loss = DeepSupervisionLoss(loss, weight_mode="exp")
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if logits.dim() == target.dim() + 1:
+            return self.loss(list(torch.unbind(logits, dim=1)), target)
+        return self.loss(logits, target)

@@ -293,6 +293,10 @@ class Trainer:
             cfg.data.ignore_label,
             cfg.loss.weights,
         )
+        if getattr(self.network, "deep_supervision", False):  # DynUNet's heads, stacked in training mode
+            from medseg.losses import StackedDeepSupervision
+
+            self.loss_function = StackedDeepSupervision(self.loss_function)
         self.optimizer = build_optimizer(cfg, self.network)
         self.scheduler = build_scheduler(cfg, self.optimizer, len(self.train_loader))
         self.step_timings: dict[str, float] = {}

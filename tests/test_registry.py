@@ -141,3 +141,29 @@ def test_flexible_unet_trained_from_scratch_still_segments_in_eval_mode() -> Non
         predicted = (network.eval()(images) > 0).float()
     dice = 2 * (predicted * masks).sum() / (predicted.sum() + masks.sum())
     assert dice > 0.8
+
+
+def test_deep_supervision_weights_each_head_and_trains_end_to_end(tmp_path, tiny_dataset) -> None:
+    from medseg.config import load_config
+    from medseg.losses import StackedDeepSupervision
+    from medseg.pipeline import run_pipeline
+    from tests.helpers.data import tiny_overrides
+    from tests.helpers.paths import REPO
+
+    args = {"filters": [4, 8, 16], "deep_supervision": True, "deep_supr_num": 1}
+    network = build_network("dynunet", 2, 3, 1, args).train()
+    torch.manual_seed(0)
+    stacked = network(torch.rand(2, 3, 32, 32))
+    assert stacked.shape == (2, 2, 1, 32, 32)  # the main output and one head, both at full size
+    target = (torch.rand(2, 1, 32, 32) > 0.5).float()
+    plain = build_loss("dice_ce", 1)
+    expected = plain(stacked[:, 0], target) + 0.5 * plain(stacked[:, 1], target)
+    assert StackedDeepSupervision(plain)(stacked, target).item() == pytest.approx(expected.item(), rel=1e-5)
+    assert network.eval()(torch.rand(1, 3, 32, 32)).shape == (1, 1, 32, 32)  # inference: the main output alone
+    cfg = load_config(REPO / "pipelines" / "skin_lesion.yaml", [*tiny_overrides(tmp_path, tiny_dataset)])
+    cfg = cfg.with_values({"model.name": "dynunet", "model.args": {**args, "filters": [8, 16, 32]}})
+    result = run_pipeline(cfg.with_values({"stages": ["train", "evaluate"]}), run_name="deep")
+    import csv
+
+    rows = list(csv.DictReader((result.run_dir / "evaluation" / "per_case_metrics.csv").open()))
+    assert rows and all(0.0 <= float(row["dice"]) <= 1.0 for row in rows)  # trained on the stacked heads, evaluated
