@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import logging
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -167,7 +168,7 @@ def evaluate(
         split or cfg.evaluation.split,
         len(records),
         ", ".join(
-            f"{n} {headline[n]['mean']:.4f}"
+            f"{n} {headline[n]['mean']:.4f} (95% CI {headline[n]['ci95'][0]:.4f}-{headline[n]['ci95'][1]:.4f})"
             for n in names
             if n in ("dice", "iou", "jaccard_thresholded", "hd95", "hd95_mm", "asd_mm")
         ),
@@ -212,13 +213,17 @@ def write_confusion_matrix(matrix: np.ndarray, names: list[str], out_dir: Path) 
 
 
 def summary_metrics(summary: dict[str, Any], prefix: str = "test") -> dict[str, float]:
-    """Flatten a summary to MLflow metrics: ``test_dice`` (post-processed) and ``test_dice_raw``."""
+    """Flatten a summary to MLflow metrics: ``test_dice`` (post-processed), its 95 % interval ``test_dice_ci95_low`` /
+    ``_high``, and ``test_dice_raw``."""
     metrics = {}
     for name in summary.get("metrics", METRIC_NAMES):
         for variant, suffix in (("postprocessed", ""), ("raw", "_raw")):
             value = summary[variant][name]["mean"]
             if np.isfinite(value):
                 metrics[f"{prefix}_{name}{suffix}"] = value
+        low, high = summary["postprocessed"][name].get("ci95", (math.nan, math.nan))
+        if np.isfinite(low) and np.isfinite(high):  # the mean's 95 % bootstrap interval over cases
+            metrics[f"{prefix}_{name}_ci95_low"], metrics[f"{prefix}_{name}_ci95_high"] = low, high
     from medseg.labels import slug
 
     for name, per_label in summary.get("per_label", {}).items():

@@ -96,14 +96,31 @@ def volume_metrics(prediction: np.ndarray, truth: np.ndarray, spacing: Sequence[
     }
 
 
+def mean_ci95(values: np.ndarray, resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """The 95 % percentile-bootstrap interval of the mean over cases (SciPy; seeded, so a summary repeats); the
+    value itself where fewer than two cases or all equal."""
+    if values.size < 2 or np.ptp(values) == 0:
+        value = float(values.mean()) if values.size else math.nan
+        return value, value
+    from scipy.stats import bootstrap
+
+    interval = bootstrap(
+        (values,), np.mean, n_resamples=resamples, method="percentile", rng=np.random.default_rng(seed)
+    ).confidence_interval
+    return float(interval.low), float(interval.high)
+
+
 def summarise(rows: Sequence[dict[str, float]], names: Sequence[str] = METRIC_NAMES) -> dict[str, dict[str, float]]:
-    """Mean, standard deviation and median of each metric over cases (NaNs ignored, counted)."""
+    """Mean (with its 95 % bootstrap interval over cases), standard deviation and median of each metric over cases
+    (NaNs ignored, counted)."""
     summary = {}
     for name in names:
         values = np.array([row[name] for row in rows], dtype=float)
         finite = values[np.isfinite(values)]
+        low, high = mean_ci95(finite)
         summary[name] = {
             "mean": float(finite.mean()) if finite.size else math.nan,
+            "ci95": [low, high],
             "std": float(finite.std()) if finite.size else math.nan,
             "median": float(np.median(finite)) if finite.size else math.nan,
             "n": int(finite.size),

@@ -66,6 +66,8 @@ def test_a_baseline_runs_the_whole_pipeline(tiny_dataset: Path, tmp_path: Path) 
     result = run_pipeline(cfg, run_name="otsu")
     assert {"test_dice", "test_jaccard_thresholded", "test_hd95"} <= set(result.metrics)
     assert result.metrics["test_dice"] > 0.5
+    metrics = result.metrics  # the mean's 95 % bootstrap interval over the test cases
+    assert metrics["test_dice_ci95_low"] <= metrics["test_dice"] <= metrics["test_dice_ci95_high"]
     grid = json.loads((result.run_dir / "model" / "grid_search.json").read_text())
     assert len(grid) == 18 and all("train_dice" in row for row in grid)
     assert len(list((result.run_dir / "predictions" / "masks").glob("*.png"))) >= 1

@@ -88,6 +88,21 @@ def test_summary_ignores_nan_and_counts() -> None:
     summary = summarise(rows)
     assert summary["dice"]["mean"] == pytest.approx(0.75) and summary["dice"]["n"] == 2
     assert summary["hd95"]["mean"] == pytest.approx(4.0) and summary["hd95"]["n"] == 1
+    assert summary["dice"]["ci95"] == [pytest.approx(0.5), pytest.approx(1.0)]  # two cases: resamples of 0.5 and 1
+    assert summary["hd95"]["ci95"] == [4.0, 4.0]  # one case: no interval
+
+
+def test_the_mean_interval_narrows_with_the_number_of_cases() -> None:
+    from medseg.metrics import mean_ci95
+
+    rng = np.random.default_rng(0)
+    few, many = rng.normal(0.9, 0.03, 30), rng.normal(0.9, 0.03, 480)
+    (low_few, high_few), (low_many, high_many) = mean_ci95(few), mean_ci95(many)
+    assert low_few < few.mean() < high_few and low_many < many.mean() < high_many
+    # near the normal-theory width 2 * 1.96 * sd / sqrt(n): ~0.02 for 30 cases, a quarter of that for 16 times as many
+    for values, (low, high) in ((few, (low_few, high_few)), (many, (low_many, high_many))):
+        assert high - low == pytest.approx(2 * 1.96 * values.std() / np.sqrt(values.size), rel=0.15)
+    assert mean_ci95(few) == mean_ci95(few)  # seeded: a summary repeats
 
 
 def test_semantic_scores_equal_hand_computed_values_on_a_3x3_confusion_matrix() -> None:
