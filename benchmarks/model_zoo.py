@@ -92,9 +92,11 @@ def run_one(name: str, minutes: float, out: Path, overrides: list[str]) -> dict:
         finite = [float(v[key]) for v in values if v[key] not in ("", "nan")]
         return sum(finite) / len(finite) if finite else float("nan")
 
+    summary = json.loads((result.run_dir / "evaluation" / "summary.json").read_text())["postprocessed"]
     return {
         "model": name,
         "test_dice": mean(post, "dice"),
+        "test_dice_ci95": summary["dice"]["ci95"],
         "jaccard_thresholded": mean(post, "jaccard_thresholded"),
         "hd95": mean(post, "hd95"),
         "melanoma_dice": mean(melanoma, "dice"),
@@ -144,12 +146,13 @@ def main() -> None:
         store.write_text(json.dumps(list(results.values()), indent=1))
         print(json.dumps(results[row]), flush=True)
     results = [results[row] for row in rows if row in results]
-    header = "| model | test Dice | thr. Jaccard | HD95 (px) | melanoma Dice | parameters | epochs"
+    header = "| model | test Dice | 95% CI | thr. Jaccard | HD95 (px) | melanoma Dice | parameters | epochs"
     print(f"\n{header} in {args.minutes:g} min | s/epoch | ms/image |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in sorted(results, key=lambda r: -r["test_dice"]):
+        interval = "{:.3f}-{:.3f}".format(*r["test_dice_ci95"]) if r.get("test_dice_ci95") else ""  # older rows: none
         print(
-            f"| {r['model']} | {r['test_dice']:.4f} | {r['jaccard_thresholded']:.4f} | {r['hd95']:.1f} | "
+            f"| {r['model']} | {r['test_dice']:.4f} | {interval} | {r['jaccard_thresholded']:.4f} | {r['hd95']:.1f} | "
             f"{r['melanoma_dice']:.4f} ({r['melanoma_cases']}) | {r['parameters']:,} | "
             f"{r['epochs']}/{r['planned_epochs']} | "
             f"{r['seconds_per_epoch']:.1f} | {r['ms_per_image']:.0f} |"
