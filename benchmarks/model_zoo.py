@@ -3,14 +3,17 @@ Dice, thresholded Jaccard, HD95, parameters, seconds per epoch, milliseconds per
 melanoma cases of the test split on their own.
 
     MEDSEG_DATA_ROOT=../shared/data python benchmarks/model_zoo.py [--minutes 10] [--models unet,fcn8s,...]
+    ... benchmarks/model_zoo.py --table [--baseline unet]   # every stored row, compared case by case with one
     # a recipe variant: the same comparison with overrides, kept as its own rows
     ... benchmarks/model_zoo.py --models unet --tag res192 --set preprocessing.spatial_size=[192,192]
 
 Each model is the shipped skin-lesion pipeline with only ``model`` replaced, trained for ``--minutes`` with
 ``schedule.length: max_minutes``: the first epochs time the model (training + validation), the cosine schedule then
-runs over the epochs that fit the budget, ``training.max_minutes`` is the hard stop; the best validation epoch is kept.
-The unet row is therefore the shipped default at that budget. Each model runs in its own process; finished rows are
-kept in ``--results`` (JSON), so an interrupted comparison resumes. Prints a Markdown table.
+runs over the epochs that fit the budget, ``training.max_minutes`` is the hard stop; the pipeline's ``training.keep``
+(the final epoch) is the model. The unet row is therefore the shipped default at that budget. Each model runs in its
+own process; finished rows are kept in ``--results`` (JSON), so an interrupted comparison resumes. Prints a Markdown
+table: the test Dice with its 95 % bootstrap interval over the test cases, and the mean per-case difference from the
+``--baseline`` row with its interval (paired on the same cases, so it separates far smaller differences).
 """
 
 from __future__ import annotations
@@ -97,6 +100,7 @@ def run_one(name: str, minutes: float, out: Path, overrides: list[str]) -> dict:
         "model": name,
         "test_dice": mean(post, "dice"),
         "test_dice_ci95": summary["dice"]["ci95"],
+        "per_case_dice": {r["case"]: float(r["dice"]) for r in post},
         "jaccard_thresholded": mean(post, "jaccard_thresholded"),
         "hd95": mean(post, "hd95"),
         "melanoma_dice": mean(melanoma, "dice"),
@@ -111,6 +115,20 @@ def run_one(name: str, minutes: float, out: Path, overrides: list[str]) -> dict:
     }
 
 
+def paired(per_case: dict[str, float] | None, baseline: dict[str, float] | None) -> str:
+    """The mean per-case Dice difference from the baseline on the same test cases, with its 95 % bootstrap interval
+    (paired: the cases' own difficulty cancels, so this resolves far smaller differences than two intervals do)."""
+    if not per_case or not baseline or per_case is baseline:
+        return ""
+    import numpy as np
+
+    from medseg.metrics import mean_ci95
+
+    differences = np.array([per_case[case] - baseline[case] for case in sorted(set(per_case) & set(baseline))])
+    low, high = mean_ci95(differences)
+    return f"{differences.mean():+.4f} ({low:+.4f} to {high:+.4f})"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=10.0)
@@ -119,6 +137,8 @@ def main() -> None:
     parser.add_argument("--tag", default="", help="names the rows of a --set variant: <model>+<tag>")
     parser.add_argument("--output", type=Path, default=REPO / "mlruns" / "runs")
     parser.add_argument("--results", type=Path, default=REPO / "mlruns" / "model_zoo.json")
+    parser.add_argument("--baseline", default="unet", help="the row the others are compared with, case by case")
+    parser.add_argument("--table", action="store_true", help="print every stored row at --minutes; train nothing")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -128,8 +148,12 @@ def main() -> None:
         parser.error("--set needs --tag, so that its rows are not mistaken for the shipped recipe")
     store = args.results
     results = {r["model"]: r for r in json.loads(store.read_text())} if store.exists() else {}
-    rows = [f"{name}+{args.tag}" if args.tag else name for name in args.models.split(",")]
-    for name, row in zip(args.models.split(","), rows, strict=True):
+    names = args.models.split(",")
+    rows = [f"{name}+{args.tag}" if args.tag else name for name in names]
+    todo = list(zip(names, rows, strict=True))
+    if args.table:
+        rows, todo = [row for row, r in results.items() if r["minutes_budget"] == args.minutes], []
+    for name, row in todo:
         if row in results and results[row]["minutes_budget"] == args.minutes:
             print(f"{row}: kept from {store}", flush=True)
             continue
@@ -146,13 +170,15 @@ def main() -> None:
         store.write_text(json.dumps(list(results.values()), indent=1))
         print(json.dumps(results[row]), flush=True)
     results = [results[row] for row in rows if row in results]
-    header = "| model | test Dice | 95% CI | thr. Jaccard | HD95 (px) | melanoma Dice | parameters | epochs"
-    print(f"\n{header} in {args.minutes:g} min | s/epoch | ms/image |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    baseline = next((r.get("per_case_dice") for r in results if r["model"] == args.baseline), None)
+    header = "| model | test Dice | 95% CI | paired vs baseline | thr. Jaccard | HD95 (px) | melanoma Dice | parameters"
+    print(f"\n{header} | epochs in {args.minutes:g} min | s/epoch | ms/image |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in sorted(results, key=lambda r: -r["test_dice"]):
         interval = "{:.3f}-{:.3f}".format(*r["test_dice_ci95"]) if r.get("test_dice_ci95") else ""  # older rows: none
         print(
-            f"| {r['model']} | {r['test_dice']:.4f} | {interval} | {r['jaccard_thresholded']:.4f} | {r['hd95']:.1f} | "
+            f"| {r['model']} | {r['test_dice']:.4f} | {interval} | {paired(r.get('per_case_dice'), baseline)} | "
+            f"{r['jaccard_thresholded']:.4f} | {r['hd95']:.1f} | "
             f"{r['melanoma_dice']:.4f} ({r['melanoma_cases']}) | {r['parameters']:,} | "
             f"{r['epochs']}/{r['planned_epochs']} | "
             f"{r['seconds_per_epoch']:.1f} | {r['ms_per_image']:.0f} |"
