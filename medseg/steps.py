@@ -44,6 +44,19 @@ def channels_last_format(spatial_dims: int) -> torch.memory_format:
     return torch.channels_last if spatial_dims == 2 else torch.channels_last_3d
 
 
+def channels_last_hazard(network: nn.Module, device: torch.device) -> str | None:
+    """Why channels-last training must not run this network here, or None: on CPUs, torch 2.13 corrupts the heap
+    computing the weight gradient of a 2D 1x1 convolution with stride > 1 on channels-last input (a segfault, so no
+    fallback can catch it; measured on torch 2.13.0+cpu, 3D is unaffected). DynUNet's strided residual blocks have
+    them."""
+    if device.type != "cpu":
+        return None
+    for name, module in network.named_modules():
+        if isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1) and module.stride != (1, 1):
+            return f"{name} is a 1x1 convolution with stride {module.stride}"
+    return None
+
+
 def fastest_step(
     network: nn.Module,
     batch: dict[str, torch.Tensor],

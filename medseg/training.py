@@ -31,7 +31,7 @@ from medseg.infer.inferers import activate, build_inferer
 from medseg.layout import ModelLayout, RunLayout
 from medseg.progress import progress_bar
 from medseg.registry import build_loss, build_network
-from medseg.steps import channels_last_format, fastest_step, step_name, training_step
+from medseg.steps import channels_last_format, channels_last_hazard, fastest_step, step_name, training_step
 from medseg.tracking.tracker import Tracker
 
 log = logging.getLogger(__name__)
@@ -318,6 +318,14 @@ class Trainer:
         if saved is not None:
             return saved["channels_last"], precision_for(self.device, saved["precision"] != "fp32")
         layouts = [False, True] if tcfg.memory_format == "auto" else [tcfg.memory_format == "channels_last"]
+        hazard = channels_last_hazard(self.network, self.device) if any(layouts) else None
+        if hazard:
+            log.warning(
+                "training.memory_format %s: training contiguous; channels-last crashes torch's CPU backward here (%s)",
+                tcfg.memory_format,
+                hazard,
+            )
+            layouts = [False]
         mixed = precision_for(self.device, tcfg.bf16)
         precisions = [precision_for(self.device, False), mixed] if tcfg.bf16 == "auto" and mixed.enabled else [mixed]
         candidates = [(layout, precision) for layout in layouts for precision in precisions]

@@ -160,10 +160,29 @@ def test_deep_supervision_weights_each_head_and_trains_end_to_end(tmp_path, tiny
     expected = plain(stacked[:, 0], target) + 0.5 * plain(stacked[:, 1], target)
     assert StackedDeepSupervision(plain)(stacked, target).item() == pytest.approx(expected.item(), rel=1e-5)
     assert network.eval()(torch.rand(1, 3, 32, 32)).shape == (1, 1, 32, 32)  # inference: the main output alone
-    cfg = load_config(REPO / "pipelines" / "skin_lesion.yaml", [*tiny_overrides(tmp_path, tiny_dataset)])
+    # memory_format auto: channels-last is left out for DynUNet on CPU (it would segfault; medseg.steps)
+    overrides = [*tiny_overrides(tmp_path, tiny_dataset), "training.memory_format=auto", "stages=[train, evaluate]"]
+    cfg = load_config(REPO / "pipelines" / "skin_lesion.yaml", overrides)
     cfg = cfg.with_values({"model.name": "dynunet", "model.args": {**args, "filters": [8, 16, 32]}})
-    result = run_pipeline(cfg.with_values({"stages": ["train", "evaluate"]}), run_name="deep")
+    result = run_pipeline(cfg, run_name="deep")
+    import mlflow
+
+    client = mlflow.MlflowClient(cfg.tracking.uri)
+    experiment = client.get_run(result.run_id).info.experiment_id
+    stages = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{result.run_id}'")
+    assert [run.data.params["memory_format"] for run in stages if "memory_format" in run.data.params] == ["contiguous"]
     import csv
 
     rows = list(csv.DictReader((result.run_dir / "evaluation" / "per_case_metrics.csv").open()))
     assert rows and all(0.0 <= float(row["dice"]) <= 1.0 for row in rows)  # trained on the stacked heads, evaluated
+
+
+def test_channels_last_hazard_names_the_strided_1x1_convolution() -> None:
+    from medseg.steps import channels_last_hazard
+
+    cpu = torch.device("cpu")
+    dynunet = build_network("dynunet", 2, 3, 1, {"filters": [4, 8, 16]})
+    assert channels_last_hazard(dynunet, cpu) == "downsamples.0.conv3.conv is a 1x1 convolution with stride (2, 2)"
+    assert channels_last_hazard(build_network("dynunet", 3, 1, 1, {"filters": [4, 8, 16]}), cpu) is None  # 3D: fine
+    assert channels_last_hazard(build_network("unet", 2, 3, 1, {}), cpu) is None
+    assert channels_last_hazard(dynunet, torch.device("cuda")) is None  # a CPU kernel's fault
