@@ -173,7 +173,7 @@ class PreprocessingConfig(Section):
 
     spatial_size: tuple[PositiveInt, PositiveInt] = (256, 256)
     # 2D colour: shades_of_gray divides each channel by the image's illuminant estimate, the Minkowski p-norm mean of
-    # the channel (Finlayson & Trezzi 2004; p 6, as ISIC 2017-2018 entries used)
+    # the channel (Finlayson & Trezzi 2004; p 6 by default)
     color_constancy: Literal["none", "shades_of_gray"] = "none"
     color_constancy_power: Annotated[float, Field(ge=1.0)] = 6.0
     orientation: Annotated[str, Field(pattern=r"^[LRAPSI]{3}$")] = "RAS"
