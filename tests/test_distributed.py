@@ -122,6 +122,18 @@ def test_two_processes_train_like_one(data: Path) -> None:
     assert len(losses(runs / "two")) == 8 and "Resuming after epoch 6" in resumed.stderr
 
 
+def _descends_from(pid: int, ancestor: int) -> bool:
+    """Whether ``ancestor`` is on ``pid``'s parent chain (another suite's workers on the same machine are not)."""
+    while pid > 1:
+        try:
+            pid = int((Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            return False
+        if pid == ancestor:
+            return True
+    return False
+
+
 def _rank_process(parent: int, rank: str, timeout: float = 120) -> int:
     """The pid of the worker with ``RANK=rank`` that ``parent`` (the launcher) started."""
     deadline = time.monotonic() + timeout
@@ -135,7 +147,7 @@ def _rank_process(parent: int, rank: str, timeout: float = 120) -> int:
             except OSError:
                 continue
             worker = f"RANK={rank}".encode() in environ and b"TORCHELASTIC_RUN_ID" in b" ".join(environ)
-            if worker and int(entry.name) != parent and b"medseg" in command:
+            if worker and b"medseg" in command and _descends_from(int(entry.name), parent):
                 return int(entry.name)
         time.sleep(0.5)
     raise AssertionError(f"no rank {rank} worker appeared")
