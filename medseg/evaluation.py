@@ -7,7 +7,6 @@ import csv
 import io
 import json
 import logging
-import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -221,7 +220,7 @@ def summary_metrics(summary: dict[str, Any], prefix: str = "test") -> dict[str, 
             value = summary[variant][name]["mean"]
             if np.isfinite(value):
                 metrics[f"{prefix}_{name}{suffix}"] = value
-        low, high = summary["postprocessed"][name].get("ci95", (math.nan, math.nan))
+        low, high = summary["postprocessed"][name]["ci95"]
         if np.isfinite(low) and np.isfinite(high):  # the mean's 95 % bootstrap interval over cases
             metrics[f"{prefix}_{name}_ci95_low"], metrics[f"{prefix}_{name}_ci95_high"] = low, high
     from medseg.labels import slug
