@@ -7,6 +7,7 @@ the run is finished (post-processing, summary, ensemble) once every fold has its
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 from pathlib import Path
@@ -101,11 +102,19 @@ def train_folds(
 
 
 def cv_summary(cfg: PipelineConfig, run: RunLayout) -> dict[str, Any]:
-    """Mean and standard deviation over folds of each fold's mean out-of-fold metric (before post-processing)."""
+    """Mean and standard deviation over folds of each fold's mean out-of-fold metric, and ``pooled``: every
+    out-of-fold case together, each metric's mean with its 95 % bootstrap interval (before post-processing)."""
+    from medseg.metrics import summarise
+
     folds = cfg.training.folds or 0
     per_fold = [json.loads((run.fold(i).evaluation / "summary.json").read_text(encoding="utf-8")) for i in range(folds)]
-    summary: dict[str, Any] = {"folds": folds, "metrics": {}}
-    for name in per_fold[0]["metrics"]:
+    names = per_fold[0]["metrics"]
+    rows = []
+    for i in range(folds):
+        with (run.fold(i).evaluation / "per_case_metrics.csv").open(encoding="utf-8", newline="") as table:
+            rows += [{n: float(r[n]) for n in names} for r in csv.DictReader(table) if r["variant"] == "raw"]
+    summary: dict[str, Any] = {"folds": folds, "metrics": {}, "pooled": summarise(rows, names)}
+    for name in names:
         values = np.array([fold["raw"][name]["mean"] for fold in per_fold], dtype=float)
         finite = values[np.isfinite(values)]
         summary["metrics"][name] = {
@@ -147,16 +156,25 @@ def finish(cfg: PipelineConfig, data: PreparedData, run: RunLayout, tracker: Tra
     for name, values in summary["metrics"].items():
         if np.isfinite(values["mean"]):
             metrics[f"cv_{name}_mean"], metrics[f"cv_{name}_sd"] = values["mean"], values["sd"]
+        pooled = summary["pooled"][name]
+        if np.isfinite(pooled["mean"]):
+            metrics[f"cv_{name}_pooled"] = pooled["mean"]
+            metrics[f"cv_{name}_pooled_ci95_low"], metrics[f"cv_{name}_pooled_ci95_high"] = pooled["ci95"]
     tracker.log_metrics(metrics)
     tracker.set_tags({"postprocessing_selected": ",".join(choice["steps"]) or "none", "folds": str(folds)})
     for name, value in choice["scores"].items():
         tracker.log_metrics({f"oof_dice_pp_{name}": value})
     tracker.log_artifact(run.cv_summary)
     tracker.log_artifact(run.model.root, "checkpoints")
+    pooled = summary["pooled"]["dice"]
     log.info(
-        "Cross-validation (%d folds): Dice %.4f +- %.4f (out of fold, per-fold means)",
+        "Cross-validation (%d folds): Dice %.4f +- %.4f (out of fold, per-fold means); %.4f (95%% CI %.4f-%.4f) over "
+        "the %d out-of-fold cases",
         folds,
         summary["metrics"]["dice"]["mean"],
         summary["metrics"]["dice"]["sd"],
+        pooled["mean"],
+        *pooled["ci95"],
+        pooled["n"],
     )
     return Predictor.from_model(run.root)

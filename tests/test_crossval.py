@@ -33,11 +33,16 @@ def test_three_fold_run_is_tracked_and_predicts_with_the_ensemble(tmp_path: Path
     assert result.exit_code == 0, result.output
     run_dir = tmp_path / "runs" / "skin_lesion" / "cv"
     splits = json.loads((tmp_path / "splits.json").read_text(encoding="utf-8"))
-    pooled = sorted(i for fold in splits["folds"] for i in fold)
-    assert pooled == sorted(splits["train"] + splits["val"]) and not set(pooled) & set(splits["test"])
-    assert sorted(p.stem for p in (run_dir / "oof").glob("*.npz")) == pooled  # every non-test case, once
+    pooled_ids = sorted(i for fold in splits["folds"] for i in fold)
+    assert pooled_ids == sorted(splits["train"] + splits["val"]) and not set(pooled_ids) & set(splits["test"])
+    assert sorted(p.stem for p in (run_dir / "oof").glob("*.npz")) == pooled_ids  # every non-test case, once
     summary = json.loads((run_dir / "cv_summary.json").read_text(encoding="utf-8"))
     assert len(summary["metrics"]["dice"]["per_fold"]) == 3
+    pooled = summary["pooled"]["dice"]  # every out-of-fold case at once: the per-fold means weighted by fold size
+    sizes = [len(fold) for fold in splits["folds"]]
+    weighted = np.dot(summary["metrics"]["dice"]["per_fold"], sizes) / sum(sizes)
+    assert pooled["n"] == len(pooled_ids) and pooled["mean"] == pytest.approx(weighted, abs=1e-6)
+    assert pooled["ci95"][0] <= pooled["mean"] <= pooled["ci95"][1]
 
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
@@ -49,6 +54,8 @@ def test_three_fold_run_is_tracked_and_predicts_with_the_ensemble(tmp_path: Path
     )
     assert folds == ["0", "1", "2"]
     assert "cv_dice_mean" in parent.data.metrics and "cv_dice_sd" in parent.data.metrics
+    assert parent.data.metrics["cv_dice_pooled"] == pytest.approx(pooled["mean"])
+    assert parent.data.metrics["cv_dice_pooled_ci95_low"] == pytest.approx(pooled["ci95"][0])
     assert "test_dice" in parent.data.metrics  # the test split, segmented by the ensemble
 
     image = tiny_dataset / "images" / f"{splits['test'][0]}.png"
