@@ -7,7 +7,6 @@ the run is finished (post-processing, summary, ensemble) once every fold has its
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 from pathlib import Path
@@ -104,15 +103,13 @@ def train_folds(
 def cv_summary(cfg: PipelineConfig, run: RunLayout) -> dict[str, Any]:
     """Mean and standard deviation over folds of each fold's mean out-of-fold metric, and ``pooled``: every
     out-of-fold case together, each metric's mean with its 95 % bootstrap interval (before post-processing)."""
+    from medseg.evaluation import read_per_case
     from medseg.metrics import summarise
 
     folds = cfg.training.folds or 0
     per_fold = [json.loads((run.fold(i).evaluation / "summary.json").read_text(encoding="utf-8")) for i in range(folds)]
     names = per_fold[0]["metrics"]
-    rows = []
-    for i in range(folds):
-        with (run.fold(i).evaluation / "per_case_metrics.csv").open(encoding="utf-8", newline="") as table:
-            rows += [{n: float(r[n]) for n in names} for r in csv.DictReader(table) if r["variant"] == "raw"]
+    rows = [row for i in range(folds) for row in read_per_case(run.fold(i).evaluation, names)]
     summary: dict[str, Any] = {"folds": folds, "metrics": {}, "pooled": summarise(rows, names)}
     for name in names:
         values = np.array([fold["raw"][name]["mean"] for fold in per_fold], dtype=float)
@@ -168,8 +165,8 @@ def finish(cfg: PipelineConfig, data: PreparedData, run: RunLayout, tracker: Tra
     tracker.log_artifact(run.model.root, "checkpoints")
     pooled = summary["pooled"]["dice"]
     log.info(
-        "Cross-validation (%d folds): Dice %.4f +- %.4f (out of fold, per-fold means); %.4f (95%% CI %.4f-%.4f) over "
-        "the %d out-of-fold cases",
+        "Cross-validation (%d folds): Dice %.4f +- %.4f (out of fold, per-fold means); every out-of-fold case "
+        "pooled: %.4f (95%% CI %.4f-%.4f, n %d)",
         folds,
         summary["metrics"]["dice"]["mean"],
         summary["metrics"]["dice"]["sd"],

@@ -23,6 +23,8 @@ from medseg.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
+PER_CASE_CSV = "per_case_metrics.csv"
+
 
 def validation_label_maps(
     predictor: Predictor, records: list[Record], cfg: PipelineConfig
@@ -43,6 +45,13 @@ def _csv_text(rows: list[dict[str, Any]]) -> str:
     writer.writeheader()
     writer.writerows(rows)
     return buffer.getvalue()
+
+
+def read_per_case(out_dir: Path, names: list[str], variant: str = "raw") -> list[dict[str, float]]:
+    """The metrics ``names`` of each row :func:`evaluate` wrote to ``out_dir`` for ``variant`` (raw or
+    postprocessed)."""
+    with (out_dir / PER_CASE_CSV).open(encoding="utf-8", newline="") as table:
+        return [{n: float(row[n]) for n in names} for row in csv.DictReader(table) if row["variant"] == variant]
 
 
 def read_truth(
@@ -159,7 +168,7 @@ def evaluate(
             "metrics": list(names),
         }
     )
-    atomic_write_text(out_dir / "per_case_metrics.csv", _csv_text(rows))
+    atomic_write_text(out_dir / PER_CASE_CSV, _csv_text(rows))
     atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=1))
     headline = summary["postprocessed"]
     log.info(
