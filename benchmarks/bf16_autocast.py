@@ -14,8 +14,8 @@ import time
 
 import torch
 
-from medseg.registry import build_loss, build_network
-from medseg.training import use_bf16
+from medseg.models.registry import build_loss, build_network
+from medseg.training.trainer import use_bf16
 
 
 def step_seconds(bf16: bool, size: int, batch: int, repeats: int) -> float:

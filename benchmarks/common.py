@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
-from medseg.checkpoint import load_checkpoint, network_from_checkpoint, resolve_checkpoint
-from medseg.config import PipelineConfig
+from medseg.config.schema import PipelineConfig
+from medseg.models.checkpoint import load_checkpoint, network_from_checkpoint, resolve_checkpoint
 
 
 def benchmark_network(cfg: PipelineConfig, model: Path | None, runs: str) -> torch.nn.Module:
@@ -21,7 +21,7 @@ def benchmark_network(cfg: PipelineConfig, model: Path | None, runs: str) -> tor
     if checkpoint is not None:
         print(f"network: {checkpoint}")
         return network_from_checkpoint(load_checkpoint(checkpoint), checkpoint)
-    from medseg.registry import build_network
+    from medseg.models.registry import build_network
 
     torch.manual_seed(0)
     m = cfg.model

@@ -54,9 +54,9 @@ def run_mode(mode: str, records_file: Path, cache_dir: Path, epochs: int) -> dic
     import torch
     from monai.data import DataLoader
 
-    from medseg.config import PipelineConfig
+    from medseg.config.schema import PipelineConfig
     from medseg.data.cache import cached_dataset
-    from medseg.registry import build_loss, build_network
+    from medseg.models.registry import build_loss, build_network
     from medseg.transforms import train_transforms
 
     torch.set_num_threads(2)
@@ -101,7 +101,7 @@ def main() -> None:
         mode, records, cache = args.worker
         print(json.dumps(run_mode(mode, Path(records), Path(cache), args.epochs)))
         return
-    from medseg.config import PipelineConfig
+    from medseg.config.schema import PipelineConfig
     from medseg.data.cache import estimated_cache_bytes
 
     with tempfile.TemporaryDirectory(prefix="medseg-cache-bench-") as tmp:

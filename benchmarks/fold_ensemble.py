@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from medseg.config import load_config
+from medseg.config.loading import load_config
 from medseg.data.dataset import prepare_data
-from medseg.evaluation import evaluate
+from medseg.evaluation.evaluate import evaluate
 from medseg.infer.predictor import Predictor
 
 

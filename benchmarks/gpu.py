@@ -40,8 +40,8 @@ def timed(fn, repeats: int) -> float:
 
 
 def network_for(pipeline: str):
-    from medseg.config import load_config
-    from medseg.registry import build_network
+    from medseg.config.loading import load_config
+    from medseg.models.registry import build_network
 
     cfg = load_config(REPO / "pipelines" / pipeline, ["tracking.enabled=false"])
     m = cfg.model
@@ -54,15 +54,15 @@ def training_rates(pipeline: str, shape: tuple[int, ...], batch: int, steps: int
     from monai.losses import DiceCELoss
     from torch.utils.data import DataLoader, TensorDataset
 
-    from medseg.devices import precision_for
-    from medseg.registry import build_loss
+    from medseg.models.registry import build_loss
+    from medseg.runtime.devices import precision_for
 
     cfg, make = network_for(pipeline)
     device = torch.device("cuda")
     images = torch.randn(batch * 4, cfg.model.in_channels, *shape)
     labels = (torch.rand(batch * 4, 1, *shape) > 0.7).float()
 
-    from medseg.steps import training_step
+    from medseg.runtime.steps import training_step
 
     def run(loader, network, loss_function, optimizer, precision, scaler) -> None:
         done = 0
@@ -108,15 +108,15 @@ def window_rates(shape: tuple[int, ...], channels: int, repeats: int) -> tuple[f
     import torch
     from monai.inferers import sliding_window_inference
 
-    from medseg.devices import precision_for
     from medseg.infer.inferers import build_inferer, mirrored_probabilities, stitch_device
+    from medseg.runtime.devices import precision_for
 
     cfg, make = network_for("brain_tumor_mri.yaml")
     cfg = cfg.with_values({"model.in_channels": channels, "inference.sw_batch_size": 4})
     device = torch.device("cuda")
     network = make().to(device).eval() if channels == 2 else None
     if network is None:
-        from medseg.registry import build_network
+        from medseg.models.registry import build_network
 
         m = cfg.model
         network = build_network(m.name, 3, channels, m.out_channels, dict(m.args)).to(device).eval()

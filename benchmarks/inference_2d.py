@@ -24,10 +24,11 @@ import torch
 from common import benchmark_network
 from PIL import Image
 
-from medseg.config import PipelineConfig, load_config
-from medseg.devices import cpu_has_native_bf16
+from medseg.config.loading import load_config
+from medseg.config.schema import PipelineConfig
+from medseg.evaluation.metrics import dice_score as dice
 from medseg.infer.predictor import Predictor
-from medseg.metrics import dice_score as dice
+from medseg.runtime.devices import cpu_has_native_bf16
 
 PIPELINE = Path("pipelines/skin_lesion.yaml")
 

@@ -48,7 +48,7 @@ CLASSICAL = ("otsu", "watershed", "kmeans")
 
 def planned_epochs(run_dir: Path) -> int:
     """The epochs the training fitted to its budget (1 for a classical baseline)."""
-    from medseg.checkpoint import load_checkpoint
+    from medseg.models.checkpoint import load_checkpoint
 
     state = load_checkpoint(run_dir / "model" / "last.pt")
     return state.get("planned_epochs") or state["epoch"]
@@ -58,9 +58,9 @@ def run_one(name: str, minutes: float, out: Path, overrides: list[str]) -> dict:
     """Train, evaluate and time one model (``overrides``: ``key=value`` applied after the model); its figures."""
     import torch
 
-    from medseg.config import load_config, parse_override
+    from medseg.config.loading import load_config, parse_override
     from medseg.infer.predictor import Predictor
-    from medseg.pipeline import run_pipeline
+    from medseg.pipeline.run import run_pipeline
 
     cfg = load_config(REPO / "pipelines" / "skin_lesion.yaml", [f"output_root={out}", "tracking.experiment=model_zoo"])
     cfg = cfg.with_values(
@@ -122,7 +122,7 @@ def paired(per_case: dict[str, float] | None, baseline: dict[str, float] | None)
         return ""
     import numpy as np
 
-    from medseg.metrics import mean_ci95
+    from medseg.evaluation.metrics import mean_ci95
 
     differences = np.array([per_case[case] - baseline[case] for case in sorted(set(per_case) & set(baseline))])
     low, high = mean_ci95(differences)

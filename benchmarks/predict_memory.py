@@ -29,7 +29,7 @@ BASELINE = textwrap.dedent(
     from monai.inferers import sliding_window_inference
     from monai.transforms import (Compose, EnsureChannelFirstd, Invertd, LoadImaged, Orientationd,
                                   ScaleIntensityRanged, Spacingd)
-    from medseg.checkpoint import load_checkpoint, network_from_checkpoint
+    from medseg.models.checkpoint import load_checkpoint, network_from_checkpoint
     ckpt, spacing, out, *scans = sys.argv[1], tuple(map(float, sys.argv[2].split(','))), sys.argv[3], *sys.argv[4:]
     net = network_from_checkpoint(load_checkpoint(__import__('pathlib').Path(ckpt)), ckpt)
     pre = Compose([LoadImaged('image'), EnsureChannelFirstd('image'), Orientationd('image', 'RAS'),
@@ -86,10 +86,9 @@ def main() -> None:
     parser.add_argument("--shape", type=int, nargs=3, default=(512, 512, 300))
     args = parser.parse_args()
 
-    from medseg.checkpoint import save_checkpoint
-    from medseg.config import load_config
-    from medseg.registry import build_network
-    from medseg.training import network_spec
+    from medseg.config.loading import load_config
+    from medseg.models.checkpoint import network_spec, save_checkpoint
+    from medseg.models.registry import build_network
 
     repo = Path(__file__).resolve().parents[1]
     with tempfile.TemporaryDirectory() as tmp:
@@ -116,7 +115,7 @@ def main() -> None:
             [
                 sys.executable,
                 "-m",
-                "medseg.cli",
+                "medseg",
                 "predict",
                 "-m",
                 str(checkpoint),

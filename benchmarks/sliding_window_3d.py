@@ -34,9 +34,10 @@ import numpy as np
 import torch
 from common import benchmark_network
 
-from medseg.config import PipelineConfig, load_config
+from medseg.config.loading import load_config
+from medseg.config.schema import PipelineConfig
+from medseg.evaluation.metrics import dice_score as dice
 from medseg.infer.predictor import Predictor
-from medseg.metrics import dice_score as dice
 
 PIPELINE = Path("pipelines/brain_tumor_mri.yaml")
 CASE = "brats_2013_pat0006_1"

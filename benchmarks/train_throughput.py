@@ -9,7 +9,7 @@ Both train the skin-lesion UNet (pipelines/skin_lesion.yaml) at 256x256, batch 8
 - tutorial: a ``torch.utils.data.Dataset`` that opens, decodes and resizes every image and mask with PIL
   each time it is read, random flips, ``DataLoader(batch_size=8, shuffle=True)`` with its defaults,
   fp32, NCHW, ``DiceCELoss`` + AdamW;
-- medseg: ``medseg.training``'s loaders (decoded and resized once into a ``CacheDataset``, MONAI random
+- medseg: ``medseg.training.loaders``' loaders (decoded and resized once into a ``CacheDataset``, MONAI random
   affine, flips, colour and noise augmentation per epoch) and its ``training_step``;
 - medseg variants: each lever of issue #6 that applies on a CPU (channels-last, ``torch.compile``, a loader
   worker), bf16 autocast, channels-last + bf16, and what ``training.memory_format: auto`` picks here by timing, so
@@ -34,11 +34,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from medseg.config import PipelineConfig, load_config
+from medseg.config.loading import load_config
+from medseg.config.schema import PipelineConfig
 from medseg.data.dataset import prepare_data
-from medseg.devices import cpu_has_native_bf16
-from medseg.registry import build_loss, build_network
-from medseg.training import build_loaders, build_optimizer, training_step
+from medseg.models.registry import build_loss, build_network
+from medseg.runtime.devices import cpu_has_native_bf16
+from medseg.runtime.steps import training_step
+from medseg.training.loaders import build_loaders
+from medseg.training.schedules import build_optimizer
 
 PIPELINE = Path("pipelines/skin_lesion.yaml")
 
@@ -95,8 +98,8 @@ def make_step(
 
 def auto_step(cfg: PipelineConfig, loader: Iterable) -> tuple[Callable[[dict], float], str]:
     """What ``training.memory_format: auto`` picks on this machine (timed on a real batch), as a step."""
-    from medseg.devices import precision_for
-    from medseg.steps import fastest_step
+    from medseg.runtime.devices import precision_for
+    from medseg.runtime.steps import fastest_step
 
     m = cfg.model
     network = build_network(m.name, 2, m.in_channels, m.out_channels, m.args).train()

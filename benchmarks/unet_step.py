@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from medseg.registry import build_loss, build_network
+from medseg.models.registry import build_loss, build_network
 
 PRESET = {"channels": [16, 32, 64, 128, 256], "strides": [2, 2, 2, 2], "num_res_units": 2}
 VARIANTS: dict[str, tuple[dict, int, str]] = {  # name: (UNet arguments, input size, how it runs)

@@ -17,21 +17,21 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from medseg.version import __version__ as __version__
 
 __all__ = ["Predictor", "Segmentation", "load_config", "run_pipeline"]
 
 _PUBLIC = {
-    "load_config": "medseg.config",
-    "run_pipeline": "medseg.pipeline",
+    "load_config": "medseg.config.loading",
+    "run_pipeline": "medseg.pipeline.run",
     "Predictor": "medseg.infer.predictor",
     "Segmentation": "medseg.infer.predictor",
 }
 
 if TYPE_CHECKING:
-    from medseg.config import load_config
+    from medseg.config.loading import load_config
     from medseg.infer.predictor import Predictor, Segmentation
-    from medseg.pipeline import run_pipeline
+    from medseg.pipeline.run import run_pipeline
 
 
 def __getattr__(name: str) -> Any:

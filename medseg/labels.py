@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from medseg.config import PipelineConfig
+    from medseg.config.schema import PipelineConfig
 
 #: distinct colours for labels without one (3D Slicer's generic anatomy colours first)
 PALETTE = (
@@ -153,74 +153,6 @@ def paint_regions(probabilities: np.ndarray, threshold: float, plan: list[tuple[
     return labels
 
 
-def label_problems(cfg: PipelineConfig) -> list[str]:
-    """Everything wrong with ``data.labels`` / ``regions`` / ``region_order`` / ``ignore_label``, all at once."""
-    data, problems = cfg.data, []
-    labels = data.labels or {}
-    names = [info.name for info in labels.values()]
-    for name in sorted({n for n in names if names.count(n) > 1}):
-        problems.append(f"data.labels: the name {name!r} is given to more than one label")
-    if data.ignore_label is not None and data.ignore_label in labels:
-        problems.append(f"data.labels: {data.ignore_label} is data.ignore_label, not a label to name")
-    if not data.regions:
-        if data.region_order:
-            problems.append("data.region_order: set data.regions too (region_order orders the regions)")
-        classes = class_count(cfg)
-        unknown = sorted(v for v in labels if v >= classes)
-        if unknown:
-            problems.append(
-                f"data.labels: {', '.join(map(str, unknown))} not a class of this model (classes 1..{classes - 1}; "
-                "with data.label_mapping, name the classes the raw labels map to)"
-            )
-        return problems  # classes left unnamed are called class_<k>
-    if data.label_mapping:
-        problems.append("data.regions: cannot be combined with data.label_mapping (regions are built from raw labels)")
-    by_name = {info.name: value for value, info in labels.items()}
-    resolved: dict[str, set[int]] = {}
-    for region, members in data.regions.items():
-        values = set()
-        for member in members:
-            if isinstance(member, str) and member not in by_name:
-                known = ", ".join(sorted(by_name)) or "none (set data.labels)"
-                problems.append(f"data.regions.{region}: unknown label name {member!r}; data.labels names: {known}")
-            elif isinstance(member, int) and member <= 0:
-                problems.append(f"data.regions.{region}: label {member} is background; list labels > 0")
-            else:
-                values.add(member if isinstance(member, int) else by_name[member])
-        if not members:
-            problems.append(f"data.regions.{region}: list at least one label")
-        resolved[region] = values
-    if cfg.model.out_channels != len(data.regions):
-        problems.append(
-            f"model.out_channels is {cfg.model.out_channels} but data.regions lists {len(data.regions)} regions "
-            "(one sigmoid channel per region)"
-        )
-    order = data.region_order
-    if order is not None:
-        if sorted(order) != sorted(data.regions) or len(set(order)) != len(order):
-            problems.append(
-                f"data.region_order: list each region of data.regions exactly once ({', '.join(data.regions)})"
-            )
-            return problems
-    else:
-        overlapping = [
-            (a, b) for i, a in enumerate(resolved) for b in list(resolved)[i + 1 :] if resolved[a] & resolved[b]
-        ]
-        if overlapping:
-            a, b = overlapping[0]
-            problems.append(
-                f"data.region_order: regions {a} and {b} overlap; give the painting order, e.g. "
-                f"region_order: [{', '.join(sorted(resolved, key=lambda r: -len(resolved[r])))}] (later regions win)"
-            )
-            return problems
-        order = list(data.regions)
-    for position, region in enumerate(order):
-        later = set().union(*(resolved[other] for other in order[position + 1 :]))
-        if resolved[region] and resolved[region] <= later:
-            problems.append(f"data.region_order: region {region} is covered by later regions (never painted)")
-    return problems
-
-
 def labels_document(cfg: PipelineConfig) -> dict[str, Any]:
     """``labels.json``: every value of the written label maps with its name, colour and code; the regions."""
     document: dict[str, Any] = {
@@ -283,7 +215,7 @@ def compared_masks(
 
 def mean_dice(prediction: np.ndarray, truth: np.ndarray, cfg: PipelineConfig) -> float:
     """Mean Dice over the structures (classes or regions) of two label maps (ignored voxels left out)."""
-    from medseg.metrics import dice_score
+    from medseg.evaluation.metrics import dice_score
 
     predicted, true = compared_masks(prediction, truth, cfg)
     return float(np.mean([dice_score(predicted[name], true[name]) for name in predicted]))

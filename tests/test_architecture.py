@@ -19,24 +19,11 @@ def _module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _is_type_checking_block(node: ast.AST) -> bool:
-    test = getattr(node, "test", None)
-    return isinstance(node, ast.If) and (
-        (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING")
-        or (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
-    )
-
-
 def _imports(tree: ast.AST, module: str, modules: set[str], is_package: bool) -> set[str]:
-    """medseg modules imported anywhere in ``tree`` (module level and inside functions), except under
-    ``if TYPE_CHECKING:``, which never runs."""
+    """medseg modules imported anywhere in ``tree``: module level, inside functions and under ``if TYPE_CHECKING:``
+    (a type-only import is still a dependency, and a cycle through one is still a tangle)."""
     found: set[str] = set()
-
-    def visit(node: ast.AST) -> None:
-        if _is_type_checking_block(node):
-            for child in node.orelse:
-                visit(child)
-            return
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names if alias.name.split(".")[0] == "medseg")
         elif isinstance(node, ast.ImportFrom):
@@ -49,10 +36,6 @@ def _imports(tree: ast.AST, module: str, modules: set[str], is_package: bool) ->
                 for alias in node.names:
                     candidate = f"{base}.{alias.name}"
                     found.add(candidate if candidate in modules else base)
-        for child in ast.iter_child_nodes(node):
-            visit(child)
-
-    visit(tree)
     found.discard(module)
     return found
 
@@ -109,20 +92,56 @@ def test_no_import_cycles() -> None:
     assert not found, "import cycles: " + "; ".join(" <-> ".join(c) for c in found)
 
 
-def test_the_cycle_finder_finds_a_cycle_hidden_in_a_function() -> None:
-    tree = ast.parse("def f():\n    from medseg.b import thing\n")
+@pytest.mark.parametrize(
+    "source",
+    ["def f():\n    from medseg.b import thing\n", "if TYPE_CHECKING:\n    from medseg.b import Thing\n"],
+    ids=["in a function", "type only"],
+)
+def test_the_cycle_finder_finds_a_hidden_cycle(source: str) -> None:
     modules = {"medseg.a", "medseg.b"}
-    graph = {"medseg.a": _imports(tree, "medseg.a", modules, False), "medseg.b": {"medseg.a"}}
+    graph = {"medseg.a": _imports(ast.parse(source), "medseg.a", modules, False), "medseg.b": {"medseg.a"}}
     assert cycles(graph) == [["medseg.a", "medseg.b"]]
+
+
+def test_few_modules_at_the_top_every_other_in_a_folder_per_stage_or_concern() -> None:
+    top = sorted(path.name for path in PACKAGE.glob("*.py"))
+    assert top == ["__init__.py", "__main__.py", "labels.py", "version.py"]
+    folders = sorted(p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file())
+    assert folders == [
+        *("cli", "config", "core", "data", "evaluation", "imageio", "infer", "models", "outputs", "pipeline"),
+        *("planning", "runtime", "tracking", "training", "transforms"),
+    ]
+
+
+def test_tests_mirror_the_package() -> None:
+    folders = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
+    test_folders = {p.name for p in (REPO / "tests").iterdir() if (p / "__init__.py").is_file()} - {"helpers"}
+    assert test_folders <= folders, f"test folders without a package folder: {sorted(test_folders - folders)}"
+    assert folders - test_folders <= {"core"}, f"package folders without tests: {sorted(folders - test_folders)}"
+
+
+def test_no_module_imports_from_the_package_root() -> None:
+    offenders = []
+    for path in PACKAGE.rglob("*.py"):
+        if path == PACKAGE / "__init__.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module == "medseg" and node.level == 0:
+                offenders += [f"{path.relative_to(REPO)}: {a.name}" for a in node.names if not _is_submodule(a.name)]
+    assert not offenders, offenders
+
+
+def _is_submodule(name: str) -> bool:
+    return (PACKAGE / f"{name}.py").is_file() or (PACKAGE / name / "__init__.py").is_file()
 
 
 @pytest.mark.parametrize(
     ("owner", "spelling"),
     [
         ("medseg/imageio/formats.py", '".nii.gz"'),
-        ("medseg/layout.py", '"best.pt"'),
-        ("medseg/layout.py", '"postprocessing.json"'),
-        ("medseg/layout.py", '"tracking.json"'),
+        ("medseg/core/layout.py", '"best.pt"'),
+        ("medseg/core/layout.py", '"postprocessing.json"'),
+        ("medseg/core/layout.py", '"tracking.json"'),
         ("medseg/tracking/store.py", '"sqlite:///"'),
     ],
 )
@@ -143,7 +162,7 @@ def test_public_api_is_small_and_lazy() -> None:
     import medseg
 
     assert sorted(medseg.__all__) == ["Predictor", "Segmentation", "load_config", "run_pipeline"]
-    from medseg.config import load_config
+    from medseg.config.loading import load_config
     from medseg.infer.predictor import Predictor
 
     assert medseg.load_config is load_config
@@ -155,7 +174,10 @@ def test_public_api_is_small_and_lazy() -> None:
 def test_the_gpu_benchmark_needs_no_mlflow_simpleitk_or_onnx() -> None:
     """benchmarks/gpu.py must run where only PyTorch, MONAI, nibabel, pydantic and PyYAML are installed: the medseg
     modules it uses import none of the others (MONAI imports MLflow only where it is installed)."""
-    modules = "medseg.steps, medseg.devices, medseg.infer.inferers, medseg.registry, medseg.config"
+    modules = (
+        "medseg.runtime.steps, medseg.runtime.devices, medseg.infer.inferers, medseg.models.registry, "
+        "medseg.config.loading"
+    )
     code = (
         f"import sys, {modules}\n"
         "print(sorted(m for m in ('mlflow', 'SimpleITK', 'onnx', 'onnxruntime', 'ray') if m in sys.modules))"

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from medseg.config import PipelineConfig, load_config
-from medseg.errors import ConfigError
+from medseg.config.loading import load_config
+from medseg.config.schema import PipelineConfig
+from medseg.core.errors import ConfigError
 from medseg.infer.uncertainty import entropy_summary, predictive_entropy
 from medseg.labels import (
     channel_names,
@@ -180,7 +181,7 @@ def test_mean_dice_leaves_out_the_ignore_label() -> None:
 def test_masked_loss_ignores_unannotated_voxels_and_equals_dice_ce_without_them() -> None:
     from monai.losses import DiceCELoss
 
-    from medseg.registry import build_loss
+    from medseg.models.registry import build_loss
 
     torch.manual_seed(0)
     logits, target = torch.randn(2, 3, 6, 6, 6), torch.randint(0, 3, (2, 1, 6, 6, 6)).float()
@@ -199,7 +200,7 @@ def test_masked_loss_ignores_unannotated_voxels_and_equals_dice_ce_without_them(
 def test_region_loss_is_dice_plus_per_channel_bce() -> None:
     from monai.losses import DiceLoss
 
-    from medseg.registry import build_loss
+    from medseg.models.registry import build_loss
 
     torch.manual_seed(1)
     logits, target = torch.randn(2, 3, 5, 5, 5), (torch.rand(2, 3, 5, 5, 5) > 0.5).float()

@@ -12,9 +12,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from medseg import __version__
-from medseg.config import PipelineConfig
+from medseg.config.schema import PipelineConfig
 from medseg.data.records import Record
+from medseg.version import __version__
 
 log = logging.getLogger(__name__)
 LABEL_KEYS = ("label_mapping", "foreground_labels", "regions", "ignore_label")

@@ -20,13 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
-from medseg.atomic import atomic_write_text
-from medseg.config import PipelineConfig
+from medseg.config.schema import PipelineConfig
+from medseg.core.atomic import atomic_write_text
+from medseg.core.errors import DataError
 from medseg.data.discovery import find_cases
 from medseg.data.image_datalist import DatalistReport, pair_findings
 from medseg.data.records import Finding, Record, case_id_findings
 from medseg.data.volume_datalist import CaseFacts, case_findings
-from medseg.errors import DataError
 
 log = logging.getLogger(__name__)
 

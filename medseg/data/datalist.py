@@ -7,7 +7,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from medseg.config import PipelineConfig
+from medseg.config.schema import PipelineConfig
 from medseg.data.check import CheckReport, check_dataset, raise_or_skip
 from medseg.data.image_datalist import DatalistReport, image_fingerprint
 from medseg.data.records import Record

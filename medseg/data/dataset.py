@@ -13,13 +13,13 @@ from typing import Any
 
 import numpy as np
 
-from medseg.config import DATA_ROOT_ENV, PipelineConfig
+from medseg.config.schema import DATA_ROOT_ENV, PipelineConfig
+from medseg.core.errors import DataError
 from medseg.data.check import CheckReport
 from medseg.data.datalist import build_datalist
 from medseg.data.image_datalist import DatalistReport
 from medseg.data.records import Record, subset
 from medseg.data.splits import Splits, load_or_create_folds, load_or_create_splits
-from medseg.errors import DataError
 
 log = logging.getLogger(__name__)
 

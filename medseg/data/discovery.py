@@ -6,11 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from medseg.config import PipelineConfig
+from medseg.config.schema import PipelineConfig
+from medseg.core.errors import DataError
 from medseg.data.image_datalist import DatalistReport, find_image_pairs
 from medseg.data.records import Finding, Record, detect_layout
 from medseg.data.volume_datalist import cases_from_config, find_volume_cases
-from medseg.errors import DataError
 from medseg.imageio.formats import is_image_2d
 
 

@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from medseg.config import DataConfig
+from medseg.config.schema import DataConfig
+from medseg.core.errors import DataError
 from medseg.data.records import Finding, Record, check_case_ids, detect_layout, first_error
-from medseg.errors import DataError
 from medseg.imageio.formats import IMAGE_2D_SUFFIXES, is_image_2d
 from medseg.imageio.images import open_image
 

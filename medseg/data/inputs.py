@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from medseg.core.errors import DataError
 from medseg.data.records import Record
-from medseg.errors import DataError
 from medseg.imageio.formats import IMAGE_2D_SUFFIXES, VOLUME_SUFFIXES, is_image_2d, is_volume_file, volume_id
 
 

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from medseg.config import DataConfig
-from medseg.errors import DataError
+from medseg.config.schema import DataConfig
+from medseg.core.errors import DataError
 
 #: ``{"id": str, "image": path (2D) or [path per channel] (3D), "label": path (absent for unlabelled cases)}``
 Record = dict[str, Any]

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from medseg.atomic import atomic_write_text
-from medseg.errors import DataError
+from medseg.core.atomic import atomic_write_text
+from medseg.core.errors import DataError
 
 Splits = dict[str, list[str]]
 SPLIT_NAMES = ("train", "val", "test")

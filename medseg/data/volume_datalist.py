@@ -29,9 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from medseg.config import CaseConfig
+from medseg.config.schema import CaseConfig
+from medseg.core.errors import DataError
 from medseg.data.records import VOLUME_LAYOUTS, Finding, Record, check_case_ids
-from medseg.errors import DataError
 from medseg.imageio.formats import VOLUME_SUFFIXES, volume_id, volume_suffix
 from medseg.imageio.headers import ScanHeader, read_header, shape_text
 

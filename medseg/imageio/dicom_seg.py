@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
-from medseg import __version__
-from medseg.atomic import atomic_path
-from medseg.errors import DataError
+from medseg.core.atomic import atomic_path
+from medseg.core.errors import DataError
 from medseg.imageio.headers import ScanHeader, dicom_series_files
 from medseg.labels import ANATOMICAL_STRUCTURE, KNOWN_CATEGORIES, Label
+from medseg.version import __version__
 
 SEG_SUFFIX = ".dcm"
 

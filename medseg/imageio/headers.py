@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from medseg.errors import DataError, error_summary
+from medseg.core.errors import DataError, error_summary
 from medseg.imageio.formats import NIFTI_SUFFIXES, SUPPORTED_FORMATS, PathLike, has_suffix
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])

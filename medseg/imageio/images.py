@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from medseg.errors import DataError, MedsegError, error_summary
+from medseg.core.errors import DataError, MedsegError, error_summary
 
 
 def open_image(path: Path, role: str = "image", max_pixels: int | None = None) -> Image.Image:
@@ -59,7 +59,7 @@ def read_rgb(path: str | Path) -> np.ndarray:
 
 def save_png(array: np.ndarray, path: Path) -> None:
     """Write a uint8 array as PNG, atomically."""
-    from medseg.atomic import atomic_path
+    from medseg.core.atomic import atomic_path
 
     with atomic_path(path) as tmp:
         Image.fromarray(array).save(tmp, format="PNG")

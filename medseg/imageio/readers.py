@@ -25,7 +25,7 @@ import torch
 from monai.data import ImageReader
 from monai.utils import MetaKeys, SpaceKeys, ensure_tuple
 
-from medseg.errors import DataError, error_summary
+from medseg.core.errors import DataError, error_summary
 from medseg.imageio.formats import (
     DICOM_SUFFIXES,
     IMAGE_2D_SUFFIXES,

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from medseg.atomic import atomic_path
-from medseg.errors import DataError
+from medseg.core.atomic import atomic_path
+from medseg.core.errors import DataError
 from medseg.imageio.headers import ScanHeader, shape_text
 from medseg.labels import Label
 

@@ -28,8 +28,8 @@ import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
-from medseg.atomic import atomic_path
-from medseg.errors import DataError, error_summary
+from medseg.core.atomic import atomic_path
+from medseg.core.errors import DataError, error_summary
 from medseg.imageio.formats import (
     DETACHED_SUFFIXES,
     NIFTI_SUFFIXES,

@@ -19,12 +19,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from medseg import __version__
-from medseg.atomic import atomic_path
-from medseg.config import PipelineConfig
-from medseg.errors import ModelError, error_summary
+from medseg.config.schema import PipelineConfig
+from medseg.core.atomic import atomic_path
+from medseg.core.errors import ModelError, error_summary
 from medseg.infer.inferers import working_shape
-from medseg.steps import channels_last_format
+from medseg.runtime.steps import channels_last_format
+from medseg.version import __version__
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +166,7 @@ def runtime_network(network: nn.Module, cfg: PipelineConfig) -> nn.Module:
     """The network as it will run: exported in memory to ONNX Runtime when the backend says so (PyTorch if the
     export fails, with a warning: the result is the same, only slower), else PyTorch, channels-last and under bf16
     autocast where ``inference.memory_format`` / ``inference.bf16`` say so (bf16 only where the CPU has it)."""
-    from medseg.devices import cpu_has_native_bf16
+    from medseg.runtime.devices import cpu_has_native_bf16
 
     if isinstance(network, OnnxNetwork | torch.jit.ScriptModule):
         return network
@@ -191,7 +191,7 @@ BACKEND_CHOICES: dict[tuple, dict[str, Any]] = {}  # this process's decisions, p
 def backend_candidates(cfg: PipelineConfig) -> dict[str, dict[str, Any]]:
     """What ``inference.backend: auto`` times: PyTorch contiguous and channels-last (and each under bf16 where
     ``inference.bf16`` allows it and the CPU has it natively), and ONNX Runtime."""
-    from medseg.devices import cpu_has_native_bf16
+    from medseg.runtime.devices import cpu_has_native_bf16
 
     candidates = {}
     for bf16 in (False, True) if cfg.inference.bf16 and cpu_has_native_bf16() else (False,):

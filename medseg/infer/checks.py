@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medseg.config import PipelineConfig
-from medseg.errors import DataError
+from medseg.config.schema import PipelineConfig
+from medseg.core.errors import DataError
 from medseg.imageio.formats import IMAGE_2D_SUFFIXES, SUPPORTED_VOLUMES, is_image_2d, is_volume_file
 from medseg.imageio.headers import ScanHeader, read_header, shape_text
 from medseg.imageio.images import frame_count, open_image

@@ -13,17 +13,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from medseg import __version__
-from medseg.atomic import atomic_write_text
-from medseg.checkpoint import load_checkpoint
-from medseg.config import PipelineConfig
+from medseg.config.schema import PipelineConfig
+from medseg.core.atomic import atomic_write_text
+from medseg.core.errors import ModelError
+from medseg.core.layout import ENSEMBLE_FILE
 from medseg.data.inputs import predict_inputs
-from medseg.errors import ModelError
+from medseg.evaluation.metrics import dice_score
 from medseg.infer.backends import FORMATS, WRITERS, example_input, export_format, random_inputs
 from medseg.infer.inferers import activate, working_shape
 from medseg.infer.predictor import EXPORTED_ENSEMBLE_KIND, MODEL_URI_SCHEMES, Predictor, resolve_model
-from medseg.layout import ENSEMBLE_FILE
-from medseg.metrics import dice_score
+from medseg.models.checkpoint import load_checkpoint
+from medseg.version import __version__
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +185,7 @@ def _export_ensemble(
 ) -> ExportResult:
     """A cross-validated run: one checked file per fold, plus ``<name>.ensemble.json`` naming them with the
     ensemble's post-processing (what ``medseg predict -m <name>.ensemble.json`` reads)."""
-    from medseg.postprocessing import saved_steps
+    from medseg.infer.postprocessing import saved_steps
 
     members = json.loads(manifest.read_text(encoding="utf-8"))["members"]
     root = manifest.parent.parent

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from medseg.config import PipelineConfig
+from medseg.config.schema import PipelineConfig
 
 
 def activate(logits: torch.Tensor, multilabel: bool = False) -> torch.Tensor:

@@ -20,15 +20,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from medseg.checkpoint import load_checkpoint, network_from_checkpoint, resolve_checkpoint
-from medseg.config import PipelineConfig
-from medseg.errors import DataError, MedsegError, ModelError, user_error_in
+from medseg.config.loading import stored_config
+from medseg.config.schema import PipelineConfig
+from medseg.core.errors import DataError, MedsegError, ModelError, user_error_in
+from medseg.core.layout import ENSEMBLE_FILE
 from medseg.imageio.headers import ScanHeader
 from medseg.infer.backends import export_format, read_exported, resolve_backend, runtime_network
 from medseg.infer.checks import check_image, check_scans, check_voxels
 from medseg.infer.inferers import build_inferer, mirrored_probabilities
-from medseg.layout import ENSEMBLE_FILE
-from medseg.postprocessing import apply_steps, saved_steps
+from medseg.infer.postprocessing import apply_steps, saved_steps
+from medseg.models.checkpoint import load_checkpoint, network_from_checkpoint, resolve_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +77,8 @@ class Predictor:
     def __post_init__(self) -> None:
         from monai.transforms import Invertd
 
-        from medseg.devices import resolve_device
         from medseg.infer.backends import OnnxNetwork
+        from medseg.runtime.devices import resolve_device
         from medseg.transforms import inference_transforms
 
         self.device = resolve_device(self.config.inference.device, "inference.device")
@@ -324,7 +325,7 @@ class Predictor:
             return self._mean_probabilities(batch, build_inferer(self.config, self.device, torch.device("cpu")))
 
     def _mean_probabilities(self, batch: torch.Tensor, inferer: Any) -> torch.Tensor:
-        from medseg.devices import precision_for
+        from medseg.runtime.devices import precision_for
 
         # on a GPU, the windows run under bf16/fp16 autocast (probabilities are reduced in fp32); on the CPU as trained
         precision = precision_for(self.device, self.config.training.bf16 if self.device.type == "cuda" else False)
@@ -422,7 +423,7 @@ def validated_config(
 ) -> PipelineConfig:
     """The pipeline configuration saved with a model (``backend`` and ``device`` replacing its inference ones)."""
     try:
-        config = PipelineConfig.model_validate(raw)
+        config = stored_config(raw, source)
         changes = {"inference.backend": backend, "inference.device": device}
         return config.with_values({k: v for k, v in changes.items() if v is not None})
     except ValueError as exc:

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from medseg.errors import MedsegError
+from medseg.core.errors import MedsegError
 from medseg.tracking.store import default_tracking_uri, missing_store
 
 PARENT_TAG = "mlflow.parentRunId"
@@ -42,7 +42,7 @@ def resolve_target(pipeline: str | None, store: str | None) -> tuple[str, str | 
     if pipeline is not None:
         path = Path(pipeline)
         if path.suffix.lower() in (".yaml", ".yml") or path.is_file():
-            from medseg.config import load_config
+            from medseg.config.loading import load_config
 
             if not path.is_file():
                 raise RunsError(f"{path}: no such pipeline file")

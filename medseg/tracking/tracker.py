@@ -15,22 +15,17 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from medseg.config import TrackingConfig
-from medseg.errors import MedsegError, error_summary
-from medseg.layout import BEST_CHECKPOINT
+from medseg.config.schema import TrackingConfig
+from medseg.core.errors import MedsegError, error_summary
+from medseg.core.layout import BEST_CHECKPOINT
 from medseg.tracking.store import DEFAULT_STORE, artifacts_dir, default_tracking_uri
+from medseg.version import __version__
 
 log = logging.getLogger(__name__)
 
 
 class TrackingError(MedsegError):
     """An MLflow run or model that was asked for does not exist."""
-
-
-def _medseg_version() -> str:
-    from medseg import __version__
-
-    return __version__
 
 
 def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -199,7 +194,7 @@ class MlflowTracker(Tracker):
 
         with torch.inference_mode():
             output = network(torch.from_numpy(input_example)).float().numpy()
-        requirements = [f"torch=={torch.__version__.split('+')[0]}", f"medseg=={_medseg_version()}"]
+        requirements = [f"torch=={torch.__version__.split('+')[0]}", f"medseg=={__version__}"]
         # a classical baseline runs scikit-image inside forward(): torch.export (MLflow's pt2 default) cannot trace
         # it. medseg itself always reloads the weights-only checkpoint among the extra files, never this pickle
         serialization = {"serialization_format": "pickle"} if getattr(network, "classical", False) else {}

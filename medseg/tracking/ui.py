@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 
-from medseg.errors import MedsegError
+from medseg.core.errors import MedsegError
 from medseg.tracking.store import artifacts_dir, default_tracking_uri, missing_store
 
 DEFAULT_HOST = "127.0.0.1"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from medseg.config import PipelineConfig
+from medseg.config.schema import PipelineConfig
 from medseg.transforms.image_2d import image_inference_transforms, image_train_transforms, image_validation_transforms
 from medseg.transforms.volume_3d import (
     volume_inference_transforms,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from medseg.config import AugmentationConfig, PipelineConfig
+from medseg.config.schema import AugmentationConfig, PipelineConfig
 
 
 def opaque_rgba_as_rgb(image: Any) -> Any:

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from monai.transforms import MapTransform
 
-from medseg.config import PipelineConfig
+from medseg.config.schema import PipelineConfig
 
 
 class RemapLabels:

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from medseg.config import PipelineConfig
+from medseg.config.schema import PipelineConfig
 
 
 def nonbackground(image: torch.Tensor) -> torch.Tensor:

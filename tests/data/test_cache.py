@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from medseg.config import PipelineConfig
+from medseg.config.schema import PipelineConfig
 from medseg.data.cache import cache_mode, cached_dataset
 from medseg.transforms import validation_transforms
 

@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from medseg.cli import app
-from medseg.config import PipelineConfig
+from medseg.cli.app import app
+from medseg.config.schema import PipelineConfig
 from medseg.data.check import check_dataset
 from tests.helpers.data import AFFINE, phantom_case, tiny_overrides, write_pair
 from tests.helpers.paths import REPO

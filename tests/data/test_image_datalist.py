@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medseg.config import DataConfig
+from medseg.config.schema import DataConfig
+from medseg.core.errors import DataError
 from medseg.data.image_datalist import build_image_datalist, image_fingerprint
-from medseg.errors import DataError
 from medseg.imageio.formats import IMAGE_2D_SUFFIXES
 
 SIZE = (12, 8)  # PIL (width, height)

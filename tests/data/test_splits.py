@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from medseg.config import load_config
+from medseg.config.loading import load_config
+from medseg.core.errors import ConfigError, DataError
 from medseg.data.splits import SPLIT_NAMES, load_or_create_splits, make_splits
-from medseg.errors import ConfigError, DataError
 
 IDS = [f"case{i:03d}" for i in range(150)]
 

@@ -9,8 +9,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from medseg.core.errors import DataError
 from medseg.data.volume_datalist import build_volume_datalist, volume_fingerprint
-from medseg.errors import DataError
 from medseg.imageio.formats import VOLUME_SUFFIXES, volume_id
 
 SHAPE = (8, 8, 6)

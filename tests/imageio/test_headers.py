@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from medseg.errors import DataError
+from medseg.core.errors import DataError
 from medseg.imageio.headers import read_header
 from medseg.imageio.readers import load_volume
 from tests.helpers.data import write_dicom_series

@@ -16,8 +16,9 @@ import SimpleITK as sitk
 import torch
 from monai.transforms import Compose, EnsureChannelFirstd, Invertd, LoadImage, LoadImaged, Orientationd, Spacingd
 
-from medseg.errors import DataError
-from medseg.imageio import SimpleITKReader, load_volume, reader_for, write_mask_like, write_probability_like
+from medseg.core.errors import DataError
+from medseg.imageio.readers import SimpleITKReader, load_volume, reader_for
+from medseg.imageio.writers import write_mask_like, write_probability_like
 from tests.helpers.data import write_dicom_series
 from tests.helpers.paths import SHARED_DATA as DATA_ROOT
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medseg.errors import DataError
+from medseg.core.errors import DataError
 from medseg.imageio.readers import align_to_grid
 
 LPS = np.diag([-0.9, -0.9, 2.0, 1.0])

@@ -12,17 +12,17 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from medseg.checkpoint import save_checkpoint
-from medseg.cli import app
-from medseg.config import PipelineConfig
-from medseg.errors import ModelError
+from medseg.cli.app import app
+from medseg.config.schema import PipelineConfig
+from medseg.core.errors import ModelError
+from medseg.core.layout import BEST_CHECKPOINT, POSTPROCESSING_FILE
 from medseg.infer import backends
 from medseg.infer import export as export_module
 from medseg.infer.backends import read_exported
 from medseg.infer.export import export_model
 from medseg.infer.predictor import Predictor
-from medseg.layout import BEST_CHECKPOINT, POSTPROCESSING_FILE
-from medseg.registry import build_network
+from medseg.models.checkpoint import save_checkpoint
+from medseg.models.registry import build_network
 
 ARGS = {"channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 1}
 
@@ -220,16 +220,16 @@ def test_backend_auto_exports_once_and_runs_what_it_timed(monkeypatch: pytest.Mo
 
 
 def test_bf16_inference_is_timed_only_where_allowed_and_native(tmp_path: Path, monkeypatch) -> None:
-    import medseg.devices
-    from medseg.devices import cpu_has_native_bf16
+    import medseg.runtime.devices
     from medseg.infer.backends import backend_candidates
+    from medseg.runtime.devices import cpu_has_native_bf16
 
     cfg = PipelineConfig(name="t2d", preprocessing={"spatial_size": [32, 32]}, model={"args": ARGS})
     assert "torch+contiguous+bf16" not in backend_candidates(cfg)  # inference.bf16 is off by default
     allowed = cfg.with_values({"inference.bf16": True})
     native = cpu_has_native_bf16()
     assert ("torch+channels_last+bf16" in backend_candidates(allowed)) is native
-    monkeypatch.setattr(medseg.devices, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(medseg.runtime.devices, "cpu_has_native_bf16", lambda: False)
     assert len(backend_candidates(allowed)) == 3  # emulated bf16 is never tried
     if native:  # bf16 probabilities stay within a few hundredths of fp32 ones
         monkeypatch.undo()

@@ -14,10 +14,10 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from medseg.config import PipelineConfig
-from medseg.infer.batch import predict_volumes
+from medseg.config.schema import PipelineConfig
 from medseg.infer.predictor import Predictor
-from medseg.registry import build_network
+from medseg.models.registry import build_network
+from medseg.outputs.batch import predict_volumes
 
 CASES = {  # scan, reference label (or None), intensity preset
     "ct_ras": ("ct-mr-examples/nifti/example_ct_sm.nii.gz", "ct-mr-examples/nifti/example_seg.nii.gz", "ct"),

@@ -9,14 +9,14 @@ import pytest
 import torch
 from PIL import Image
 
-from medseg.checkpoint import load_checkpoint, network_from_checkpoint, resolve_checkpoint, save_checkpoint
-from medseg.config import PipelineConfig
+from medseg.config.schema import PipelineConfig
+from medseg.core.errors import ModelError
 from medseg.data.inputs import image_inputs
-from medseg.errors import ModelError
-from medseg.infer.batch import Outputs, predict_images
 from medseg.infer.inferers import mirrored_probabilities
 from medseg.infer.predictor import Predictor
-from medseg.registry import build_network
+from medseg.models.checkpoint import load_checkpoint, network_from_checkpoint, resolve_checkpoint, save_checkpoint
+from medseg.models.registry import build_network
+from medseg.outputs.batch import Outputs, predict_images
 
 ARGS = {"channels": [4, 8], "strides": [2], "num_res_units": 0}
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from medseg.cli import app
+from medseg.cli.app import app
 from medseg.tracking.runs_table import differing_params, format_duration, render_table, resolve_target, runs_table
 from tests.helpers.mlflow_store import make_store
 from tests.helpers.paths import REPO

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from medseg.cli import app
+from medseg.cli.app import app
 from medseg.tracking.ui import experiment_links, serve, server_command, server_env
 from tests.helpers.mlflow_store import make_store
 from tests.helpers.paths import REPO
@@ -119,7 +119,7 @@ def test_cli_ui_serves_and_stops_cleanly(ui_store: tuple[str, dict[str, str]], s
     import urllib.request
 
     uri, _ = ui_store
-    command = [sys.executable, "-m", "medseg.cli", "ui", "--port", "0", "--backend-store-uri", uri]
+    command = [sys.executable, "-m", "medseg", "ui", "--port", "0", "--backend-store-uri", uri]
     process = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace"
     )

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from medseg.config import PipelineConfig
+from medseg.config.schema import PipelineConfig
 from medseg.transforms import inference_transforms, train_transforms, validation_transforms
 from tests.helpers.data import write_pair
 
@@ -109,8 +109,8 @@ def test_augmentation_runs_untracked_and_puts_tracking_back(marked_pair: dict[st
 
 
 def test_shades_of_gray_balances_a_colour_cast(tmp_path: Path) -> None:
-    from medseg.config import load_config
-    from medseg.errors import ConfigError
+    from medseg.config.loading import load_config
+    from medseg.core.errors import ConfigError
     from medseg.transforms.image_2d import ShadesOfGrayd
     from tests.helpers.paths import REPO
 

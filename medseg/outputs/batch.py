@@ -1,0 +1,541 @@
+"""The batch runner behind the predict stage and ``medseg predict``: masks on each input's own grid, overlays,
+probability maps and a summary.
+
+Each case is isolated: an unreadable image is reported and skipped, the others finish. Every file is
+written atomically; with ``overwrite=False`` cases whose mask exists are skipped, so an interrupted batch
+resumes where it stopped. Inputs are never modified, and a mask once written is never read back.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from medseg.core.atomic import atomic_write_text
+from medseg.config.schema import PipelineConfig
+from medseg.data.inputs import predict_inputs
+from medseg.data.records import Record
+from medseg.core.errors import ConfigError, DataError, MedsegError
+from medseg.imageio.formats import OUTPUT_FORMATS, has_suffix, mask_suffix
+from medseg.imageio.headers import ScanHeader
+from medseg.imageio.images import read_mask, read_rgb, save_png
+from medseg.infer.predictor import Predictor
+from medseg.labels import slug
+from medseg.core.layout import PredictionLayout
+from medseg.outputs.meshes import MESH_FORMATS, MESH_SPACES
+from medseg.core.progress import progress_bar
+from medseg.outputs.visualize import overlay
+
+log = logging.getLogger(__name__)
+
+RGB = ("red", "green", "blue")
+SUMMARY_COLUMNS = (
+    "case",
+    "status",
+    "seconds",
+    "height",
+    "width",
+    "foreground_pixels",
+    "shape",
+    "spacing",
+    "voxels",
+    "mean_entropy",
+    "mean_entropy_foreground",
+    "message",
+)
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """What a batch writes besides the masks (``medseg predict`` options, or the pipeline's ``prediction`` section).
+
+    ``formats``: mask formats (``input`` = the input's own; nifti, nrrd, mha, seg.nrrd, dicom-seg); probability
+    maps; ``uncertainty`` (predictive entropy maps and summary columns); per-structure ``statistics``; ``meshes``
+    (3D) in ``mesh_format`` and ``mesh_space``; overlays (2D) of the first ``max_overlays`` cases.
+    """
+
+    formats: tuple[str, ...] = ()
+    probabilities: bool = False
+    uncertainty: bool = False
+    statistics: bool = False
+    meshes: bool = False
+    mesh_format: str = "stl"
+    mesh_space: str = "lps"
+    overlays: bool = True
+    max_overlays: int = 24
+
+    def as_dict(self) -> dict[str, object]:
+        """Plain values (to send to another process)."""
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
+    @classmethod
+    def from_config(cls, cfg: PipelineConfig) -> Outputs:
+        """The outputs a pipeline's ``prediction`` section (and ``inference.save_probabilities``) asks for."""
+        p = cfg.prediction
+        return cls(
+            formats=tuple(p.formats),
+            probabilities=cfg.inference.save_probabilities,
+            uncertainty=p.uncertainty,
+            statistics=p.statistics,
+            meshes=p.meshes,
+            mesh_format=p.mesh_format,
+            mesh_space=p.mesh_space,
+            overlays=p.overlays,
+            max_overlays=p.max_overlays,
+        )
+
+
+def check_outputs(outputs: Outputs, cfg: PipelineConfig, records: list[Record]) -> None:
+    """Every problem with the asked outputs for this model and these inputs, in one ConfigError, before anything is
+    written."""
+    problems = []
+    unknown = [f for f in outputs.formats if f not in ("input", *OUTPUT_FORMATS)]
+    if unknown:
+        problems.append(f"--format {','.join(unknown)}: unknown; choose from input, {', '.join(OUTPUT_FORMATS)}")
+    if cfg.spatial_dims == 2:
+        if [f for f in outputs.formats if f not in ("input", "png")]:
+            problems.append("--format: a 2D model writes PNG masks (leave --format out)")
+        if outputs.meshes:
+            problems.append("--meshes: a 2D model has no surfaces; meshes need a 3D model")
+    elif "dicom-seg" in outputs.formats:
+        from medseg.imageio.formats import DICOM_SUFFIXES
+
+        not_series = [
+            r["image"][0]
+            for r in records
+            if not Path(r["image"][0]).is_dir() and not has_suffix(r["image"][0], DICOM_SUFFIXES)
+        ]
+        if not_series:
+            shown = ", ".join(not_series[:3]) + (f" and {len(not_series) - 3} more" if len(not_series) > 3 else "")
+            problems.append(
+                f"--format dicom-seg: {shown} not a DICOM series (a DICOM-SEG references its source series); "
+                "use --format nifti or seg.nrrd for these"
+            )
+    if outputs.mesh_format not in MESH_FORMATS:
+        problems.append(f"--mesh-format {outputs.mesh_format}: choose {', '.join(MESH_FORMATS)}")
+    if outputs.mesh_space not in MESH_SPACES:
+        problems.append(f"--mesh-space {outputs.mesh_space}: choose {' or '.join(MESH_SPACES)}")
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
+@dataclass
+class PredictionReport:
+    """Which cases were written, skipped (already done) or failed (with the reason)."""
+
+    written: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    overlays: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    rows: list[dict[str, object]] = field(default_factory=list)
+
+
+def _output_path(out_dir: Path, kind: str, case_id: str, suffix: str = ".png") -> Path:
+    """``out_dir/kind/<id><suffix>``, refusing ids that would write outside ``out_dir``."""
+    path = PredictionLayout(out_dir).folder(kind) / f"{case_id}{suffix}"
+    if (
+        "/" in case_id
+        or "\\" in case_id
+        or case_id in {"", ".", ".."}
+        or not path.resolve().is_relative_to(out_dir.resolve())
+    ):
+        raise DataError(f"case id {case_id!r}: would write outside {out_dir}")
+    return path
+
+
+@dataclass
+class CaseFunctions:
+    """How one case is done: the masks that mark it finished, and the function that writes them (and the rest)."""
+
+    outputs_of: Callable[[Record], list[Path]]
+    predict_case: Callable[[Record, Path], dict[str, object]]
+    columns: list[str] = field(default_factory=list)  # of statistics.csv
+    drawn: list[str] = field(default_factory=list)  # the cases given an overlay (2D)
+
+    def finished(self, record: Record) -> bool:
+        return all(path.is_file() for path in self.outputs_of(record))
+
+    def run(self, record: Record) -> dict[str, object]:
+        """The case's summary row: ``ok`` (written), or ``failed`` with the reason; the case's failure never
+        escapes."""
+        started = time.perf_counter()
+        row: dict[str, object] = {"case": record["id"]}
+        try:
+            row.update(status="ok", **self.predict_case(record, self.outputs_of(record)[0]))
+        except MedsegError as exc:
+            row.update(status="failed", message=str(exc))
+            log.error("%s", exc)
+        row["seconds"] = round(time.perf_counter() - started, 3)
+        return row
+
+
+def prepare_output_folder(out_dir: Path) -> None:
+    """Refuse a file as the output folder; clear what a killed batch left half-written."""
+    _check_output_folder(out_dir)
+    _remove_stale_temporaries(out_dir)
+
+
+def split_finished(records: list[Record], cases: CaseFunctions, overwrite: bool) -> tuple[list[Record], list[Record]]:
+    """(to do, already finished) cases; with ``overwrite`` every case is to do. A case whose id is unsafe is to do,
+    where it fails with the reason."""
+    todo, done = [], []
+    for record in records:
+        try:
+            finished = not overwrite and cases.finished(record)
+        except MedsegError:
+            finished = False
+        (done if finished else todo).append(record)
+    return todo, done
+
+
+def report_rows(
+    records: list[Record], rows: dict[str, dict[str, object]], out_dir: Path, summary: Path
+) -> PredictionReport:
+    """The batch's report, in the records' order (cases without a row were finished already), and ``summary.csv``."""
+    report = PredictionReport()
+    for record in records:
+        row = rows.get(record["id"])
+        if row is None:
+            report.skipped.append(record["id"])
+            report.rows.append({"case": record["id"], "status": "skipped", "message": "mask exists"})
+            continue
+        report.rows.append(row)
+        if row["status"] == "ok":
+            report.written.append(str(row["case"]))
+        else:
+            report.failed[str(row["case"])] = str(row.get("message", ""))
+    _write_summary(summary, report.rows)
+    log.info(
+        "Predicted %d case(s) into %s%s%s",
+        len(report.written),
+        PredictionLayout(out_dir).folder(PredictionLayout.MASKS),
+        f"; {len(report.skipped)} already done" if report.skipped else "",
+        f"; {len(report.failed)} failed: {', '.join(report.failed)}" if report.failed else "",
+    )
+    return report
+
+
+def _run_batch(
+    records: list[Record], out_dir: Path, cases: CaseFunctions, overwrite: bool, summary: Path | None = None
+) -> PredictionReport:
+    """The local batch loop (the output folder prepared): skip finished cases (all their masks exist), isolate
+    failures, time each case, write summary.csv."""
+    todo, _ = split_finished(records, cases, overwrite)
+    rows = {}
+    with progress_bar() as progress:
+        for record in progress.track(todo, description="predict"):
+            rows[record["id"]] = cases.run(record)
+    return report_rows(records, rows, out_dir, summary or PredictionLayout(out_dir).summary)
+
+
+def _check_output_folder(out_dir: Path) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DataError(f"{out_dir}: output folder is a file")
+
+
+def _remove_stale_temporaries(out_dir: Path) -> None:
+    """Delete the temporary files (``.<name>.<random>.tmp...``) of a batch that was killed while writing.
+
+    Outputs are written under such names and renamed, so they are never half-written files with real names; only
+    a process killed mid-write (SIGKILL, power loss) leaves one behind. One batch per output folder at a time.
+    """
+    layout = PredictionLayout(out_dir)
+    stale = [
+        path
+        for folder in (out_dir, *(layout.folder(kind) for kind in PredictionLayout.KINDS))
+        if folder.is_dir()
+        for path in folder.glob(".*.tmp*")
+    ]
+    for path in stale:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)  # the folder of a detached-header (.nhdr/.mhd) write
+        else:
+            path.unlink(missing_ok=True)
+    if stale:
+        log.info("Removed %d temporary file(s) left by an interrupted batch in %s", len(stale), out_dir)
+
+
+def write_label_descriptions(predictor: Predictor, out_dir: Path) -> None:
+    """``labels.json`` and the ITK-SNAP label description file beside the masks."""
+    from medseg.labels import itksnap_label_text, labels_json
+
+    layout = PredictionLayout(out_dir)
+    atomic_write_text(layout.labels_json, labels_json(predictor.config))
+    atomic_write_text(layout.itksnap_labels, itksnap_label_text(predictor.config))
+
+
+def _case_statistics(out_dir: Path, case_id: str, rows: list[dict[str, object]], columns: list[str]) -> None:
+    """One case's statistics rows, kept per case so a resumed batch still reports every case."""
+    atomic_write_text(_output_path(out_dir, PredictionLayout.STATISTICS, case_id, ".csv"), _csv_text(rows, columns))
+
+
+def gather_statistics(out_dir: Path, records: list[Record], columns: list[str]) -> None:
+    """``statistics.csv``: the per-case statistics of every case of the batch that has them."""
+    rows: list[dict[str, object]] = []
+    for record in records:
+        path = _output_path(out_dir, PredictionLayout.STATISTICS, record["id"], ".csv")
+        if path.is_file():
+            rows.extend(csv.DictReader(io.StringIO(path.read_text(encoding="utf-8"))))
+    atomic_write_text(PredictionLayout(out_dir).statistics, _csv_text(rows, columns))
+
+
+def _csv_text(rows: list[dict[str, object]], columns: list[str] | tuple[str, ...]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), restval="", extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def _grey_png(array: np.ndarray, path: Path) -> None:
+    """A [0, 1] map as an 8-bit grey PNG (0..255)."""
+    save_png(np.clip(np.round(array * 255.0), 0, 255).astype(np.uint8), path)
+
+
+def predict_images(
+    predictor: Predictor,
+    records: list[Record],
+    out_dir: Path,
+    outputs: Outputs | None = None,
+    overwrite: bool = True,
+) -> PredictionReport:
+    """Write ``masks/<id>.png`` (0/255 binary, else the label values; input size) and, for the first cases,
+    ``overlays/<id>.png``; with ``outputs``: probability and entropy PNGs (0..255 for 0..1) and statistics."""
+    outputs = outputs or Outputs()
+    check_outputs(outputs, predictor.config, records)
+    return run_cases(predictor, records, out_dir, outputs, overwrite, image_cases(predictor, out_dir, outputs))
+
+
+def image_cases(predictor: Predictor, out_dir: Path, outputs: Outputs) -> CaseFunctions:
+    """What one 2D case writes (see :func:`predict_images`)."""
+    from medseg.infer.uncertainty import entropy_summary, predictive_entropy
+    from medseg.labels import channel_names, output_labels
+    from medseg.outputs.statistics import statistics_columns, structure_statistics
+
+    cfg, drawn = predictor.config, []
+    labels, names = output_labels(cfg), channel_names(cfg)
+    columns = statistics_columns(RGB, 2)
+    keep_probabilities = outputs.probabilities or outputs.uncertainty
+
+    def predict_case(record: Record, mask_path: Path) -> dict[str, object]:
+        case_id = record["id"]
+        result = predictor.predict(Path(record["image"]), probabilities=keep_probabilities)
+        row: dict[str, object] = {}
+        if outputs.probabilities:
+            for channel, name in enumerate(names):
+                target = case_id if len(names) == 1 else f"{case_id}_{name}"
+                _grey_png(result.probabilities[channel], _output_path(out_dir, PredictionLayout.PROBABILITIES, target))
+        if outputs.uncertainty:
+            entropy = predictive_entropy(result.probabilities, predictor.multilabel)
+            _grey_png(entropy, _output_path(out_dir, PredictionLayout.UNCERTAINTY, case_id))
+            row.update(entropy_summary(entropy, result.labels > 0))
+        if outputs.statistics or (outputs.overlays and len(drawn) < outputs.max_overlays):
+            rgb = read_rgb(record["image"])
+        if outputs.statistics:
+            rows = structure_statistics(
+                case_id, result.labels, labels, rgb.transpose(2, 0, 1), ["red", "green", "blue"]
+            )
+            _case_statistics(out_dir, case_id, rows, columns)
+        if outputs.overlays and len(drawn) < outputs.max_overlays:
+            truth = read_mask(record["label"]) if record.get("label") else None
+            picture = overlay(rgb, result.labels, truth, labels)
+            save_png(picture, _output_path(out_dir, PredictionLayout.OVERLAYS, case_id))
+            drawn.append(case_id)
+        binary = len(labels) == 1 and labels[0].value == 1
+        save_png(result.labels * 255 if binary else result.labels, mask_path)
+        foreground = result.labels > 0
+        return {
+            "height": foreground.shape[0],
+            "width": foreground.shape[1],
+            "foreground_pixels": int(foreground.sum()),
+            **row,
+        }
+
+    def outputs_of(record: Record) -> list[Path]:
+        return [_output_path(out_dir, PredictionLayout.MASKS, record["id"])]
+
+    return CaseFunctions(outputs_of, predict_case, columns, drawn)
+
+
+def run_cases(
+    predictor: Predictor,
+    records: list[Record],
+    out_dir: Path,
+    outputs: Outputs,
+    overwrite: bool,
+    cases: CaseFunctions,
+    summary: Path | None = None,
+    everyone: list[Record] | None = None,
+) -> PredictionReport:
+    """The local engine: the label descriptions, every case in turn, then ``statistics.csv`` (over ``everyone``
+    that has statistics: all shards' cases)."""
+    prepare_output_folder(out_dir)
+    write_label_descriptions(predictor, out_dir)
+    report = _run_batch(records, out_dir, cases, overwrite, summary)
+    if outputs.statistics:
+        gather_statistics(out_dir, everyone or records, cases.columns)
+    report.overlays = list(cases.drawn)
+    return report
+
+
+def _write_summary(path: Path, rows: list[dict[str, object]]) -> None:
+    atomic_write_text(path, _csv_text(rows, SUMMARY_COLUMNS))
+
+
+def predict_volumes(
+    predictor: Predictor,
+    records: list[Record],
+    out_dir: Path,
+    outputs: Outputs | None = None,
+    overwrite: bool = False,
+) -> PredictionReport:
+    """Write ``masks/<id>.<ext>`` in each asked format (uint8, exactly the scan's geometry; default the input's own
+    format) and, with ``outputs``, probability and entropy maps, meshes and statistics."""
+    outputs = outputs or Outputs()
+    check_outputs(outputs, predictor.config, records)
+    return run_cases(predictor, records, out_dir, outputs, overwrite, volume_cases(predictor, out_dir, outputs))
+
+
+def volume_cases(predictor: Predictor, out_dir: Path, outputs: Outputs) -> CaseFunctions:
+    """What one 3D case writes (see :func:`predict_volumes`)."""
+    from medseg.imageio.writers import write_probability_like
+    from medseg.infer.uncertainty import entropy_summary, predictive_entropy
+    from medseg.labels import channel_names, output_labels
+    from medseg.outputs.statistics import statistics_columns, structure_statistics
+
+    cfg = predictor.config
+    labels, names = output_labels(cfg), channel_names(cfg)
+    modalities = [m for m in cfg.data.modalities] or [f"channel{i}" for i in range(cfg.model.in_channels)]
+    channels = [slug(m) for m in modalities][: cfg.model.in_channels]
+    columns = statistics_columns(channels, 3)
+
+    def outputs_of(record: Record) -> list[Path]:
+        scan = Path(record["image"][0])
+        suffixes = [mask_suffix(scan) if f == "input" else OUTPUT_FORMATS[f] for f in outputs.formats or ("input",)]
+        return [_output_path(out_dir, PredictionLayout.MASKS, record["id"], suffix) for suffix in suffixes]
+
+    def predict_case(record: Record, mask_path: Path) -> dict[str, object]:
+        case_id = record["id"]
+        keep = outputs.probabilities or outputs.uncertainty
+        result = predictor.predict(record["image"], probabilities=keep, image=outputs.statistics)
+        header, suffix = result.header, mask_suffix(Path(record["image"][0]))
+        row: dict[str, object] = {}
+        if outputs.uncertainty:
+            entropy = predictive_entropy(result.probabilities, predictor.multilabel)
+            write_probability_like(
+                entropy, header, _output_path(out_dir, PredictionLayout.UNCERTAINTY, case_id, suffix)
+            )
+            row.update(entropy_summary(entropy, result.labels > 0))
+            del entropy
+        if outputs.probabilities:
+            for channel, name in enumerate(names):
+                target = case_id if len(names) == 1 else f"{case_id}_{name}"
+                path = _output_path(out_dir, PredictionLayout.PROBABILITIES, target, suffix)
+                write_probability_like(result.probabilities[channel], header, path)
+        result.probabilities = None  # free it before the masks are written
+        if outputs.statistics:
+            rows = structure_statistics(case_id, result.labels, labels, result.image, channels, header.affine)
+            _case_statistics(out_dir, case_id, rows, columns)
+            result.image = None
+        if outputs.meshes:
+            from medseg.outputs.meshes import write_mesh
+
+            for label in labels:
+                mask = result.labels == label.value
+                if mask.any():
+                    name = f"{case_id}_{label.key}.{outputs.mesh_format}"
+                    write_mesh(
+                        mask,
+                        header.affine,
+                        _output_path(out_dir, PredictionLayout.MESHES, name, ""),
+                        outputs.mesh_space,
+                    )
+        for path in outputs_of(record):  # the masks last: a case whose masks exist is finished
+            write_label_map(result.labels, header, labels, path)
+        counts = np.bincount(result.labels.ravel())  # no sorted copy of the volume, unlike np.unique
+        return {
+            "shape": "x".join(map(str, result.labels.shape)),
+            "spacing": "x".join(f"{v:.5g}" for v in header.spacing),
+            "voxels": ";".join(f"{v}:{c}" for v, c in enumerate(counts) if v and c),
+            **row,
+        }
+
+    return CaseFunctions(outputs_of, predict_case, columns)
+
+
+def case_functions(predictor: Predictor, out_dir: Path, outputs: Outputs) -> CaseFunctions:
+    """What one case of this predictor's kind (2D image or 3D scan) writes."""
+    return (volume_cases if predictor.config.spatial_dims == 3 else image_cases)(predictor, out_dir, outputs)
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``i/N`` -> (i, N); ConfigError unless 0 <= i < N."""
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise ConfigError(f"--shard {text}: expected i/N, e.g. 0/4 for the first of 4 shards") from None
+    if count < 1 or not 0 <= index < count:
+        last = max(count - 1, 0)
+        raise ConfigError(f"--shard {text}: i must be 0..N-1 (the shards of {count} are 0/{count} .. {last}/{count})")
+    return index, count
+
+
+def shard_records(records: list[Record], index: int, count: int) -> list[Record]:
+    """Shard ``index`` of ``count``: every ``count``-th case by sorted case id, so N shards cover each case once."""
+    ordered = sorted(records, key=lambda record: record["id"])
+    return ordered[index::count]
+
+
+def write_label_map(labels_map: np.ndarray, header: ScanHeader, labels: list, path: Path) -> Path:
+    """One mask file in the format its name asks for: DICOM-SEG (.dcm), Slicer (.seg.nrrd), or a plain label map."""
+    from medseg.imageio.writers import write_mask_like
+
+    name = path.name.lower()
+    if name.endswith(".dcm"):
+        from medseg.imageio.dicom_seg import write_dicom_seg
+
+        return write_dicom_seg(labels_map, header, labels, path)
+    if name.endswith(".seg.nrrd"):
+        from medseg.imageio.slicer import write_seg_nrrd
+
+        return write_seg_nrrd(labels_map, header, labels, path)
+    return write_mask_like(labels_map, header, path)
+
+
+def predict_folder(
+    predictor: Predictor,
+    source: Path,
+    out_dir: Path,
+    outputs: Outputs | None = None,
+    overwrite: bool = False,
+    shard: tuple[int, int] | None = None,
+) -> PredictionReport:
+    """``medseg predict``: every image or scan of ``source`` into ``out_dir`` (resumable unless ``overwrite``);
+    ``shard`` (i, N): only shard i of N, its summary in ``summary.shard<i>-of-<N>.csv``."""
+    records, todo, summary = folder_cases(predictor.config, source, out_dir, shard)
+    outputs = outputs or Outputs()
+    if predictor.config.spatial_dims == 2:
+        outputs = replace(outputs, max_overlays=len(records))
+    check_outputs(outputs, predictor.config, todo)
+    cases = case_functions(predictor, out_dir, outputs)
+    return run_cases(predictor, todo, out_dir, outputs, overwrite, cases, summary, records)
+
+
+def folder_cases(
+    cfg: PipelineConfig, source: Path, out_dir: Path, shard: tuple[int, int] | None
+) -> tuple[list[Record], list[Record], Path | None]:
+    """All the cases of ``source``, those of this shard, and the shard's summary path (None: ``summary.csv``)."""
+    if source.exists() and out_dir.resolve() == source.resolve():
+        raise DataError(f"{out_dir}: choose an output folder other than the input folder")
+    records = predict_inputs(source, cfg.spatial_dims, cfg.model.in_channels)
+    if shard is None:
+        return records, records, None
+    return records, shard_records(records, *shard), PredictionLayout(out_dir).shard_summary(*shard)

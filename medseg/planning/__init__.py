@@ -1,0 +1,1 @@
+"""``medseg plan``: the dataset fingerprint (:mod:`.fingerprint`) and the pipeline derived from it (:mod:`.planner`)."""
