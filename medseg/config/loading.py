@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from medseg.config.schema import DATA_ROOT_ENV, PipelineConfig
+from medseg.config.schema import DATA_ROOT_ENV, ModelConfig, PipelineConfig
 from medseg.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,8 @@ def _merge(base: dict, update: dict, source: str | None, provenance: Provenance,
 
     Records in ``provenance`` which source set each key (``source=None``: already recorded).
     """
+    if prefix == ("model",):
+        base = _args_follow_the_network(base, update, provenance)
     merged = dict(base)
     for key, value in update.items():
         path = (*prefix, str(key))
@@ -70,6 +72,17 @@ def _merge(base: dict, update: dict, source: str | None, provenance: Provenance,
         if source is not None:
             provenance[path] = source
     return merged
+
+
+def _args_follow_the_network(base: dict, update: dict, provenance: Provenance) -> dict:
+    """``model.args`` belong to ``model.name``: a layer (a preset, the file, a ``--set``) that names another network
+    drops the arguments earlier layers gave the previous one."""
+    old, new = base.get("name", ModelConfig.model_fields["name"].default), update.get("name")
+    if not isinstance(new, str) or not isinstance(old, str) or new.lower() == old.lower():
+        return base
+    for path in [p for p in provenance if p[:2] == ("model", "args")]:
+        del provenance[path]
+    return {key: value for key, value in base.items() if key != "args"}
 
 
 def _load_with_presets(path: Path, provenance: Provenance, seen: tuple[Path, ...] = ()) -> dict[str, Any]:

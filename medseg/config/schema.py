@@ -454,6 +454,9 @@ class PipelineConfig(Section):
         if not values:
             return self
         raw = self.to_dict()
+        renamed = values.get("model.name", self.model.name).lower() != self.model.name
+        if renamed and not any(key == "model.args" or key.startswith("model.args.") for key in values):
+            raw["model"]["args"] = {}  # model.args belong to model.name
         for key, value in values.items():
             *parents, last = key.split(".")
             section = raw

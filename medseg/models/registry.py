@@ -6,6 +6,7 @@ Every network returns logits; activations live in the loss and in post-processin
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +16,24 @@ if TYPE_CHECKING:
     from torch import nn
 
 
+class UnknownArguments(ValueError):
+    """``model.args`` names arguments the network does not take."""
+
+
+def _construct(network_class: type, *positional: Any, **arguments: Any) -> Any:
+    """``network_class(*positional, **arguments)``, after checking every argument name against its signature, so
+    that all unknown ones are named at once together with those it takes (a TypeError names only the first)."""
+    parameters = inspect.signature(network_class).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        bound = list(parameters)[: len(positional)]
+        unknown = sorted(set(arguments) - set(parameters))
+        if unknown:
+            given = {*bound, "spatial_dims", "in_channels", "out_channels", "stride"}  # medseg sets these itself
+            takes = [name for name, p in parameters.items() if name not in given and p.kind is not p.VAR_POSITIONAL]
+            raise UnknownArguments(f"does not take {', '.join(unknown)}; it takes {', '.join(takes)}")
+    return network_class(*positional, **arguments)
+
+
 def _unet(spatial_dims: int, in_channels: int, out_channels: int, args: dict[str, Any]) -> nn.Module:
     from monai.networks.nets import UNet
 
@@ -22,7 +41,7 @@ def _unet(spatial_dims: int, in_channels: int, out_channels: int, args: dict[str
     args.setdefault("strides", (2,) * (len(args["channels"]) - 1))
     args.setdefault("num_res_units", 2)
     args.setdefault("norm", "batch")
-    return UNet(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels, **args)
+    return _construct(UNet, spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels, **args)
 
 
 def _attention_unet(spatial_dims: int, in_channels: int, out_channels: int, args: dict[str, Any]) -> nn.Module:
@@ -30,7 +49,9 @@ def _attention_unet(spatial_dims: int, in_channels: int, out_channels: int, args
 
     args.setdefault("channels", (16, 32, 64, 128, 256))
     args.setdefault("strides", (2,) * (len(args["channels"]) - 1))
-    return AttentionUnet(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels, **args)
+    return _construct(
+        AttentionUnet, spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels, **args
+    )
 
 
 def _basic_unet_plus_plus(spatial_dims: int, in_channels: int, out_channels: int, args: dict[str, Any]) -> nn.Module:
@@ -39,7 +60,9 @@ def _basic_unet_plus_plus(spatial_dims: int, in_channels: int, out_channels: int
     from medseg.models.networks import FirstOutput
 
     args.setdefault("features", (16, 16, 32, 64, 128, 16))
-    net = BasicUNetPlusPlus(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels, **args)
+    net = _construct(
+        BasicUNetPlusPlus, spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels, **args
+    )
     return FirstOutput(net)
 
 
@@ -52,14 +75,14 @@ def _dynunet(spatial_dims: int, in_channels: int, out_channels: int, args: dict[
     args.setdefault("strides", [1] + [2] * (levels - 1))
     args.setdefault("upsample_kernel_size", args["strides"][1:])
     args.setdefault("res_block", True)
-    return DynUNet(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels, **args)
+    return _construct(DynUNet, spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels, **args)
 
 
 def _segresnet(spatial_dims: int, in_channels: int, out_channels: int, args: dict[str, Any]) -> nn.Module:
     from monai.networks.nets import SegResNet
 
     args.setdefault("init_filters", 16)
-    return SegResNet(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels, **args)
+    return _construct(SegResNet, spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels, **args)
 
 
 def _fcn(stride: int) -> Callable[..., nn.Module]:
@@ -69,7 +92,7 @@ def _fcn(stride: int) -> Callable[..., nn.Module]:
         args.setdefault("channels", (16, 32, 64, 128, 256))
         args.setdefault("convs_per_stage", (2, 2, 3, 3, 3))
         args.setdefault("head_channels", 256)
-        return FCN(spatial_dims, in_channels, out_channels, stride=stride, **args)
+        return _construct(FCN, spatial_dims, in_channels, out_channels, stride=stride, **args)
 
     return build
 
@@ -81,14 +104,14 @@ def _deeplabv3plus(spatial_dims: int, in_channels: int, out_channels: int, args:
     args.setdefault("rates", (6, 12, 18))
     args.setdefault("aspp_channels", 128)
     args.setdefault("low_level_channels", 48)
-    return DeepLabV3Plus(spatial_dims, in_channels, out_channels, **args)
+    return _construct(DeepLabV3Plus, spatial_dims, in_channels, out_channels, **args)
 
 
 def _swin_unetr(spatial_dims: int, in_channels: int, out_channels: int, args: dict[str, Any]) -> nn.Module:
     from monai.networks.nets import SwinUNETR
 
     args.setdefault("feature_size", 24)  # inputs must be divisible by 32 (patches / image sizes)
-    return SwinUNETR(in_channels=in_channels, out_channels=out_channels, spatial_dims=spatial_dims, **args)
+    return _construct(SwinUNETR, in_channels=in_channels, out_channels=out_channels, spatial_dims=spatial_dims, **args)
 
 
 def _unetr(spatial_dims: int, in_channels: int, out_channels: int, args: dict[str, Any]) -> nn.Module:
@@ -100,7 +123,7 @@ def _unetr(spatial_dims: int, in_channels: int, out_channels: int, args: dict[st
     args.setdefault("hidden_size", 384)
     args.setdefault("mlp_dim", 1536)
     args.setdefault("num_heads", 6)
-    return UNETR(in_channels=in_channels, out_channels=out_channels, spatial_dims=spatial_dims, **args)
+    return _construct(UNETR, in_channels=in_channels, out_channels=out_channels, spatial_dims=spatial_dims, **args)
 
 
 def _flexible_unet(spatial_dims: int, in_channels: int, out_channels: int, args: dict[str, Any]) -> nn.Module:
@@ -109,7 +132,7 @@ def _flexible_unet(spatial_dims: int, in_channels: int, out_channels: int, args:
 
     args.setdefault("backbone", "efficientnet-b0")
     args["pretrained"] = False  # nothing is ever downloaded
-    network = FlexibleUNet(in_channels, out_channels, spatial_dims=spatial_dims, **args)
+    network = _construct(FlexibleUNet, in_channels, out_channels, spatial_dims=spatial_dims, **args)
     # MONAI's EfficientNet keeps TensorFlow's BatchNorm momentum 0.01, made for fine-tuning pretrained weights: from
     # scratch its running statistics trail the weights so far that eval mode predicted nothing on PH2 (validation
     # Dice 0.0 while training loss fell). PyTorch's 0.1 tracks them (measured: eval Dice 0.97 vs 0.0, 40 steps).
@@ -127,7 +150,7 @@ def _classical(method: str) -> Callable[..., nn.Module]:
             raise ValueError(f"{method} is a binary 2D baseline (spatial_dims 2, out_channels 1)")
         for name, values in GRID[method].items():
             args.setdefault(name, values[0])
-        return ClassicalSegmenter(method, **args)
+        return _construct(ClassicalSegmenter, method, **args)
 
     return build
 
@@ -236,6 +259,8 @@ def build_network(
     arguments = dict(args or {})
     try:
         network = builder(spatial_dims, in_channels, out_channels, arguments)
+    except UnknownArguments as exc:
+        raise ConfigError(f"model.args: {name} {exc}") from None
     except (TypeError, ValueError, AssertionError, IndexError, KeyError) as exc:
         raise ConfigError(f"model.args: cannot build {name}: {exc}") from None
     return (network, arguments) if filled else network

@@ -145,13 +145,21 @@ def test_validate_malformed_override() -> None:
     ]
 
 
-def test_validate_network_arguments_that_do_not_build() -> None:
-    result = invoke("validate", str(SKIN_LESION), "--set", "model.args.bogus=1")
+def test_validate_names_every_argument_a_network_does_not_take_and_those_it_takes() -> None:
+    result = invoke("validate", str(SKIN_LESION), "--set", "model.args.bogus=1", "--set", "model.args.also_bogus=2")
     assert result.exit_code == 2
     lines = result.stderr.splitlines()
     assert len(lines) == 1
-    assert lines[0].startswith("error: model.args: cannot build unet: ")
-    assert "bogus" in lines[0]
+    assert lines[0].startswith("error: model.args: unet does not take also_bogus, bogus; it takes channels, strides, ")
+    assert "num_res_units" in lines[0] and "in_channels" not in lines[0]  # medseg sets the channels itself
+
+
+@pytest.mark.parametrize("network", ["fcn8s", "deeplabv3plus", "otsu", "segresnet"])
+def test_changing_the_network_drops_the_preset_arguments_of_the_other(network: str) -> None:
+    result = invoke("validate", str(SKIN_LESION), "--set", f"model.name={network}")
+    assert result.exit_code == 0, result.stderr
+    model = yaml.safe_load(result.stdout)["model"]
+    assert model["name"] == network and model["args"] == {}
 
 
 def test_validate_missing_file(tmp_path: Path) -> None:

@@ -508,3 +508,36 @@ def test_an_empty_mapping_override_clears_the_mapping(tmp_path: Path) -> None:
         "strides": [2],
         "num_res_units": 1,
     }, "a non-empty mapping still merges"
+
+
+# --------------------------------------------------------------------------------------------------
+# model.args belong to model.name
+# --------------------------------------------------------------------------------------------------
+
+
+def test_a_layer_that_names_another_network_drops_the_earlier_arguments(tmp_path: Path) -> None:
+    preset = write(tmp_path / "preset.yaml", "model: {name: unet, args: {channels: [8, 16], num_res_units: 1}}\n")
+    same = write(tmp_path / "same.yaml", f"extends: {preset.name}\nmodel: {{args: {{channels: [4, 8]}}}}\n")
+    other = write(
+        tmp_path / "other.yaml", f"extends: {preset.name}\nmodel: {{name: fcn8s, args: {{head_channels: 8}}}}\n"
+    )
+    assert load_config(same).model.args == {"channels": [4, 8], "num_res_units": 1}  # the same network: merged
+    assert load_config(other).model.args == {"head_channels": 8}
+    assert load_config(same, ["model.name=UNet"]).model.args == {"channels": [4, 8], "num_res_units": 1}
+    assert load_config(same, ["model.name=dynunet"]).model.args == {}
+    assert load_config(same, ["model.name=dynunet", "model.args.filters=[8, 16]"]).model.args == {"filters": [8, 16]}
+
+
+def test_an_unset_name_is_the_default_network(tmp_path: Path) -> None:
+    preset = write(tmp_path / "p.yaml", "model: {args: {channels: [8, 16]}}\n")
+    assert load_config(preset, ["model.name=fcn8s"]).model.args == {}
+    assert load_config(preset, ["model.name=unet"]).model.args == {"channels": [8, 16]}
+
+
+def test_with_values_drops_the_arguments_of_a_renamed_network(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path / "p.yaml", "model: {args: {channels: [8, 16]}}\n"))
+    assert cfg.with_values({"model.name": "fcn8s"}).model.args == {}
+    assert cfg.with_values({"model.name": "fcn8s", "model.args": {"head_channels": 8}}).model.args == {
+        "head_channels": 8
+    }
+    assert cfg.with_values({"training.epochs": 3}).model.args == {"channels": [8, 16]}
