@@ -67,7 +67,7 @@ def main() -> None:
         return cfg.model_copy(update={"inference": cfg.inference.model_copy(update=changes)})
 
     auto = Predictor(copy.deepcopy(network), settings(bf16=True), steps=[])  # backend auto, bf16 allowed
-    chosen = auto.config.inference
+    chosen = auto.backend
     print(
         "auto timed (ms per 256x256 input): "
         + ", ".join(f"{k} {v * 1000:.1f}" for k, v in auto.backend_timings.items())
@@ -78,7 +78,9 @@ def main() -> None:
         "PyTorch bf16": settings(backend="torch", bf16=True),
         "PyTorch channels-last + bf16": settings(backend="torch", memory_format="channels_last", bf16=True),
         "ONNX Runtime": settings(backend="onnxruntime"),
-        f"auto (picked {chosen.backend} {chosen.memory_format} bf16={chosen.bf16})": auto.config,
+        f"auto (picked {chosen.label})": settings(
+            backend=chosen.name, memory_format=chosen.memory_format, bf16=chosen.bf16
+        ),
     }
     if not cpu_has_native_bf16():  # bf16 stays off here: the same as the fp32 variants
         predictors = {k: v for k, v in predictors.items() if "bf16" not in k or k.startswith("auto")}

@@ -124,12 +124,14 @@ def main() -> None:
     )
     sw = cfg.inference.sw_batch_size
     auto = Predictor(network, with_inference(bf16=True), steps=[])  # backend auto, bf16 candidates allowed
-    picked = f"{auto.config.inference.backend} {auto.config.inference.memory_format} bf16={auto.config.inference.bf16}"
+    picked = auto.backend.label
     variants: dict[str, Callable[[list[str]], np.ndarray]] = {
         "baseline: plain sliding_window_inference (sw_batch 1, constant, no_grad, PyTorch)": baseline(
             network, roi, overlap
         ),
-        f"medseg, backend auto with inference.bf16 (picked: {picked})": predictor(auto.config),
+        f"medseg, backend auto with inference.bf16 (picked: {picked})": predictor(
+            with_inference(backend=auto.backend.name, memory_format=auto.backend.memory_format, bf16=auto.backend.bf16)
+        ),
         f"medseg (brain crop, Gaussian, sw_batch {sw}), ONNX Runtime": predictor(onnx_cfg),
         f"medseg, PyTorch backend (sw_batch {sw})": predictor(torch_cfg),
         "medseg, PyTorch backend, channels-last 3D": predictor(

@@ -12,14 +12,15 @@ import logging
 import tempfile
 import warnings
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
 from torch import nn
 
-from medseg.config.schema import PipelineConfig
+from medseg.config.schema import InferenceConfig, PipelineConfig
 from medseg.core.atomic import atomic_path
 from medseg.core.errors import ModelError, error_summary
 from medseg.infer.inferers import working_shape
@@ -162,89 +163,108 @@ def read_exported(path: Path) -> tuple[nn.Module, dict[str, Any]]:
     raise ModelError(f"{path}: unknown export format (expected {' or '.join(FORMATS.values())})")
 
 
-def runtime_network(network: nn.Module, cfg: PipelineConfig) -> nn.Module:
-    """The network as it will run: exported in memory to ONNX Runtime when the backend says so (PyTorch if the
-    export fails, with a warning: the result is the same, only slower), else PyTorch, channels-last and under bf16
-    autocast where ``inference.memory_format`` / ``inference.bf16`` say so (bf16 only where the CPU has it)."""
+@dataclass(frozen=True)
+class Backend:
+    """What runs the network: PyTorch (contiguous or channels-last, fp32 or bf16 autocast) or ONNX Runtime."""
+
+    name: Literal["torch", "onnxruntime"] = "torch"
+    memory_format: Literal["contiguous", "channels_last"] = "contiguous"
+    bf16: bool = False
+
+    @classmethod
+    def configured(cls, inference: InferenceConfig) -> Backend:
+        """The backend ``inference.*`` names (``auto`` is made concrete by :func:`resolve_backend`)."""
+        name = "torch" if inference.backend == "auto" else inference.backend
+        return cls(name, inference.memory_format, inference.bf16)
+
+    @property
+    def label(self) -> str:
+        """``torch+channels_last+bf16``, ``onnxruntime``: how the timing log names a candidate."""
+        if self.name == "onnxruntime":
+            return self.name
+        return f"torch+{self.memory_format}" + ("+bf16" if self.bf16 else "")
+
+
+def runtime_network(network: nn.Module, backend: Backend, example: torch.Tensor) -> nn.Module:
+    """The network as it will run: exported in memory to ONNX Runtime (traced on ``example``, one input of the
+    working shape) when the backend says so (PyTorch if the export fails, with a warning: the result is the same,
+    only slower), else PyTorch, channels-last and under bf16 autocast where the backend says so (bf16 only where the
+    CPU has it)."""
     from medseg.runtime.devices import cpu_has_native_bf16
 
     if isinstance(network, OnnxNetwork | torch.jit.ScriptModule):
         return network
-    if cfg.inference.backend == "onnxruntime":  # (auto is made concrete by resolve_backend first)
+    if backend.name == "onnxruntime":
         try:
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / "network.onnx"
-                write_onnx(network.eval(), example_input(cfg), {}, path)
+                write_onnx(network.eval(), example, {}, path)
                 return OnnxNetwork(path)  # the session holds the model in memory; the file can go
         except Exception as exc:  # any exporter failure
             log.warning("ONNX Runtime backend unavailable (%s); running the network in PyTorch", str(exc)[:200])
             return network
     on_cpu = next(network.parameters(), torch.empty(0)).device.type == "cpu"
-    channels_last = on_cpu and cfg.inference.memory_format == "channels_last"
-    bf16 = on_cpu and cfg.inference.bf16 and cpu_has_native_bf16()
-    return TorchRuntime(network, cfg.spatial_dims, channels_last, bf16) if channels_last or bf16 else network
+    channels_last = on_cpu and backend.memory_format == "channels_last"
+    bf16 = on_cpu and backend.bf16 and cpu_has_native_bf16()
+    spatial_dims = example.ndim - 2
+    return TorchRuntime(network, spatial_dims, channels_last, bf16) if channels_last or bf16 else network
 
 
-BACKEND_CHOICES: dict[tuple, dict[str, Any]] = {}  # this process's decisions, per network shape and machine setting
-
-
-def backend_candidates(cfg: PipelineConfig) -> dict[str, dict[str, Any]]:
+def backend_candidates(allow_bf16: bool) -> dict[str, Backend]:
     """What ``inference.backend: auto`` times: PyTorch contiguous and channels-last (and each under bf16 where
-    ``inference.bf16`` allows it and the CPU has it natively), and ONNX Runtime."""
+    ``allow_bf16`` (``inference.bf16``) and the CPU has it natively), and ONNX Runtime."""
     from medseg.runtime.devices import cpu_has_native_bf16
 
-    candidates = {}
-    for bf16 in (False, True) if cfg.inference.bf16 and cpu_has_native_bf16() else (False,):
-        for layout in ("contiguous", "channels_last"):
-            name = f"torch+{layout}" + ("+bf16" if bf16 else "")
-            candidates[name] = {"inference.backend": "torch", "inference.memory_format": layout, "inference.bf16": bf16}
-    candidates["onnxruntime"] = {"inference.backend": "onnxruntime", "inference.memory_format": "contiguous"}
-    return candidates
+    candidates = [
+        Backend("torch", layout, bf16)
+        for bf16 in ((False, True) if allow_bf16 and cpu_has_native_bf16() else (False,))
+        for layout in ("contiguous", "channels_last")
+    ]
+    candidates.append(Backend("onnxruntime"))
+    return {candidate.label: candidate for candidate in candidates}
 
 
 class BackendChoice(NamedTuple):
-    """What ``inference.backend: auto`` decided: the concrete configuration, the seconds per timed candidate (empty:
-    nothing timed) and the winner as it was timed (built on a copy of the network; None when nothing was timed)."""
+    """What ``inference.backend: auto`` decided: the backend, the seconds per timed candidate (empty: nothing
+    timed) and the winner as it was timed (built on a copy of the network; None when nothing was timed)."""
 
-    config: PipelineConfig
+    backend: Backend
     seconds: dict[str, float]
     runtime: nn.Module | None = None
 
 
-def resolve_backend(network: nn.Module, cfg: PipelineConfig, rounds: int = 3) -> BackendChoice:
-    """``inference.backend: auto`` made concrete for this machine: every candidate (:func:`backend_candidates`) runs
-    the network on inputs of the working shape (3D: ``sw_batch_size`` windows), one warm-up and then ``rounds``
-    interleaved rounds; the quickest run of each counts and the fastest candidate's settings replace ``auto`` (a
-    candidate that fails here is left out). The decision is kept for the rest of the process (same network size,
-    shape and threads); the winner's runtime comes back too, so it is not built (an ONNX export) a second time."""
+def resolve_backend(
+    network: nn.Module, inference: InferenceConfig, example: torch.Tensor, rounds: int = 3
+) -> BackendChoice:
+    """The backend ``inference.*`` asks for; ``auto`` made concrete for this machine: every candidate
+    (:func:`backend_candidates`) runs the network on ``example`` (inputs of the working shape; 3D: ``sw_batch_size``
+    windows), one warm-up and then ``rounds`` interleaved rounds; the quickest run of each counts and the fastest
+    wins (a candidate that fails here is left out). The winner's runtime comes back too, so it is not built (an ONNX
+    export) a second time. Nothing is kept between calls: a caller that builds several predictors of one model passes
+    the first one's backend on."""
     import copy
     import time
 
-    if cfg.inference.backend != "auto":
-        return BackendChoice(cfg, {})
+    if inference.backend != "auto":
+        return BackendChoice(Backend.configured(inference), {})
     if getattr(network, "classical", False):  # scikit-image inside: nothing to export or lay out
-        return BackendChoice(cfg.with_values({"inference.backend": "torch"}), {})
-    parameters = sum(p.numel() for p in network.parameters())
-    shape = (cfg.inference.sw_batch_size if cfg.spatial_dims == 3 else 1, *working_shape(cfg))
-    key = (type(network).__name__, parameters, shape, cfg.inference.bf16, torch.get_num_threads())
-    if key in BACKEND_CHOICES:
-        return BackendChoice(cfg.with_values(BACKEND_CHOICES[key]), {})
-    example = torch.randn((shape[0], cfg.model.in_channels, *shape[1:]), generator=torch.Generator().manual_seed(0))
+        return BackendChoice(Backend("torch"), {})
+    one = example[:1]
     runtimes = {}
     with torch.inference_mode():
-        for name, changes in backend_candidates(cfg).items():
+        for name, candidate in backend_candidates(inference.bf16).items():
             try:  # a candidate that cannot be built or run here (a failed export, a layout the network refuses) is out
-                runtime = runtime_network(copy.deepcopy(network).eval(), cfg.with_values(changes))
+                runtime = runtime_network(copy.deepcopy(network).eval(), candidate, one)
                 runtime(example)  # warm-up
             except Exception as exc:  # any builder or kernel failure
                 log.debug("Inference candidate %s unavailable: %s", name, error_summary(exc))
                 continue
-            if name != "onnxruntime" or isinstance(runtime, OnnxNetwork):  # the export fell back to PyTorch
+            if candidate.name != "onnxruntime" or isinstance(runtime, OnnxNetwork):  # the export fell back to PyTorch
                 runtimes[name] = runtime
+    candidates = backend_candidates(inference.bf16)
     if len(runtimes) <= 1:
         fallback = next(iter(runtimes), "torch+contiguous")
-        BACKEND_CHOICES[key] = backend_candidates(cfg)[fallback]
-        return BackendChoice(cfg.with_values(BACKEND_CHOICES[key]), {}, runtimes.get(fallback))
+        return BackendChoice(candidates[fallback], {}, runtimes.get(fallback))
     seconds: dict[str, float] = {}
     with torch.inference_mode():
         for _ in range(rounds):
@@ -253,11 +273,10 @@ def resolve_backend(network: nn.Module, cfg: PipelineConfig, rounds: int = 3) ->
                 runtime(example)
                 seconds[name] = min(seconds.get(name, float("inf")), time.perf_counter() - started)
     fastest = min(seconds, key=seconds.get)
-    BACKEND_CHOICES[key] = backend_candidates(cfg)[fastest]
     log.info(
         "Inference backend here: %s (%s per %s input)",
         fastest,
         ", ".join(f"{name} {s * 1000:.0f} ms" for name, s in seconds.items()),
-        "x".join(map(str, shape)),
+        "x".join(map(str, (example.shape[0], *example.shape[2:]))),
     )
-    return BackendChoice(cfg.with_values(BACKEND_CHOICES[key]), seconds, runtimes[fastest])
+    return BackendChoice(candidates[fastest], seconds, runtimes[fastest])

@@ -25,9 +25,17 @@ from medseg.config.schema import PipelineConfig
 from medseg.core.errors import DataError, MedsegError, ModelError, user_error_in
 from medseg.core.layout import ENSEMBLE_FILE
 from medseg.imageio.headers import ScanHeader
-from medseg.infer.backends import export_format, read_exported, resolve_backend, runtime_network
+from medseg.infer.backends import (
+    Backend,
+    BackendChoice,
+    export_format,
+    random_inputs,
+    read_exported,
+    resolve_backend,
+    runtime_network,
+)
 from medseg.infer.checks import check_image, check_scans, check_voxels
-from medseg.infer.inferers import build_inferer, mirrored_probabilities
+from medseg.infer.inferers import build_inferer, mirrored_probabilities, working_shape
 from medseg.infer.postprocessing import apply_steps, saved_steps
 from medseg.models.checkpoint import load_checkpoint, network_from_checkpoint, resolve_checkpoint
 
@@ -73,6 +81,7 @@ class Predictor:
     steps: list[str] = field(default_factory=list)
     tta: bool = False
     ensemble: list[nn.Module] = field(default_factory=list)  # more networks (folds) whose probabilities are averaged
+    backend: Backend | None = None  # None: as the model's inference.backend says (auto: timed here)
 
     def __post_init__(self) -> None:
         from monai.transforms import Invertd
@@ -82,19 +91,27 @@ class Predictor:
         from medseg.transforms import inference_transforms
 
         self.device = resolve_device(self.config.inference.device, "inference.device")
-        if any(isinstance(m, OnnxNetwork | torch.jit.ScriptModule) for m in self.members):
+        exported = any(isinstance(m, OnnxNetwork | torch.jit.ScriptModule) for m in self.members)
+        if exported:
             self.device = torch.device("cpu")  # exported files run on ONNX Runtime's / TorchScript's CPU build
-        elif self.device.type == "cuda" and self.config.inference.backend != "torch":
-            self.config = self.config.with_values({"inference.backend": "torch"})  # ONNX Runtime here is CPU-only
         for member in self.members:
             member.eval().to(self.device)
-        self.backend_timings: dict[str, float] = {}  # inference.backend: auto, what was timed (seconds per input)
-        timed = None  # the winner of the timing, ready to run
-        if self.device.type == "cpu" and not isinstance(self.network, OnnxNetwork | torch.jit.ScriptModule):
-            self.config, self.backend_timings, timed = resolve_backend(self.network, self.config)
+        example = random_inputs(self.config.model.in_channels, working_shape(self.config), 1)[0]
+        if self.device.type == "cuda":  # ONNX Runtime here is CPU-only; autocast on a GPU is the precision's business
+            choice = BackendChoice(Backend("torch"), {})
+        elif exported:
+            choice = BackendChoice(Backend(), {})
+        elif self.backend is not None:  # given: another predictor of this model already chose
+            choice = BackendChoice(self.backend, {})
+        else:
+            windows = self.config.inference.sw_batch_size if self.config.spatial_dims == 3 else 1
+            windows_input = example.expand(windows, *example.shape[1:]).contiguous()
+            choice = resolve_backend(self.network, self.config.inference, windows_input)
+        self.backend: Backend = choice.backend  # what runs the network: the concrete choice, never written back
+        self.backend_timings: dict[str, float] = choice.seconds  # inference.backend: auto, seconds per candidate
         # what runs: PyTorch or ONNX Runtime, one per member
-        first = timed if timed is not None else runtime_network(self.network, self.config)
-        self.runtimes = [first, *(runtime_network(member, self.config) for member in self.ensemble)]
+        first = choice.runtime if choice.runtime is not None else runtime_network(self.network, self.backend, example)
+        self.runtimes = [first, *(runtime_network(member, self.backend, example) for member in self.ensemble)]
         self.runtime = self.runtimes[0]
         self.preprocess = inference_transforms(self.config)
         self.inferer = build_inferer(self.config, self.device)
@@ -383,6 +400,7 @@ class CombinedPredictor(Predictor):
         self.config, self.tta = members[0].config, members[0].tta
         self.network, self.ensemble = members[0].network, []
         self.device = members[0].device
+        self.backend, self.backend_timings = members[0].backend, {}
         self.runtimes = [runtime for member in members for runtime in member.runtimes]
         self.runtime = self.runtimes[0]
 

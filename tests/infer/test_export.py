@@ -18,7 +18,7 @@ from medseg.core.errors import ModelError
 from medseg.core.layout import BEST_CHECKPOINT, POSTPROCESSING_FILE
 from medseg.infer import backends
 from medseg.infer import export as export_module
-from medseg.infer.backends import read_exported
+from medseg.infer.backends import Backend, read_exported
 from medseg.infer.export import export_model
 from medseg.infer.predictor import Predictor
 from medseg.models.checkpoint import save_checkpoint
@@ -159,7 +159,7 @@ def test_export_errors_are_one_line_and_write_nothing(model_2d: Path, tmp_path: 
     assert not target.exists() and not list(tmp_path.glob(".strict*")), "a failed export leaves no file"
 
 
-ONNX_ONLY = {"inference.backend": "onnxruntime", "inference.memory_format": "contiguous"}
+ONNX_ONLY = Backend("onnxruntime")
 
 
 @pytest.mark.parametrize("dims", [2, 3])
@@ -168,7 +168,6 @@ def test_backend_auto_times_every_candidate_and_keeps_the_fastest(
 ) -> None:
     from medseg.infer.backends import OnnxNetwork, TorchRuntime, backend_candidates
 
-    monkeypatch.setattr(backends, "BACKEND_CHOICES", {})
     if dims == 3:
         cfg = PipelineConfig(
             name="t3d",
@@ -187,21 +186,20 @@ def test_backend_auto_times_every_candidate_and_keeps_the_fastest(
     chosen = Predictor.from_model(model)
     timings = chosen.backend_timings
     assert set(timings) == {"torch+contiguous", "torch+channels_last", "onnxruntime"}  # bf16 only when allowed
-    fastest = backend_candidates(cfg)[min(timings, key=timings.get)]
-    inference = chosen.config.inference
-    assert (inference.backend, inference.memory_format) == (
-        fastest["inference.backend"],
-        fastest["inference.memory_format"],
-    )
+    fastest = backend_candidates(cfg.inference.bf16)[min(timings, key=timings.get)]
+    assert chosen.backend == fastest
+    assert chosen.config.inference.backend == "auto", "the choice is returned, never written into the config"
     expected = {"onnxruntime": OnnxNetwork, "channels_last": TorchRuntime, "contiguous": type(chosen.network)}
     assert isinstance(
-        chosen.runtime, expected["onnxruntime" if inference.backend == "onnxruntime" else inference.memory_format]
+        chosen.runtime, expected["onnxruntime" if fastest.name == "onnxruntime" else fastest.memory_format]
     )
-    again = Predictor.from_model(model)  # decided once per process
-    assert again.backend_timings == {} and again.config.inference == inference
+    again = Predictor.from_model(model)  # nothing is kept between predictors: it is timed again
+    assert set(again.backend_timings) == set(timings)
+    given = Predictor(again.network, again.config, backend=chosen.backend)  # a caller passes a choice on
+    assert given.backend_timings == {} and given.backend == chosen.backend
     reference = Predictor.from_model(model, backend="torch").probabilities([scan])
-    for changes in backend_candidates(cfg).values():
-        other = Predictor(Predictor.from_model(model, backend="torch").network, chosen.config.with_values(changes))
+    for candidate in backend_candidates(cfg.inference.bf16).values():
+        other = Predictor(Predictor.from_model(model, backend="torch").network, chosen.config, backend=candidate)
         np.testing.assert_allclose(other.probabilities([scan]), reference, atol=1e-5)
 
 
@@ -211,11 +209,10 @@ def test_backend_auto_exports_once_and_runs_what_it_timed(monkeypatch: pytest.Mo
     exports = []
     real_write = backends.write_onnx
     monkeypatch.setattr(backends, "write_onnx", lambda *args: exports.append(args) or real_write(*args))
-    monkeypatch.setattr(backends, "BACKEND_CHOICES", {})
-    monkeypatch.setattr(backends, "backend_candidates", lambda cfg: {"onnxruntime": ONNX_ONLY})  # it wins alone
+    monkeypatch.setattr(backends, "backend_candidates", lambda allow_bf16: {"onnxruntime": ONNX_ONLY})  # wins alone
     cfg = PipelineConfig(name="t2d", preprocessing={"spatial_size": [32, 32]}, model={"args": ARGS})
     predictor = Predictor(build_network("unet", 2, 3, 1, ARGS), cfg)
-    assert isinstance(predictor.runtime, OnnxNetwork) and predictor.config.inference.backend == "onnxruntime"
+    assert isinstance(predictor.runtime, OnnxNetwork) and predictor.backend == ONNX_ONLY
     assert len(exports) == 1, "the session timed is the session that runs"
 
 
@@ -225,12 +222,12 @@ def test_bf16_inference_is_timed_only_where_allowed_and_native(tmp_path: Path, m
     from medseg.runtime.devices import cpu_has_native_bf16
 
     cfg = PipelineConfig(name="t2d", preprocessing={"spatial_size": [32, 32]}, model={"args": ARGS})
-    assert "torch+contiguous+bf16" not in backend_candidates(cfg)  # inference.bf16 is off by default
+    assert "torch+contiguous+bf16" not in backend_candidates(cfg.inference.bf16)  # inference.bf16 is off by default
     allowed = cfg.with_values({"inference.bf16": True})
     native = cpu_has_native_bf16()
-    assert ("torch+channels_last+bf16" in backend_candidates(allowed)) is native
+    assert ("torch+channels_last+bf16" in backend_candidates(True)) is native
     monkeypatch.setattr(medseg.runtime.devices, "cpu_has_native_bf16", lambda: False)
-    assert len(backend_candidates(allowed)) == 3  # emulated bf16 is never tried
+    assert len(backend_candidates(True)) == 3  # emulated bf16 is never tried
     if native:  # bf16 probabilities stay within a few hundredths of fp32 ones
         monkeypatch.undo()
         torch.manual_seed(0)
@@ -247,7 +244,6 @@ def test_backend_falls_back_to_pytorch_when_the_export_fails(tmp_path: Path, mon
         raise RuntimeError("exporter exploded")
 
     monkeypatch.setattr(backends, "write_onnx", broken)
-    monkeypatch.setattr(backends, "BACKEND_CHOICES", {})
     model = {"in_channels": 1, "args": ARGS}
     cfg = PipelineConfig(name="t3d", spatial_dims=3, preprocessing={"patch_size": [16, 16, 16]}, model=model)
     network = build_network("unet", 3, 1, 1, ARGS)
