@@ -16,7 +16,7 @@ from medseg.models.registry import LOSSES, NETWORKS
 
 DATA_ROOT_ENV = "MEDSEG_DATA_ROOT"
 DEVICE_PATTERN = r"^(auto|cpu|cuda(:[0-9]+)?)$"  # (medseg.runtime.devices resolves it; torch is not imported here)
-STAGES = ("train", "evaluate", "predict")
+STAGES = ("train", "postprocess", "evaluate", "predict")
 
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -377,7 +377,7 @@ class PipelineConfig(Section):
     description: str = ""
     seed: NonNegativeInt = 42
     spatial_dims: Literal[2, 3] = 2
-    stages: list[Literal["train", "evaluate", "predict"]] = Field(default_factory=lambda: list(STAGES))
+    stages: list[Literal["train", "postprocess", "evaluate", "predict"]] = Field(default_factory=lambda: list(STAGES))
     output_root: Path = Path("mlruns/runs")
     data: DataConfig = Field(default_factory=DataConfig)
     preprocessing: PreprocessingConfig = Field(default_factory=PreprocessingConfig)
@@ -397,9 +397,15 @@ class PipelineConfig(Section):
     @classmethod
     def _stages_unique_and_ordered(cls, stages: list[str]) -> list[str]:
         if not stages:
-            raise ValueError("list at least one stage of train, evaluate, predict")
+            raise ValueError("list at least one stage of train, postprocess, evaluate, predict")
         if len(set(stages)) != len(stages):
             raise ValueError("a stage is listed twice")
+        if "postprocess" in stages and "train" not in stages:
+            raise ValueError("postprocess chooses the steps for the model this run trains; list train too")
+        if "train" in stages and "postprocess" not in stages:
+            # a trained model's post-processing is decided with it (auto: chosen on validation; on/off: recorded),
+            # so a pipeline written before postprocess was a stage of its own gets it
+            stages = [*stages, "postprocess"]
         return sorted(stages, key=STAGES.index)
 
     @model_validator(mode="after")

@@ -117,6 +117,11 @@ def select_steps(
     return chosen, scores
 
 
+def chooses_on_data(cfg: PostprocessingConfig) -> bool:
+    """``auto`` with steps to try: the choice needs validation label maps (``on`` / ``off`` decide without)."""
+    return cfg.mode == "auto" and bool(enabled_steps(cfg))
+
+
 def choose_postprocessing(
     predictions: Sequence[np.ndarray], truths: Sequence[np.ndarray], pipeline: PipelineConfig
 ) -> dict[str, Any]:
@@ -131,7 +136,7 @@ def choose_postprocessing(
     cfg = pipeline.postprocessing
     candidates = enabled_steps(cfg)
     choice: dict[str, Any] = {"mode": cfg.mode, "candidates": candidates, "steps": [], "scores": {}}
-    if cfg.mode == "auto" and candidates:
+    if chooses_on_data(cfg):
         choice["steps"], choice["scores"] = select_steps(
             predictions, truths, cfg, lambda prediction, truth: mean_dice(prediction, truth, pipeline)
         )

@@ -52,12 +52,11 @@ def train_folds(
 ) -> list[int]:
     """Train every fold (or fold ``only``), each in its nested run; returns the folds trained now."""
     from medseg.evaluation.evaluate import evaluate, summary_metrics
-    from medseg.outputs.visualize import plot_training_curves
+    from medseg.pipeline.stages import log_training
     from medseg.training.trainer import train
 
+    check_fold(only, cfg.training.folds)
     folds = cfg.training.folds or 0
-    if only is not None and not 0 <= only < folds:
-        raise ConfigError(f"--fold {only}: training.folds is {folds}; choose 0..{folds - 1}")
     todo = list(range(folds)) if only is None else [only]
     for fold in todo:
         fold_run = run.fold(fold)
@@ -73,7 +72,6 @@ def train_folds(
                 len(fold_data.splits["val"]),
             )
             result = train(cfg, fold_data, fold_run.root, tracker)
-            plot_training_curves(result.history, fold_run.curves)
             predictor = Predictor.from_model(result.model_dir, steps=[])
             summary = evaluate(
                 predictor,
@@ -83,21 +81,20 @@ def train_folds(
                 on_case=_keep_out_of_fold(run),
                 split=f"fold {fold} (out of fold)",
             )
-            tracker.log_metrics(
-                {
-                    "best_val_dice": result.best_val_dice,
-                    "best_epoch": result.best_epoch,
-                    "kept_epoch": result.kept_epoch,
-                    "epochs_run": result.epochs_run,
-                    "train_minutes": result.minutes,
-                    **{k: v for k, v in summary_metrics(summary, "oof").items() if k.endswith("_raw")},
-                }
-            )
-            tracker.log_artifact(result.model_dir, "checkpoints")
-            tracker.log_artifact(fold_run.history)
-            tracker.log_artifact(fold_run.curves, "plots")
+            out_of_fold = {k: v for k, v in summary_metrics(summary, "oof").items() if k.endswith("_raw")}
+            log_training(result, fold_run, tracker, out_of_fold)
             tracker.log_artifact(fold_run.evaluation, "evaluation")
     return todo
+
+
+def check_fold(fold: int | None, folds: int | None) -> None:
+    """``--fold`` names a fold of a cross-validated run (ConfigError otherwise); None: every fold."""
+    if fold is None:
+        return
+    if not folds:
+        raise ConfigError(f"--fold {fold}: set training.folds (or --folds K) for a cross-validated run")
+    if not 0 <= fold < folds:
+        raise ConfigError(f"--fold {fold}: training.folds is {folds}; choose 0..{folds - 1}")
 
 
 def cv_summary(cfg: PipelineConfig, run: RunLayout) -> dict[str, Any]:
@@ -126,7 +123,7 @@ def finish(cfg: PipelineConfig, data: PreparedData, run: RunLayout, tracker: Tra
     """Once every fold is trained: choose the post-processing on the pooled out-of-fold predictions, log the CV
     summary and write the ensemble manifest; returns the ensemble's predictor (None while folds are missing)."""
     from medseg.evaluation.evaluate import read_truth
-    from medseg.infer.postprocessing import choose_postprocessing, enabled_steps, save_choice
+    from medseg.pipeline.stages import choose_postprocessing_stage
 
     folds = cfg.training.folds or 0
     missing = [i for i in range(folds) if not run.fold(i).model.best.is_file()]
@@ -137,13 +134,13 @@ def finish(cfg: PipelineConfig, data: PreparedData, run: RunLayout, tracker: Tra
         )
         return None
     pooled = [record for fold in data.folds or [] for record in data.subset_ids(fold)]
-    predictions, truths = [], []
-    if cfg.postprocessing.mode == "auto" and enabled_steps(cfg.postprocessing):
-        for record in pooled:
-            predictions.append(read_out_of_fold(run, record["id"])[1])
-            truths.append(read_truth(record, cfg)[0])
-    choice = choose_postprocessing(predictions, truths, cfg)
-    save_choice(choice, run.model.root)
+
+    def label_maps() -> tuple[list, list]:
+        predictions = [read_out_of_fold(run, record["id"])[1] for record in pooled]
+        return predictions, [read_truth(record, cfg)[0] for record in pooled]
+
+    with tracker.run("postprocess", tags={"stage": "postprocess"}):
+        choice = choose_postprocessing_stage(cfg, label_maps, run, tracker, "oof")
     members = {str(i): str(run.fold(i).model.best.relative_to(run.root)) for i in range(folds)}
     atomic_write_text(run.model.ensemble, json.dumps({"folds": list(range(folds)), "members": members}, indent=1))
     summary = cv_summary(cfg, run)
@@ -158,9 +155,7 @@ def finish(cfg: PipelineConfig, data: PreparedData, run: RunLayout, tracker: Tra
             metrics[f"cv_{name}_pooled"] = pooled["mean"]
             metrics[f"cv_{name}_pooled_ci95_low"], metrics[f"cv_{name}_pooled_ci95_high"] = pooled["ci95"]
     tracker.log_metrics(metrics)
-    tracker.set_tags({"postprocessing_selected": ",".join(choice["steps"]) or "none", "folds": str(folds)})
-    for name, value in choice["scores"].items():
-        tracker.log_metrics({f"oof_dice_pp_{name}": value})
+    tracker.set_tags({"folds": str(folds)})
     tracker.log_artifact(run.cv_summary)
     tracker.log_artifact(run.model.root, "checkpoints")
     pooled = summary["pooled"]["dice"]

@@ -67,47 +67,35 @@ def run_tags(cfg: PipelineConfig, data: PreparedData) -> dict[str, str]:
 
 def _train_stage(
     cfg: PipelineConfig, data: PreparedData, run: RunLayout, tracker: Tracker, resume: bool, group: Ranks
-) -> tuple[Path, Predictor | None]:
-    """Train (on every rank), choose the post-processing on validation (rank 0); returns the model folder and its
-    ready predictor (None on the other ranks)."""
-    from medseg.evaluation.evaluate import validation_label_maps
-    from medseg.infer.postprocessing import choose_postprocessing, enabled_steps, save_choice
-    from medseg.infer.predictor import Predictor
-    from medseg.outputs.visualize import plot_training_curves
+) -> Path:
+    """Train (on every rank); rank 0 logs the result. Returns the model folder."""
+    from medseg.pipeline.stages import log_training
     from medseg.training.trainer import train
 
     result = train(cfg, data, run.root, tracker, resume=resume, group=group)
-    if not group.is_main:
-        return result.model_dir, None
-    plot_training_curves(result.history, run.curves)
-    predictor = Predictor.from_model(result.model_dir, steps=[])
-    if cfg.postprocessing.mode == "auto" and enabled_steps(cfg.postprocessing):
+    if group.is_main:
+        log_training(result, run, tracker)
+    return result.model_dir
+
+
+def _postprocess_stage(cfg: PipelineConfig, data: PreparedData, run: RunLayout, tracker: Tracker) -> Predictor:
+    """Choose the post-processing on the validation cases; the trained model's predictor with the chosen steps."""
+    from medseg.evaluation.evaluate import validation_label_maps
+    from medseg.infer.predictor import Predictor
+    from medseg.pipeline.stages import choose_postprocessing_stage
+
+    predictor = Predictor.from_model(run.model.root, steps=[])
+
+    def label_maps() -> tuple[list, list]:
         if cfg.training.fit_on == "train_val":
             log.warning(
                 "postprocessing.mode auto chooses on the validation cases, which training.fit_on: train_val "
                 "trained on; set postprocessing.mode: on or off to decide without them"
             )
-        predictions, truths = validation_label_maps(predictor, data.subset("val"), cfg)
-    else:
-        predictions, truths = [], []
-    choice = choose_postprocessing(predictions, truths, cfg)
-    save_choice(choice, result.model_dir)
-    tracker.log_metrics(
-        {
-            "best_val_dice": result.best_val_dice,
-            "best_epoch": result.best_epoch,
-            "kept_epoch": result.kept_epoch,
-            "epochs_run": result.epochs_run,
-            "train_minutes": result.minutes,
-        }
-    )
-    tracker.set_tags({"postprocessing_selected": ",".join(choice["steps"]) or "none"})
-    for name, value in choice["scores"].items():
-        tracker.log_metrics({f"val_dice_pp_{name}": value})
-    tracker.log_artifact(result.model_dir, "checkpoints")
-    tracker.log_artifact(run.history)
-    tracker.log_artifact(run.curves, "plots")
-    return result.model_dir, predictor.with_steps(choice["steps"])
+        return validation_label_maps(predictor, data.subset("val"), cfg)
+
+    choice = choose_postprocessing_stage(cfg, label_maps, run, tracker, "val")
+    return predictor.with_steps(choice["steps"])
 
 
 def locate_run(cfg: PipelineConfig, reference: str) -> Path:
@@ -176,12 +164,10 @@ def run_pipeline(
     every fold is trained). Started by torchrun (``WORLD_SIZE`` > 1), every rank trains its share with
     DistributedDataParallel; rank 0 alone writes the run folder, tracks and evaluates.
     """
+    from medseg.pipeline.crossval import check_fold
     from medseg.runtime.devices import resolve_device
 
-    if fold is not None and not cfg.training.folds:
-        raise ConfigError(f"--fold {fold}: set training.folds (or --folds K) for a cross-validated run")
-    if fold is not None and not 0 <= fold < (cfg.training.folds or 0):
-        raise ConfigError(f"--fold {fold}: training.folds is {cfg.training.folds}; choose 0..{cfg.training.folds - 1}")
+    check_fold(fold, cfg.training.folds)
     if resume_dir is not None and cfg.training.folds:
         raise ConfigError("--resume: not available for cross-validated runs; train a missing fold with --fold i")
     group = join(resolve_device(cfg.training.device, "training.device"))
@@ -246,9 +232,13 @@ def _run_stages(
                 if group.is_main:
                     ids["train_run_id"] = train_id
                     atomic_write_text(run.tracking, json.dumps(ids, indent=1))
-                model_dir, predictor = _train_stage(cfg, data, run, tracker, resume_dir is not None, group)
+                model_dir = _train_stage(cfg, data, run, tracker, resume_dir is not None, group)
             if not group.is_main:
-                return result  # evaluation and prediction: rank 0 alone
+                return result  # post-processing, evaluation and prediction: rank 0 alone
+            with tracker.run("postprocess", tags={"stage": "postprocess"}, run_id=ids.get("postprocess_run_id")) as pp:
+                ids["postprocess_run_id"] = pp
+                atomic_write_text(run.tracking, json.dumps(ids, indent=1))
+                predictor = _postprocess_stage(cfg, data, run, tracker)
             result.model_uri = _log_model(cfg, predictor.network, run, tracker)
         predictor = predictor or Predictor.from_model(model_dir)
         if "evaluate" in cfg.stages:

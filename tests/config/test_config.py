@@ -51,7 +51,7 @@ def test_minimal_file_gets_defaults_and_name_from_file_stem(tmp_path: Path) -> N
     assert cfg.name == "my-pipe"
     assert cfg.training.epochs == 3
     assert cfg.training.batch_size == 8
-    assert cfg.stages == ["train", "evaluate", "predict"]
+    assert cfg.stages == ["train", "postprocess", "evaluate", "predict"]
     assert cfg.model.name == "unet"
     assert cfg.data.root is None
 
@@ -65,7 +65,14 @@ def test_empty_file_is_all_defaults(tmp_path: Path) -> None:
 
 def test_stages_are_put_in_pipeline_order(tmp_path: Path) -> None:
     cfg = load_config(write(tmp_path / "p.yaml", "stages: [predict, train]\n"))
-    assert cfg.stages == ["train", "predict"]
+    assert cfg.stages == ["train", "postprocess", "predict"]  # a trained model's post-processing is decided with it
+
+
+def test_postprocess_is_a_stage_of_the_model_this_run_trains(tmp_path: Path) -> None:
+    written = write(tmp_path / "p.yaml", "stages: [postprocess, evaluate]\nmodel: {checkpoint: m.pt}\n")
+    assert "postprocess chooses the steps for the model this run trains; list train too" in config_error(written)
+    explicit = load_config(write(tmp_path / "q.yaml", "stages: [train, postprocess]\n"))
+    assert explicit.stages == ["train", "postprocess"]
 
 
 def test_model_name_is_case_insensitive(tmp_path: Path) -> None:
@@ -134,7 +141,7 @@ def test_unknown_loss_name_lists_choices(tmp_path: Path) -> None:
 
 def test_unknown_stage_names_list_index(tmp_path: Path) -> None:
     path = write(tmp_path / "p.yaml", "stages: [train, foo]\n")
-    assert config_error(path) == f"{path}: stages.1: Input should be 'train', 'evaluate' or 'predict' (got 'foo')"
+    assert config_error(path) == f"{path}: stages.1: Input should be 'train', 'postprocess', 'evaluate' or 'predict' (got 'foo')"
 
 
 def test_duplicate_stage_rejected(tmp_path: Path) -> None:
@@ -428,7 +435,7 @@ def test_to_yaml_round_trips_through_load_config(tmp_path: Path) -> None:
     assert again.to_yaml() == text
     assert again.name == "p"
     assert again.data.synthetic.image_size == (32, 48)
-    assert again.stages == ["train", "predict"]
+    assert again.stages == ["train", "postprocess", "predict"]
 
 
 def test_pipelines_folder_is_not_empty() -> None:

@@ -84,7 +84,7 @@ def test_tiny_run_is_fully_tracked(tmp_path: Path, tiny_dataset: Path) -> None:
         [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{result.run_id}'"
     )
     by_stage = {run.info.run_name: run for run in children}
-    assert set(by_stage) == {"train", "evaluate", "predict"}
+    assert set(by_stage) == {"train", "postprocess", "evaluate", "predict"}
     train_id = by_stage["train"].info.run_id
     for metric in ("train_loss", "val_dice", "lr"):
         history = client.get_metric_history(train_id, metric)
@@ -92,10 +92,13 @@ def test_tiny_run_is_fully_tracked(tmp_path: Path, tiny_dataset: Path) -> None:
     assert {
         "checkpoints/best.pt",
         "checkpoints/last.pt",
-        "checkpoints/postprocessing.json",
         "plots/training_curves.png",
         "history.json",
     } <= _artifact_paths(client, train_id)
+    postprocess = by_stage["postprocess"]  # its own stage: the choice, each candidate's validation Dice, the file
+    assert postprocess.data.tags["postprocessing_selected"]
+    assert {"val_dice_pp_none", "val_dice_pp_fill_holes"} <= set(postprocess.data.metrics)
+    assert "checkpoints/postprocessing.json" in _artifact_paths(client, postprocess.info.run_id)
     evaluate_id = by_stage["evaluate"].info.run_id
     logged = set(by_stage["evaluate"].data.metrics)
     assert {"test_dice", "test_dice_raw", "test_jaccard_thresholded", "test_precision"} <= logged
