@@ -19,19 +19,19 @@ from pathlib import Path
 
 import numpy as np
 
-from medseg.core.atomic import atomic_write_text
 from medseg.config.schema import PipelineConfig
+from medseg.core.atomic import atomic_write_text
+from medseg.core.errors import ConfigError, DataError, MedsegError
+from medseg.core.layout import PredictionLayout
+from medseg.core.progress import progress_bar
 from medseg.data.inputs import predict_inputs
 from medseg.data.records import Record
-from medseg.core.errors import ConfigError, DataError, MedsegError
-from medseg.imageio.formats import OUTPUT_FORMATS, has_suffix, mask_suffix
+from medseg.imageio.formats import DICOM_SUFFIXES, OUTPUT_FORMATS, has_suffix
 from medseg.imageio.headers import ScanHeader
 from medseg.imageio.images import read_mask, read_rgb, save_png
 from medseg.infer.predictor import Predictor
 from medseg.labels import slug
-from medseg.core.layout import PredictionLayout
 from medseg.outputs.meshes import MESH_FORMATS, MESH_SPACES
-from medseg.core.progress import progress_bar
 from medseg.outputs.visualize import overlay
 
 log = logging.getLogger(__name__)
@@ -93,21 +93,22 @@ class Outputs:
         )
 
 
-def check_outputs(outputs: Outputs, cfg: PipelineConfig, records: list[Record]) -> None:
+def check_outputs(outputs: Outputs, spatial_dims: int, records: list[Record]) -> None:
     """Every problem with the asked outputs for this model and these inputs, in one ConfigError, before anything is
-    written."""
+    written; each names the ``medseg predict`` option and the pipeline's YAML key that ask for it."""
     problems = []
     unknown = [f for f in outputs.formats if f not in ("input", *OUTPUT_FORMATS)]
     if unknown:
-        problems.append(f"--format {','.join(unknown)}: unknown; choose from input, {', '.join(OUTPUT_FORMATS)}")
-    if cfg.spatial_dims == 2:
+        problems.append(
+            f"--format (prediction.formats) {','.join(unknown)}: unknown; "
+            f"choose from input, {', '.join(OUTPUT_FORMATS)}"
+        )
+    if spatial_dims == 2:
         if [f for f in outputs.formats if f not in ("input", "png")]:
-            problems.append("--format: a 2D model writes PNG masks (leave --format out)")
+            problems.append("--format (prediction.formats): a 2D model writes PNG masks (leave it out)")
         if outputs.meshes:
-            problems.append("--meshes: a 2D model has no surfaces; meshes need a 3D model")
+            problems.append("--meshes (prediction.meshes): a 2D model has no surfaces; meshes need a 3D model")
     elif "dicom-seg" in outputs.formats:
-        from medseg.imageio.formats import DICOM_SUFFIXES
-
         not_series = [
             r["image"][0]
             for r in records
@@ -116,13 +117,15 @@ def check_outputs(outputs: Outputs, cfg: PipelineConfig, records: list[Record]) 
         if not_series:
             shown = ", ".join(not_series[:3]) + (f" and {len(not_series) - 3} more" if len(not_series) > 3 else "")
             problems.append(
-                f"--format dicom-seg: {shown} not a DICOM series (a DICOM-SEG references its source series); "
-                "use --format nifti or seg.nrrd for these"
+                f"--format (prediction.formats) dicom-seg: {shown} not a DICOM series (a DICOM-SEG references its "
+                "source series); use nifti or seg.nrrd for these"
             )
     if outputs.mesh_format not in MESH_FORMATS:
-        problems.append(f"--mesh-format {outputs.mesh_format}: choose {', '.join(MESH_FORMATS)}")
+        problems.append(
+            f"--mesh-format (prediction.mesh_format) {outputs.mesh_format}: choose {', '.join(MESH_FORMATS)}"
+        )
     if outputs.mesh_space not in MESH_SPACES:
-        problems.append(f"--mesh-space {outputs.mesh_space}: choose {' or '.join(MESH_SPACES)}")
+        problems.append(f"--mesh-space (prediction.mesh_space) {outputs.mesh_space}: choose {' or '.join(MESH_SPACES)}")
     if problems:
         raise ConfigError("; ".join(problems))
 
@@ -156,7 +159,7 @@ class CaseFunctions:
     """How one case is done: the masks that mark it finished, and the function that writes them (and the rest)."""
 
     outputs_of: Callable[[Record], list[Path]]
-    predict_case: Callable[[Record, Path], dict[str, object]]
+    predict_case: Callable[[Record], dict[str, object]]
     columns: list[str] = field(default_factory=list)  # of statistics.csv
     drawn: list[str] = field(default_factory=list)  # the cases given an overlay (2D)
 
@@ -169,7 +172,7 @@ class CaseFunctions:
         started = time.perf_counter()
         row: dict[str, object] = {"case": record["id"]}
         try:
-            row.update(status="ok", **self.predict_case(record, self.outputs_of(record)[0]))
+            row.update(status="ok", **self.predict_case(record))
         except MedsegError as exc:
             row.update(status="failed", message=str(exc))
             log.error("%s", exc)
@@ -295,74 +298,20 @@ def _csv_text(rows: list[dict[str, object]], columns: list[str] | tuple[str, ...
     return buffer.getvalue()
 
 
-def _grey_png(array: np.ndarray, path: Path) -> None:
-    """A [0, 1] map as an 8-bit grey PNG (0..255)."""
-    save_png(np.clip(np.round(array * 255.0), 0, 255).astype(np.uint8), path)
-
-
-def predict_images(
+def predict_records(
     predictor: Predictor,
     records: list[Record],
     out_dir: Path,
     outputs: Outputs | None = None,
-    overwrite: bool = True,
+    overwrite: bool = False,
 ) -> PredictionReport:
-    """Write ``masks/<id>.png`` (0/255 binary, else the label values; input size) and, for the first cases,
-    ``overlays/<id>.png``; with ``outputs``: probability and entropy PNGs (0..255 for 0..1) and statistics."""
+    """Write each case's masks (2D: ``masks/<id>.png``, 0/255 for a binary model, else the label values, at the
+    input's size; 3D: ``masks/<id>.<ext>`` in each asked format, uint8, exactly the scan's geometry) and what
+    ``outputs`` asks for. Resumable: a case whose masks exist is skipped unless ``overwrite``."""
     outputs = outputs or Outputs()
-    check_outputs(outputs, predictor.config, records)
-    return run_cases(predictor, records, out_dir, outputs, overwrite, image_cases(predictor, out_dir, outputs))
-
-
-def image_cases(predictor: Predictor, out_dir: Path, outputs: Outputs) -> CaseFunctions:
-    """What one 2D case writes (see :func:`predict_images`)."""
-    from medseg.infer.uncertainty import entropy_summary, predictive_entropy
-    from medseg.labels import channel_names, output_labels
-    from medseg.outputs.statistics import statistics_columns, structure_statistics
-
-    cfg, drawn = predictor.config, []
-    labels, names = output_labels(cfg), channel_names(cfg)
-    columns = statistics_columns(RGB, 2)
-    keep_probabilities = outputs.probabilities or outputs.uncertainty
-
-    def predict_case(record: Record, mask_path: Path) -> dict[str, object]:
-        case_id = record["id"]
-        result = predictor.predict(Path(record["image"]), probabilities=keep_probabilities)
-        row: dict[str, object] = {}
-        if outputs.probabilities:
-            for channel, name in enumerate(names):
-                target = case_id if len(names) == 1 else f"{case_id}_{name}"
-                _grey_png(result.probabilities[channel], _output_path(out_dir, PredictionLayout.PROBABILITIES, target))
-        if outputs.uncertainty:
-            entropy = predictive_entropy(result.probabilities, predictor.multilabel)
-            _grey_png(entropy, _output_path(out_dir, PredictionLayout.UNCERTAINTY, case_id))
-            row.update(entropy_summary(entropy, result.labels > 0))
-        if outputs.statistics or (outputs.overlays and len(drawn) < outputs.max_overlays):
-            rgb = read_rgb(record["image"])
-        if outputs.statistics:
-            rows = structure_statistics(
-                case_id, result.labels, labels, rgb.transpose(2, 0, 1), ["red", "green", "blue"]
-            )
-            _case_statistics(out_dir, case_id, rows, columns)
-        if outputs.overlays and len(drawn) < outputs.max_overlays:
-            truth = read_mask(record["label"]) if record.get("label") else None
-            picture = overlay(rgb, result.labels, truth, labels)
-            save_png(picture, _output_path(out_dir, PredictionLayout.OVERLAYS, case_id))
-            drawn.append(case_id)
-        binary = len(labels) == 1 and labels[0].value == 1
-        save_png(result.labels * 255 if binary else result.labels, mask_path)
-        foreground = result.labels > 0
-        return {
-            "height": foreground.shape[0],
-            "width": foreground.shape[1],
-            "foreground_pixels": int(foreground.sum()),
-            **row,
-        }
-
-    def outputs_of(record: Record) -> list[Path]:
-        return [_output_path(out_dir, PredictionLayout.MASKS, record["id"])]
-
-    return CaseFunctions(outputs_of, predict_case, columns, drawn)
+    check_outputs(outputs, predictor.config.spatial_dims, records)
+    cases = case_functions(predictor, out_dir, outputs)
+    return run_cases(predictor, records, out_dir, outputs, overwrite, cases)
 
 
 def run_cases(
@@ -390,61 +339,60 @@ def _write_summary(path: Path, rows: list[dict[str, object]]) -> None:
     atomic_write_text(path, _csv_text(rows, SUMMARY_COLUMNS))
 
 
-def predict_volumes(
-    predictor: Predictor,
-    records: list[Record],
-    out_dir: Path,
-    outputs: Outputs | None = None,
-    overwrite: bool = False,
-) -> PredictionReport:
-    """Write ``masks/<id>.<ext>`` in each asked format (uint8, exactly the scan's geometry; default the input's own
-    format) and, with ``outputs``, probability and entropy maps, meshes and statistics."""
-    outputs = outputs or Outputs()
-    check_outputs(outputs, predictor.config, records)
-    return run_cases(predictor, records, out_dir, outputs, overwrite, volume_cases(predictor, out_dir, outputs))
-
-
-def volume_cases(predictor: Predictor, out_dir: Path, outputs: Outputs) -> CaseFunctions:
-    """What one 3D case writes (see :func:`predict_volumes`)."""
-    from medseg.imageio.writers import write_probability_like
+def case_functions(predictor: Predictor, out_dir: Path, outputs: Outputs) -> CaseFunctions:
+    """What one case writes, a 2D image or a 3D scan alike: the uncertainty and probability maps, the statistics, an
+    overlay (2D, the first ``max_overlays`` cases), meshes (3D), and the masks last (a case whose masks exist is
+    finished). Maps and masks take the input's place: PNG beside a 2D image, the scan's grid in 3D."""
+    from medseg.imageio.label_maps import SUFFIXES, input_format, write_label_map, write_map
     from medseg.infer.uncertainty import entropy_summary, predictive_entropy
     from medseg.labels import channel_names, output_labels
     from medseg.outputs.statistics import statistics_columns, structure_statistics
 
     cfg = predictor.config
+    dims = cfg.spatial_dims
     labels, names = output_labels(cfg), channel_names(cfg)
-    modalities = [m for m in cfg.data.modalities] or [f"channel{i}" for i in range(cfg.model.in_channels)]
-    channels = [slug(m) for m in modalities][: cfg.model.in_channels]
-    columns = statistics_columns(channels, 3)
+    modalities = list(cfg.data.modalities) or [f"channel{i}" for i in range(cfg.model.in_channels)]
+    channels = list(RGB) if dims == 2 else [slug(m) for m in modalities][: cfg.model.in_channels]
+    columns = statistics_columns(channels, dims)
+    drawn: list[str] = []
 
-    def outputs_of(record: Record) -> list[Path]:
-        scan = Path(record["image"][0])
-        suffixes = [mask_suffix(scan) if f == "input" else OUTPUT_FORMATS[f] for f in outputs.formats or ("input",)]
-        return [_output_path(out_dir, PredictionLayout.MASKS, record["id"], suffix) for suffix in suffixes]
+    def masks_of(record: Record) -> list[tuple[str, Path]]:
+        own = input_format(Path(_first_file(record)), dims)
+        chosen = [own if f == "input" else (f, SUFFIXES[f]) for f in outputs.formats or ("input",)]
+        return [(name, _output_path(out_dir, PredictionLayout.MASKS, record["id"], end)) for name, end in chosen]
 
-    def predict_case(record: Record, mask_path: Path) -> dict[str, object]:
+    def predict_case(record: Record) -> dict[str, object]:
         case_id = record["id"]
         keep = outputs.probabilities or outputs.uncertainty
-        result = predictor.predict(record["image"], probabilities=keep, image=outputs.statistics)
-        header, suffix = result.header, mask_suffix(Path(record["image"][0]))
+        result = predictor.predict(record["image"], probabilities=keep, image=outputs.statistics and dims == 3)
+        header, suffix = result.header, input_format(Path(_first_file(record)), dims)[1]
         row: dict[str, object] = {}
         if outputs.uncertainty:
             entropy = predictive_entropy(result.probabilities, predictor.multilabel)
-            write_probability_like(
-                entropy, header, _output_path(out_dir, PredictionLayout.UNCERTAINTY, case_id, suffix)
-            )
+            write_map(entropy, header, _output_path(out_dir, PredictionLayout.UNCERTAINTY, case_id, suffix))
             row.update(entropy_summary(entropy, result.labels > 0))
             del entropy
         if outputs.probabilities:
             for channel, name in enumerate(names):
                 target = case_id if len(names) == 1 else f"{case_id}_{name}"
                 path = _output_path(out_dir, PredictionLayout.PROBABILITIES, target, suffix)
-                write_probability_like(result.probabilities[channel], header, path)
+                write_map(result.probabilities[channel], header, path)
         result.probabilities = None  # free it before the masks are written
+        overlay_due = dims == 2 and outputs.overlays and len(drawn) < outputs.max_overlays
+        rgb = read_rgb(record["image"]) if dims == 2 and (outputs.statistics or overlay_due) else None
         if outputs.statistics:
-            rows = structure_statistics(case_id, result.labels, labels, result.image, channels, header.affine)
-            _case_statistics(out_dir, case_id, rows, columns)
+            image = result.image if rgb is None else rgb.transpose(2, 0, 1)
+            affine = None if header is None else header.affine
+            _case_statistics(
+                out_dir, case_id, structure_statistics(case_id, result.labels, labels, image, channels, affine), columns
+            )
             result.image = None
+        if overlay_due:
+            truth = read_mask(record["label"]) if record.get("label") else None
+            save_png(
+                overlay(rgb, result.labels, truth, labels), _output_path(out_dir, PredictionLayout.OVERLAYS, case_id)
+            )
+            drawn.append(case_id)
         if outputs.meshes:
             from medseg.outputs.meshes import write_mesh
 
@@ -452,28 +400,33 @@ def volume_cases(predictor: Predictor, out_dir: Path, outputs: Outputs) -> CaseF
                 mask = result.labels == label.value
                 if mask.any():
                     name = f"{case_id}_{label.key}.{outputs.mesh_format}"
-                    write_mesh(
-                        mask,
-                        header.affine,
-                        _output_path(out_dir, PredictionLayout.MESHES, name, ""),
-                        outputs.mesh_space,
-                    )
-        for path in outputs_of(record):  # the masks last: a case whose masks exist is finished
-            write_label_map(result.labels, header, labels, path)
-        counts = np.bincount(result.labels.ravel())  # no sorted copy of the volume, unlike np.unique
-        return {
-            "shape": "x".join(map(str, result.labels.shape)),
-            "spacing": "x".join(f"{v:.5g}" for v in header.spacing),
-            "voxels": ";".join(f"{v}:{c}" for v, c in enumerate(counts) if v and c),
-            **row,
-        }
+                    path = _output_path(out_dir, PredictionLayout.MESHES, name, "")
+                    write_mesh(mask, header.affine, path, outputs.mesh_space)
+        for output_format, path in masks_of(record):  # the masks last: a case whose masks exist is finished
+            write_label_map(result.labels, header, labels, path, output_format)
+        return {**_size_columns(result.labels, header), **row}
 
-    return CaseFunctions(outputs_of, predict_case, columns)
+    return CaseFunctions(lambda record: [path for _, path in masks_of(record)], predict_case, columns, drawn)
 
 
-def case_functions(predictor: Predictor, out_dir: Path, outputs: Outputs) -> CaseFunctions:
-    """What one case of this predictor's kind (2D image or 3D scan) writes."""
-    return (volume_cases if predictor.config.spatial_dims == 3 else image_cases)(predictor, out_dir, outputs)
+def _first_file(record: Record) -> str:
+    """The image of a 2D case, or the first channel's scan of a 3D case."""
+    image = record["image"]
+    return image if isinstance(image, str) else image[0]
+
+
+def _size_columns(labels_map: np.ndarray, header: ScanHeader | None) -> dict[str, object]:
+    """The summary's size columns: a 2D mask's height, width and foreground pixels; a 3D one's shape, spacing and
+    voxels per label."""
+    if header is None:
+        foreground = labels_map > 0
+        return {"height": foreground.shape[0], "width": foreground.shape[1], "foreground_pixels": int(foreground.sum())}
+    counts = np.bincount(labels_map.ravel())  # no sorted copy of the volume, unlike np.unique
+    return {
+        "shape": "x".join(map(str, labels_map.shape)),
+        "spacing": "x".join(f"{v:.5g}" for v in header.spacing),
+        "voxels": ";".join(f"{v}:{c}" for v, c in enumerate(counts) if v and c),
+    }
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -494,22 +447,6 @@ def shard_records(records: list[Record], index: int, count: int) -> list[Record]
     return ordered[index::count]
 
 
-def write_label_map(labels_map: np.ndarray, header: ScanHeader, labels: list, path: Path) -> Path:
-    """One mask file in the format its name asks for: DICOM-SEG (.dcm), Slicer (.seg.nrrd), or a plain label map."""
-    from medseg.imageio.writers import write_mask_like
-
-    name = path.name.lower()
-    if name.endswith(".dcm"):
-        from medseg.imageio.dicom_seg import write_dicom_seg
-
-        return write_dicom_seg(labels_map, header, labels, path)
-    if name.endswith(".seg.nrrd"):
-        from medseg.imageio.slicer import write_seg_nrrd
-
-        return write_seg_nrrd(labels_map, header, labels, path)
-    return write_mask_like(labels_map, header, path)
-
-
 def predict_folder(
     predictor: Predictor,
     source: Path,
@@ -524,7 +461,7 @@ def predict_folder(
     outputs = outputs or Outputs()
     if predictor.config.spatial_dims == 2:
         outputs = replace(outputs, max_overlays=len(records))
-    check_outputs(outputs, predictor.config, todo)
+    check_outputs(outputs, predictor.config.spatial_dims, todo)
     cases = case_functions(predictor, out_dir, outputs)
     return run_cases(predictor, todo, out_dir, outputs, overwrite, cases, summary, records)
 

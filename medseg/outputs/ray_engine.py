@@ -10,8 +10,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from medseg.data.records import Record
 from medseg.core.errors import ConfigError
+from medseg.core.layout import PredictionLayout
+from medseg.data.records import Record
+from medseg.infer.predictor import Predictor
 from medseg.outputs.batch import (
     Outputs,
     PredictionReport,
@@ -23,8 +25,6 @@ from medseg.outputs.batch import (
     split_finished,
     write_label_descriptions,
 )
-from medseg.infer.predictor import Predictor
-from medseg.core.layout import PredictionLayout
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def predict_with_ray(
     ray = import_ray()
     if workers < 1:
         raise ConfigError(f"--workers {workers}: give at least 1 worker")
-    check_outputs(outputs, predictor.config, records)
+    check_outputs(outputs, predictor.config.spatial_dims, records)
     prepare_output_folder(out_dir)
     write_label_descriptions(predictor, out_dir)
     cases = case_functions(predictor, out_dir, outputs)

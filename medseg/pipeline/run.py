@@ -315,7 +315,7 @@ def _predict_stage(
 ) -> dict[str, str]:
     from medseg.core.layout import PredictionLayout
     from medseg.data.inputs import predict_inputs
-    from medseg.outputs.batch import Outputs, predict_images, predict_volumes
+    from medseg.outputs.batch import Outputs, predict_records
 
     with tracker.run("predict", tags={"stage": "predict"}):
         pcfg = cfg.prediction
@@ -326,10 +326,7 @@ def _predict_stage(
             else data.subset(cfg.evaluation.split)
         )
         outputs = Outputs.from_config(cfg)
-        if cfg.spatial_dims == 3:
-            report = predict_volumes(predictor, records, out_dir, outputs, overwrite=True)
-        else:
-            report = predict_images(predictor, records, out_dir, outputs)
+        report = predict_records(predictor, records, out_dir, outputs, overwrite=True)
         tracker.log_metrics({"predicted_cases": len(report.written), "failed_cases": len(report.failed)})
         layout = PredictionLayout(out_dir)
         tracker.log_artifact(layout.folder(layout.MASKS), "predictions/masks")

@@ -1137,13 +1137,13 @@ def test_servers_bind_to_localhost_by_default() -> None:
 @slow
 def test_case_ids_cannot_write_outside_the_output_folder(tmp_path: Path, model2d: Path, dataset2d: Path) -> None:
     from medseg.infer.predictor import Predictor
-    from medseg.outputs.batch import predict_images
+    from medseg.outputs.batch import predict_records
 
     predictor = Predictor.from_model(model2d)
     image = str(first_image(dataset2d))
     out = tmp_path / "deep" / "out"
     ids = ["../../escaped", "..", "a/../../b", "/tmp/absolute", "..\\windows", "ok"]
-    report = predict_images(predictor, [{"id": i, "image": image} for i in ids], out)
+    report = predict_records(predictor, [{"id": i, "image": image} for i in ids], out)
     assert report.written == ["ok"]
     assert sorted(report.failed) == sorted(ids[:-1])
     assert all("would write outside" in reason for reason in report.failed.values())

@@ -141,7 +141,8 @@ def test_unknown_loss_name_lists_choices(tmp_path: Path) -> None:
 
 def test_unknown_stage_names_list_index(tmp_path: Path) -> None:
     path = write(tmp_path / "p.yaml", "stages: [train, foo]\n")
-    assert config_error(path) == f"{path}: stages.1: Input should be 'train', 'postprocess', 'evaluate' or 'predict' (got 'foo')"
+    expected = "Input should be 'train', 'postprocess', 'evaluate' or 'predict' (got 'foo')"
+    assert config_error(path) == f"{path}: stages.1: {expected}"
 
 
 def test_duplicate_stage_rejected(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ import torch
 from medseg.config.schema import PipelineConfig
 from medseg.infer.predictor import Predictor
 from medseg.models.registry import build_network
-from medseg.outputs.batch import predict_volumes
+from medseg.outputs.batch import predict_records
 
 CASES = {  # scan, reference label (or None), intensity preset
     "ct_ras": ("ct-mr-examples/nifti/example_ct_sm.nii.gz", "ct-mr-examples/nifti/example_seg.nii.gz", "ct"),
@@ -52,7 +52,7 @@ def test_predicted_mask_has_the_scan_geometry(case: str, shared_data: Path, tmp_
     scan = shared_data / scan_rel
     torch.manual_seed(0)
     predictor = Predictor(build_network("unet", 3, 1, 1, ARGS), _config(kind))
-    report = predict_volumes(predictor, [{"id": case, "image": [str(scan)]}], tmp_path / "out")
+    report = predict_records(predictor, [{"id": case, "image": [str(scan)]}], tmp_path / "out")
     assert report.written == [case], report.failed
     written = next((tmp_path / "out" / "masks").iterdir())
     mask, reference = sitk.ReadImage(str(written)), _read(scan)

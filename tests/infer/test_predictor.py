@@ -16,7 +16,7 @@ from medseg.infer.inferers import mirrored_probabilities
 from medseg.infer.predictor import Predictor
 from medseg.models.checkpoint import load_checkpoint, network_from_checkpoint, resolve_checkpoint, save_checkpoint
 from medseg.models.registry import build_network
-from medseg.outputs.batch import Outputs, predict_images
+from medseg.outputs.batch import Outputs, predict_records
 
 ARGS = {"channels": [4, 8], "strides": [2], "num_res_units": 0}
 
@@ -44,7 +44,7 @@ def test_batch_prediction_goes_on_past_a_bad_case(predictor: Predictor, tmp_path
     _image(tmp_path / "in" / "good1.png", 40, 50)
     _image(tmp_path / "in" / "good2.jpg", 33, 21)
     (tmp_path / "in" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
-    report = predict_images(predictor, image_inputs(tmp_path / "in"), tmp_path / "out", Outputs(max_overlays=1))
+    report = predict_records(predictor, image_inputs(tmp_path / "in"), tmp_path / "out", Outputs(max_overlays=1))
     assert report.written == ["good1", "good2"]
     assert list(report.failed) == ["broken"] and "broken.png" in report.failed["broken"]
     assert np.asarray(Image.open(tmp_path / "out" / "masks" / "good2.png")).shape == (33, 21)

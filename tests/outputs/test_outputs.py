@@ -19,9 +19,9 @@ from PIL import Image
 from medseg.config.schema import PipelineConfig
 from medseg.core.errors import ConfigError
 from medseg.imageio.headers import dicom_series_files, read_header
-from medseg.outputs.batch import Outputs, predict_folder
 from medseg.infer.predictor import Predictor
 from medseg.infer.uncertainty import predictive_entropy
+from medseg.outputs.batch import Outputs, predict_folder
 from tests.helpers.data import write_dicom_series
 from tests.helpers.models import ThresholdNet
 
@@ -132,9 +132,13 @@ def test_dicom_seg_for_a_nifti_input_is_refused_before_anything_is_written(nifti
     with pytest.raises(ConfigError) as info:
         predict_folder(ct_predictor(), nifti_scan, out, Outputs(formats=("dicom-seg", "stl")))
     message = str(info.value)
-    assert "--format stl: unknown; choose from input, nifti, nrrd, mha, seg.nrrd, dicom-seg" in message
-    assert f"--format dicom-seg: {nifti_scan / 'scan.nii.gz'} not a DICOM series" in message
-    assert "use --format nifti or seg.nrrd" in message and info.value.exit_code == 2
+    # each problem names the option and the YAML key that ask for the output
+    assert (
+        "--format (prediction.formats) stl: unknown; choose from input, nifti, nrrd, mha, seg.nrrd, dicom-seg"
+        in message
+    )
+    assert f"--format (prediction.formats) dicom-seg: {nifti_scan / 'scan.nii.gz'} not a DICOM series" in message
+    assert "use nifti or seg.nrrd" in message and info.value.exit_code == 2
     assert not out.exists()
 
 
@@ -221,5 +225,5 @@ def test_2d_probabilities_uncertainty_statistics_and_overlay_legend(tmp_path: Pa
     assert (row["bbox_min_row"], row["bbox_max_col"], row["mean_red"]) == ("10", "34", "220.0")
     overlay = np.asarray(Image.open(out / "overlays" / "a.png"))
     assert (overlay[:14, :40] == 0).all(axis=-1).any(), "the legend's black box"
-    with pytest.raises(ConfigError, match="--meshes: a 2D model has no surfaces"):
+    with pytest.raises(ConfigError, match=r"--meshes \(prediction.meshes\): a 2D model has no surfaces"):
         predict_folder(Predictor(ThresholdNet((0.5,)), cfg), images, tmp_path / "o2", Outputs(meshes=True))
