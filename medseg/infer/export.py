@@ -21,7 +21,8 @@ from medseg.data.inputs import predict_inputs
 from medseg.evaluation.metrics import dice_score
 from medseg.infer.backends import FORMATS, WRITERS, example_input, export_format, random_inputs
 from medseg.infer.inferers import activate, working_shape
-from medseg.infer.predictor import EXPORTED_ENSEMBLE_KIND, MODEL_URI_SCHEMES, Predictor, resolve_model
+from medseg.infer.predictor import Predictor
+from medseg.infer.sources import EXPORTED_ENSEMBLE_KIND, MODEL_URI_SCHEMES, resolve_model
 from medseg.models.checkpoint import load_checkpoint
 from medseg.version import __version__
 

@@ -9,7 +9,6 @@ chosen at training time.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import tempfile
 from dataclasses import dataclass, field
@@ -20,30 +19,22 @@ import numpy as np
 import torch
 from torch import nn
 
-from medseg.config.loading import stored_config
 from medseg.config.schema import PipelineConfig
-from medseg.core.errors import DataError, MedsegError, ModelError, user_error_in
-from medseg.core.layout import ENSEMBLE_FILE
+from medseg.core.errors import DataError, MedsegError, user_error_in
 from medseg.imageio.headers import ScanHeader
 from medseg.infer.backends import (
     Backend,
     BackendChoice,
-    export_format,
     random_inputs,
-    read_exported,
     resolve_backend,
     runtime_network,
 )
 from medseg.infer.checks import check_image, check_scans, check_voxels
 from medseg.infer.inferers import build_inferer, mirrored_probabilities, working_shape
-from medseg.infer.postprocessing import apply_steps, saved_steps
-from medseg.models.checkpoint import load_checkpoint, network_from_checkpoint, resolve_checkpoint
+from medseg.infer.postprocessing import apply_steps
+from medseg.infer.sources import LoadedModel, SourceOptions, load_model
 
 log = logging.getLogger(__name__)
-
-MODEL_URI_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/")
-PLAN_KIND = "medseg-inference-plan"  # the "kind" of an inference_plan.json written by `medseg select`
-EXPORTED_ENSEMBLE_KIND = "medseg-exported-ensemble"  # `medseg export` of a cross-validated run
 
 ImageSource = Path | str | list[str] | list[Path]
 
@@ -137,73 +128,21 @@ class Predictor:
         folds: list[int] | None = None,
         device: str | None = None,
     ) -> Predictor:
-        """Build from a run folder, its ``model/`` folder, a checkpoint, an MLflow model URI, or a file
-        written by ``medseg export`` (``.onnx`` runs on ONNX Runtime, ``.ts`` on TorchScript). A cross-validated
-        run gives the ensemble of its folds (``folds`` chooses some of them).
+        """Build from a run folder, its ``model/`` folder, a checkpoint, an MLflow model URI, a file written by
+        ``medseg export`` (``.onnx`` runs on ONNX Runtime, ``.ts`` on TorchScript), a cross-validated run (the
+        ensemble of its folds; ``folds`` chooses some of them) or an ``inference_plan.json`` (:mod:`.sources`).
 
         ``steps`` overrides the post-processing saved with the model (used while choosing it); ``backend``
         overrides ``inference.backend`` and ``device`` ``inference.device``. Checkpoints load on any device.
         """
-        if device is not None:
-            backend = backend or ("torch" if device != "cpu" else None)
-        checkpoint = resolve_model(model)
-        if checkpoint.name == ENSEMBLE_FILE:
-            return cls._from_ensemble(checkpoint, tta, steps, backend, folds, device)
-        plan = read_plan(checkpoint) if checkpoint.suffix == ".json" else None
-        if plan is not None and plan["kind"] == EXPORTED_ENSEMBLE_KIND:
-            files = [checkpoint.parent / name for _, name in sorted(plan["members"].items(), key=lambda i: int(i[0]))]
-            networks, metadata = zip(*(read_exported(f) for f in files), strict=True)
-            config = validated_config(metadata[0].get("config"), files[0], backend, device)
-            steps = list(plan["postprocessing"]) if steps is None else steps
-            tta = config.inference.tta if tta is None else tta
-            return cls(networks[0], config, steps, tta, ensemble=list(networks[1:]))
-        if plan is not None:
-            members = [
-                cls.from_model(Path(run), tta=tta, steps=[], backend=backend, device=device) for run in plan["members"]
-            ]
-            return CombinedPredictor(members, list(plan["postprocessing"]) if steps is None else steps)
-        if folds is not None:
-            raise ModelError(f"{checkpoint}: --folds needs a cross-validated run (this model has no folds)")
-        if export_format(checkpoint) is not None:
-            network, metadata = read_exported(checkpoint)
-            config = validated_config(metadata.get("config"), checkpoint, backend, device)
-            steps = list(metadata.get("postprocessing", [])) if steps is None else steps  # resolved at export
-            return cls(network, config, steps, config.inference.tta if tta is None else tta)
-        state = load_checkpoint(checkpoint)
-        config = validated_config(state.get("config"), checkpoint, backend, device)
-        network = network_from_checkpoint(state, checkpoint)
-        steps = saved_steps(config.postprocessing, checkpoint.parent) if steps is None else steps
-        return cls(network, config, steps, config.inference.tta if tta is None else tta)
+        return cls.from_loaded(load_model(model, SourceOptions(tta, steps, backend, folds, device)))
 
     @classmethod
-    def _from_ensemble(
-        cls,
-        manifest: Path,
-        tta: bool | None,
-        steps: list[str] | None,
-        backend: str | None,
-        folds: list[int] | None,
-        device: str | None = None,
-    ) -> Predictor:
-        """The fold checkpoints a cross-validated run's ``model/ensemble.json`` lists (all, or ``folds``)."""
-        try:
-            members = {int(k): v for k, v in json.loads(manifest.read_text(encoding="utf-8"))["members"].items()}
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise ModelError(f"{manifest}: not a readable ensemble manifest ({exc})") from None
-        chosen = sorted(members) if folds is None else list(folds)
-        unknown = [f for f in chosen if f not in members]
-        if unknown or not chosen:
-            raise ModelError(f"{manifest}: no fold {unknown[0] if unknown else ''} (folds: {sorted(members)})")
-        root = manifest.parent.parent
-        networks, config = [], None
-        for fold in chosen:
-            path = root / members[fold]
-            state = load_checkpoint(path)
-            config = config or validated_config(state.get("config"), path, backend, device)
-            networks.append(network_from_checkpoint(state, path))
-        steps = saved_steps(config.postprocessing, manifest.parent) if steps is None else steps
-        tta = config.inference.tta if tta is None else tta
-        return cls(networks[0], config, steps, tta, ensemble=networks[1:])
+    def from_loaded(cls, loaded: LoadedModel) -> Predictor:
+        """The predictor of what a source loaded: its networks (a fold ensemble's averaged), or its parts combined."""
+        if loaded.parts:
+            return CombinedPredictor([cls.from_loaded(part) for part in loaded.parts], loaded.steps)
+        return cls(loaded.networks[0], loaded.config, loaded.steps, loaded.tta, ensemble=loaded.networks[1:])
 
     def with_steps(self, steps: list[str]) -> Predictor:
         """The same predictor (same network and backend, nothing rebuilt) replaying other post-processing."""
@@ -412,42 +351,6 @@ class CombinedPredictor(Predictor):
         for member in self.parts[1:]:
             total += member.probabilities(image, checked=True)
         return total / len(self.parts)
-
-
-def read_plan(path: Path) -> dict[str, Any] | None:
-    """The inference plan or exported-ensemble manifest in ``path`` (None for another JSON file)."""
-    try:
-        document = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"{path}: not a readable JSON file ({exc})") from None
-    if not isinstance(document, dict) or document.get("kind") not in (PLAN_KIND, EXPORTED_ENSEMBLE_KIND):
-        return None
-    if not document.get("members"):
-        raise ModelError(f"{path}: a {document['kind']} without members")
-    return document
-
-
-def resolve_model(model: Path | str) -> Path:
-    """The model file behind a run folder, ``model/`` folder, file path or MLflow model URI."""
-    if isinstance(model, str) and model.startswith(MODEL_URI_SCHEMES):
-        from medseg.tracking.tracker import download_model
-
-        return download_model(model)
-    return resolve_checkpoint(Path(model))
-
-
-def validated_config(
-    raw: object, source: Path, backend: str | None = None, device: str | None = None
-) -> PipelineConfig:
-    """The pipeline configuration saved with a model (``backend`` and ``device`` replacing its inference ones)."""
-    try:
-        config = stored_config(raw, source)
-        changes = {"inference.backend": backend, "inference.device": device}
-        return config.with_values({k: v for k, v in changes.items() if v is not None})
-    except ValueError as exc:
-        first = str(exc).splitlines()
-        detail = " ".join(line.strip() for line in first[1:3]) if len(first) > 1 else str(exc)
-        raise ModelError(f"{source}: the configuration stored with the model is invalid ({detail})") from None
 
 
 def _root_cause(exc: BaseException) -> str:

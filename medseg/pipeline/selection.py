@@ -20,7 +20,7 @@ from medseg.config.schema import PipelineConfig
 from medseg.core.atomic import atomic_write_text
 from medseg.core.errors import ModelError
 from medseg.core.layout import RunLayout
-from medseg.infer.predictor import PLAN_KIND
+from medseg.infer.sources import PLAN_KIND
 
 log = logging.getLogger(__name__)
 

@@ -27,8 +27,11 @@ def _expected(backend: str) -> dict[str, np.ndarray]:
     return {case: np.asarray(Image.open(LEGACY / "expected" / backend / f"{case}.png")) > 0 for case in CASES}
 
 
-@pytest.mark.parametrize(("model", "backend"), [("model/best.pt", "torch"), ("model.onnx", "onnx")])
+@pytest.mark.parametrize(
+    ("model", "backend"), [(".", "torch"), ("model", "torch"), ("model/best.pt", "torch"), ("model.onnx", "onnx")]
+)
 def test_a_model_from_before_the_move_predicts_the_same_masks(model: str, backend: str) -> None:
+    """From a run folder, its model folder, the checkpoint and the ONNX export: no PipelineConfig built here."""
     from medseg.infer.predictor import Predictor
 
     predictor = Predictor.from_model(LEGACY / model, backend="torch" if backend == "torch" else None, tta=False)
@@ -76,3 +79,11 @@ def test_an_invalid_stored_value_is_still_an_error(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match=r"best.pt: the configuration stored with the model is invalid"):
         Predictor.from_model(tmp_path / "best.pt", backend="torch")
     assert torch.load(tmp_path / "best.pt", weights_only=True)["config"]["training"]["epochs"] == -1  # input kept
+
+
+def test_each_model_file_has_one_source() -> None:
+    from medseg.infer.sources import SOURCES, resolve_model, source_kind
+
+    kinds = {name: source_kind(resolve_model(LEGACY / name)) for name in (".", "model/best.pt", "model.onnx")}
+    assert kinds == {".": "checkpoint", "model/best.pt": "checkpoint", "model.onnx": "exported"}
+    assert set(SOURCES) == {"checkpoint", "exported", "ensemble", "exported_ensemble", "plan"}
