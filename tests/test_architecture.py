@@ -189,3 +189,16 @@ def test_the_gpu_benchmark_needs_no_mlflow_simpleitk_or_onnx() -> None:
 
     if not torch.cuda.is_available():
         assert skipped.returncode == 0 and skipped.stdout.startswith("skipped: no CUDA GPU here")
+
+
+def test_every_command_body_is_short() -> None:
+    """A command parses its options, builds settings and makes one call into the library: at most 25 lines."""
+    long = []
+    for path in sorted((PACKAGE / "cli").glob("*.py")):
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            if isinstance(node, ast.FunctionDef) and not node.name.startswith("_") and path.name != "app.py":
+                has_docstring = isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)
+                first = node.body[1] if has_docstring and len(node.body) > 1 else node.body[0]
+                if node.end_lineno - first.lineno + 1 > 25:
+                    long.append(f"{path.name}:{node.name}")
+    assert not long, long

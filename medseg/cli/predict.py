@@ -63,7 +63,7 @@ def predict(
         str | None, typer.Option("--folds", help="A cross-validated run's folds to ensemble, e.g. 0,2 (default: all).")
     ] = None,
     device: DeviceOption = None,
-    engine: Annotated[
+    engine_name: Annotated[
         str, typer.Option("--engine", help="local (this process) or ray (Ray Data actors, one model each).")
     ] = "local",
     workers: Annotated[int, typer.Option("--workers", help="Ray: how many actors.")] = 2,
@@ -79,66 +79,25 @@ def predict(
     """Segment a folder of images with a trained model (resumable: existing masks are kept)."""
 
     def action() -> None:
-        from medseg.core.errors import ConfigError
-        from medseg.infer.predictor import Predictor
-        from medseg.outputs.batch import Outputs, parse_shard, predict_folder
+        from medseg.infer.sources import SourceOptions
+        from medseg.outputs.batch import Outputs, parse_shard
+        from medseg.outputs.predict import Engine, predict_batch
 
-        if backend not in (None, "auto", "torch", "onnxruntime"):
-            raise ConfigError(f"--backend {backend}: expected auto, torch or onnxruntime")
-        if engine not in ("local", "ray"):
-            raise ConfigError(f"--engine {engine}: expected local or ray")
-        portion = parse_shard(shard) if shard is not None else None
-        if engine == "ray":
-            from medseg.outputs.ray_engine import import_ray
-
-            import_ray()  # the extra is installed, or one line saying how
-        chosen = None
-        if folds is not None:
-            try:
-                chosen = [int(f) for f in folds.split(",")]
-            except ValueError:
-                raise ConfigError(f"--folds {folds}: expected fold numbers separated by commas, e.g. 0,2") from None
         outputs = Outputs(
-            formats=tuple(f.strip() for f in formats.split(",") if f.strip()) if formats else (),
-            probabilities=probabilities,
-            uncertainty=uncertainty,
-            statistics=statistics,
-            meshes=meshes,
-            mesh_format=mesh_format,
-            mesh_space=mesh_space,
-            overlays=overlays,
+            _formats(formats), probabilities, uncertainty, statistics, meshes, mesh_format, mesh_space, overlays
         )
         tta_on = True if uncertainty and tta is None else tta  # entropy over the mirrored predictions
-        options = {"tta": tta_on, "backend": backend, "folds": chosen, "device": checked_device(device)}
-        if engine == "ray":
-            from medseg.outputs.batch import folder_cases
-            from medseg.outputs.ray_engine import predict_with_ray
-
-            predictor = Predictor.from_model(model, **options)  # a bad model fails here, before Ray starts
-            _, todo, summary = folder_cases(predictor.config, input_path, output, portion)
-            report = predict_with_ray(
-                predictor,
-                model,
-                options,
-                todo,
-                output,
-                outputs,
-                overwrite,
-                workers,
-                gpus_per_worker,
-                ray_address,
-                summary,
-            )
-        else:
-            predictor = Predictor.from_model(model, **options)
-            report = predict_folder(predictor, input_path, output, outputs, overwrite=overwrite, shard=portion)
+        options = SourceOptions(tta_on, None, backend, _folds(folds), checked_device(device))
+        engine = Engine(engine_name, workers, gpus_per_worker, ray_address)
+        portion = parse_shard(shard) if shard is not None else None
+        report = predict_batch(model, input_path, output, outputs, options, engine, portion, overwrite)
         typer.echo(
             f"{len(report.written)} written, {len(report.skipped)} already done, {len(report.failed)} failed "
             f"-> {output / 'summary.csv'}"
         )
+        for case, reason in report.failed.items():
+            typer.echo(f"failed {case}: {reason}", err=True)
         if report.failed:
-            for case, reason in report.failed.items():
-                typer.echo(f"failed {case}: {reason}", err=True)
             raise typer.Exit(1)
 
     guarded(debug, action)
@@ -183,3 +142,20 @@ def export(
         typer.echo(f"predict with: medseg predict -m {result.path} -i IMAGES -o OUTPUT")
 
     guarded(debug, action)
+
+
+def _formats(text: str | None) -> tuple[str, ...]:
+    """``--format nifti,seg.nrrd`` -> the format names (none: the input's own)."""
+    return tuple(f.strip() for f in text.split(",") if f.strip()) if text else ()
+
+
+def _folds(text: str | None) -> list[int] | None:
+    """``--folds 0,2`` -> [0, 2]; ConfigError for anything else."""
+    if text is None:
+        return None
+    from medseg.core.errors import ConfigError
+
+    try:
+        return [int(f) for f in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"--folds {text}: expected fold numbers separated by commas, e.g. 0,2") from None

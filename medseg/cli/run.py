@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -49,44 +49,31 @@ def run(
     def action() -> None:
         import os
 
-        from medseg.config.loading import load_config
-        from medseg.core.errors import ConfigError
-        from medseg.core.layout import RunLayout
-        from medseg.pipeline.run import locate_run, run_pipeline
+        from medseg.pipeline.run import prepare_run, run_pipeline
 
-        if nproc is not None and nproc < 1:
-            raise ConfigError(f"--nproc {nproc}: give at least 1 process (one per GPU, or a few on a CPU)")
-        chosen = checked_device(device)
-        extra = [f"training.folds={folds}"] if folds is not None else []
-        extra += [f"training.device={chosen}", f"inference.device={chosen}"] if chosen else []
-        cfg = load_config(pipeline, [*(overrides or []), *extra])
+        cfg, resume_dir = prepare_run(pipeline, overrides or [], folds, checked_device(device), resume, nproc)
         if nproc and nproc > 1 and "WORLD_SIZE" not in os.environ:  # start the processes; each runs this command
             from medseg.runtime.distributed import launch
 
             launch(nproc, without_option(sys.argv[1:], "--nproc"))
             typer.echo(f"{nproc} processes finished; the run is tracked by rank 0")
             return
-        resume_dir = None
-        if resume:
-            resume_dir = locate_run(cfg, resume)
-            saved = load_config(RunLayout(resume_dir).config, overrides)
-            if saved.name != cfg.name:
-                raise ConfigError(f"--resume {resume}: that run belongs to pipeline {saved.name!r}, not {cfg.name!r}")
-            cfg = saved
         result = run_pipeline(cfg, run_name=name, resume_dir=resume_dir, fold=fold)
-        if os.environ.get("RANK", "0") != "0":
-            return  # another rank's outputs are rank 0's
-        metrics = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items() if not k.endswith("_raw"))
-        typer.echo(f"run {result.run_id}: {result.run_dir}" + (f"\n{metrics}" if metrics else ""))
-        if result.model_uri:
-            typer.echo(f"model: {result.model_uri}")
-        if result.failed_cases:
-            typer.echo(
-                f"{len(result.failed_cases)} case(s) failed: " + "; ".join(result.failed_cases.values()), err=True
-            )
-            raise typer.Exit(1)
+        if os.environ.get("RANK", "0") == "0":  # another rank's outputs are rank 0's
+            _report(result)
 
     guarded(debug, action)
+
+
+def _report(result: Any) -> None:
+    """The run, its metrics and its model on stdout; failed cases on stderr and exit code 1."""
+    metrics = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items() if not k.endswith("_raw"))
+    typer.echo(f"run {result.run_id}: {result.run_dir}" + (f"\n{metrics}" if metrics else ""))
+    if result.model_uri:
+        typer.echo(f"model: {result.model_uri}")
+    if result.failed_cases:
+        typer.echo(f"{len(result.failed_cases)} case(s) failed: " + "; ".join(result.failed_cases.values()), err=True)
+        raise typer.Exit(1)
 
 
 def validate(pipeline: PipelineArg, overrides: SetOption = None, debug: DebugOption = False) -> None:

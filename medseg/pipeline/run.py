@@ -98,6 +98,32 @@ def _postprocess_stage(cfg: PipelineConfig, data: PreparedData, run: RunLayout, 
     return predictor.with_steps(choice["steps"])
 
 
+def prepare_run(
+    pipeline: Path,
+    overrides: list[str],
+    folds: int | None = None,
+    device: str | None = None,
+    resume: str | None = None,
+    processes: int | None = None,
+) -> tuple[PipelineConfig, Path | None]:
+    """The configuration ``medseg run`` runs (``folds`` and ``device`` set as ``--folds`` / ``--device`` do) and, with
+    ``resume`` (an MLflow run id or run folder), the run folder to continue with the configuration saved in it."""
+    from medseg.config.loading import load_config
+
+    if processes is not None and processes < 1:
+        raise ConfigError(f"--nproc {processes}: give at least 1 process (one per GPU, or a few on a CPU)")
+    extra = [f"training.folds={folds}"] if folds is not None else []
+    extra += [f"training.device={device}", f"inference.device={device}"] if device else []
+    cfg = load_config(pipeline, [*overrides, *extra])
+    if not resume:
+        return cfg, None
+    resume_dir = locate_run(cfg, resume)
+    saved = load_config(RunLayout(resume_dir).config, overrides)
+    if saved.name != cfg.name:
+        raise ConfigError(f"--resume {resume}: that run belongs to pipeline {saved.name!r}, not {cfg.name!r}")
+    return saved, resume_dir
+
+
 def locate_run(cfg: PipelineConfig, reference: str) -> Path:
     """The folder of a run to resume, from its MLflow run id or its folder path."""
     run_dir = Path(reference)
