@@ -5,20 +5,17 @@ A model either predicts classes (sigmoid for one foreground class, softmax over 
 channels are painted into a label map of raw values in ``data.region_order`` (later regions win), each with the
 smallest of its labels that no later region covers, as nnU-Net does; a region's mask is then the label map's
 voxels holding any of the region's labels. Everything that names a label (metrics, CSV columns, overlays, output
-formats) asks this module.
+formats) asks a :class:`LabelScheme`, built once from the configuration (:func:`medseg.config.settings.label_scheme`).
 """
 
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
-
-if TYPE_CHECKING:
-    from medseg.config.schema import PipelineConfig
 
 #: distinct colours for labels without one (3D Slicer's generic anatomy colours first)
 PALETTE = (
@@ -74,75 +71,14 @@ def slug(name: str) -> str:
     return re.sub(r"[^a-z0-9_.-]+", "_", name.strip().lower()).strip("_")
 
 
-def _code(text: str | None) -> tuple[str, str] | None:
+def parse_code(text: str | None) -> tuple[str, str] | None:
+    """``SCT:10200004`` -> ``("SCT", "10200004")``."""
     return None if text is None else tuple(text.split(":", 1))  # type: ignore[return-value]
 
 
-def _named(cfg: PipelineConfig, value: int, default: str) -> Label:
-    info = (cfg.data.labels or {}).get(value)
-    color = (info.color if info else None) or PALETTE[(value - 1) % len(PALETTE)]
-    if info is None:
-        return Label(value, default, color)
-    return Label(value, info.name, color, _code(info.code), _code(info.category))
-
-
-def class_count(cfg: PipelineConfig) -> int:
-    """Classes with background for a class model (2 for binary)."""
-    return max(2, cfg.model.out_channels)
-
-
-def region_values(cfg: PipelineConfig) -> dict[str, tuple[int, ...]]:
-    """Each region's raw label values (names resolved through ``data.labels``), in ``data.regions`` order."""
-    by_name = {info.name: value for value, info in (cfg.data.labels or {}).items()}
-    return {
-        region: tuple(sorted({int(v) if isinstance(v, int) else by_name[v] for v in members}))
-        for region, members in (cfg.data.regions or {}).items()
-    }
-
-
-def paint_order(cfg: PipelineConfig) -> list[tuple[int, int]]:
-    """(region channel, value painted) in painting order: each region paints the smallest of its labels that no
-    later region covers."""
-    regions = region_values(cfg)
-    names = list(regions)
-    order = cfg.data.region_order or names
-    plan = []
-    for position, region in enumerate(order):
-        later = {v for other in order[position + 1 :] for v in regions[other]}
-        own = [v for v in regions[region] if v not in later]
-        plan.append((names.index(region), min(own)))
-    return plan
-
-
-def output_labels(cfg: PipelineConfig) -> list[Label]:
-    """The named foreground values a written label map can hold."""
-    if cfg.data.regions:
-        return [_named(cfg, value, f"label_{value}") for value in sorted({v for _, v in paint_order(cfg)})]
-    classes = class_count(cfg)
-    if classes == 2:
-        return [_named(cfg, 1, "foreground")]
-    return [_named(cfg, value, f"class_{value}") for value in range(1, classes)]
-
-
-def structures(cfg: PipelineConfig) -> list[Structure]:
-    """What evaluation reports on: each region, or each class."""
-    if cfg.data.regions:
-        return [Structure(name, values) for name, values in region_values(cfg).items()]
-    return [Structure(label.name, (label.value,)) for label in output_labels(cfg)]
-
-
-def structure_masks(label_map: np.ndarray, cfg: PipelineConfig) -> dict[str, np.ndarray]:
-    """Boolean masks of each structure in a label map (classes: ``== value``; regions: any of their labels)."""
-    return {s.name: np.isin(label_map, s.values) for s in structures(cfg)}
-
-
-def channel_names(cfg: PipelineConfig) -> list[str]:
-    """The name of each channel of the network's probabilities."""
-    if cfg.data.regions:
-        return [slug(name) for name in cfg.data.regions]
-    if cfg.model.out_channels == 1:
-        return [output_labels(cfg)[0].key]
-    return ["background", *(label.key for label in output_labels(cfg))]
+def default_color(value: int) -> tuple[int, int, int]:
+    """The colour of a label the configuration gives none."""
+    return PALETTE[(value - 1) % len(PALETTE)]
 
 
 def paint_regions(probabilities: np.ndarray, threshold: float, plan: list[tuple[int, int]]) -> np.ndarray:
@@ -153,69 +89,132 @@ def paint_regions(probabilities: np.ndarray, threshold: float, plan: list[tuple[
     return labels
 
 
-def labels_document(cfg: PipelineConfig) -> dict[str, Any]:
-    """``labels.json``: every value of the written label maps with its name, colour and code; the regions."""
-    document: dict[str, Any] = {
-        "labels": [
-            {
-                "value": label.value,
-                "name": label.name,
-                "color": list(label.color),
-                **({"code": ":".join(label.code)} if label.code else {}),
-            }
-            for label in output_labels(cfg)
-        ],
-        "background": 0,
-    }
-    if cfg.data.regions:
-        document["regions"] = {name: list(values) for name, values in region_values(cfg).items()}
-        document["region_order"] = list(cfg.data.region_order or cfg.data.regions)
-    return document
+@dataclass(frozen=True)
+class LabelScheme:
+    """What a model's outputs and label maps mean: its channels, the named labels, the regions and how they are
+    painted, the voxels left out of scores, and the probability threshold.
 
+    ``named``: the labels the configuration names (value -> :class:`Label`); ``regions``: each region's raw label
+    values, in channel order (empty: the model predicts classes); ``region_order``: the painting order (later
+    regions win; None: as listed).
+    """
 
-def labels_json(cfg: PipelineConfig) -> str:
-    return json.dumps(labels_document(cfg), indent=1) + "\n"
+    out_channels: int = 1
+    named: dict[int, Label] = field(default_factory=dict)
+    regions: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    region_order: tuple[str, ...] | None = None
+    ignore_label: int | None = None
+    threshold: float = 0.5
 
+    @property
+    def multilabel(self) -> bool:
+        """Region channels (one sigmoid each), painted into a label map."""
+        return bool(self.regions)
 
-def itksnap_label_text(cfg: PipelineConfig) -> str:
-    """An ITK-SNAP label description file (Segmentation > Import Label Descriptions)."""
-    lines = [
-        "################################################",
-        "# ITK-SnAP Label Description File (written by medseg)",
-        "# Columns: IDX R G B A VIS MSH LABEL",
-        "################################################",
-        '    0     0    0    0        0  0  0    "Clear Label"',
-    ]
-    for label in output_labels(cfg):
-        r, g, b = label.color
-        lines.append(f'{label.value:5d} {r:5d} {g:4d} {b:4d}        1  1  1    "{label.name}"')
-    return "\n".join(lines) + "\n"
+    @property
+    def class_count(self) -> int:
+        """Classes with background for a class model (2 for binary)."""
+        return max(2, self.out_channels)
 
+    def _named(self, value: int, default: str) -> Label:
+        return self.named.get(value) or Label(value, default, default_color(value))
 
-def discretise(probabilities: np.ndarray, cfg: PipelineConfig) -> np.ndarray:
-    """Probabilities (C, ...) -> uint8 label map: threshold (binary), argmax (classes) or regions painted."""
-    threshold = cfg.evaluation.threshold
-    if cfg.data.regions:
-        return paint_regions(probabilities, threshold, paint_order(cfg))
-    if probabilities.shape[0] == 1:
-        return (probabilities[0] > threshold).astype(np.uint8)
-    return probabilities.argmax(axis=0).astype(np.uint8)
+    def paint_order(self) -> list[tuple[int, int]]:
+        """(region channel, value painted) in painting order: each region paints the smallest of its labels that
+        no later region covers."""
+        names = list(self.regions)
+        order = list(self.region_order or names)
+        plan = []
+        for position, region in enumerate(order):
+            later = {v for other in order[position + 1 :] for v in self.regions[other]}
+            own = [v for v in self.regions[region] if v not in later]
+            plan.append((names.index(region), min(own)))
+        return plan
 
+    def output_labels(self) -> list[Label]:
+        """The named foreground values a written label map can hold."""
+        if self.regions:
+            return [self._named(value, f"label_{value}") for value in sorted({v for _, v in self.paint_order()})]
+        if self.class_count == 2:
+            return [self._named(1, "foreground")]
+        return [self._named(value, f"class_{value}") for value in range(1, self.class_count)]
 
-def compared_masks(
-    prediction: np.ndarray, truth: np.ndarray, cfg: PipelineConfig
-) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """The structure masks of a predicted and a reference label map, ``data.ignore_label`` voxels of the truth left
-    out of both."""
-    if cfg.data.ignore_label is not None:
-        valid = truth != cfg.data.ignore_label
-        prediction, truth = prediction * valid, truth * valid
-    return structure_masks(prediction, cfg), structure_masks(truth, cfg)
+    def structures(self) -> list[Structure]:
+        """What evaluation reports on: each region, or each class."""
+        if self.regions:
+            return [Structure(name, values) for name, values in self.regions.items()]
+        return [Structure(label.name, (label.value,)) for label in self.output_labels()]
 
+    def structure_masks(self, label_map: np.ndarray) -> dict[str, np.ndarray]:
+        """Boolean masks of each structure in a label map (classes: ``== value``; regions: any of their labels)."""
+        return {s.name: np.isin(label_map, s.values) for s in self.structures()}
 
-def mean_dice(prediction: np.ndarray, truth: np.ndarray, cfg: PipelineConfig) -> float:
-    """Mean Dice over the structures (classes or regions) of two label maps (ignored voxels left out)."""
-    from medseg.evaluation.metrics import dice_score
+    def channel_names(self) -> list[str]:
+        """The name of each channel of the network's probabilities."""
+        if self.regions:
+            return [slug(name) for name in self.regions]
+        if self.out_channels == 1:
+            return [self.output_labels()[0].key]
+        return ["background", *(label.key for label in self.output_labels())]
 
-    predicted, true = compared_masks(prediction, truth, cfg)
-    return float(np.mean([dice_score(predicted[name], true[name]) for name in predicted]))
+    def discretise(self, probabilities: np.ndarray) -> np.ndarray:
+        """Probabilities (C, ...) -> uint8 label map: threshold (binary), argmax (classes) or regions painted."""
+        if self.regions:
+            return paint_regions(probabilities, self.threshold, self.paint_order())
+        if probabilities.shape[0] == 1:
+            return (probabilities[0] > self.threshold).astype(np.uint8)
+        return probabilities.argmax(axis=0).astype(np.uint8)
+
+    def compared_masks(
+        self, prediction: np.ndarray, truth: np.ndarray
+    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """The structure masks of a predicted and a reference label map, ``data.ignore_label`` voxels of the truth
+        left out of both."""
+        if self.ignore_label is not None:
+            valid = truth != self.ignore_label
+            prediction, truth = prediction * valid, truth * valid
+        return self.structure_masks(prediction), self.structure_masks(truth)
+
+    def mean_dice(self, prediction: np.ndarray, truth: np.ndarray) -> float:
+        """Mean Dice over the structures (classes or regions) of two label maps (ignored voxels left out)."""
+        from medseg.evaluation.metrics import dice_score
+
+        predicted, true = self.compared_masks(prediction, truth)
+        return float(np.mean([dice_score(predicted[name], true[name]) for name in predicted]))
+
+    def document(self) -> dict[str, Any]:
+        """``labels.json``: every value of the written label maps with its name, colour and code; the regions."""
+        document: dict[str, Any] = {
+            "labels": [
+                {
+                    "value": label.value,
+                    "name": label.name,
+                    "color": list(label.color),
+                    **({"code": ":".join(label.code)} if label.code else {}),
+                }
+                for label in self.output_labels()
+            ],
+            "background": 0,
+        }
+        if self.regions:
+            document["regions"] = {name: list(values) for name, values in self.regions.items()}
+            document["region_order"] = list(self.region_order or self.regions)
+        return document
+
+    def json(self) -> str:
+        """``labels.json``'s text."""
+        return json.dumps(self.document(), indent=1) + "\n"
+
+    def itksnap_text(self) -> str:
+        """An ITK-SNAP label description file (Segmentation > Import Label Descriptions)."""
+        lines = [
+            "################################################",
+            "# ITK-SnAP Label Description File (written by medseg)",
+            "# Columns: IDX R G B A VIS MSH LABEL",
+            "################################################",
+            '    0     0    0    0        0  0  0    "Clear Label"',
+        ]
+        for label in self.output_labels():
+            r, g, b = label.color
+            lines.append(f'{label.value:5d} {r:5d} {g:4d} {b:4d}        1  1  1    "{label.name}"')
+        return "\n".join(lines) + "\n"

@@ -11,19 +11,9 @@ import torch
 
 from medseg.config.loading import load_config
 from medseg.config.schema import PipelineConfig
+from medseg.config.settings import label_scheme
 from medseg.core.errors import ConfigError
 from medseg.infer.uncertainty import entropy_summary, predictive_entropy
-from medseg.labels import (
-    channel_names,
-    discretise,
-    itksnap_label_text,
-    labels_document,
-    mean_dice,
-    output_labels,
-    paint_order,
-    structure_masks,
-    structures,
-)
 from medseg.transforms.labels import RemapLabels
 from tests.helpers.paths import REPO
 
@@ -54,10 +44,10 @@ def config_error(tmp_path, text: str) -> str:
 
 def test_brats_regions_paint_whole_tumour_as_edema_core_as_necrosis_enhancing_last() -> None:
     cfg = regions_config(region_order=["whole_tumor", "tumor_core", "enhancing_tumor"])
-    assert paint_order(cfg) == [(0, 2), (1, 1), (2, 4)]
-    assert [label.name for label in output_labels(cfg)] == ["necrosis", "edema", "enhancing"]
-    assert channel_names(cfg) == ["whole_tumor", "tumor_core", "enhancing_tumor"]
-    assert [(s.name, s.values) for s in structures(cfg)] == [
+    assert label_scheme(cfg).paint_order() == [(0, 2), (1, 1), (2, 4)]
+    assert [label.name for label in label_scheme(cfg).output_labels()] == ["necrosis", "edema", "enhancing"]
+    assert label_scheme(cfg).channel_names() == ["whole_tumor", "tumor_core", "enhancing_tumor"]
+    assert [(s.name, s.values) for s in label_scheme(cfg).structures()] == [
         ("whole_tumor", (1, 2, 3, 4)),
         ("tumor_core", (1, 3, 4)),
         ("enhancing_tumor", (4,)),
@@ -67,9 +57,9 @@ def test_brats_regions_paint_whole_tumour_as_edema_core_as_necrosis_enhancing_la
     probs[0, 1:5] = 0.9
     probs[1, 2:4] = 0.8
     probs[2, 3] = 0.7
-    painted = discretise(probs, cfg)
+    painted = label_scheme(cfg).discretise(probs)
     assert painted[:, 0, 0].tolist() == [0, 2, 1, 4, 2, 0]
-    masks = structure_masks(painted, cfg)  # decoding the painted map gives the regions back
+    masks = label_scheme(cfg).structure_masks(painted)  # decoding the painted map gives the regions back
     for channel, name in enumerate(["whole_tumor", "tumor_core", "enhancing_tumor"]):
         np.testing.assert_array_equal(masks[name], probs[channel] > 0.5)
 
@@ -147,9 +137,9 @@ def test_shipped_pipelines_name_their_labels() -> None:
         ("brain_tumor_regions.yaml", ["necrosis", "edema", "enhancing"]),
     ]:
         cfg = load_config(REPO / "pipelines" / name)
-        assert [label.name for label in output_labels(cfg)] == expected, name
+        assert [label.name for label in label_scheme(cfg).output_labels()] == expected, name
     regions = load_config(REPO / "pipelines" / "brain_tumor_regions.yaml")
-    assert [s.key for s in structures(regions)] == ["whole_tumor", "tumor_core", "enhancing_tumor"]
+    assert [s.key for s in label_scheme(regions).structures()] == ["whole_tumor", "tumor_core", "enhancing_tumor"]
 
 
 def test_label_description_files() -> None:
@@ -162,11 +152,11 @@ def test_label_description_files() -> None:
             "labels": {1: {"name": "liver", "color": [220, 80, 60], "code": "SCT:10200004"}, 2: "spleen"},
         },
     )
-    document = labels_document(cfg)
+    document = label_scheme(cfg).document()
     assert document["labels"][0] == {"value": 1, "name": "liver", "color": [220, 80, 60], "code": "SCT:10200004"}
     assert document["labels"][1]["name"] == "spleen" and len(document["labels"][1]["color"]) == 3
     json.dumps(document)
-    lines = itksnap_label_text(cfg).splitlines()
+    lines = label_scheme(cfg).itksnap_text().splitlines()
     assert lines[-2].split()[:7] == ["1", "220", "80", "60", "1", "1", "1"] and lines[-2].endswith('"liver"')
     assert lines[-1].endswith('"spleen"') and '"Clear Label"' in lines[-3]
 
@@ -174,8 +164,10 @@ def test_label_description_files() -> None:
 def test_mean_dice_leaves_out_the_ignore_label() -> None:
     cfg = PipelineConfig(name="ign", spatial_dims=3, model={"in_channels": 1}, data={"ignore_label": 255})
     truth = np.array([0, 1, 1, 255, 255, 0])
-    assert mean_dice(np.array([0, 1, 1, 1, 1, 0]), truth, cfg) == pytest.approx(1.0)  # the extra voxels are unlabelled
-    assert mean_dice(np.array([0, 1, 0, 0, 0, 0]), truth, cfg) == pytest.approx(2 / 3)
+    assert label_scheme(cfg).mean_dice(np.array([0, 1, 1, 1, 1, 0]), truth) == pytest.approx(
+        1.0
+    )  # the extra voxels are unlabelled
+    assert label_scheme(cfg).mean_dice(np.array([0, 1, 0, 0, 0, 0]), truth) == pytest.approx(2 / 3)
 
 
 def test_masked_loss_ignores_unannotated_voxels_and_equals_dice_ce_without_them() -> None:
@@ -220,3 +212,14 @@ def test_predictive_entropy_is_one_at_even_odds_and_zero_when_certain() -> None:
     summary = entropy_summary(np.array([0.0, 1.0, 0.5, 0.5]), np.array([False, True, True, False]))
     assert summary == {"mean_entropy": 0.5, "mean_entropy_foreground": 0.75}
     assert entropy_summary(np.zeros(3), np.zeros(3, bool))["mean_entropy_foreground"] == ""
+
+
+def test_a_label_scheme_stands_alone_without_a_pipeline_configuration() -> None:
+    from medseg.labels import Label, LabelScheme
+
+    binary = LabelScheme()
+    assert [(label.value, label.name) for label in binary.output_labels()] == [(1, "foreground")]
+    assert binary.discretise(np.array([[[0.2, 0.7]]])).tolist() == [[0, 1]]
+    brats = LabelScheme(3, {4: Label(4, "enhancing", (255, 0, 0))}, {"wt": (1, 2, 4), "tc": (1, 4), "et": (4,)})
+    assert brats.multilabel and brats.paint_order() == [(0, 2), (1, 1), (2, 4)]
+    assert [label.name for label in brats.output_labels()] == ["label_1", "label_2", "enhancing"]

@@ -91,9 +91,9 @@ def structure_metrics(
 ) -> dict[str, dict[str, float]]:
     """Metrics of each structure (class or region) of a predicted label map against the reference labels, the
     ``data.ignore_label`` voxels left out."""
-    from medseg.labels import compared_masks
+    from medseg.config.settings import label_scheme
 
-    predicted, true = compared_masks(prediction, truth, cfg)
+    predicted, true = label_scheme(cfg).compared_masks(prediction, truth)
     if cfg.spatial_dims == 2:
         threshold = cfg.evaluation.jaccard_threshold
         return {name: case_metrics(predicted[name], true[name], jaccard_threshold=threshold) for name in predicted}
@@ -119,12 +119,13 @@ def evaluate(
     Returns:
         The summary: ``{"raw": {...}, "postprocessed": {...}, "postprocessing_steps": [...], "cases": n}``.
     """
+    from medseg.config.settings import label_scheme
     from medseg.evaluation.metrics import confusion_matrix, semantic_scores
-    from medseg.labels import class_count, output_labels, structures
 
     names = METRIC_NAMES if cfg.spatial_dims == 2 else VOLUME_METRIC_NAMES
-    named = structures(cfg)
-    classes = None if cfg.data.regions else class_count(cfg)  # a confusion matrix for class models
+    scheme = label_scheme(cfg)
+    named = scheme.structures()
+    classes = None if scheme.regions else scheme.class_count  # a confusion matrix for class models
     matrix = np.zeros((classes, classes), dtype=np.int64) if classes else None
     rows: list[dict[str, Any]] = []
     per_variant: dict[str, list[dict[str, float]]] = {"raw": [], "postprocessed": []}
@@ -157,7 +158,7 @@ def evaluate(
         for s in named
     }
     if matrix is not None:
-        class_names = ["background", *(label.name for label in output_labels(cfg))]
+        class_names = ["background", *(label.name for label in scheme.output_labels())]
         summary["semantic"] = {**semantic_scores(matrix), "classes": class_names, "confusion_matrix": matrix.tolist()}
         write_confusion_matrix(matrix, class_names, out_dir)
     summary.update(

@@ -17,9 +17,10 @@ import numpy as np
 from scipy import ndimage
 from skimage import morphology
 
-from medseg.config.schema import PipelineConfig, PostprocessingConfig
+from medseg.config.schema import PostprocessingConfig
 from medseg.core.atomic import atomic_write_text
 from medseg.core.layout import ModelLayout
+from medseg.labels import LabelScheme
 
 log = logging.getLogger(__name__)
 
@@ -123,22 +124,19 @@ def chooses_on_data(cfg: PostprocessingConfig) -> bool:
 
 
 def choose_postprocessing(
-    predictions: Sequence[np.ndarray], truths: Sequence[np.ndarray], pipeline: PipelineConfig
+    predictions: Sequence[np.ndarray], truths: Sequence[np.ndarray], cfg: PostprocessingConfig, labels: LabelScheme
 ) -> dict[str, Any]:
     """The post-processing to replay, decided on validation label maps (``auto``: mean Dice over the classes or
-    regions), or as configured.
+    regions of ``labels``), or as configured.
 
     Returns:
         ``{"mode", "candidates", "steps", "scores"}``; ``scores`` holds the mean validation Dice per candidate.
     """
-    from medseg.labels import mean_dice
-
-    cfg = pipeline.postprocessing
     candidates = enabled_steps(cfg)
     choice: dict[str, Any] = {"mode": cfg.mode, "candidates": candidates, "steps": [], "scores": {}}
     if chooses_on_data(cfg):
         choice["steps"], choice["scores"] = select_steps(
-            predictions, truths, cfg, lambda prediction, truth: mean_dice(prediction, truth, pipeline)
+            predictions, truths, cfg, labels.mean_dice
         )
         log.info(
             "Post-processing chosen on %d validation cases: %s (validation Dice %s)",

@@ -77,10 +77,12 @@ class Predictor:
     def __post_init__(self) -> None:
         from monai.transforms import Invertd
 
+        from medseg.config.settings import label_scheme
         from medseg.infer.backends import OnnxNetwork
         from medseg.runtime.devices import resolve_device
         from medseg.transforms import inference_transforms
 
+        self.labels = label_scheme(self.config)  # what the outputs mean
         self.device = resolve_device(self.config.inference.device, "inference.device")
         exported = any(isinstance(m, OnnxNetwork | torch.jit.ScriptModule) for m in self.members)
         if exported:
@@ -311,14 +313,12 @@ class Predictor:
     @property
     def multilabel(self) -> bool:
         """Region channels (one sigmoid each), painted into a label map."""
-        return bool(self.config.data.regions)
+        return self.labels.multilabel
 
     def discretise(self, probs: np.ndarray) -> np.ndarray:
         """Probabilities -> uint8 label map (threshold for binary, argmax for multi-class, regions painted in
         ``data.region_order``)."""
-        from medseg.labels import discretise
-
-        return discretise(probs, self.config)
+        return self.labels.discretise(probs)
 
     def postprocess(self, labels: np.ndarray) -> np.ndarray:
         """This predictor's post-processing steps applied to a label map."""

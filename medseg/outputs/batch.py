@@ -268,11 +268,9 @@ def _remove_stale_temporaries(out_dir: Path) -> None:
 
 def write_label_descriptions(predictor: Predictor, out_dir: Path) -> None:
     """``labels.json`` and the ITK-SNAP label description file beside the masks."""
-    from medseg.labels import itksnap_label_text, labels_json
-
     layout = PredictionLayout(out_dir)
-    atomic_write_text(layout.labels_json, labels_json(predictor.config))
-    atomic_write_text(layout.itksnap_labels, itksnap_label_text(predictor.config))
+    atomic_write_text(layout.labels_json, predictor.labels.json())
+    atomic_write_text(layout.itksnap_labels, predictor.labels.itksnap_text())
 
 
 def _case_statistics(out_dir: Path, case_id: str, rows: list[dict[str, object]], columns: list[str]) -> None:
@@ -345,12 +343,11 @@ def case_functions(predictor: Predictor, out_dir: Path, outputs: Outputs) -> Cas
     finished). Maps and masks take the input's place: PNG beside a 2D image, the scan's grid in 3D."""
     from medseg.imageio.label_maps import SUFFIXES, input_format, write_label_map, write_map
     from medseg.infer.uncertainty import entropy_summary, predictive_entropy
-    from medseg.labels import channel_names, output_labels
     from medseg.outputs.statistics import statistics_columns, structure_statistics
 
     cfg = predictor.config
     dims = cfg.spatial_dims
-    labels, names = output_labels(cfg), channel_names(cfg)
+    labels, names = predictor.labels.output_labels(), predictor.labels.channel_names()
     modalities = list(cfg.data.modalities) or [f"channel{i}" for i in range(cfg.model.in_channels)]
     channels = list(RGB) if dims == 2 else [slug(m) for m in modalities][: cfg.model.in_channels]
     columns = statistics_columns(channels, dims)

@@ -64,16 +64,16 @@ def _score(
     probabilities: list[np.ndarray], truths: list[np.ndarray], cfg: PipelineConfig
 ) -> tuple[float, float, list[str]]:
     """Mean Dice before and after the post-processing chosen on these same cases, and the chosen steps."""
+    from medseg.config.settings import label_scheme
     from medseg.infer.postprocessing import apply_steps, choose_postprocessing
-    from medseg.labels import discretise
-    from medseg.labels import mean_dice as structures_dice
 
-    labels = [discretise(p, cfg) for p in probabilities]
+    scheme = label_scheme(cfg)
+    labels = [scheme.discretise(p) for p in probabilities]
 
     def mean_dice(maps: list[np.ndarray]) -> float:
-        return float(np.mean([structures_dice(m, t, cfg) for m, t in zip(maps, truths, strict=True)]))
+        return float(np.mean([scheme.mean_dice(m, t) for m, t in zip(maps, truths, strict=True)]))
 
-    choice = choose_postprocessing(labels, truths, cfg)
+    choice = choose_postprocessing(labels, truths, cfg.postprocessing, scheme)
     post = [apply_steps(m, choice["steps"], cfg.postprocessing) for m in labels]
     return mean_dice(labels), mean_dice(post), list(choice["steps"])
 

@@ -49,10 +49,11 @@ def choose_postprocessing_stage(
     """The postprocess stage's work (inside its nested ``postprocess`` run): the steps chosen on ``label_maps()``
     (predictions and truths, asked for only when ``postprocessing.mode: auto`` has steps to try), saved beside the
     model, logged (each candidate's Dice as ``<scores_as>_dice_pp_<step>``); returns the choice."""
+    from medseg.config.settings import label_scheme
     from medseg.infer.postprocessing import choose_postprocessing, chooses_on_data, save_choice
 
     predictions, truths = label_maps() if chooses_on_data(cfg.postprocessing) else ([], [])
-    choice = choose_postprocessing(predictions, truths, cfg)
+    choice = choose_postprocessing(predictions, truths, cfg.postprocessing, label_scheme(cfg))
     save_choice(choice, run.model.root)
     tracker.log_artifact(run.model.postprocessing, "checkpoints")
     tracker.set_tags({"postprocessing_selected": ",".join(choice["steps"]) or "none"})

@@ -67,10 +67,10 @@ class RemapLabelsd(MapTransform):
 
 def label_remapping(cfg: PipelineConfig) -> dict[str, Any]:
     """The :class:`RemapLabels` arguments of a pipeline."""
-    from medseg.labels import region_values
+    from medseg.config.settings import label_scheme
 
     data = cfg.data
-    regions = list(region_values(cfg).values()) if data.regions else None
+    regions = list(label_scheme(cfg).regions.values()) if data.regions else None
     return {
         "mapping": data.label_mapping,
         "foreground": data.foreground_labels,
