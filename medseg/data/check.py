@@ -20,13 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
-from medseg.config.schema import PipelineConfig
+from medseg.config.schema import DataConfig, PipelineConfig
 from medseg.core.atomic import atomic_write_text
 from medseg.core.errors import DataError
 from medseg.data.discovery import find_cases
-from medseg.data.image_datalist import DatalistReport, pair_findings
+from medseg.data.image_checks import DatalistReport, pair_findings
 from medseg.data.records import Finding, Record, case_id_findings
-from medseg.data.volume_datalist import CaseFacts, case_findings
+from medseg.data.volume_checks import CaseFacts, case_findings
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +175,48 @@ def _volume_dataset_findings(facts: dict[str, CaseFacts], records: list[Record])
     return findings
 
 
+def _image_findings(
+    records: list[Record], report: DatalistReport, data: DataConfig, in_channels: int, folder: Path, workers: int
+) -> list[Finding]:
+    """2D: every pair decoded once (modes, sizes, mask values), duplicate images, masks without an image."""
+    mapped = data.label_mapping
+    values = {*mapped, *([data.ignore_label] if data.ignore_label else [])} if mapped else None
+    results = _in_parallel(lambda r: pair_findings(r, in_channels, report, values), records, workers)
+    digests = {r["id"]: digest for r, (_, digest) in zip(records, results, strict=True)}
+    findings = [finding for case_findings_, _ in results for finding in case_findings_]
+    findings += _duplicate_findings(digests, records)
+    if report.unmatched_masks:
+        message = (
+            f"{folder / data.masks_dir}: {len(report.unmatched_masks)} mask(s) have no image and are ignored, "
+            f"e.g. {report.unmatched_masks[0]}"
+        )
+        findings.append(Finding("warning", "", "unmatched masks", message))
+    return findings
+
+
+def _volume_findings(
+    records: list[Record],
+    channels: int | None,
+    in_channels: int,
+    mapping: dict[int, int] | None,
+    modality: str,
+    folder: Path,
+    workers: int,
+) -> list[Finding]:
+    """3D: the channel count, every case's headers, labels and voxels, duplicates, orientations and spacings."""
+    findings = []
+    if records and len(records[0]["image"]) != in_channels:
+        message = (
+            f"{folder}: cases have {len(records[0]['image'])} image channel(s) but model.in_channels is {in_channels}"
+        )
+        findings.append(Finding("error", "", "channels", message))
+    results = _in_parallel(lambda r: case_findings(r, channels, mapping, modality), records, workers)
+    facts = {r["id"]: f for r, (_, f) in zip(records, results, strict=True)}
+    findings += [finding for case_findings_, _ in results for finding in case_findings_]
+    findings += _duplicate_findings({case: f.digest for case, f in facts.items()}, records)
+    return findings + _volume_dataset_findings(facts, records)
+
+
 def check_dataset(cfg: PipelineConfig, folder: Path, workers: int = 2) -> CheckReport:
     """Check every case under ``folder`` as the pipeline describes it (2D images or 3D scans), all at once.
 
@@ -183,38 +225,16 @@ def check_dataset(cfg: PipelineConfig, folder: Path, workers: int = 2) -> CheckR
     """
     started = time.perf_counter()
     findings: list[Finding] = []
-    data = cfg.data
     cases = find_cases(cfg, folder, findings)
-    records, report = cases.records, cases.report
+    records, report = cases.records, DatalistReport(unmatched_masks=list(cases.unmatched_masks))
     findings += case_id_findings(records, cases.source)
     if cfg.spatial_dims == 2:
-        mapped = cfg.data.label_mapping
-        values = {*mapped, *([cfg.data.ignore_label] if cfg.data.ignore_label else [])} if mapped else None
-        results = _in_parallel(lambda r: pair_findings(r, cfg.model.in_channels, report, values), records, workers)
-        digests = {r["id"]: digest for r, (_, digest) in zip(records, results, strict=True)}
-        for case_findings_, _ in results:
-            findings += case_findings_
-        findings += _duplicate_findings(digests, records)
-        if report.unmatched_masks:
-            message = (
-                f"{folder / data.masks_dir}: {len(report.unmatched_masks)} mask(s) have no image and are ignored, "
-                f"e.g. {report.unmatched_masks[0]}"
-            )
-            findings.append(Finding("warning", "", "unmatched masks", message))
+        findings += _image_findings(records, report, cfg.data, cfg.model.in_channels, folder, workers)
     else:
-        if records and len(records[0]["image"]) != cfg.model.in_channels:
-            message = (
-                f"{folder}: cases have {len(records[0]['image'])} image channel(s) but model.in_channels is "
-                f"{cfg.model.in_channels}"
-            )
-            findings.append(Finding("error", "", "channels", message))
         kind = cfg.preprocessing.intensity.kind
-        results = _in_parallel(lambda r: case_findings(r, cases.channels, data.label_mapping, kind), records, workers)
-        facts = {r["id"]: f for r, (_, f) in zip(records, results, strict=True)}
-        for case_findings_, _ in results:
-            findings += case_findings_
-        findings += _duplicate_findings({case: f.digest for case, f in facts.items()}, records)
-        findings += _volume_dataset_findings(facts, records)
+        findings += _volume_findings(
+            records, cases.channels, cfg.model.in_channels, cfg.data.label_mapping, kind, folder, workers
+        )
     report.cases = len(records)
     if not records and not findings:
         raise DataError(f"{folder}: no cases found")

@@ -1,5 +1,9 @@
 """One entry point for the datalist of a dataset folder, 2D or 3D: the records, what the check found, and a
-fingerprint that tells runs on different data apart."""
+fingerprint that tells runs on different data apart.
+
+The one path from a dataset folder to its cases: :func:`build_datalist` -> :func:`medseg.data.check.check_dataset`
+-> :func:`medseg.data.discovery.find_cases` -> the folder's layout (:mod:`medseg.data.layouts`).
+"""
 
 from __future__ import annotations
 
@@ -9,9 +13,9 @@ from pathlib import Path
 
 from medseg.config.schema import PipelineConfig
 from medseg.data.check import CheckReport, check_dataset, raise_or_skip
-from medseg.data.image_datalist import DatalistReport, image_fingerprint
+from medseg.data.image_checks import DatalistReport, image_fingerprint
 from medseg.data.records import Record
-from medseg.data.volume_datalist import volume_fingerprint
+from medseg.data.volume_checks import volume_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +36,7 @@ def build_datalist(cfg: PipelineConfig, folder: Path) -> Datalist:
     Every case is read once (:func:`medseg.data.check.check_dataset`); warnings are logged, one line per kind.
 
     Raises:
+        DataError: the folder or its list file cannot be read (one line naming the file).
         DataCheckError: the cases have errors (all of them in its report) and ``data.on_bad_case`` is ``error``.
     """
     result = check_dataset(cfg, folder)

@@ -13,11 +13,11 @@ from typing import Any
 
 import numpy as np
 
-from medseg.config.schema import DATA_ROOT_ENV, PipelineConfig
+from medseg.config.schema import DATA_ROOT_ENV, PipelineConfig, SplitConfig
 from medseg.core.errors import DataError
 from medseg.data.check import CheckReport
 from medseg.data.datalist import build_datalist
-from medseg.data.image_datalist import DatalistReport
+from medseg.data.image_checks import DatalistReport
 from medseg.data.records import Record, subset
 from medseg.data.splits import Splits, load_or_create_folds, load_or_create_splits
 
@@ -60,10 +60,8 @@ class PreparedData:
         return replace(self, splits=splits)
 
 
-def _splits(cfg: PipelineConfig, name: str, records: list[Record]) -> tuple[Splits, Path]:
-    split_cfg = cfg.data.split
+def _splits(split_cfg: SplitConfig, seed: int, name: str, records: list[Record]) -> tuple[Splits, Path]:
     splits_path = split_cfg.file or SPLITS_ROOT / name / "splits.json"
-    seed = cfg.seed if split_cfg.seed is None else split_cfg.seed
     splits, created = load_or_create_splits(
         splits_path, [r["id"] for r in records], split_cfg.val_fraction, split_cfg.test_fraction, seed, split_cfg.tiny
     )
@@ -165,10 +163,10 @@ def prepare_data(cfg: PipelineConfig) -> PreparedData:
     else:
         folder, resolved, name = dataset_folder(cfg), {}, cfg.data.name
     datalist = build_datalist(cfg, folder)
-    splits, splits_path = _splits(cfg, name, datalist.records)
+    seed = cfg.seed if cfg.data.split.seed is None else cfg.data.split.seed
+    splits, splits_path = _splits(cfg.data.split, seed, name, datalist.records)
     folds = None
     if cfg.training.folds:
-        seed = cfg.seed if cfg.data.split.seed is None else cfg.data.split.seed
         folds, created = load_or_create_folds(splits_path, splits, cfg.training.folds, seed)
         log.info(
             "%s %d folds in %s: %s cases",

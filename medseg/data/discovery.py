@@ -1,47 +1,24 @@
 """Which cases a dataset folder holds, as a pipeline describes it (or as guessed from the folder), before any
-case is read: what ``medseg check``, ``medseg plan`` and ``medseg select`` start from."""
+case is read: what ``medseg check``, ``medseg run``, ``medseg plan`` and ``medseg select`` start from."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from medseg.config.schema import PipelineConfig
 from medseg.core.errors import DataError
-from medseg.data.image_datalist import DatalistReport, find_image_pairs
-from medseg.data.records import Finding, Record, detect_layout
-from medseg.data.volume_datalist import cases_from_config, find_volume_cases
+from medseg.data.layouts.base import Cases, LayoutSettings
+from medseg.data.layouts.registry import find_in_layout
+from medseg.data.records import Finding
 from medseg.imageio.formats import is_image_2d
 
 
-@dataclass
-class Cases:
-    """The records found, the layout and the file that listed them, and the channel count the layout declares."""
-
-    records: list[Record]
-    layout: str
-    source: Path
-    channels: int | None = None
-    report: DatalistReport = field(default_factory=DatalistReport)
-
-
 def find_cases(cfg: PipelineConfig, folder: Path, findings: list[Finding] | None = None) -> Cases:
-    """The cases under ``folder`` (2D pairs or 3D scans, ``data.cases`` when listed), none of them read.
+    """The cases under ``folder`` in the pipeline's layout (2D pairs or 3D scans), none of them read.
 
     ``findings``: 2D cases without their mask are recorded there instead of stopping the search.
     """
-    data = cfg.data
-    if cfg.spatial_dims == 2:
-        report = DatalistReport()
-        records = find_image_pairs(folder, data, report, findings)
-        return Cases(records, detect_layout(folder, data, spatial_dims=2), folder, report=report)
-    if data.cases:
-        return Cases(cases_from_config(folder, data.cases), "list", folder)
-    layout = detect_layout(folder, data, spatial_dims=3)
-    records, channels, source = find_volume_cases(
-        folder, layout, data.modalities, data.labels_dir, data.dataset_json, data.csv_file
-    )
-    return Cases(records, layout, source, channels)
+    return find_in_layout(folder, LayoutSettings.of(cfg.data, cfg.spatial_dims), findings)
 
 
 def guess_config(folder: Path, name: str) -> PipelineConfig:

@@ -1,4 +1,4 @@
-"""What a datalist is made of: records, case ids, and which layout a dataset folder has."""
+"""What a datalist is made of: records, case ids and the findings of a data check."""
 
 from __future__ import annotations
 
@@ -6,14 +6,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from medseg.config.schema import DataConfig
 from medseg.core.errors import DataError
 
 #: ``{"id": str, "image": path (2D) or [path per channel] (3D), "label": path (absent for unlabelled cases)}``
 Record = dict[str, Any]
-
-IMAGE_LAYOUTS = ("folder", "csv", "msd")
-VOLUME_LAYOUTS = ("msd", "nnunet", "csv", "folders")
 
 
 def check_case_id(case_id: str, source: Path) -> None:
@@ -40,30 +36,6 @@ def case_id_findings(records: list[Record], source: Path) -> list[Finding]:
     return findings
 
 
-def check_case_ids(records: list[Record], source: Path) -> None:
-    """DataError for the first id that appears twice or is not a plain name."""
-    error = first_error(case_id_findings(records, source))
-    if error is not None:
-        raise DataError(error.message)
-
-
-def detect_layout(folder: Path, cfg: DataConfig, spatial_dims: int) -> str:
-    """The configured layout, or for ``auto``: ``msd`` if the dataset.json exists, else ``csv`` if the CSV exists,
-    else ``folder`` (2D), or ``folders`` when modalities are named and ``nnunet`` otherwise (3D)."""
-    layout = cfg.layout
-    if spatial_dims == 2 and layout != "auto":
-        return layout
-    if spatial_dims == 3 and layout not in ("auto", "folder"):
-        return layout
-    if (folder / cfg.dataset_json).is_file():
-        return "msd"
-    if (folder / cfg.csv_file).is_file():
-        return "csv"
-    if spatial_dims == 2:
-        return "folder"
-    return "folders" if cfg.modalities else "nnunet"
-
-
 def subset(records: list[Record], ids: list[str]) -> list[Record]:
     """The records with these ids, in that order."""
     by_id = {r["id"]: r for r in records}
@@ -82,8 +54,3 @@ class Finding:
     check: str
     message: str
     file: str = ""
-
-
-def first_error(findings: list[Finding]) -> Finding | None:
-    """The first error among ``findings``, if any."""
-    return next((f for f in findings if f.severity == "error"), None)

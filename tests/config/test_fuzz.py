@@ -21,9 +21,9 @@ from PIL import Image
 from pydantic import BaseModel
 
 from medseg.config.loading import load_config
-from medseg.config.schema import DATA_ROOT_ENV, DataConfig, PipelineConfig
+from medseg.config.schema import DATA_ROOT_ENV, PipelineConfig
 from medseg.core.errors import MedsegError
-from medseg.data.image_datalist import build_image_datalist
+from medseg.data.datalist import build_datalist
 
 EXAMPLES = int(os.environ.get("MEDSEG_FUZZ_EXAMPLES", "150"))  # more for a longer hunt
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
@@ -333,12 +333,14 @@ def test_datalist_builder_on_random_folders(
 ) -> None:
     root = scratch / "dataset"
     _write_tree(root, tree)
-    cfg = DataConfig(layout=layout, mask_suffixes=suffixes)
+    data = {"layout": layout, "mask_suffixes": suffixes}
+    cfg = PipelineConfig(name="fuzz", model={"in_channels": in_channels}, data=data)
     try:
-        records, report = build_image_datalist(root, cfg, in_channels=in_channels)
+        datalist = build_datalist(cfg, root)
     except Exception as exc:  # noqa: BLE001 - the property: nothing but a clean MedsegError
         assert_clean(exc)
     else:
+        records, report = datalist.records, datalist.report
         assert report.cases == len(records) >= 1
         event("loaded")
         for record in records:

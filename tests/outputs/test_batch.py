@@ -15,9 +15,9 @@ import torch
 
 from medseg.config.schema import PipelineConfig
 from medseg.imageio import headers
-from medseg.outputs.batch import Outputs, predict_folder
 from medseg.infer.predictor import Predictor
 from medseg.models.registry import build_network
+from medseg.outputs.batch import Outputs, predict_folder
 from tests.helpers.data import write_dicom_series
 
 ARGS = {"channels": [4, 8], "strides": [2], "num_res_units": 0}

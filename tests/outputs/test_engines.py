@@ -12,9 +12,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from medseg.models.checkpoint import save_checkpoint
 from medseg.cli.app import app
 from medseg.config.schema import PipelineConfig
+from medseg.models.checkpoint import save_checkpoint
 from medseg.models.registry import build_network
 
 ARGS = {"channels": [4, 8], "strides": [2], "num_res_units": 0}

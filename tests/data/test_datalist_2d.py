@@ -1,4 +1,5 @@
-"""Behavioural tests for finding and checking image/mask pairs (medseg.data.image_datalist)."""
+"""Behavioural tests for finding and checking 2D image/mask pairs in each layout, through the path ``medseg run``
+takes: :func:`medseg.data.datalist.build_datalist` (the check, then the layout)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medseg.config.schema import DataConfig
+from medseg.config.schema import DataConfig, PipelineConfig
 from medseg.core.errors import DataError
-from medseg.data.image_datalist import build_image_datalist, image_fingerprint
+from medseg.data.datalist import Datalist, build_datalist
+from medseg.data.image_checks import DatalistReport, image_fingerprint
+from medseg.data.records import Record
 from medseg.imageio.formats import IMAGE_2D_SUFFIXES
 
 SIZE = (12, 8)  # PIL (width, height)
@@ -41,9 +44,22 @@ def folder_dataset(root: Path, ids: list[str], image_ext: str = ".png", mask_suf
     return root
 
 
+def build(root: Path, cfg: DataConfig | None = None, in_channels: int = 3) -> Datalist:
+    """The checked datalist of a 2D dataset folder, as ``medseg run`` builds it."""
+    pipeline = PipelineConfig(name="t", model={"in_channels": in_channels}, data=cfg or DataConfig())
+    return build_datalist(pipeline, root)
+
+
+def build_records(
+    root: Path, cfg: DataConfig | None = None, in_channels: int = 3
+) -> tuple[list[Record], DatalistReport]:
+    datalist = build(root, cfg, in_channels)
+    return datalist.records, datalist.report
+
+
 def data_error(root: Path, cfg: DataConfig | None = None, in_channels: int = 3) -> str:
     with pytest.raises(DataError) as info:
-        build_image_datalist(root, cfg or DataConfig(), in_channels=in_channels)
+        build(root, cfg, in_channels)
     message = str(info.value)
     assert "\n" not in message
     return message
@@ -56,7 +72,7 @@ def data_error(root: Path, cfg: DataConfig | None = None, in_channels: int = 3) 
 
 def test_ph2_layout_jpg_images_png_masks_matched_by_id(tmp_path: Path) -> None:
     root = folder_dataset(tmp_path / "ph2", ["IMD003", "IMD002", "IMD010"], image_ext=".jpg")
-    records, report = build_image_datalist(root, DataConfig(layout="folder"))
+    records, report = build_records(root, DataConfig(layout="folder"))
     assert records == [
         {"id": c, "image": str(root / "images" / f"{c}.jpg"), "label": str(root / "masks" / f"{c}.png")}
         for c in ["IMD002", "IMD003", "IMD010"]
@@ -69,7 +85,7 @@ def test_ph2_layout_jpg_images_png_masks_matched_by_id(tmp_path: Path) -> None:
 
 def test_isic_segmentation_suffix(tmp_path: Path) -> None:
     root = folder_dataset(tmp_path / "isic", ["ISIC_0000001", "ISIC_0000002"], mask_suffix="_segmentation")
-    records, report = build_image_datalist(root, DataConfig())
+    records, report = build_records(root, DataConfig())
     assert [r["id"] for r in records] == ["ISIC_0000001", "ISIC_0000002"]
     assert records[0]["label"] == str(root / "masks" / "ISIC_0000001_segmentation.png")
     assert report.cases == 2
@@ -79,7 +95,7 @@ def test_first_matching_suffix_wins_and_extra_masks_are_reported(tmp_path: Path)
     root = folder_dataset(tmp_path / "d", ["a", "b"])
     save_mask(root / "masks" / "a_segmentation.png")
     save_mask(root / "masks" / "orphan.png")
-    records, report = build_image_datalist(root, DataConfig())
+    records, report = build_records(root, DataConfig())
     assert records[0]["label"] == str(root / "masks" / "a.png")
     assert report.unmatched_masks == ["a_segmentation", "orphan"]
     assert report.cases == 2
@@ -91,7 +107,7 @@ def test_custom_folder_names_and_suffixes(tmp_path: Path) -> None:
         save_rgb(root / "img" / f"{case}.bmp")
         save_mask(root / "gt" / f"{case}_lesion.tif")
     cfg = DataConfig(images_dir="img", masks_dir="gt", mask_suffixes=["_lesion"])
-    records, _ = build_image_datalist(root, cfg)
+    records, _ = build_records(root, cfg)
     assert [(r["id"], Path(r["label"]).name) for r in records] == [
         ("x1", "x1_lesion.tif"),
         ("x2", "x2_lesion.tif"),
@@ -104,7 +120,7 @@ def test_upper_case_extensions_are_images(tmp_path: Path) -> None:
     save_rgb(root / "images" / "a.JPG")
     save_mask(root / "masks" / "a.PNG")
     (root / "images" / "notes.txt").write_text("not an image")
-    records, _ = build_image_datalist(root, DataConfig())
+    records, _ = build_records(root, DataConfig())
     assert [r["id"] for r in records] == ["a"]
 
 
@@ -115,7 +131,7 @@ def test_csv_layout_relative_paths(tmp_path: Path) -> None:
     save_rgb(root / "imgs" / "two.jpg")
     save_mask(root / "gt" / "two_m.png")
     (root / "pairs.csv").write_text("image,mask\nimgs/one.png,gt/one_m.png\nimgs/two.jpg,gt/two_m.png\n")
-    records, report = build_image_datalist(root, DataConfig(layout="csv"))
+    records, report = build_records(root, DataConfig(layout="csv"))
     assert records == [
         {"id": "one", "image": str(root / "imgs" / "one.png"), "label": str(root / "gt" / "one_m.png")},
         {"id": "two", "image": str(root / "imgs" / "two.jpg"), "label": str(root / "gt" / "two_m.png")},
@@ -130,7 +146,7 @@ def test_csv_layout_label_column_and_id_column(tmp_path: Path) -> None:
     save_rgb(root / "b" / "img.png")
     save_mask(root / "b" / "seg.png")
     (root / "list.csv").write_text("id,image,label\ncase_a,a/img.png,a/seg.png\ncase_b,b/img.png,b/seg.png\n")
-    records, _ = build_image_datalist(root, DataConfig(layout="csv", csv_file="list.csv"))
+    records, _ = build_records(root, DataConfig(layout="csv", csv_file="list.csv"))
     assert [r["id"] for r in records] == ["case_a", "case_b"]
     assert records[1]["label"] == str(root / "b" / "seg.png")
 
@@ -164,7 +180,7 @@ def test_csv_row_without_mask_names_the_csv(tmp_path: Path, row: str) -> None:
     save_rgb(root / "a.png")
     (root / "pairs.csv").write_text(f"image,mask\n{row}\n")
     with pytest.raises(DataError, match="pairs.csv"):
-        build_image_datalist(root, DataConfig(layout="csv"))
+        build_records(root, DataConfig(layout="csv"))
 
 
 def test_csv_with_utf8_bom(tmp_path: Path) -> None:
@@ -172,8 +188,36 @@ def test_csv_with_utf8_bom(tmp_path: Path) -> None:
     save_rgb(root / "a.png")
     save_mask(root / "a_m.png")
     (root / "pairs.csv").write_bytes("\ufeffimage,mask\na.png,a_m.png\n".encode())
-    records, _ = build_image_datalist(root, DataConfig(layout="csv"))
+    records, _ = build_records(root, DataConfig(layout="csv"))
     assert [r["id"] for r in records] == ["a"]
+
+
+def test_csv_column_names_and_cells_are_stripped_and_the_id_is_the_image_name(tmp_path: Path) -> None:
+    root = tmp_path / "csvset"
+    save_rgb(root / "a.v2.png")
+    save_mask(root / "a_m.png")
+    (root / "pairs.csv").write_text("image , mask\n a.v2.png , a_m.png \n")
+    records, _ = build_records(root, DataConfig(layout="csv"))
+    assert records == [{"id": "a.v2", "image": str(root / "a.v2.png"), "label": str(root / "a_m.png")}]
+
+
+def test_csv_missing_file_and_cells_beyond_the_header(tmp_path: Path) -> None:
+    root = tmp_path / "csvset"
+    root.mkdir()
+    assert data_error(root, DataConfig(layout="csv")) == f"{root / 'pairs.csv'}: CSV file not found"
+    (root / "pairs.csv").write_text("img,seg\na.png,b.png,c.png\n")  # the third cell has no column
+    assert data_error(root, DataConfig(layout="csv")) == (
+        f"{root / 'pairs.csv'}: expected columns 'image' and 'mask' (or 'label'), got ['img', 'seg']"
+    )
+
+
+def test_csv_duplicate_ids_name_the_csv(tmp_path: Path) -> None:
+    root = tmp_path / "csvset"
+    for case, value in (("a", 10), ("b", 20)):
+        save_rgb(root / f"{case}.png", value=value)
+        save_mask(root / f"{case}_m.png")
+    (root / "pairs.csv").write_text("id,image,mask\nx,a.png,a_m.png\nx,b.png,b_m.png\n")
+    assert data_error(root, DataConfig(layout="csv")) == f"{root / 'pairs.csv'}: case id 'x' appears more than once"
 
 
 def test_msd_dataset_json(tmp_path: Path) -> None:
@@ -184,7 +228,7 @@ def test_msd_dataset_json(tmp_path: Path) -> None:
         save_mask(root / "labelsTr" / f"{case}.png")
         entries.append({"image": f"./imagesTr/{case}.png", "label": f"./labelsTr/{case}.png"})
     (root / "dataset.json").write_text(json.dumps({"name": "t", "training": entries, "test": []}))
-    records, report = build_image_datalist(root, DataConfig(layout="msd"))
+    records, report = build_records(root, DataConfig(layout="msd"))
     assert [r["id"] for r in records] == ["case_001", "case_002"]
     assert Path(records[0]["image"]) == root / "imagesTr" / "case_001.png"
     assert Path(records[1]["label"]) == root / "labelsTr" / "case_002.png"
@@ -208,6 +252,40 @@ def test_msd_dataset_json_errors(tmp_path: Path, content: str, detail: str) -> N
     assert data_error(root, DataConfig(layout="msd")).startswith(f"{root / 'dataset.json'}: {detail}")
 
 
+def test_msd_id_is_the_image_name_up_to_its_first_dot(tmp_path: Path) -> None:
+    root = tmp_path / "Task01"
+    save_rgb(root / "img" / "ISIC_1.v2.jpg")
+    save_mask(root / "seg" / "ISIC_1_segmentation.png")
+    entry = {"image": ["img/ISIC_1.v2.jpg"], "label": "seg/ISIC_1_segmentation.png", "id": "not used in 2D"}
+    (root / "dataset.json").write_text(json.dumps({"training": [entry]}))
+    records, _ = build_records(root, DataConfig(layout="msd"))
+    assert records == [
+        {
+            "id": "ISIC_1",
+            "image": str(root / "img" / "ISIC_1.v2.jpg"),
+            "label": str(root / "seg" / "ISIC_1_segmentation.png"),
+        }
+    ]
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({"image": "a.png"}, "training entry 0 has no 'label'"),
+        ({"label": "a.png"}, "training entry 0 has no 'image'"),
+        ({"image": ["a.png", "b.png"], "label": "m.png"}, "training entry 0: 'image' must be one path"),
+        ({"image": "a.png", "label": ""}, "training entry 0: 'label' must be a path"),
+    ],
+    ids=["no-label", "no-image", "two-images", "empty-label"],
+)
+def test_msd_entry_errors_name_the_entry(tmp_path: Path, entry: dict, message: str) -> None:
+    root = tmp_path / "Task01"
+    root.mkdir()
+    assert data_error(root, DataConfig(layout="msd")) == f"{root / 'dataset.json'}: dataset.json not found"
+    (root / "dataset.json").write_text(json.dumps({"training": [entry]}))
+    assert data_error(root, DataConfig(layout="msd")) == f"{root / 'dataset.json'}: {message}"
+
+
 def _three_layouts(root: Path) -> None:
     """Folder layout ids f1, f2; CSV ids c1; MSD ids m1: each layout is told apart by its ids."""
     folder_dataset(root, ["f1", "f2"])
@@ -229,7 +307,7 @@ def test_auto_layout_detection(tmp_path: Path, files: tuple[str, ...], expected:
         (root / "pairs.csv").write_text("image,mask\nc/c1.png,c/c1_m.png\n")
     if "msd" in files:
         (root / "dataset.json").write_text(json.dumps({"training": [{"image": "m/m1.png", "label": "m/m1_m.png"}]}))
-    records, report = build_image_datalist(root, DataConfig(layout="auto"))
+    records, report = build_records(root, DataConfig(layout="auto"))
     assert [r["id"] for r in records] == expected
     assert report.cases == len(expected)
 
@@ -238,7 +316,7 @@ def test_explicit_folder_layout_ignores_csv(tmp_path: Path) -> None:
     root = tmp_path / "d"
     _three_layouts(root)
     (root / "pairs.csv").write_text("image,mask\nc/c1.png,c/c1_m.png\n")
-    records, _ = build_image_datalist(root, DataConfig(layout="folder"))
+    records, _ = build_records(root, DataConfig(layout="folder"))
     assert [r["id"] for r in records] == ["f1", "f2"]
 
 
@@ -344,7 +422,7 @@ def test_grey_image_where_rgb_expected(tmp_path: Path) -> None:
         f"{root / 'images' / 'a.png'}: image mode L (1 channels) but the model expects 3 channel(s) (RGB); "
         "grey-scale: convert it to RGB"
     )
-    records, report = build_image_datalist(root, DataConfig(), in_channels=1)  # fine for a 1-channel model
+    records, report = build_records(root, DataConfig(), in_channels=1)  # fine for a 1-channel model
     assert report.cases == 1
 
 
@@ -382,7 +460,7 @@ def test_non_binary_pixels_counted_exactly(tmp_path: Path) -> None:
     grey[5, 0:5] = 128  # 5 anti-aliased edge pixels
     save_rgb(root / "images" / "soft.png")
     save_mask(root / "masks" / "soft.png", array=grey)
-    _, report = build_image_datalist(root, DataConfig())
+    _, report = build_records(root, DataConfig())
     assert report.non_binary_pixels == 5
     assert report.masks_with_non_binary_pixels == 1
     assert report.cases == 2
@@ -400,7 +478,7 @@ def test_non_binary_pixels_summed_over_masks_and_empty_masks_listed(tmp_path: Pa
     for case, mask in {"a": a, "b": b, "c": c, "ones": ones}.items():
         save_rgb(root / "images" / f"{case}.png")
         save_mask(root / "masks" / f"{case}.png", array=mask)
-    _, report = build_image_datalist(root, DataConfig())
+    _, report = build_records(root, DataConfig())
     assert report.non_binary_pixels == 5
     assert report.masks_with_non_binary_pixels == 2
     assert report.empty_masks == ["c"]
@@ -414,7 +492,7 @@ def test_sixteen_bit_mask_counted(tmp_path: Path) -> None:
     mask[0, 0] = 65535
     mask[0, 1] = 300
     save_mask(root / "masks" / "a.png", array=mask)
-    _, report = build_image_datalist(root, DataConfig())
+    _, report = build_records(root, DataConfig())
     assert (report.non_binary_pixels, report.masks_with_non_binary_pixels) == (1, 1)
 
 
@@ -425,12 +503,13 @@ def test_sixteen_bit_mask_counted(tmp_path: Path) -> None:
 
 def test_data_fingerprint_stable_and_sensitive_to_size(tmp_path: Path) -> None:
     root = folder_dataset(tmp_path / "d", ["a", "b", "c"])
-    records, _ = build_image_datalist(root, DataConfig())
+    records, _ = build_records(root, DataConfig())
     first = image_fingerprint(records)
     assert len(first) == 16 and all(ch in "0123456789abcdef" for ch in first)
     assert image_fingerprint(records) == first
     assert image_fingerprint(list(reversed(records))) == first  # order of the list does not matter
-    assert image_fingerprint(build_image_datalist(root, DataConfig())[0]) == first
+    assert image_fingerprint(build_records(root, DataConfig())[0]) == first
+    assert build(root).fingerprint == first  # what the run records
 
     image = root / "images" / "b.png"
     before = image.stat().st_size
@@ -441,13 +520,13 @@ def test_data_fingerprint_stable_and_sensitive_to_size(tmp_path: Path) -> None:
 
 def test_data_fingerprint_changes_with_the_file_list(tmp_path: Path) -> None:
     root = folder_dataset(tmp_path / "d", ["a", "b", "c"])
-    records, _ = build_image_datalist(root, DataConfig())
+    records, _ = build_records(root, DataConfig())
     assert image_fingerprint(records[:2]) != image_fingerprint(records)
 
 
 def test_data_fingerprint_does_not_depend_on_location(tmp_path: Path) -> None:
     root = folder_dataset(tmp_path / "d", ["a", "b"])
     copy = Path(shutil.copytree(root, tmp_path / "elsewhere" / "d"))
-    assert image_fingerprint(build_image_datalist(root, DataConfig())[0]) == image_fingerprint(
-        build_image_datalist(copy, DataConfig())[0]
+    assert image_fingerprint(build_records(root, DataConfig())[0]) == image_fingerprint(
+        build_records(copy, DataConfig())[0]
     )

@@ -1,0 +1,134 @@
+"""What every dataset layout is: a :class:`Layout` reads a dataset folder as its :class:`LayoutSettings` say and
+returns the :class:`Cases` it lists, none of them read yet; plus the few helpers several layouts share."""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from medseg.config.schema import CaseConfig, DataConfig
+from medseg.core.errors import DataError
+from medseg.data.records import Finding, Record
+from medseg.imageio.formats import volume_id, volume_suffix
+
+
+@dataclass(frozen=True)
+class LayoutSettings:
+    """What a layout needs to know: the ``data`` section's naming keys and whether cases are 2D images or 3D scans.
+
+    2D records hold one image path, 3D records a list of paths (one per channel).
+    """
+
+    spatial_dims: int
+    layout: str  # data.layout: a name from the registry, or "auto"
+    images_dir: str
+    masks_dir: str
+    mask_suffixes: tuple[str, ...]
+    csv_file: str
+    dataset_json: str
+    labels_dir: str
+    modalities: tuple[str, ...]
+    cases: tuple[CaseConfig, ...]
+
+    @classmethod
+    def of(cls, data: DataConfig, spatial_dims: int) -> LayoutSettings:
+        """The settings of a pipeline's ``data`` section for 2D (``spatial_dims`` 2) or 3D (3) cases."""
+        return cls(
+            spatial_dims=spatial_dims,
+            layout=data.layout,
+            images_dir=data.images_dir,
+            masks_dir=data.masks_dir,
+            mask_suffixes=tuple(data.mask_suffixes),
+            csv_file=data.csv_file,
+            dataset_json=data.dataset_json,
+            labels_dir=data.labels_dir,
+            modalities=tuple(data.modalities),
+            cases=tuple(data.cases),
+        )
+
+
+@dataclass
+class Cases:
+    """The records a layout found, its name, the file that lists them (the folder itself for folder layouts), the
+    channel count the layout declares (3D, None if it declares none) and the names of masks no case uses."""
+
+    records: list[Record]
+    layout: str
+    source: Path
+    channels: int | None = None
+    unmatched_masks: list[str] = field(default_factory=list)
+
+
+class Layout(ABC):
+    """One way a dataset folder lists its cases. A new layout is one module with a subclass and one entry in
+    :data:`medseg.data.layouts.registry.LAYOUTS`."""
+
+    name: ClassVar[str]  # the data.layout value
+    spatial_dims: ClassVar[tuple[int, ...]]  # the cases it reads: 2D images, 3D scans or both
+    in_folder: ClassVar[bool] = True  # its cases are files in the dataset folder (checked to exist first)
+
+    @abstractmethod
+    def detect(self, folder: Path, settings: LayoutSettings) -> bool:
+        """Whether ``folder`` looks like this layout (``data.layout: auto`` asks the layouts in registry order)."""
+
+    @abstractmethod
+    def find(self, folder: Path, settings: LayoutSettings, findings: list[Finding] | None = None) -> Cases:
+        """The cases under ``folder``, none of them read.
+
+        ``findings``: where a layout that can go on past a bad case (a 2D image without its mask) records it and
+        leaves it out; without it (and for every other problem) a :class:`DataError` naming the file stops the
+        search.
+        """
+
+
+# --------------------------------------------------------------------------------------------------
+# What several layouts share
+# --------------------------------------------------------------------------------------------------
+
+
+def make_record(settings: LayoutSettings, case_id: str, images: list[Path], label: Path | None) -> Record:
+    """A record: ``image`` is one path for 2D images, a list of paths (one per channel) for 3D scans."""
+    image = str(images[0]) if settings.spatial_dims == 2 else [str(p) for p in images]
+    record: Record = {"id": case_id, "image": image}
+    if label is not None:
+        record["label"] = str(label)
+    return record
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object; DataError if the file cannot be read or holds something else."""
+    try:
+        description = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: cannot read JSON ({exc})") from None
+    if not isinstance(description, dict):
+        raise DataError(f"{path}: expected a JSON object, got {type(description).__name__}")
+    return description
+
+
+def index_volumes(folder: Path, allow_series: bool) -> dict[str, Path]:
+    """id -> volume file (or DICOM series folder when ``allow_series``) in ``folder``; hidden names skipped."""
+    index: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith("."):
+            continue
+        if path.is_dir():
+            if not allow_series:
+                continue
+        elif not volume_suffix(path.name):
+            continue
+        case = volume_id(path)
+        if case in index:
+            raise DataError(f"{path}: ambiguous volume, {index[case].name} has the same id {case!r}")
+        index[case] = path
+    return index
+
+
+def labels_index(folder: Path) -> dict[str, Path]:
+    """id -> label volume in ``folder``; DataError if the folder is missing."""
+    if not folder.is_dir():
+        raise DataError(f"{folder}: label folder not found")
+    return index_volumes(folder, allow_series=False)
