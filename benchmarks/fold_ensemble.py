@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from medseg.config.loading import load_config
+from medseg.config.settings import evaluation_settings
 from medseg.data.dataset import prepare_data
 from medseg.evaluation.evaluate import evaluate
 from medseg.infer.predictor import Predictor
@@ -25,16 +26,16 @@ def main() -> None:
     parser.add_argument("run", type=Path, help="a cross-validated run folder")
     run = parser.parse_args().run
     cfg = load_config(run / "config.yaml")
-    test = prepare_data(cfg).subset("test")
+    test, settings = prepare_data(cfg).subset("test"), evaluation_settings(cfg)
     ensemble = Predictor.from_model(run)
     with tempfile.TemporaryDirectory() as tmp:
         single = {
             fold: evaluate(
-                Predictor.from_model(run, folds=[fold], steps=ensemble.steps), test, cfg, Path(tmp) / str(fold)
+                Predictor.from_model(run, folds=[fold], steps=ensemble.steps), test, settings, Path(tmp) / str(fold)
             )["postprocessed"]["dice"]["mean"]
             for fold in range(cfg.training.folds or 0)
         }
-        together = evaluate(ensemble, test, cfg, Path(tmp) / "ensemble")["postprocessed"]["dice"]["mean"]
+        together = evaluate(ensemble, test, settings, Path(tmp) / "ensemble")["postprocessed"]["dice"]["mean"]
     values = np.array(list(single.values()))
     print(
         json.dumps(

@@ -26,6 +26,7 @@ from PIL import Image
 
 from medseg.config.loading import load_config
 from medseg.config.schema import PipelineConfig
+from medseg.config.settings import inference_settings
 from medseg.evaluation.metrics import dice_score as dice
 from medseg.infer.predictor import Predictor
 from medseg.runtime.devices import cpu_has_native_bf16
@@ -66,7 +67,9 @@ def main() -> None:
     def settings(**changes) -> PipelineConfig:
         return cfg.model_copy(update={"inference": cfg.inference.model_copy(update=changes)})
 
-    auto = Predictor(copy.deepcopy(network), settings(bf16=True), steps=[])  # backend auto, bf16 allowed
+    auto = Predictor(
+        copy.deepcopy(network), inference_settings(settings(bf16=True)), steps=[]
+    )  # backend auto, bf16 allowed
     chosen = auto.backend
     print(
         "auto timed (ms per 256x256 input): "
@@ -84,7 +87,10 @@ def main() -> None:
     }
     if not cpu_has_native_bf16():  # bf16 stays off here: the same as the fp32 variants
         predictors = {k: v for k, v in predictors.items() if "bf16" not in k or k.startswith("auto")}
-    runners = {name: Predictor(copy.deepcopy(network), config, steps=[]) for name, config in predictors.items()}
+    runners = {
+        name: Predictor(copy.deepcopy(network), inference_settings(config), steps=[])
+        for name, config in predictors.items()
+    }
     masks = {name: [p.probabilities(f) > 0.5 for f in files] for name, p in runners.items()}  # warm-up too
     seconds: dict[str, list[float]] = {name: [] for name in runners}
     for _ in range(args.repeats):

@@ -36,6 +36,7 @@ from common import benchmark_network
 
 from medseg.config.loading import load_config
 from medseg.config.schema import PipelineConfig
+from medseg.config.settings import inference_settings
 from medseg.evaluation.metrics import dice_score as dice
 from medseg.infer.predictor import Predictor
 
@@ -111,7 +112,7 @@ def main() -> None:
     print(f"ROI {roi}, overlap {overlap}, {torch.get_num_threads()} threads\n")
 
     def predictor(config: PipelineConfig) -> Callable[[list[str]], np.ndarray]:
-        p = Predictor(copy.deepcopy(network), config, steps=[])
+        p = Predictor(copy.deepcopy(network), inference_settings(config), steps=[])
         return lambda files: p.probabilities(files)[0] > config.evaluation.threshold
 
     def with_inference(config: PipelineConfig = cfg, **changes) -> PipelineConfig:
@@ -123,7 +124,9 @@ def main() -> None:
         update={"preprocessing": cfg.preprocessing.model_copy(update={"crop_foreground": False})}
     )
     sw = cfg.inference.sw_batch_size
-    auto = Predictor(network, with_inference(bf16=True), steps=[])  # backend auto, bf16 candidates allowed
+    auto = Predictor(
+        network, inference_settings(with_inference(bf16=True)), steps=[]
+    )  # backend auto, bf16 candidates allowed
     picked = auto.backend.label
     variants: dict[str, Callable[[list[str]], np.ndarray]] = {
         "baseline: plain sliding_window_inference (sw_batch 1, constant, no_grad, PyTorch)": baseline(

@@ -4,8 +4,16 @@ so what a function reads is in its signature."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from medseg.config.loading import stored_config
 from medseg.config.schema import PipelineConfig
+from medseg.core.errors import ModelError
+from medseg.evaluation.settings import EvaluationSettings
+from medseg.infer.settings import InferenceSettings
 from medseg.labels import Label, LabelScheme, default_color, parse_code
+from medseg.outputs.settings import Outputs
+from medseg.transforms.settings import LabelRemap, TransformSettings
 
 
 def label_scheme(cfg: PipelineConfig) -> LabelScheme:
@@ -26,3 +34,76 @@ def label_scheme(cfg: PipelineConfig) -> LabelScheme:
     }
     order = tuple(data.region_order) if data.region_order else None
     return LabelScheme(cfg.model.out_channels, named, regions, order, data.ignore_label, cfg.evaluation.threshold)
+
+
+def label_remap(cfg: PipelineConfig) -> LabelRemap:
+    """How raw label values become training targets (``data.label_mapping``, ``data.foreground_labels``, the regions'
+    values, ``data.ignore_label``)."""
+    data = cfg.data
+    regions = tuple(label_scheme(cfg).regions.values()) if data.regions else None
+    foreground = tuple(data.foreground_labels) if data.foreground_labels else None
+    return LabelRemap(data.label_mapping, foreground, regions, data.ignore_label)
+
+
+def transform_settings(cfg: PipelineConfig) -> TransformSettings:
+    """What the transform chains read."""
+    return TransformSettings(
+        cfg.spatial_dims,
+        cfg.model.in_channels,
+        cfg.preprocessing,
+        cfg.augmentation,
+        cfg.training.samples_per_volume,
+        label_remap(cfg),
+    )
+
+
+def inference_settings(cfg: PipelineConfig) -> InferenceSettings:
+    """What a predictor reads (a model's preprocessing, ``inference.*``, labels, ``postprocessing.*``; on a GPU,
+    ``training.bf16`` as the model's mixed precision)."""
+    return InferenceSettings(
+        transform_settings(cfg),
+        cfg.inference,
+        label_scheme(cfg),
+        cfg.postprocessing,
+        cfg.training.bf16,
+        tuple(cfg.data.modalities),
+    )
+
+
+def stored_inference_settings(
+    raw: object, source: Path, backend: str | None = None, device: str | None = None
+) -> InferenceSettings:
+    """The settings of the configuration saved with a model (any medseg version's: :func:`stored_config`), with
+    ``backend`` / ``device`` replacing its ``inference.backend`` / ``inference.device``; ModelError if it is invalid."""
+    try:
+        config = stored_config(raw, source)
+        changes = {"inference.backend": backend, "inference.device": device}
+        config = config.with_values({k: v for k, v in changes.items() if v is not None})
+    except ValueError as exc:
+        first = str(exc).splitlines()
+        detail = " ".join(line.strip() for line in first[1:3]) if len(first) > 1 else str(exc)
+        raise ModelError(f"{source}: the configuration stored with the model is invalid ({detail})") from None
+    return inference_settings(config)
+
+
+def output_settings(cfg: PipelineConfig) -> Outputs:
+    """What the predict stage writes besides the masks (``prediction.*``, ``inference.save_probabilities``)."""
+    p = cfg.prediction
+    return Outputs(
+        formats=tuple(p.formats),
+        probabilities=cfg.inference.save_probabilities,
+        uncertainty=p.uncertainty,
+        statistics=p.statistics,
+        meshes=p.meshes,
+        mesh_format=p.mesh_format,
+        mesh_space=p.mesh_space,
+        overlays=p.overlays,
+        max_overlays=p.max_overlays,
+    )
+
+
+def evaluation_settings(cfg: PipelineConfig) -> EvaluationSettings:
+    """What the evaluate stage reads (the labels, the reference labels' remapping, ``evaluation.*``)."""
+    return EvaluationSettings(
+        cfg.spatial_dims, label_scheme(cfg), label_remap(cfg), cfg.evaluation.jaccard_threshold, cfg.evaluation.split
+    )

@@ -13,11 +13,11 @@ from typing import Any
 
 import numpy as np
 
-from medseg.config.schema import PipelineConfig
 from medseg.core.atomic import atomic_write_text
 from medseg.core.progress import progress_bar
 from medseg.data.records import Record
 from medseg.evaluation.metrics import METRIC_NAMES, VOLUME_METRIC_NAMES, case_metrics, summarise, volume_metrics
+from medseg.evaluation.settings import EvaluationSettings
 from medseg.imageio.headers import ScanHeader
 from medseg.infer.predictor import Predictor, Segmentation
 
@@ -27,7 +27,7 @@ PER_CASE_CSV = "per_case_metrics.csv"
 
 
 def validation_label_maps(
-    predictor: Predictor, records: list[Record], cfg: PipelineConfig
+    predictor: Predictor, records: list[Record], settings: EvaluationSettings
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Raw predicted label maps and reference labels of the cases, to choose the post-processing on."""
     predictions, truths = [], []
@@ -35,7 +35,7 @@ def validation_label_maps(
         for record in progress.track(records, description="choose post-processing"):
             result = predictor.predict(record["image"])
             predictions.append(result.raw)
-            truths.append(read_truth(record, cfg, result.header)[0])
+            truths.append(read_truth(record, settings, result.header)[0])
     return predictions, truths
 
 
@@ -55,7 +55,7 @@ def read_per_case(out_dir: Path, names: list[str], variant: str = "raw") -> list
 
 
 def read_truth(
-    record: Record, cfg: PipelineConfig, header: ScanHeader | None = None
+    record: Record, settings: EvaluationSettings, header: ScanHeader | None = None
 ) -> tuple[np.ndarray, tuple[float, ...] | None]:
     """Reference labels on the image's own voxel grid and the voxel spacing: classes remapped as in training (with
     ``data.regions``: the raw labels); voxels with ``data.ignore_label`` keep that value.
@@ -64,11 +64,11 @@ def read_truth(
     """
     import torch
 
-    from medseg.transforms.labels import RemapLabels, label_remapping
+    from medseg.transforms.labels import RemapLabels
 
-    remapping = {**label_remapping(cfg), "regions": None}
-    dtype = np.uint16 if (cfg.data.ignore_label or 0) > 255 else np.uint8
-    if cfg.spatial_dims == 2:
+    remapping = settings.truth.without_regions().arguments()
+    dtype = np.uint16 if (settings.labels.ignore_label or 0) > 255 else np.uint8
+    if settings.spatial_dims == 2:
         from medseg.imageio.images import open_image
 
         raw = np.asarray(open_image(Path(record["label"]), "mask"))
@@ -80,22 +80,20 @@ def read_truth(
 
     header = header or read_header(Path(record["image"][0]))
     array = read_label_on_grid(Path(record["label"]), header)
-    if cfg.data.regions:
+    if settings.labels.regions:
         return np.asarray(array).astype(dtype), header.spacing
     labels = RemapLabels(**remapping)(torch.as_tensor(np.asarray(array).astype(np.int32)))
     return labels.numpy().astype(dtype), header.spacing
 
 
 def structure_metrics(
-    prediction: np.ndarray, truth: np.ndarray, cfg: PipelineConfig, spacing: tuple[float, ...] | None
+    prediction: np.ndarray, truth: np.ndarray, settings: EvaluationSettings, spacing: tuple[float, ...] | None
 ) -> dict[str, dict[str, float]]:
     """Metrics of each structure (class or region) of a predicted label map against the reference labels, the
     ``data.ignore_label`` voxels left out."""
-    from medseg.config.settings import label_scheme
-
-    predicted, true = label_scheme(cfg).compared_masks(prediction, truth)
-    if cfg.spatial_dims == 2:
-        threshold = cfg.evaluation.jaccard_threshold
+    predicted, true = settings.labels.compared_masks(prediction, truth)
+    if settings.spatial_dims == 2:
+        threshold = settings.jaccard_threshold
         return {name: case_metrics(predicted[name], true[name], jaccard_threshold=threshold) for name in predicted}
     return {name: volume_metrics(predicted[name], true[name], spacing) for name in predicted}
 
@@ -103,7 +101,7 @@ def structure_metrics(
 def evaluate(
     predictor: Predictor,
     records: list[Record],
-    cfg: PipelineConfig,
+    settings: EvaluationSettings,
     out_dir: Path,
     on_case: Callable[[Record, Segmentation], None] | None = None,
     split: str | None = None,
@@ -119,11 +117,10 @@ def evaluate(
     Returns:
         The summary: ``{"raw": {...}, "postprocessed": {...}, "postprocessing_steps": [...], "cases": n}``.
     """
-    from medseg.config.settings import label_scheme
     from medseg.evaluation.metrics import confusion_matrix, semantic_scores
 
-    names = METRIC_NAMES if cfg.spatial_dims == 2 else VOLUME_METRIC_NAMES
-    scheme = label_scheme(cfg)
+    names = METRIC_NAMES if settings.spatial_dims == 2 else VOLUME_METRIC_NAMES
+    scheme = settings.labels
     named = scheme.structures()
     classes = None if scheme.regions else scheme.class_count  # a confusion matrix for class models
     matrix = np.zeros((classes, classes), dtype=np.int64) if classes else None
@@ -134,12 +131,12 @@ def evaluate(
             result = predictor.predict(record["image"], probabilities=on_case is not None)
             if on_case is not None:
                 on_case(record, result)
-            truth, spacing = read_truth(record, cfg, result.header)
+            truth, spacing = read_truth(record, settings, result.header)
             if matrix is not None:
-                valid = None if cfg.data.ignore_label is None else truth != cfg.data.ignore_label
+                valid = None if settings.labels.ignore_label is None else truth != settings.labels.ignore_label
                 matrix += confusion_matrix(result.labels, truth, classes, valid)
             for variant, labels in (("raw", result.raw), ("postprocessed", result.labels)):
-                metrics = structure_metrics(labels, truth, cfg, spacing)
+                metrics = structure_metrics(labels, truth, settings, spacing)
                 for structure in named:
                     values = metrics[structure.name]
                     per_variant[variant].append(values)
@@ -165,7 +162,7 @@ def evaluate(
         {
             "postprocessing_steps": predictor.steps,
             "cases": len(records),
-            "split": split or cfg.evaluation.split,
+            "split": split or settings.split,
             "metrics": list(names),
         }
     )
@@ -174,7 +171,7 @@ def evaluate(
     headline = summary["postprocessed"]
     log.info(
         "%s (%d cases): %s (post-processed); raw Dice %.4f",
-        split or cfg.evaluation.split,
+        split or settings.split,
         len(records),
         ", ".join(
             f"{n} {headline[n]['mean']:.4f} (95% CI {headline[n]['ci95'][0]:.4f}-{headline[n]['ci95'][1]:.4f})"

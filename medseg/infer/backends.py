@@ -20,10 +20,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from medseg.config.schema import InferenceConfig, PipelineConfig
+from medseg.config.schema import InferenceConfig
 from medseg.core.atomic import atomic_path
 from medseg.core.errors import ModelError, error_summary
-from medseg.infer.inferers import working_shape
+from medseg.models.classical import ClassicalSegmenter
 from medseg.runtime.steps import channels_last_format
 from medseg.version import __version__
 
@@ -88,9 +88,9 @@ def random_inputs(channels: int, shape: tuple[int, ...], count: int = 2) -> list
     return [torch.randn((1, channels, *shape), generator=generator) for _ in range(count)]
 
 
-def example_input(cfg: PipelineConfig) -> torch.Tensor:
+def example_input(channels: int, shape: tuple[int, ...]) -> torch.Tensor:
     """One input of the working shape, to trace or export the network with."""
-    return random_inputs(cfg.model.in_channels, working_shape(cfg), 1)[0]
+    return random_inputs(channels, shape, 1)[0]
 
 
 def write_onnx(network: nn.Module, example: torch.Tensor, metadata: dict[str, Any], target: Path) -> None:
@@ -247,7 +247,7 @@ def resolve_backend(
 
     if inference.backend != "auto":
         return BackendChoice(Backend.configured(inference), {})
-    if getattr(network, "classical", False):  # scikit-image inside: nothing to export or lay out
+    if isinstance(network, ClassicalSegmenter):  # scikit-image inside: nothing to export or lay out
         return BackendChoice(Backend("torch"), {})
     one = example[:1]
     runtimes = {}

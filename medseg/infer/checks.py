@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medseg.config.schema import PipelineConfig
 from medseg.core.errors import DataError
 from medseg.imageio.formats import IMAGE_2D_SUFFIXES, SUPPORTED_VOLUMES, is_image_2d, is_volume_file
 from medseg.imageio.headers import ScanHeader, read_header, shape_text
 from medseg.imageio.images import frame_count, open_image
+from medseg.infer.settings import InferenceSettings
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +31,12 @@ def check_openable(path: Path) -> None:
         raise DataError(f"{path}: cannot open ({exc.strerror or exc.__class__.__name__})") from None
 
 
-def check_scans(paths: list[Path], cfg: PipelineConfig) -> list[ScanHeader]:
+def check_scans(paths: list[Path], settings: InferenceSettings) -> list[ScanHeader]:
     """The headers of a 3D case's files (one per channel file), read once; DataError if the case is 2D, larger
     than ``inference.max_voxels``, or does not hold the channels the model expects."""
     for path in paths:
         check_openable(path)
-    limit, channels, headers = cfg.inference.max_voxels, 0, []
+    limit, channels, headers = settings.inference.max_voxels, 0, []
     for path in paths:
         if is_image_2d(path):
             raise DataError(f"{path}: a 2D image, but the model is 3D (it reads {SUPPORTED_VOLUMES})")
@@ -49,20 +49,20 @@ def check_scans(paths: list[Path], cfg: PipelineConfig) -> list[ScanHeader]:
             )
         channels += header.channels
         headers.append(header)
-    if channels != cfg.model.in_channels:
+    if channels != settings.in_channels:
         raise DataError(
-            f"{paths[0]}: the scan holds {channels} channel(s) but the model expects {cfg.model.in_channels}"
+            f"{paths[0]}: the scan holds {channels} channel(s) but the model expects {settings.in_channels}"
         )
     return headers
 
 
-def check_image(path: Path, cfg: PipelineConfig) -> None:
+def check_image(path: Path, settings: InferenceSettings) -> None:
     """DataError if a 2D input is a scan, unreadable, a stack, too large, or not in the mode the model expects."""
     check_openable(path)
     if path.is_dir() or is_volume_file(path):
         raise DataError(f"{path}: a 3D scan, but the model is 2D (it reads {', '.join(IMAGE_2D_SUFFIXES)} images)")
-    channels = cfg.model.in_channels
-    with open_image(path, max_pixels=cfg.inference.max_voxels) as image:
+    channels = settings.in_channels
+    with open_image(path, max_pixels=settings.inference.max_voxels) as image:
         mode, bands, frames = image.mode, len(image.getbands()), frame_count(image)
         opaque = mode == "RGBA" and image.getchannel("A").getextrema()[0] == 255
     if frames > 1:

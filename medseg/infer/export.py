@@ -13,17 +13,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from medseg.config.schema import PipelineConfig
 from medseg.core.atomic import atomic_write_text
 from medseg.core.errors import ModelError
 from medseg.core.layout import ENSEMBLE_FILE
 from medseg.data.inputs import predict_inputs
 from medseg.evaluation.metrics import dice_score
 from medseg.infer.backends import FORMATS, WRITERS, example_input, export_format, random_inputs
-from medseg.infer.inferers import activate, working_shape
+from medseg.infer.inferers import activate
 from medseg.infer.predictor import Predictor
+from medseg.infer.settings import InferenceSettings
 from medseg.infer.sources import EXPORTED_ENSEMBLE_KIND, MODEL_URI_SCHEMES, resolve_model
 from medseg.models.checkpoint import load_checkpoint
+from medseg.models.classical import ClassicalSegmenter
 from medseg.version import __version__
 
 log = logging.getLogger(__name__)
@@ -77,12 +78,12 @@ def check_parity(
     window, TTA, inverse resampling; probabilities and mask Dice compared).
     """
     rows: list[dict[str, Any]] = []
-    shape = working_shape(reference.config)
-    for index, batch in enumerate(random_inputs(reference.config.model.in_channels, shape)):
+    settings = reference.settings
+    for index, batch in enumerate(random_inputs(settings.in_channels, settings.working_shape)):
         with torch.inference_mode():
             ours = reference.network(batch.to(reference.device)).float().cpu()
             theirs = exported.runtime(batch).float()
-        multilabel = bool(reference.config.data.regions)
+        multilabel = settings.labels.multilabel
         ours_p, theirs_p = activate(ours, multilabel)[0].numpy(), activate(theirs, multilabel)[0].numpy()
         rows.append(
             {
@@ -118,9 +119,9 @@ def check_parity(
     )
 
 
-def parity_inputs(source: Path, config: PipelineConfig) -> list[str | list[str]]:
+def parity_inputs(source: Path, settings: InferenceSettings) -> list[str | list[str]]:
     """The cases ``medseg predict`` would read from ``source``: images (2D) or scans, one list per case (3D)."""
-    return [record["image"] for record in predict_inputs(source, config.spatial_dims, config.model.in_channels)]
+    return [record["image"] for record in predict_inputs(source, settings.spatial_dims, settings.in_channels)]
 
 
 def export_model(
@@ -144,12 +145,12 @@ def export_model(
     if export_format(checkpoint) is not None:
         raise ModelError(f"{checkpoint}: already an exported model; export from a run folder or checkpoint")
     reference = Predictor.from_model(checkpoint, backend="torch", device="cpu")
-    if getattr(reference.network, "classical", False):
+    state = load_checkpoint(checkpoint)
+    if isinstance(reference.network, ClassicalSegmenter):
         raise ModelError(
-            f"{checkpoint}: a classical baseline ({reference.config.model.name}) is not a network to "
+            f"{checkpoint}: a classical baseline ({state['network']['name']}) is not a network to "
             "export; medseg predict runs it from the run folder"
         )
-    state = load_checkpoint(checkpoint)
     from_uri = isinstance(model, str) and model.startswith(MODEL_URI_SCHEMES)
     default_folder = Path.cwd() if from_uri else checkpoint.parent  # not inside the download cache
     target = Path(output) if output is not None else default_folder / f"model{FORMATS[fmt]}"
@@ -159,10 +160,11 @@ def export_model(
     metadata["config"].setdefault("inference", {})["backend"] = "auto"  # the file decides: ONNX Runtime or TorchScript
     target.parent.mkdir(parents=True, exist_ok=True)
     staged = target.with_name(f".{target.stem}.checking{target.suffix}")
-    WRITERS[fmt](reference.network, example_input(reference.config), metadata, staged)
+    example = example_input(reference.settings.in_channels, reference.settings.working_shape)
+    WRITERS[fmt](reference.network, example, metadata, staged)
     try:
         exported = Predictor.from_model(staged)
-        images = parity_inputs(check_inputs, reference.config)[:max_cases] if check_inputs is not None else None
+        images = parity_inputs(check_inputs, reference.settings)[:max_cases] if check_inputs is not None else None
         checked = (
             reference if device in (None, "cpu") else Predictor.from_model(checkpoint, backend="torch", device=device)
         )
@@ -198,12 +200,12 @@ def _export_ensemble(
         member = target.with_name(f"{target.stem}.fold{fold}{target.suffix}")
         reports.append(export_model(root / relative, fmt, member, check_inputs, max_cases, device).parity)
         written[fold] = member.name
-    config = Predictor.from_model(root / members[min(members, key=int)], backend="torch").config
+    settings = Predictor.from_model(root / members[min(members, key=int)], backend="torch").settings
     document = {
         "kind": EXPORTED_ENSEMBLE_KIND,
         "format": fmt,
         "members": written,
-        "postprocessing": saved_steps(config.postprocessing, manifest.parent),
+        "postprocessing": saved_steps(settings.postprocessing, manifest.parent),
     }
     path = target.with_name(f"{target.stem}.ensemble.json")
     atomic_write_text(path, json.dumps(document, indent=1))

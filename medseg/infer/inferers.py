@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from medseg.config.schema import PipelineConfig
+from medseg.infer.settings import InferenceSettings
 
 
 def activate(logits: torch.Tensor, multilabel: bool = False) -> torch.Tensor:
@@ -17,16 +17,18 @@ def activate(logits: torch.Tensor, multilabel: bool = False) -> torch.Tensor:
     return torch.sigmoid(logits) if logits.shape[1] == 1 or multilabel else torch.softmax(logits, dim=1)
 
 
-def build_inferer(cfg: PipelineConfig, device: torch.device | None = None, stitch: torch.device | None = None) -> Any:
+def build_inferer(
+    settings: InferenceSettings, device: torch.device | None = None, stitch: torch.device | None = None
+) -> Any:
     """Whole-image inference in 2D; sliding window with Gaussian blending in 3D (MONAI inferers): windows run on
     ``device``, the stitched output lives on ``stitch`` (default: the device too)."""
     from monai.inferers import SimpleInferer, SlidingWindowInferer
 
-    if cfg.spatial_dims == 2:
+    if settings.spatial_dims == 2:
         return SimpleInferer()
-    inf = cfg.inference
+    inf = settings.inference
     return SlidingWindowInferer(
-        roi_size=inf.roi_size or cfg.preprocessing.patch_size,
+        roi_size=settings.working_shape,
         sw_batch_size=inf.sw_batch_size,
         overlap=inf.overlap,
         mode=inf.blend_mode,
@@ -35,7 +37,7 @@ def build_inferer(cfg: PipelineConfig, device: torch.device | None = None, stitc
     )
 
 
-def stitch_device(cfg: PipelineConfig, shape: tuple[int, ...], device: torch.device) -> torch.device:
+def stitch_device(settings: InferenceSettings, shape: tuple[int, ...], device: torch.device) -> torch.device:
     """Where a volume's sliding-window output is stitched: on the GPU when the output and its weight map take under
     half of the free GPU memory, else on the CPU (a 512x512x600 CT must not run a 16 GB GPU out of memory)."""
     if device.type != "cuda":
@@ -44,7 +46,7 @@ def stitch_device(cfg: PipelineConfig, shape: tuple[int, ...], device: torch.dev
     voxels = 1
     for n in shape[2:]:
         voxels *= int(n)
-    needed = (cfg.model.out_channels + 1) * voxels * 4 * (2 if cfg.inference.tta else 1)
+    needed = (settings.out_channels + 1) * voxels * 4 * (2 if settings.inference.tta else 1)
     return device if needed < free / 2 else torch.device("cpu")
 
 
@@ -63,11 +65,3 @@ def mirrored_probabilities(
         probs = activate(logits.flip(axes) if axes else logits, multilabel)
         total = probs if total is None else total.add_(probs)
     return total / len(flips)
-
-
-def working_shape(cfg: PipelineConfig) -> tuple[int, ...]:
-    """The spatial shape the network sees: the resized image (2D) or the sliding-window ROI (3D)."""
-    if cfg.spatial_dims == 2:
-        height, width = cfg.preprocessing.spatial_size
-        return (width, height)  # as the network sees it: MONAI's PIL reader loads (width, height) arrays
-    return tuple(cfg.inference.roi_size or cfg.preprocessing.patch_size)

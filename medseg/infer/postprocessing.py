@@ -135,9 +135,7 @@ def choose_postprocessing(
     candidates = enabled_steps(cfg)
     choice: dict[str, Any] = {"mode": cfg.mode, "candidates": candidates, "steps": [], "scores": {}}
     if chooses_on_data(cfg):
-        choice["steps"], choice["scores"] = select_steps(
-            predictions, truths, cfg, labels.mean_dice
-        )
+        choice["steps"], choice["scores"] = select_steps(predictions, truths, cfg, labels.mean_dice)
         log.info(
             "Post-processing chosen on %d validation cases: %s (validation Dice %s)",
             len(predictions),

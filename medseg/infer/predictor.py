@@ -19,7 +19,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from medseg.config.schema import PipelineConfig
 from medseg.core.errors import DataError, MedsegError, user_error_in
 from medseg.imageio.headers import ScanHeader
 from medseg.infer.backends import (
@@ -30,9 +29,11 @@ from medseg.infer.backends import (
     runtime_network,
 )
 from medseg.infer.checks import check_image, check_scans, check_voxels
-from medseg.infer.inferers import build_inferer, mirrored_probabilities, working_shape
+from medseg.infer.inferers import build_inferer, mirrored_probabilities
 from medseg.infer.postprocessing import apply_steps
+from medseg.infer.settings import InferenceSettings
 from medseg.infer.sources import LoadedModel, SourceOptions, load_model
+from medseg.labels import LabelScheme
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ class Predictor:
     """
 
     network: nn.Module
-    config: PipelineConfig
+    settings: InferenceSettings
     steps: list[str] = field(default_factory=list)
     tta: bool = False
     ensemble: list[nn.Module] = field(default_factory=list)  # more networks (folds) whose probabilities are averaged
@@ -77,19 +78,17 @@ class Predictor:
     def __post_init__(self) -> None:
         from monai.transforms import Invertd
 
-        from medseg.config.settings import label_scheme
         from medseg.infer.backends import OnnxNetwork
         from medseg.runtime.devices import resolve_device
         from medseg.transforms import inference_transforms
 
-        self.labels = label_scheme(self.config)  # what the outputs mean
-        self.device = resolve_device(self.config.inference.device, "inference.device")
+        self.device = resolve_device(self.settings.inference.device, "inference.device")
         exported = any(isinstance(m, OnnxNetwork | torch.jit.ScriptModule) for m in self.members)
         if exported:
             self.device = torch.device("cpu")  # exported files run on ONNX Runtime's / TorchScript's CPU build
         for member in self.members:
             member.eval().to(self.device)
-        example = random_inputs(self.config.model.in_channels, working_shape(self.config), 1)[0]
+        example = random_inputs(self.settings.in_channels, self.settings.working_shape, 1)[0]
         if self.device.type == "cuda":  # ONNX Runtime here is CPU-only; autocast on a GPU is the precision's business
             choice = BackendChoice(Backend("torch"), {})
         elif exported:
@@ -97,23 +96,28 @@ class Predictor:
         elif self.backend is not None:  # given: another predictor of this model already chose
             choice = BackendChoice(self.backend, {})
         else:
-            windows = self.config.inference.sw_batch_size if self.config.spatial_dims == 3 else 1
+            windows = self.settings.inference.sw_batch_size if self.settings.spatial_dims == 3 else 1
             windows_input = example.expand(windows, *example.shape[1:]).contiguous()
-            choice = resolve_backend(self.network, self.config.inference, windows_input)
+            choice = resolve_backend(self.network, self.settings.inference, windows_input)
         self.backend: Backend = choice.backend  # what runs the network: the concrete choice, never written back
         self.backend_timings: dict[str, float] = choice.seconds  # inference.backend: auto, seconds per candidate
         # what runs: PyTorch or ONNX Runtime, one per member
         first = choice.runtime if choice.runtime is not None else runtime_network(self.network, self.backend, example)
         self.runtimes = [first, *(runtime_network(member, self.backend, example) for member in self.ensemble)]
         self.runtime = self.runtimes[0]
-        self.preprocess = inference_transforms(self.config)
-        self.inferer = build_inferer(self.config, self.device)
+        self.preprocess = inference_transforms(self.settings.transforms)
+        self.inferer = build_inferer(self.settings, self.device)
         # 2D: MONAI's Invertd; 3D: medseg.infer.resampling (same result, a fraction of Invertd's memory)
         self.invert = (
             Invertd(keys="pred", transform=self.preprocess, orig_keys="image", nearest_interp=False)
-            if self.config.spatial_dims == 2
+            if self.settings.spatial_dims == 2
             else None
         )
+
+    @property
+    def labels(self) -> LabelScheme:
+        """What the outputs mean."""
+        return self.settings.labels
 
     @property
     def members(self) -> list[nn.Module]:
@@ -144,7 +148,7 @@ class Predictor:
         """The predictor of what a source loaded: its networks (a fold ensemble's averaged), or its parts combined."""
         if loaded.parts:
             return CombinedPredictor([cls.from_loaded(part) for part in loaded.parts], loaded.steps)
-        return cls(loaded.networks[0], loaded.config, loaded.steps, loaded.tta, ensemble=loaded.networks[1:])
+        return cls(loaded.networks[0], loaded.settings, loaded.steps, loaded.tta, ensemble=loaded.networks[1:])
 
     def with_steps(self, steps: list[str]) -> Predictor:
         """The same predictor (same network and backend, nothing rebuilt) replaying other post-processing."""
@@ -189,7 +193,7 @@ class Predictor:
         from PIL import Image
 
         with tempfile.TemporaryDirectory(prefix="medseg-array-") as tmp:
-            if self.config.spatial_dims == 2:
+            if self.settings.spatial_dims == 2:
                 if array.dtype != np.uint8 or array.ndim not in (2, 3):
                     raise DataError(f"a 2D model takes (H, W[, C]) uint8 arrays, got {array.dtype} {array.shape}")
                 path = Path(tmp) / "array.png"
@@ -205,10 +209,10 @@ class Predictor:
 
     def check(self, paths: list[Path]) -> list[ScanHeader]:
         """The input checks, from the headers: 3D returns each file's header (read once), 2D an empty list."""
-        if self.config.spatial_dims == 3:
-            return check_scans(paths, self.config)
+        if self.settings.spatial_dims == 3:
+            return check_scans(paths, self.settings)
         for path in paths:
-            check_image(path, self.config)
+            check_image(path, self.settings)
         return []
 
     def probabilities(self, image: ImageSource, checked: bool = False) -> np.ndarray:
@@ -232,7 +236,7 @@ class Predictor:
                 loaded.append(np.asarray(data["image"], dtype=np.float32))
             if check_voxels(data["image"], source):  # uniform: nothing to segment, background everywhere
                 shape = [int(n) for n in data["image"].meta["spatial_shape"]]
-                probs = np.zeros((self.config.model.out_channels, *shape[:: -1 if len(shape) == 2 else 1]), np.float32)
+                probs = np.zeros((self.settings.out_channels, *shape[:: -1 if len(shape) == 2 else 1]), np.float32)
                 probs[0] = 0.0 if probs.shape[0] == 1 or self.multilabel else 1.0  # (2D: PIL's (W, H) -> (H, W))
                 return probs
             data = self.preprocess(data, start=1)
@@ -245,7 +249,7 @@ class Predictor:
             reason = _root_cause(exc).replace(f" for file: {name}", "").replace(name, "").rstrip(". ")
             raise MedsegError(f"{name}: cannot read image ({reason})") from None
         batch = data["image"].as_tensor()[None].to(self.device)
-        channels, dims = self.config.model.in_channels, self.config.spatial_dims
+        channels, dims = self.settings.in_channels, self.settings.spatial_dims
         if batch.ndim != dims + 2 or batch.shape[1] != channels:
             raise DataError(
                 f"{name}: image of shape {'x'.join(map(str, batch.shape[1:]))} (channels first) after preprocessing, "
@@ -257,7 +261,7 @@ class Predictor:
         )
         probs = self._network_probabilities(batch).cpu()
         del batch
-        if self.config.spatial_dims == 3:
+        if self.settings.spatial_dims == 3:
             return self._back_onto_scan(probs[0], data["image"])
         data["pred"] = MetaTensor(probs[0])  # a MetaTensor, or Invertd silently leaves it untouched
         inverted = np.asarray(self.invert(data)["pred"], dtype=np.float32)
@@ -267,26 +271,26 @@ class Predictor:
         """The members' mean probabilities on the preprocessed grid; on a GPU, stitched where the volume fits (else
         on the CPU, and again on the CPU after a CUDA out-of-memory error, with a warning)."""
         inferer = self.inferer
-        if self.device.type == "cuda" and self.config.spatial_dims == 3:
+        if self.device.type == "cuda" and self.settings.spatial_dims == 3:
             from medseg.infer.inferers import stitch_device
 
             inferer = build_inferer(
-                self.config, self.device, stitch_device(self.config, tuple(batch.shape), self.device)
+                self.settings, self.device, stitch_device(self.settings, tuple(batch.shape), self.device)
             )
         try:
             return self._mean_probabilities(batch, inferer)
         except torch.cuda.OutOfMemoryError:
-            if self.config.spatial_dims == 2:
+            if self.settings.spatial_dims == 2:
                 raise
             log.warning("CUDA out of memory stitching a %s volume on the GPU; stitching on the CPU", tuple(batch.shape))
             torch.cuda.empty_cache()
-            return self._mean_probabilities(batch, build_inferer(self.config, self.device, torch.device("cpu")))
+            return self._mean_probabilities(batch, build_inferer(self.settings, self.device, torch.device("cpu")))
 
     def _mean_probabilities(self, batch: torch.Tensor, inferer: Any) -> torch.Tensor:
         from medseg.runtime.devices import precision_for
 
         # on a GPU, the windows run under bf16/fp16 autocast (probabilities are reduced in fp32); on the CPU as trained
-        precision = precision_for(self.device, self.config.training.bf16 if self.device.type == "cuda" else False)
+        precision = precision_for(self.device, self.settings.gpu_precision if self.device.type == "cuda" else False)
         with torch.inference_mode(), precision.autocast():
             probs = mirrored_probabilities(self.runtimes[0], batch, self.tta, inferer, self.multilabel)
             for runtime in self.runtimes[1:]:  # a fold ensemble: the mean of the members' probabilities
@@ -322,7 +326,7 @@ class Predictor:
 
     def postprocess(self, labels: np.ndarray) -> np.ndarray:
         """This predictor's post-processing steps applied to a label map."""
-        return apply_steps(labels, self.steps, self.config.postprocessing)
+        return apply_steps(labels, self.steps, self.settings.postprocessing)
 
     def segment(self, image: ImageSource) -> tuple[np.ndarray, np.ndarray]:
         """Label maps before and after post-processing (uint8, the input's shape)."""
@@ -336,7 +340,7 @@ class CombinedPredictor(Predictor):
 
     def __init__(self, members: list[Predictor], steps: list[str]) -> None:  # no dataclass __init__: no network
         self.parts, self.steps = members, list(steps)
-        self.config, self.tta = members[0].config, members[0].tta
+        self.settings, self.tta = members[0].settings, members[0].tta
         self.network, self.ensemble = members[0].network, []
         self.device = members[0].device
         self.backend, self.backend_timings = members[0].backend, {}

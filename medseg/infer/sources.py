@@ -3,8 +3,8 @@ folder, its ``model/`` folder, a ``.pt`` file or an MLflow model URI), an export
 cross-validated run (``model/ensemble.json``: its folds' ensemble), an exported fold ensemble, and an
 ``inference_plan.json`` (runs combined, written by ``medseg select``).
 
-Each returns a :class:`LoadedModel` (networks, the configuration stored with them, the post-processing and TTA to
-use); :meth:`medseg.infer.predictor.Predictor.from_model` builds the predictor from it.
+Each returns a :class:`LoadedModel` (networks, the settings of the configuration stored with them, the
+post-processing and TTA to use); :meth:`medseg.infer.predictor.Predictor.from_model` builds the predictor from it.
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ from typing import Any
 
 from torch import nn
 
-from medseg.config.loading import stored_config
-from medseg.config.schema import PipelineConfig
+from medseg.config.settings import stored_inference_settings
 from medseg.core.errors import ModelError
 from medseg.core.layout import ENSEMBLE_FILE
 from medseg.infer.backends import export_format, read_exported
 from medseg.infer.postprocessing import saved_steps
+from medseg.infer.settings import InferenceSettings
 from medseg.models.checkpoint import load_checkpoint, network_from_checkpoint, resolve_checkpoint
 
 MODEL_URI_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/")
@@ -49,10 +49,11 @@ class SourceOptions:
 @dataclass
 class LoadedModel:
     """A model as a source gives it: networks whose probabilities are averaged (one unless a fold ensemble) with
-    the configuration stored beside them, or ``parts`` (each a loaded model) combined by an inference plan."""
+    the settings of the configuration stored beside them, or ``parts`` (each a loaded model) combined by an
+    inference plan."""
 
     networks: list[nn.Module]
-    config: PipelineConfig | None
+    settings: InferenceSettings | None
     steps: list[str]
     tta: bool = False
     parts: list[LoadedModel] = field(default_factory=list)
@@ -78,30 +79,33 @@ def source_kind(path: Path) -> str:
     return "exported" if export_format(path) is not None else "checkpoint"
 
 
-def _loaded(networks: list[nn.Module], config: PipelineConfig, steps: list[str], options: SourceOptions) -> LoadedModel:
+def _loaded(
+    networks: list[nn.Module], settings: InferenceSettings, steps: list[str], options: SourceOptions
+) -> LoadedModel:
     chosen = steps if options.steps is None else options.steps
-    return LoadedModel(networks, config, list(chosen), config.inference.tta if options.tta is None else options.tta)
+    tta = settings.inference.tta if options.tta is None else options.tta
+    return LoadedModel(networks, settings, list(chosen), tta)
 
 
 def _from_checkpoint(path: Path, options: SourceOptions) -> LoadedModel:
     state = load_checkpoint(path)
-    config = validated_config(state.get("config"), path, options.backend, options.device)
-    steps = saved_steps(config.postprocessing, path.parent) if options.steps is None else options.steps
-    return _loaded([network_from_checkpoint(state, path)], config, steps, options)
+    settings = stored_inference_settings(state.get("config"), path, options.backend, options.device)
+    steps = saved_steps(settings.postprocessing, path.parent) if options.steps is None else options.steps
+    return _loaded([network_from_checkpoint(state, path)], settings, steps, options)
 
 
 def _from_exported(path: Path, options: SourceOptions) -> LoadedModel:
     network, metadata = read_exported(path)
-    config = validated_config(metadata.get("config"), path, options.backend, options.device)
-    return _loaded([network], config, list(metadata.get("postprocessing", [])), options)  # resolved at export
+    settings = stored_inference_settings(metadata.get("config"), path, options.backend, options.device)
+    return _loaded([network], settings, list(metadata.get("postprocessing", [])), options)  # resolved at export
 
 
 def _from_exported_ensemble(path: Path, options: SourceOptions) -> LoadedModel:
     plan = read_plan(path)
     files = [path.parent / name for _, name in sorted(plan["members"].items(), key=lambda item: int(item[0]))]
     networks, metadata = zip(*(read_exported(f) for f in files), strict=True)
-    config = validated_config(metadata[0].get("config"), files[0], options.backend, options.device)
-    return _loaded(list(networks), config, list(plan["postprocessing"]), options)
+    settings = stored_inference_settings(metadata[0].get("config"), files[0], options.backend, options.device)
+    return _loaded(list(networks), settings, list(plan["postprocessing"]), options)
 
 
 def _from_ensemble(manifest: Path, options: SourceOptions) -> LoadedModel:
@@ -115,14 +119,14 @@ def _from_ensemble(manifest: Path, options: SourceOptions) -> LoadedModel:
     if unknown or not chosen:
         raise ModelError(f"{manifest}: no fold {unknown[0] if unknown else ''} (folds: {sorted(members)})")
     root = manifest.parent.parent
-    networks, config = [], None
+    networks, settings = [], None
     for fold in chosen:
         path = root / members[fold]
         state = load_checkpoint(path)
-        config = config or validated_config(state.get("config"), path, options.backend, options.device)
+        settings = settings or stored_inference_settings(state.get("config"), path, options.backend, options.device)
         networks.append(network_from_checkpoint(state, path))
-    steps = saved_steps(config.postprocessing, manifest.parent) if options.steps is None else options.steps
-    return _loaded(networks, config, steps, options)
+    steps = saved_steps(settings.postprocessing, manifest.parent) if options.steps is None else options.steps
+    return _loaded(networks, settings, steps, options)
 
 
 def _from_plan(path: Path, options: SourceOptions) -> LoadedModel:
@@ -165,17 +169,3 @@ def resolve_model(model: Path | str) -> Path:
 
         return download_model(model)
     return resolve_checkpoint(Path(model))
-
-
-def validated_config(
-    raw: object, source: Path, backend: str | None = None, device: str | None = None
-) -> PipelineConfig:
-    """The pipeline configuration saved with a model (``backend`` and ``device`` replacing its inference ones)."""
-    try:
-        config = stored_config(raw, source)
-        changes = {"inference.backend": backend, "inference.device": device}
-        return config.with_values({k: v for k, v in changes.items() if v is not None})
-    except ValueError as exc:
-        first = str(exc).splitlines()
-        detail = " ".join(line.strip() for line in first[1:3]) if len(first) > 1 else str(exc)
-        raise ModelError(f"{source}: the configuration stored with the model is invalid ({detail})") from None

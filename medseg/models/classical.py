@@ -2,7 +2,7 @@
 (scikit-image and numpy; no network). They take the preprocessed image batch like a network and return logits
 (+/-10), so evaluation, prediction, overlays, tracking and ``medseg predict`` treat them as any model; their few
 parameters are buffers of the module, saved in the checkpoint. The train stage fits them by a small grid search on
-the training split (:func:`fit_classical`).
+the training split (:meth:`ClassicalSegmenter.fit`).
 
 Each method: a colour channel (grey, the blue channel, or L* of CIE L*a*b*, the lesion being darker than skin),
 Gaussian smoothing, the method's foreground, then opening, the largest component and hole filling.
@@ -96,8 +96,6 @@ def segment(image: np.ndarray, method: str, params: dict[str, Any]) -> np.ndarra
 class ClassicalSegmenter(nn.Module):
     """A classical method behind the network interface: (B, C, H, W) in [0, 1] -> (B, 1, H, W) logits."""
 
-    classical = True
-
     def __init__(self, method: str, **params: Any) -> None:
         super().__init__()
         if method not in METHODS:
@@ -133,6 +131,25 @@ class ClassicalSegmenter(nn.Module):
         masks = np.stack([segment(image, self.method, self.params) for image in images])[:, None]
         return torch.as_tensor(np.where(masks, 10.0, -10.0), dtype=torch.float32, device=x.device)
 
+    def fit(self, batches: list[tuple[np.ndarray, np.ndarray]]) -> tuple[dict[str, Any], list[tuple[dict, float]]]:
+        """Fit on the training ``batches`` of (images, masks): the grid's parameters with the best mean Dice are set
+        on this model (what the train stage calls instead of optimiser steps). Returns the best parameters and every
+        (parameters, Dice) tried."""
+        from medseg.evaluation.metrics import dice_score
+
+        tried = []
+        for params in grid(self.method):
+            scores = [
+                dice_score(segment(image, self.method, params), mask > 0)
+                for images, masks in batches
+                for image, mask in zip(images, masks, strict=True)
+            ]
+            tried.append((params, float(np.mean(scores))))
+        best = max(tried, key=lambda item: item[1])
+        self.set_params(best[0])
+        log.info("%s: best of %d parameter sets %s (train Dice %.4f)", self.method, len(tried), best[0], best[1])
+        return best[0], tried
+
 
 def grid(method: str) -> Iterable[dict[str, Any]]:
     """Every parameter combination the train stage tries."""
@@ -142,19 +159,5 @@ def grid(method: str) -> Iterable[dict[str, Any]]:
 
 
 def fit_classical(model: ClassicalSegmenter, batches: list[tuple[np.ndarray, np.ndarray]]) -> tuple[dict, list]:
-    """Choose the grid's parameters with the best mean Dice on ``batches`` of (images, masks); sets them on
-    ``model``. Returns the best parameters and every (parameters, Dice) tried."""
-    from medseg.evaluation.metrics import dice_score
-
-    tried = []
-    for params in grid(model.method):
-        scores = [
-            dice_score(segment(image, model.method, params), mask > 0)
-            for images, masks in batches
-            for image, mask in zip(images, masks, strict=True)
-        ]
-        tried.append((params, float(np.mean(scores))))
-    best = max(tried, key=lambda item: item[1])
-    model.set_params(best[0])
-    log.info("%s: best of %d parameter sets %s (train Dice %.4f)", model.method, len(tried), best[0], best[1])
-    return best[0], tried
+    """``model.fit(batches)``: the grid's best parameters on ``batches`` of (images, masks), set on ``model``."""
+    return model.fit(batches)

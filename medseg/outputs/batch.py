@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 
-from medseg.config.schema import PipelineConfig
 from medseg.core.atomic import atomic_write_text
 from medseg.core.errors import ConfigError, DataError, MedsegError
 from medseg.core.layout import PredictionLayout
@@ -30,8 +29,10 @@ from medseg.imageio.formats import DICOM_SUFFIXES, OUTPUT_FORMATS, has_suffix
 from medseg.imageio.headers import ScanHeader
 from medseg.imageio.images import read_mask, read_rgb, save_png
 from medseg.infer.predictor import Predictor
+from medseg.infer.settings import InferenceSettings
 from medseg.labels import slug
 from medseg.outputs.meshes import MESH_FORMATS, MESH_SPACES
+from medseg.outputs.settings import Outputs
 from medseg.outputs.visualize import overlay
 
 log = logging.getLogger(__name__)
@@ -51,46 +52,6 @@ SUMMARY_COLUMNS = (
     "mean_entropy_foreground",
     "message",
 )
-
-
-@dataclass(frozen=True)
-class Outputs:
-    """What a batch writes besides the masks (``medseg predict`` options, or the pipeline's ``prediction`` section).
-
-    ``formats``: mask formats (``input`` = the input's own; nifti, nrrd, mha, seg.nrrd, dicom-seg); probability
-    maps; ``uncertainty`` (predictive entropy maps and summary columns); per-structure ``statistics``; ``meshes``
-    (3D) in ``mesh_format`` and ``mesh_space``; overlays (2D) of the first ``max_overlays`` cases.
-    """
-
-    formats: tuple[str, ...] = ()
-    probabilities: bool = False
-    uncertainty: bool = False
-    statistics: bool = False
-    meshes: bool = False
-    mesh_format: str = "stl"
-    mesh_space: str = "lps"
-    overlays: bool = True
-    max_overlays: int = 24
-
-    def as_dict(self) -> dict[str, object]:
-        """Plain values (to send to another process)."""
-        return {name: getattr(self, name) for name in self.__dataclass_fields__}
-
-    @classmethod
-    def from_config(cls, cfg: PipelineConfig) -> Outputs:
-        """The outputs a pipeline's ``prediction`` section (and ``inference.save_probabilities``) asks for."""
-        p = cfg.prediction
-        return cls(
-            formats=tuple(p.formats),
-            probabilities=cfg.inference.save_probabilities,
-            uncertainty=p.uncertainty,
-            statistics=p.statistics,
-            meshes=p.meshes,
-            mesh_format=p.mesh_format,
-            mesh_space=p.mesh_space,
-            overlays=p.overlays,
-            max_overlays=p.max_overlays,
-        )
 
 
 def check_outputs(outputs: Outputs, spatial_dims: int, records: list[Record]) -> None:
@@ -307,7 +268,7 @@ def predict_records(
     input's size; 3D: ``masks/<id>.<ext>`` in each asked format, uint8, exactly the scan's geometry) and what
     ``outputs`` asks for. Resumable: a case whose masks exist is skipped unless ``overwrite``."""
     outputs = outputs or Outputs()
-    check_outputs(outputs, predictor.config.spatial_dims, records)
+    check_outputs(outputs, predictor.settings.spatial_dims, records)
     cases = case_functions(predictor, out_dir, outputs)
     return run_cases(predictor, records, out_dir, outputs, overwrite, cases)
 
@@ -345,11 +306,11 @@ def case_functions(predictor: Predictor, out_dir: Path, outputs: Outputs) -> Cas
     from medseg.infer.uncertainty import entropy_summary, predictive_entropy
     from medseg.outputs.statistics import statistics_columns, structure_statistics
 
-    cfg = predictor.config
-    dims = cfg.spatial_dims
+    settings = predictor.settings
+    dims = settings.spatial_dims
     labels, names = predictor.labels.output_labels(), predictor.labels.channel_names()
-    modalities = list(cfg.data.modalities) or [f"channel{i}" for i in range(cfg.model.in_channels)]
-    channels = list(RGB) if dims == 2 else [slug(m) for m in modalities][: cfg.model.in_channels]
+    modalities = list(settings.modalities) or [f"channel{i}" for i in range(settings.in_channels)]
+    channels = list(RGB) if dims == 2 else [slug(m) for m in modalities][: settings.in_channels]
     columns = statistics_columns(channels, dims)
     drawn: list[str] = []
 
@@ -454,22 +415,22 @@ def predict_folder(
 ) -> PredictionReport:
     """``medseg predict``: every image or scan of ``source`` into ``out_dir`` (resumable unless ``overwrite``);
     ``shard`` (i, N): only shard i of N, its summary in ``summary.shard<i>-of-<N>.csv``."""
-    records, todo, summary = folder_cases(predictor.config, source, out_dir, shard)
+    records, todo, summary = folder_cases(predictor.settings, source, out_dir, shard)
     outputs = outputs or Outputs()
-    if predictor.config.spatial_dims == 2:
+    if predictor.settings.spatial_dims == 2:
         outputs = replace(outputs, max_overlays=len(records))
-    check_outputs(outputs, predictor.config.spatial_dims, todo)
+    check_outputs(outputs, predictor.settings.spatial_dims, todo)
     cases = case_functions(predictor, out_dir, outputs)
     return run_cases(predictor, todo, out_dir, outputs, overwrite, cases, summary, records)
 
 
 def folder_cases(
-    cfg: PipelineConfig, source: Path, out_dir: Path, shard: tuple[int, int] | None
+    settings: InferenceSettings, source: Path, out_dir: Path, shard: tuple[int, int] | None
 ) -> tuple[list[Record], list[Record], Path | None]:
     """All the cases of ``source``, those of this shard, and the shard's summary path (None: ``summary.csv``)."""
     if source.exists() and out_dir.resolve() == source.resolve():
         raise DataError(f"{out_dir}: choose an output folder other than the input folder")
-    records = predict_inputs(source, cfg.spatial_dims, cfg.model.in_channels)
+    records = predict_inputs(source, settings.spatial_dims, settings.in_channels)
     if shard is None:
         return records, records, None
     return records, shard_records(records, *shard), PredictionLayout(out_dir).shard_summary(*shard)

@@ -53,7 +53,7 @@ def predict_batch(
         return predict_folder(predictor, source, out_dir, outputs, overwrite=overwrite, shard=shard)
     from medseg.outputs.ray_engine import predict_with_ray
 
-    _, todo, summary = folder_cases(predictor.config, source, out_dir, shard)
+    _, todo, summary = folder_cases(predictor.settings, source, out_dir, shard)
     keywords = {"tta": options.tta, "backend": options.backend, "folds": options.folds, "device": options.device}
     return predict_with_ray(
         predictor,

@@ -72,7 +72,7 @@ def predict_with_ray(
     ray = import_ray()
     if workers < 1:
         raise ConfigError(f"--workers {workers}: give at least 1 worker")
-    check_outputs(outputs, predictor.config.spatial_dims, records)
+    check_outputs(outputs, predictor.settings.spatial_dims, records)
     prepare_output_folder(out_dir)
     write_label_descriptions(predictor, out_dir)
     cases = case_functions(predictor, out_dir, outputs)

@@ -51,6 +51,7 @@ def train_folds(
     cfg: PipelineConfig, data: PreparedData, run: RunLayout, tracker: Tracker, only: int | None = None
 ) -> list[int]:
     """Train every fold (or fold ``only``), each in its nested run; returns the folds trained now."""
+    from medseg.config.settings import evaluation_settings
     from medseg.evaluation.evaluate import evaluate, summary_metrics
     from medseg.pipeline.stages import log_training
     from medseg.training.trainer import train
@@ -76,7 +77,7 @@ def train_folds(
             summary = evaluate(
                 predictor,
                 fold_data.subset("val"),
-                cfg,
+                evaluation_settings(cfg),
                 fold_run.evaluation,
                 on_case=_keep_out_of_fold(run),
                 split=f"fold {fold} (out of fold)",
@@ -122,6 +123,7 @@ def cv_summary(cfg: PipelineConfig, run: RunLayout) -> dict[str, Any]:
 def finish(cfg: PipelineConfig, data: PreparedData, run: RunLayout, tracker: Tracker) -> Predictor | None:
     """Once every fold is trained: choose the post-processing on the pooled out-of-fold predictions, log the CV
     summary and write the ensemble manifest; returns the ensemble's predictor (None while folds are missing)."""
+    from medseg.config.settings import evaluation_settings
     from medseg.evaluation.evaluate import read_truth
     from medseg.pipeline.stages import choose_postprocessing_stage
 
@@ -137,7 +139,8 @@ def finish(cfg: PipelineConfig, data: PreparedData, run: RunLayout, tracker: Tra
 
     def label_maps() -> tuple[list, list]:
         predictions = [read_out_of_fold(run, record["id"])[1] for record in pooled]
-        return predictions, [read_truth(record, cfg)[0] for record in pooled]
+        settings = evaluation_settings(cfg)
+        return predictions, [read_truth(record, settings)[0] for record in pooled]
 
     with tracker.run("postprocess", tags={"stage": "postprocess"}):
         choice = choose_postprocessing_stage(cfg, label_maps, run, tracker, "oof")

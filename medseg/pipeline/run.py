@@ -80,6 +80,7 @@ def _train_stage(
 
 def _postprocess_stage(cfg: PipelineConfig, data: PreparedData, run: RunLayout, tracker: Tracker) -> Predictor:
     """Choose the post-processing on the validation cases; the trained model's predictor with the chosen steps."""
+    from medseg.config.settings import evaluation_settings
     from medseg.evaluation.evaluate import validation_label_maps
     from medseg.infer.predictor import Predictor
     from medseg.pipeline.stages import choose_postprocessing_stage
@@ -92,7 +93,7 @@ def _postprocess_stage(cfg: PipelineConfig, data: PreparedData, run: RunLayout, 
                 "postprocessing.mode auto chooses on the validation cases, which training.fit_on: train_val "
                 "trained on; set postprocessing.mode: on or off to decide without them"
             )
-        return validation_label_maps(predictor, data.subset("val"), cfg)
+        return validation_label_maps(predictor, data.subset("val"), evaluation_settings(cfg))
 
     choice = choose_postprocessing_stage(cfg, label_maps, run, tracker, "val")
     return predictor.with_steps(choice["steps"])
@@ -142,9 +143,9 @@ def _log_model(cfg: PipelineConfig, network: Any, run: RunLayout, tracker: Track
     """Log the best network with ``mlflow.pytorch`` (signature, input example, medseg checkpoint inside)."""
     import numpy as np
 
-    from medseg.infer.inferers import working_shape
+    from medseg.config.settings import inference_settings
 
-    spatial = working_shape(cfg)
+    spatial = inference_settings(cfg).working_shape
     example = np.zeros((1, cfg.model.in_channels, *spatial), dtype=np.float32)
     files = [run.model.best, run.model.postprocessing, run.config]
     uri = tracker.log_model(network, example, [f for f in files if f.is_file()], cfg.tracking.registered_model)
@@ -280,11 +281,11 @@ def _compatible_predictor(cfg: PipelineConfig) -> Predictor:
     from medseg.infer.predictor import Predictor
 
     predictor = Predictor.from_model(cfg.model.checkpoint)
-    trained = predictor.config
-    if (trained.spatial_dims, trained.model.in_channels) != (cfg.spatial_dims, cfg.model.in_channels):
+    trained = predictor.settings
+    if (trained.spatial_dims, trained.in_channels) != (cfg.spatial_dims, cfg.model.in_channels):
         raise ModelError(
             f"model.checkpoint {cfg.model.checkpoint}: a {trained.spatial_dims}D model with "
-            f"{trained.model.in_channels} input channel(s), but pipeline {cfg.name} has {cfg.spatial_dims}D images "
+            f"{trained.in_channels} input channel(s), but pipeline {cfg.name} has {cfg.spatial_dims}D images "
             f"with {cfg.model.in_channels} channel(s)"
         )
     return predictor
@@ -319,10 +320,11 @@ def _log_run_inputs(cfg: PipelineConfig, data: PreparedData, run: RunLayout, tra
 def _evaluate_stage(
     cfg: PipelineConfig, data: PreparedData, predictor: Predictor, run: RunLayout, tracker: Tracker
 ) -> dict[str, float]:
+    from medseg.config.settings import evaluation_settings
     from medseg.evaluation.evaluate import evaluate, summary_metrics
 
     with tracker.run("evaluate", tags={"stage": "evaluate"}):
-        summary = evaluate(predictor, data.subset(cfg.evaluation.split), cfg, run.evaluation)
+        summary = evaluate(predictor, data.subset(cfg.evaluation.split), evaluation_settings(cfg), run.evaluation)
         metrics = summary_metrics(summary)
         tracker.log_params(
             {
@@ -339,9 +341,10 @@ def _evaluate_stage(
 def _predict_stage(
     cfg: PipelineConfig, data: PreparedData, predictor: Predictor, run: RunLayout, tracker: Tracker
 ) -> dict[str, str]:
+    from medseg.config.settings import output_settings
     from medseg.core.layout import PredictionLayout
     from medseg.data.inputs import predict_inputs
-    from medseg.outputs.batch import Outputs, predict_records
+    from medseg.outputs.batch import predict_records
 
     with tracker.run("predict", tags={"stage": "predict"}):
         pcfg = cfg.prediction
@@ -351,7 +354,7 @@ def _predict_stage(
             if pcfg.input
             else data.subset(cfg.evaluation.split)
         )
-        outputs = Outputs.from_config(cfg)
+        outputs = output_settings(cfg)
         report = predict_records(predictor, records, out_dir, outputs, overwrite=True)
         tracker.log_metrics({"predicted_cases": len(report.written), "failed_cases": len(report.failed)})
         layout = PredictionLayout(out_dir)

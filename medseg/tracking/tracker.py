@@ -192,12 +192,15 @@ class MlflowTracker(Tracker):
         import torch
         from mlflow.models import infer_signature
 
+        from medseg.models.classical import ClassicalSegmenter
+
         with torch.inference_mode():
             output = network(torch.from_numpy(input_example)).float().numpy()
         requirements = [f"torch=={torch.__version__.split('+')[0]}", f"medseg=={__version__}"]
         # a classical baseline runs scikit-image inside forward(): torch.export (MLflow's pt2 default) cannot trace
         # it. medseg itself always reloads the weights-only checkpoint among the extra files, never this pickle
-        serialization = {"serialization_format": "pickle"} if getattr(network, "classical", False) else {}
+        classical = isinstance(network, ClassicalSegmenter)
+        serialization = {"serialization_format": "pickle"} if classical else {}
         info = mlflow.pytorch.log_model(
             network,
             name="model",

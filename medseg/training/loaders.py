@@ -22,6 +22,7 @@ def build_loaders(
     rank, ``training.batch_size`` being the global batch) and this rank's share of the validation cases."""
     from monai.data import DataLoader
 
+    from medseg.config.settings import transform_settings
     from medseg.data.cache import cached_dataset
     from medseg.transforms import train_transforms, validation_transforms
 
@@ -34,7 +35,8 @@ def build_loaders(
             f"training.batch_size {batch}: the global batch must split evenly over {group.world} processes"
         )
     per_rank = batch // group.world
-    train_set = cached_dataset(cfg, train_records, train_transforms(cfg))
+    transforms = transform_settings(cfg)
+    train_set = cached_dataset(cfg, train_records, train_transforms(transforms))
     generator = torch.Generator().manual_seed(cfg.seed)
     sampler = None
     if group.distributed:
@@ -56,7 +58,7 @@ def build_loaders(
         pin_memory=pin,
     )
     val_loader = DataLoader(
-        cached_dataset(cfg, val_records[group.rank :: group.world], validation_transforms(cfg)),
+        cached_dataset(cfg, val_records[group.rank :: group.world], validation_transforms(transforms)),
         batch_size=cfg.training.batch_size if cfg.spatial_dims == 2 else 1,  # whole volumes differ in size
         num_workers=0,
         pin_memory=pin,

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
 
 from medseg.config.schema import PipelineConfig
+from medseg.models.checkpoint import LR_SCHEDULE
+from medseg.training.hooks import Callback, FitLoop
 
 
 def build_optimizer(cfg: PipelineConfig, network: nn.Module) -> torch.optim.Optimizer:
@@ -40,7 +43,7 @@ def build_scheduler(cfg: PipelineConfig, optimizer: torch.optim.Optimizer, steps
     schedule = cfg.schedule
     if schedule.name == "constant":
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-    if schedule.name == "plateau":  # stepped on validation Dice (see Trainer.fit)
+    if schedule.name == "plateau":  # stepped on validation Dice (see LearningRateSchedule)
         return torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode="max", factor=schedule.plateau_factor, patience=schedule.plateau_patience
         )
@@ -50,6 +53,36 @@ def build_scheduler(cfg: PipelineConfig, optimizer: torch.optim.Optimizer, steps
     return WarmupCosineSchedule(
         optimizer, warmup_steps=cfg.schedule.warmup_epochs * steps_per_epoch, t_total=total, end_lr=cfg.schedule.end_lr
     )
+
+
+class LearningRateSchedule(Callback):
+    """The schedule as a hook of the training loop: stepped after every training step, or (plateau) after every
+    validation; its length re-planned by a time budget (:meth:`fit_to`); its state (the scheduler's) in ``last.pt``."""
+
+    state_key = LR_SCHEDULE
+
+    def __init__(self, scheduler: Any, steps_per_epoch: int) -> None:
+        self.scheduler, self.steps_per_epoch = scheduler, steps_per_epoch
+        self.per_validation = isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+
+    def on_train_batch_end(self, loop: FitLoop, loss: float) -> None:
+        if not self.per_validation:
+            self.scheduler.step()
+
+    def on_validation_end(self, loop: FitLoop) -> None:
+        if self.per_validation:
+            self.scheduler.step(loop.row["val_dice"])
+
+    def fit_to(self, epochs: int) -> None:
+        """Stretch or shrink a cosine / poly schedule to end after ``epochs`` (the others have no end)."""
+        if hasattr(self.scheduler, "t_total"):
+            self.scheduler.t_total = epochs * self.steps_per_epoch
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.scheduler.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.scheduler.load_state_dict(state)
 
 
 def planned_epochs(cap: int, epochs_done: int, seconds_per_epoch: float, seconds_left: float) -> int:

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from medseg.config.schema import PipelineConfig
+from medseg.config.settings import inference_settings
 from medseg.infer.inferers import activate, build_inferer
 from medseg.runtime.devices import Precision, precision_for
 from medseg.runtime.distributed import Ranks, all_sum
@@ -28,7 +29,7 @@ def validation_dice(
 
     if isinstance(precision, bool):
         precision = precision_for(device, precision)
-    inferer = build_inferer(cfg, device)
+    inferer = build_inferer(inference_settings(cfg), device)
     classes, multilabel, ignore = cfg.model.out_channels, bool(cfg.data.regions), cfg.data.ignore_label
     metric = DiceMetric(include_background=classes == 1 or multilabel, reduction="none", ignore_empty=False)
     network.eval()

@@ -10,7 +10,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from medseg.config.schema import AugmentationConfig, PipelineConfig
+from medseg.config.schema import AugmentationConfig
+from medseg.transforms.settings import TransformSettings
 
 
 def opaque_rgba_as_rgb(image: Any) -> Any:
@@ -37,35 +38,37 @@ class ShadesOfGrayd:
         return out
 
 
-def network_grid(cfg: PipelineConfig) -> tuple[int, int]:
+def network_grid(settings: TransformSettings) -> tuple[int, int]:
     """The array shape a 2D image is resized to: ``preprocessing.spatial_size`` is (height, width), and MONAI's PIL
     reader loads images as (width, height) arrays."""
-    height, width = cfg.preprocessing.spatial_size
+    height, width = settings.preprocessing.spatial_size
     return (width, height)
 
 
-def preprocessing(cfg: PipelineConfig, keys: tuple[str, ...] = ("image", "label")) -> list[Any]:
+def preprocessing(settings: TransformSettings, keys: tuple[str, ...] = ("image", "label")) -> list[Any]:
     """Load (an opaque RGBA image as RGB), channel-first, scale intensities to [0, 1], remap the mask (>0: 1),
     resize."""
     from monai.data import PILReader
     from monai.transforms import EnsureChannelFirstd, LoadImaged, Resized, ScaleIntensityRanged
 
-    image_reader = PILReader(converter=opaque_rgba_as_rgb) if cfg.model.in_channels == 3 else "PILReader"
+    image_reader = PILReader(converter=opaque_rgba_as_rgb) if settings.in_channels == 3 else "PILReader"
     transforms: list[Any] = [
         LoadImaged(keys="image", reader=image_reader, image_only=True),
         *([LoadImaged(keys="label", reader="PILReader", image_only=True)] if "label" in keys else []),
         EnsureChannelFirstd(keys=list(keys)),
         ScaleIntensityRanged(keys="image", a_min=0.0, a_max=255.0, b_min=0.0, b_max=1.0, clip=True),
     ]
-    if cfg.preprocessing.color_constancy == "shades_of_gray":
-        transforms.append(ShadesOfGrayd("image", cfg.preprocessing.color_constancy_power))
+    if settings.preprocessing.color_constancy == "shades_of_gray":
+        transforms.append(ShadesOfGrayd("image", settings.preprocessing.color_constancy_power))
     if "label" in keys:
-        from medseg.transforms.labels import RemapLabelsd, label_remapping
+        from medseg.transforms.labels import RemapLabelsd
 
-        transforms.append(RemapLabelsd("label", **label_remapping(cfg)))
+        transforms.append(RemapLabelsd("label", **settings.labels.arguments()))
     modes = tuple("nearest" if key == "label" else "bilinear" for key in keys)
     antialias = tuple(key != "label" for key in keys)
-    transforms.append(Resized(keys=list(keys), spatial_size=network_grid(cfg), mode=modes, anti_aliasing=antialias))
+    transforms.append(
+        Resized(keys=list(keys), spatial_size=network_grid(settings), mode=modes, anti_aliasing=antialias)
+    )
     return transforms
 
 
@@ -105,27 +108,27 @@ def augmentation(aug: AugmentationConfig, square: bool = True) -> list[Any]:
     ]
 
 
-def image_train_transforms(cfg: PipelineConfig) -> Any:
+def image_train_transforms(settings: TransformSettings) -> Any:
     """Preprocessing (cached) + augmentation for training, on plain tensors (no metadata: fast augmentation and
     collation)."""
     from monai.transforms import Compose, EnsureTyped
 
     from medseg.transforms.untracked import UntrackedCompose
 
-    square = cfg.preprocessing.spatial_size[0] == cfg.preprocessing.spatial_size[1]
-    augment = UntrackedCompose([*augmentation(cfg.augmentation, square), EnsureTyped(keys=["image", "label"])])
-    return Compose([*preprocessing(cfg), augment])
+    square = settings.preprocessing.spatial_size[0] == settings.preprocessing.spatial_size[1]
+    augment = UntrackedCompose([*augmentation(settings.augmentation, square), EnsureTyped(keys=["image", "label"])])
+    return Compose([*preprocessing(settings), augment])
 
 
-def image_validation_transforms(cfg: PipelineConfig) -> Any:
+def image_validation_transforms(settings: TransformSettings) -> Any:
     """Preprocessing only, image and mask at training resolution."""
     from monai.transforms import Compose, EnsureTyped
 
-    return Compose([*preprocessing(cfg), EnsureTyped(keys=["image", "label"], track_meta=False)])
+    return Compose([*preprocessing(settings), EnsureTyped(keys=["image", "label"], track_meta=False)])
 
 
-def image_inference_transforms(cfg: PipelineConfig) -> Any:
+def image_inference_transforms(settings: TransformSettings) -> Any:
     """Preprocessing of the image alone, metadata kept so ``Invertd`` can undo it."""
     from monai.transforms import Compose
 
-    return Compose(preprocessing(cfg, keys=("image",)))
+    return Compose(preprocessing(settings, keys=("image",)))

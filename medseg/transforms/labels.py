@@ -8,8 +8,6 @@ from typing import Any
 import torch
 from monai.transforms import MapTransform
 
-from medseg.config.schema import PipelineConfig
-
 
 class RemapLabels:
     """Raw label values -> training targets.
@@ -63,17 +61,3 @@ class RemapLabelsd(MapTransform):
         for key in self.key_iterator(d):
             d[key] = self.remap(d[key])
         return d
-
-
-def label_remapping(cfg: PipelineConfig) -> dict[str, Any]:
-    """The :class:`RemapLabels` arguments of a pipeline."""
-    from medseg.config.settings import label_scheme
-
-    data = cfg.data
-    regions = list(label_scheme(cfg).regions.values()) if data.regions else None
-    return {
-        "mapping": data.label_mapping,
-        "foreground": data.foreground_labels,
-        "regions": regions,
-        "ignore": data.ignore_label,
-    }

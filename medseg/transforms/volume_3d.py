@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from medseg.config.schema import PipelineConfig
+from medseg.transforms.settings import TransformSettings
 
 
 def nonbackground(image: torch.Tensor) -> torch.Tensor:
@@ -40,7 +40,7 @@ class AboveWindow:
         return image > self.bottom
 
 
-def volume_preprocessing(cfg: PipelineConfig, keys: tuple[str, ...] = ("image", "label")) -> list[Any]:
+def volume_preprocessing(settings: TransformSettings, keys: tuple[str, ...] = ("image", "label")) -> list[Any]:
     """Deterministic steps shared by training, validation and inference."""
     from monai.transforms import (
         CropForegroundd,
@@ -52,15 +52,15 @@ def volume_preprocessing(cfg: PipelineConfig, keys: tuple[str, ...] = ("image", 
     )
 
     from medseg.imageio.readers import VolumeReader
-    from medseg.transforms.labels import RemapLabelsd, label_remapping
+    from medseg.transforms.labels import RemapLabelsd
 
-    pre = cfg.preprocessing
+    pre = settings.preprocessing
     interpolation = tuple("nearest" if key == "label" else "bilinear" for key in keys)
     transforms: list[Any] = [
         LoadImaged(keys=list(keys), reader=VolumeReader(), image_only=True, ensure_channel_first=True)
     ]
     if "label" in keys:
-        transforms.append(RemapLabelsd("label", **label_remapping(cfg)))
+        transforms.append(RemapLabelsd("label", **settings.labels.arguments()))
     transforms.append(Orientationd(keys=list(keys), axcodes=pre.orientation))
     if isinstance(pre.spacing, tuple):
         transforms.append(Spacingd(keys=list(keys), pixdim=pre.spacing, mode=interpolation))
@@ -85,7 +85,7 @@ def volume_preprocessing(cfg: PipelineConfig, keys: tuple[str, ...] = ("image", 
     return transforms
 
 
-def volume_augmentation(cfg: PipelineConfig) -> list[Any]:
+def volume_augmentation(settings: TransformSettings) -> list[Any]:
     """Patch sampling around labels, then flips, rotations, scaling, intensity shifts and noise."""
     from monai.transforms import (
         RandAffined,
@@ -98,8 +98,8 @@ def volume_augmentation(cfg: PipelineConfig) -> list[Any]:
     )
 
     keys = ["image", "label"]
-    patch = cfg.preprocessing.patch_size
-    aug = cfg.augmentation
+    patch, intensity = settings.preprocessing.patch_size, settings.preprocessing.intensity
+    aug = settings.augmentation
     transforms: list[Any] = [
         SpatialPadd(keys=keys, spatial_size=patch),
         RandCropByPosNegLabeld(
@@ -108,10 +108,10 @@ def volume_augmentation(cfg: PipelineConfig) -> list[Any]:
             spatial_size=patch,
             pos=1,
             neg=1,
-            num_samples=cfg.training.samples_per_volume,
+            num_samples=settings.samples_per_volume,
             image_key="image",
             # negatives from inside the body: above air (CT: the window's bottom) or above MRI's zero background
-            image_threshold=cfg.preprocessing.intensity.scaled_to[0] if cfg.preprocessing.intensity.kind == "ct" else 0,
+            image_threshold=intensity.scaled_to[0] if intensity.kind == "ct" else 0,
         ),
     ]
     if not aug.enabled:
@@ -136,25 +136,25 @@ def volume_augmentation(cfg: PipelineConfig) -> list[Any]:
     ]
 
 
-def volume_train_transforms(cfg: PipelineConfig) -> Any:
+def volume_train_transforms(settings: TransformSettings) -> Any:
     """Preprocessing (cached) + patch sampling and augmentation, on plain tensors (no metadata)."""
     from monai.transforms import Compose, EnsureTyped
 
     from medseg.transforms.untracked import UntrackedCompose
 
-    augment = UntrackedCompose([*volume_augmentation(cfg), EnsureTyped(keys=["image", "label"])])
-    return Compose([*volume_preprocessing(cfg), augment])
+    augment = UntrackedCompose([*volume_augmentation(settings), EnsureTyped(keys=["image", "label"])])
+    return Compose([*volume_preprocessing(settings), augment])
 
 
-def volume_validation_transforms(cfg: PipelineConfig) -> Any:
+def volume_validation_transforms(settings: TransformSettings) -> Any:
     """Whole preprocessed volumes for sliding-window validation."""
     from monai.transforms import Compose, EnsureTyped
 
-    return Compose([*volume_preprocessing(cfg), EnsureTyped(keys=["image", "label"], track_meta=False)])
+    return Compose([*volume_preprocessing(settings), EnsureTyped(keys=["image", "label"], track_meta=False)])
 
 
-def volume_inference_transforms(cfg: PipelineConfig) -> Any:
+def volume_inference_transforms(settings: TransformSettings) -> Any:
     """Preprocessing of the image alone, metadata kept for ``Invertd``."""
     from monai.transforms import Compose
 
-    return Compose(volume_preprocessing(cfg, keys=("image",)))
+    return Compose(volume_preprocessing(settings, keys=("image",)))

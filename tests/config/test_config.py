@@ -451,6 +451,7 @@ def test_every_shipped_pipeline_loads_and_builds(pipeline: Path, tmp_path: Path)
     assert cfg.name
     import torch
 
+    from medseg.config.settings import transform_settings
     from medseg.transforms import inference_transforms, train_transforms, validation_transforms
 
     net = build_network(cfg.model.name, cfg.spatial_dims, cfg.model.in_channels, cfg.model.out_channels, cfg.model.args)
@@ -462,7 +463,7 @@ def test_every_shipped_pipeline_loads_and_builds(pipeline: Path, tmp_path: Path)
     target = torch.zeros(1, 1, *([32] * cfg.spatial_dims))
     assert float(loss(logits, target)) >= 0.0
     for build in (train_transforms, validation_transforms, inference_transforms):
-        assert build(cfg).transforms
+        assert build(transform_settings(cfg)).transforms
     again = load_config(write(tmp_path / "dumped.yaml", cfg.to_yaml()))
     assert again == cfg
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import nibabel as nib
@@ -14,6 +15,7 @@ from typer.testing import CliRunner
 
 from medseg.cli.app import app
 from medseg.config.schema import PipelineConfig
+from medseg.config.settings import inference_settings
 from medseg.core.errors import ModelError
 from medseg.core.layout import BEST_CHECKPOINT, POSTPROCESSING_FILE
 from medseg.infer import backends
@@ -71,7 +73,7 @@ def test_export_reproduces_the_network_and_predicts_the_same_masks(fmt: str, mod
     assert metadata["network"]["args"] == ARGS
     reference, exported = Predictor.from_model(model_2d), Predictor.from_model(result.path)
     assert exported.steps == reference.steps  # and the config, but for the backend the reference chose by timing
-    assert exported.config.model_copy(update={"inference": reference.config.inference}) == reference.config
+    assert replace(exported.settings, inference=reference.settings.inference) == reference.settings
     for image in sorted(images.iterdir()):
         ours, theirs = reference.probabilities(image), exported.probabilities(image)
         assert theirs.shape == ours.shape
@@ -188,18 +190,18 @@ def test_backend_auto_times_every_candidate_and_keeps_the_fastest(
     assert set(timings) == {"torch+contiguous", "torch+channels_last", "onnxruntime"}  # bf16 only when allowed
     fastest = backend_candidates(cfg.inference.bf16)[min(timings, key=timings.get)]
     assert chosen.backend == fastest
-    assert chosen.config.inference.backend == "auto", "the choice is returned, never written into the config"
+    assert chosen.settings.inference.backend == "auto", "the choice is returned, never written into the settings"
     expected = {"onnxruntime": OnnxNetwork, "channels_last": TorchRuntime, "contiguous": type(chosen.network)}
     assert isinstance(
         chosen.runtime, expected["onnxruntime" if fastest.name == "onnxruntime" else fastest.memory_format]
     )
     again = Predictor.from_model(model)  # nothing is kept between predictors: it is timed again
     assert set(again.backend_timings) == set(timings)
-    given = Predictor(again.network, again.config, backend=chosen.backend)  # a caller passes a choice on
+    given = Predictor(again.network, again.settings, backend=chosen.backend)  # a caller passes a choice on
     assert given.backend_timings == {} and given.backend == chosen.backend
     reference = Predictor.from_model(model, backend="torch").probabilities([scan])
     for candidate in backend_candidates(cfg.inference.bf16).values():
-        other = Predictor(Predictor.from_model(model, backend="torch").network, chosen.config, backend=candidate)
+        other = Predictor(Predictor.from_model(model, backend="torch").network, chosen.settings, backend=candidate)
         np.testing.assert_allclose(other.probabilities([scan]), reference, atol=1e-5)
 
 
@@ -211,7 +213,7 @@ def test_backend_auto_exports_once_and_runs_what_it_timed(monkeypatch: pytest.Mo
     monkeypatch.setattr(backends, "write_onnx", lambda *args: exports.append(args) or real_write(*args))
     monkeypatch.setattr(backends, "backend_candidates", lambda allow_bf16: {"onnxruntime": ONNX_ONLY})  # wins alone
     cfg = PipelineConfig(name="t2d", preprocessing={"spatial_size": [32, 32]}, model={"args": ARGS})
-    predictor = Predictor(build_network("unet", 2, 3, 1, ARGS), cfg)
+    predictor = Predictor(build_network("unet", 2, 3, 1, ARGS), inference_settings(cfg))
     assert isinstance(predictor.runtime, OnnxNetwork) and predictor.backend == ONNX_ONLY
     assert len(exports) == 1, "the session timed is the session that runs"
 
@@ -234,8 +236,10 @@ def test_bf16_inference_is_timed_only_where_allowed_and_native(tmp_path: Path, m
         network = build_network("unet", 2, 3, 1, ARGS)
         image = tmp_path / "image.png"
         Image.fromarray(np.random.default_rng(1).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(image)
-        plain = Predictor(network, cfg.with_values({"inference.backend": "torch"})).probabilities([image])
-        bf16 = Predictor(network, allowed.with_values({"inference.backend": "torch"})).probabilities([image])
+        fp32_settings = inference_settings(cfg).with_inference(backend="torch")
+        bf16_settings = inference_settings(allowed).with_inference(backend="torch")
+        plain = Predictor(network, fp32_settings).probabilities([image])
+        bf16 = Predictor(network, bf16_settings).probabilities([image])
         assert np.abs(plain - bf16).max() < 0.05 and not np.array_equal(plain, bf16)
 
 
@@ -248,10 +252,10 @@ def test_backend_falls_back_to_pytorch_when_the_export_fails(tmp_path: Path, mon
     cfg = PipelineConfig(name="t3d", spatial_dims=3, preprocessing={"patch_size": [16, 16, 16]}, model=model)
     network = build_network("unet", 3, 1, 1, ARGS)
     with caplog.at_level("WARNING"):
-        predictor = Predictor(network, cfg.with_values({"inference.backend": "onnxruntime"}))
+        predictor = Predictor(network, inference_settings(cfg.with_values({"inference.backend": "onnxruntime"})))
     assert predictor.runtime is network
     assert "ONNX Runtime backend unavailable (exporter exploded); running the network in PyTorch" in caplog.text
-    timed = Predictor(network, cfg).backend_timings  # auto: ONNX Runtime is left out of the timing
+    timed = Predictor(network, inference_settings(cfg)).backend_timings  # auto: ONNX Runtime is left out of the timing
     assert set(timed) == {"torch+contiguous", "torch+channels_last"}
 
 

@@ -15,6 +15,7 @@ import SimpleITK as sitk
 import torch
 
 from medseg.config.schema import PipelineConfig
+from medseg.config.settings import inference_settings, transform_settings
 from medseg.infer.predictor import Predictor
 from medseg.models.registry import build_network
 from medseg.outputs.batch import predict_records
@@ -51,7 +52,7 @@ def test_predicted_mask_has_the_scan_geometry(case: str, shared_data: Path, tmp_
     scan_rel, _, kind = CASES[case]
     scan = shared_data / scan_rel
     torch.manual_seed(0)
-    predictor = Predictor(build_network("unet", 3, 1, 1, ARGS), _config(kind))
+    predictor = Predictor(build_network("unet", 3, 1, 1, ARGS), inference_settings(_config(kind)))
     report = predict_records(predictor, [{"id": case, "image": [str(scan)]}], tmp_path / "out")
     assert report.written == [case], report.failed
     written = next((tmp_path / "out" / "masks").iterdir())
@@ -80,7 +81,7 @@ def test_label_through_preprocessing_and_back_keeps_dice(case: str, grid: str, s
     if grid == "native":
         spacing = spacing_in_orientation(read_header(shared_data / label_rel).affine, "RAS")
         cfg = cfg.with_values({"preprocessing.spacing": spacing})
-    preprocess = Compose(volume_preprocessing(cfg))
+    preprocess = Compose(volume_preprocessing(transform_settings(cfg)))
     data = preprocess({"image": [str(shared_data / scan_rel)], "label": str(shared_data / label_rel)})
     data["pred"] = data["label"].clone()
     restored = Invertd(keys="pred", transform=preprocess, orig_keys="label", nearest_interp=True)(data)["pred"]
@@ -104,7 +105,7 @@ def test_slab_resampler_matches_monai_invertd(case: str, resampled: bool, shared
 
     scan_rel, _, kind = CASES[case]
     cfg = _config(kind) if resampled else _config(kind, spacing=None)
-    preprocess = Compose(volume_preprocessing(cfg, keys=("image",)))
+    preprocess = Compose(volume_preprocessing(transform_settings(cfg), keys=("image",)))
     data = preprocess({"image": [str(shared_data / scan_rel)]})
     torch.manual_seed(0)
     field = torch.nn.functional.avg_pool3d(torch.rand(1, 1, *data["image"].shape[1:]), 5, 1, 2)[0]

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from medseg.config.schema import PipelineConfig
+from medseg.config.settings import inference_settings
 from medseg.core.errors import ModelError
 from medseg.data.inputs import image_inputs
 from medseg.infer.inferers import mirrored_probabilities
@@ -25,7 +26,7 @@ ARGS = {"channels": [4, 8], "strides": [2], "num_res_units": 0}
 def predictor() -> Predictor:
     torch.manual_seed(0)
     cfg = PipelineConfig(name="t", preprocessing={"spatial_size": [32, 32]}, model={"args": ARGS})
-    return Predictor(build_network("unet", 2, 3, 1, ARGS), cfg, steps=["largest_component"])
+    return Predictor(build_network("unet", 2, 3, 1, ARGS), inference_settings(cfg), steps=["largest_component"])
 
 
 def _image(path: Path, height: int, width: int) -> Path:

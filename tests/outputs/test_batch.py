@@ -14,6 +14,7 @@ import SimpleITK as sitk
 import torch
 
 from medseg.config.schema import PipelineConfig
+from medseg.config.settings import inference_settings
 from medseg.imageio import headers
 from medseg.infer.predictor import Predictor
 from medseg.models.registry import build_network
@@ -33,7 +34,7 @@ def predictor_3d() -> Predictor:
         model={"in_channels": 1, "args": ARGS},
         inference={"backend": "torch"},
     )
-    return Predictor(build_network("unet", 3, 1, 1, ARGS), cfg)
+    return Predictor(build_network("unet", 3, 1, 1, ARGS), inference_settings(cfg))
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ import trimesh
 from PIL import Image
 
 from medseg.config.schema import PipelineConfig
+from medseg.config.settings import inference_settings
 from medseg.core.errors import ConfigError
 from medseg.imageio.headers import dicom_series_files, read_header
 from medseg.infer.predictor import Predictor
@@ -40,7 +41,9 @@ def ct_predictor(**data: object) -> Predictor:
         postprocessing={"mode": "off"},
         data={"labels": {1: LIVER}, **data},
     )
-    return Predictor(ThresholdNet((0.4,)), cfg)  # HU -160..240 -> 0..1: the block (150 HU = 0.775) and nothing else
+    return Predictor(
+        ThresholdNet((0.4,)), inference_settings(cfg)
+    )  # HU -160..240 -> 0..1: the block (150 HU = 0.775) and nothing else
 
 
 def ct_volume() -> np.ndarray:
@@ -209,7 +212,7 @@ def test_2d_probabilities_uncertainty_statistics_and_overlay_legend(tmp_path: Pa
     )
     out = tmp_path / "out"
     report = predict_folder(
-        Predictor(ThresholdNet((0.5,)), cfg),
+        Predictor(ThresholdNet((0.5,)), inference_settings(cfg)),
         images,
         out,
         Outputs(probabilities=True, uncertainty=True, statistics=True),
@@ -226,4 +229,6 @@ def test_2d_probabilities_uncertainty_statistics_and_overlay_legend(tmp_path: Pa
     overlay = np.asarray(Image.open(out / "overlays" / "a.png"))
     assert (overlay[:14, :40] == 0).all(axis=-1).any(), "the legend's black box"
     with pytest.raises(ConfigError, match=r"--meshes \(prediction.meshes\): a 2D model has no surfaces"):
-        predict_folder(Predictor(ThresholdNet((0.5,)), cfg), images, tmp_path / "o2", Outputs(meshes=True))
+        predict_folder(
+            Predictor(ThresholdNet((0.5,)), inference_settings(cfg)), images, tmp_path / "o2", Outputs(meshes=True)
+        )

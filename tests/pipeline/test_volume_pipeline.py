@@ -13,6 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from medseg.config.loading import load_config
+from medseg.config.settings import evaluation_settings
 from tests.helpers.data import AFFINE, phantom_case
 from tests.helpers.paths import REPO
 
@@ -160,7 +161,7 @@ def test_ignore_label_trains_and_evaluates_on_annotated_voxels_only(tmp_path: Pa
     saved = load_config(result.run_dir / "config.yaml")
     case = next(r for r in result_records(saved) if r["id"] == row["case"])
     prediction = Predictor.from_model(result.run_dir).predict(case["image"]).labels
-    truth, _ = read_truth(case, saved)
+    truth, _ = read_truth(case, evaluation_settings(saved))
     assert (truth == 255).any() and set(np.unique(truth)) <= {0, 1, 255}
     valid = truth != 255
     predicted, true = (prediction > 0) & valid, (truth == 1) & valid

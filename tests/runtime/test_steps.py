@@ -64,7 +64,8 @@ def test_memory_format_auto_in_a_tracked_run(tiny_dataset, tmp_path) -> None:
     result = run_pipeline(cfg, run_name="auto-format")
     client = mlflow.MlflowClient(cfg.tracking.uri)
     parent = client.get_run(result.run_id)
-    train = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{result.run_id}'")[0]
+    children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{result.run_id}'")
+    train = next(run for run in children if run.info.run_name == "train")
     timed = {k: v for k, v in train.data.params.items() if k.startswith("step_ms.")}
     precision = train.data.params["precision"]  # bf16: true, so only the layouts are timed
     assert set(timed) == {f"step_ms.contiguous_{precision}", f"step_ms.channels_last_{precision}"}
@@ -92,7 +93,8 @@ def test_bf16_auto_times_fp32_against_native_bf16_only(
     result = run_pipeline(cfg, run_name="bf16-auto")
     client = mlflow.MlflowClient(cfg.tracking.uri)
     parent = client.get_run(result.run_id)
-    train = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{result.run_id}'")[0]
+    children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{result.run_id}'")
+    train = next(run for run in children if run.info.run_name == "train")
     timed = {k: float(v) for k, v in train.data.params.items() if k.startswith("step_ms.")}
     saved = load_checkpoint(result.run_dir / "model" / "last.pt")["step"]
     if native:  # both timed, the quicker one trained and recorded for a resume

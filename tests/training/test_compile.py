@@ -20,7 +20,9 @@ from tests.helpers.paths import REPO
 def _train_tags(cfg, result) -> dict[str, str]:
     client = mlflow.MlflowClient(cfg.tracking.uri)
     experiment = client.get_run(result.run_id).info.experiment_id
-    return client.search_runs([experiment], f"tags.mlflow.parentRunId = '{result.run_id}'")[0].data.tags
+    return client.search_runs(
+        [experiment], f"tags.mlflow.parentRunId = '{result.run_id}' and tags.mlflow.runName = 'train'"
+    )[0].data.tags
 
 
 @pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None, reason="inductor needs a C++ compiler")

@@ -38,7 +38,9 @@ def test_keep_final_keeps_the_last_epochs_weights(tmp_path, tiny_dataset, val_ev
     assert kept["val_dice"] == history[-1]["val_dice"]  # validated at the end even where val_every skips it
     client = mlflow.MlflowClient(cfg.tracking.uri)
     experiment = client.get_run(result.run_id).info.experiment_id
-    train = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{result.run_id}'")[0]
+    train = client.search_runs(
+        [experiment], f"tags.mlflow.parentRunId = '{result.run_id}' and tags.mlflow.runName = 'train'"
+    )[0]
     assert train.data.metrics["kept_epoch"] == 4
     best = max((row for row in history if "val_dice" in row), key=lambda row: row["val_dice"])
     assert train.data.metrics["best_epoch"] == best["epoch"]
@@ -68,7 +70,9 @@ def test_fit_on_train_val_trains_on_both_splits(tmp_path, tiny_dataset, caplog) 
     splits = json.loads((tmp_path / "splits.json").read_text())
     client = mlflow.MlflowClient(cfg.tracking.uri)
     experiment = client.get_run(result.run_id).info.experiment_id
-    train = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{result.run_id}'")[0]
+    train = client.search_runs(
+        [experiment], f"tags.mlflow.parentRunId = '{result.run_id}' and tags.mlflow.runName = 'train'"
+    )[0]
     assert train.data.params["train_cases"] == str(len(splits["train"]) + len(splits["val"])) == "10"
     assert train.data.params["val_cases"] == str(len(splits["val"])) == "2"
     assert "postprocessing.mode auto chooses on the validation cases" in caplog.text

@@ -10,8 +10,9 @@ import pytest
 from medseg.config.loading import load_config
 from medseg.config.schema import PipelineConfig
 from medseg.core.errors import ConfigError
+from medseg.models.checkpoint import Checkpoint
+from medseg.training.callbacks import TimeBudget
 from medseg.training.schedules import planned_epochs
-from medseg.training.trainer import TrainingState
 from tests.helpers.data import tiny_overrides
 from tests.helpers.paths import REPO
 
@@ -31,9 +32,16 @@ def test_a_budget_schedule_needs_a_budget(tmp_path) -> None:
     assert "\n" not in str(error.value)
 
 
-def test_the_plan_survives_a_checkpoint() -> None:
-    state = TrainingState(history=[{"epoch": 1}], best_dice=0.5, best_epoch=1, epoch=3, planned_epochs=7)
-    assert TrainingState.restored(state.record({"epoch": 3})).planned_epochs == 7
+def test_the_plan_survives_a_checkpoint(tmp_path) -> None:
+    cfg = PipelineConfig(name="s", schedule={"length": "max_minutes"}, training={"max_minutes": 10, "epochs": 30})
+    budget = TimeBudget(cfg, schedule=None)
+    budget.planned_epochs = 7
+    saved = Checkpoint({}, {}, {}, 3, callbacks={budget.state_key: budget.state_dict()})
+    saved.save(tmp_path / "last.pt")
+    restored = TimeBudget(cfg, schedule=None)
+    restored.load_state_dict(Checkpoint.load(tmp_path / "last.pt").callbacks[budget.state_key])
+    assert restored.planned_epochs == 7
+    assert Checkpoint.load(tmp_path / "last.pt").to_dict()["planned_epochs"] == 7  # read by benchmarks/model_zoo.py
 
 
 @pytest.mark.parametrize("schedule", ["cosine", "poly"])
@@ -42,7 +50,7 @@ def test_the_schedule_ends_annealed_at_the_epochs_that_fit(
 ) -> None:
     import mlflow
 
-    import medseg.training.trainer
+    import medseg.training.callbacks
     from medseg.pipeline.run import run_pipeline
 
     seen = []
@@ -52,7 +60,7 @@ def test_the_schedule_ends_annealed_at_the_epochs_that_fit(
         assert 0 < seconds_per_epoch < 60 and 0 < seconds_left <= 5 * 60
         return 6  # as if only six epochs fitted the budget
 
-    monkeypatch.setattr(medseg.training.trainer, "planned_epochs", six_fit)
+    monkeypatch.setattr(medseg.training.callbacks, "planned_epochs", six_fit)
     overrides = [
         *tiny_overrides(tmp_path, tiny_dataset),
         "training.epochs=30",
@@ -73,7 +81,9 @@ def test_the_schedule_ends_annealed_at_the_epochs_that_fit(
     assert history[-1]["lr"] == pytest.approx(0.0, abs=1e-12), "annealed to the end of the fitted schedule"
     client = mlflow.MlflowClient(cfg.tracking.uri)
     parent = client.get_run(result.run_id)
-    train = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{result.run_id}'")[0]
+    train = client.search_runs(
+        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{result.run_id}' and tags.mlflow.runName = 'train'"
+    )[0]
     params = train.data.params
     assert params["planned_epochs"] == params["replanned_epochs"] == "6" and float(params["seconds_per_epoch"]) > 0
 
@@ -85,11 +95,13 @@ def test_the_halfway_replan_times_the_epochs_since_the_first_plan(tmp_path, tiny
 
     import mlflow
 
+    import medseg.training.callbacks
     import medseg.training.trainer
     from medseg.pipeline.run import run_pipeline
 
     clock = [1000.0]
-    monkeypatch.setattr(medseg.training.trainer, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    for module in (medseg.training.trainer, medseg.training.callbacks):  # the stage's start, the budget's clock
+        monkeypatch.setattr(module, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
     run_epoch = medseg.training.trainer.Trainer.run_epoch
 
     def timed_epoch(self, epoch: int, advance) -> float:
@@ -114,6 +126,8 @@ def test_the_halfway_replan_times_the_epochs_since_the_first_plan(tmp_path, tiny
     assert len(history) == 22
     client = mlflow.MlflowClient(cfg.tracking.uri)
     experiment = client.get_run(result.run_id).info.experiment_id
-    params = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{result.run_id}'")[0].data.params
+    params = client.search_runs(
+        [experiment], f"tags.mlflow.parentRunId = '{result.run_id}' and tags.mlflow.runName = 'train'"
+    )[0].data.params
     assert (params["planned_epochs"], params["replanned_epochs"]) == ("4", "22")
     assert float(params["replanned_seconds_per_epoch"]) == 3.0

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from medseg.config.schema import PipelineConfig
+from medseg.config.settings import transform_settings
 from medseg.transforms import inference_transforms, train_transforms, validation_transforms
 from tests.helpers.data import write_pair
 
@@ -32,7 +33,7 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
 
 def test_validation_transforms_binarise_and_resize(marked_pair: dict[str, str]) -> None:
     cfg = PipelineConfig(name="t", preprocessing={"spatial_size": [32, 48]})
-    out = validation_transforms(cfg)(marked_pair)
+    out = validation_transforms(transform_settings(cfg))(marked_pair)
     # spatial_size is (height, width); MONAI's PIL reader holds images as (width, height) arrays
     assert tuple(out["image"].shape) == (3, 48, 32)
     assert tuple(out["label"].shape) == (1, 48, 32)
@@ -52,7 +53,7 @@ def test_geometric_augmentation_keeps_image_and_mask_aligned(marked_pair: dict[s
         "noise_prob": 0.0,
     }
     cfg = PipelineConfig(name="t", preprocessing={"spatial_size": [64, 64]}, augmentation=aug)
-    transform = train_transforms(cfg)
+    transform = train_transforms(transform_settings(cfg))
     transform.set_random_state(seed=seed)
     out = transform(marked_pair)
     red = out["image"][0].numpy() > 0.5
@@ -67,14 +68,14 @@ def test_augmentation_changes_the_image(marked_pair: dict[str, str]) -> None:
         preprocessing={"spatial_size": [64, 64]},
         augmentation={"flip_prob": 1.0, "rotate90_prob": 0.0, "affine_prob": 0.0},
     )
-    flipped = train_transforms(cfg)(marked_pair)["label"][0].numpy()
-    plain = validation_transforms(cfg)(marked_pair)["label"][0].numpy()
+    flipped = train_transforms(transform_settings(cfg))(marked_pair)["label"][0].numpy()
+    plain = validation_transforms(transform_settings(cfg))(marked_pair)["label"][0].numpy()
     np.testing.assert_array_equal(flipped, plain[::-1, ::-1])
 
 
 def test_inference_transforms_record_the_original_size(marked_pair: dict[str, str]) -> None:
     cfg = PipelineConfig(name="t", preprocessing={"spatial_size": [32, 32]})
-    out = inference_transforms(cfg)({"image": marked_pair["image"]})
+    out = inference_transforms(transform_settings(cfg))({"image": marked_pair["image"]})
     assert tuple(out["image"].shape) == (3, 32, 32)
     assert [int(v) for v in out["image"].meta["spatial_shape"]] == [80, 60]  # PIL order: width, height
 
@@ -98,12 +99,14 @@ def test_augmentation_runs_untracked_and_puts_tracking_back(marked_pair: dict[st
     from monai.data import MetaTensor, get_track_meta
 
     cfg = PipelineConfig(name="t", preprocessing={"spatial_size": [64, 64]}, augmentation={"affine_prob": 1.0})
-    transform = train_transforms(cfg)
+    transform = train_transforms(transform_settings(cfg))
     transform.set_random_state(seed=0)
     first = transform(marked_pair)
     assert not isinstance(first["image"], MetaTensor) and not isinstance(first["label"], MetaTensor)
     assert get_track_meta()  # inference (Invertd) needs it on again
-    assert isinstance(inference_transforms(cfg)({"image": marked_pair["image"]})["image"], MetaTensor)
+    assert isinstance(
+        inference_transforms(transform_settings(cfg))({"image": marked_pair["image"]})["image"], MetaTensor
+    )
     transform.set_random_state(seed=0)  # seeding still reaches the nested random transforms
     np.testing.assert_array_equal(transform(marked_pair)["image"].numpy(), first["image"].numpy())
 
@@ -128,7 +131,9 @@ def test_shades_of_gray_balances_a_colour_cast(tmp_path: Path) -> None:
     write_pair(tmp_path, "case", (cast.permute(1, 2, 0).numpy() * 255).astype(np.uint8), np.zeros((40, 50), np.uint8))
     pair = {"image": str(tmp_path / "images" / "case.png"), "label": str(tmp_path / "masks" / "case.png")}
     cfg = PipelineConfig(name="t", preprocessing={"spatial_size": [40, 50], "color_constancy": "shades_of_gray"})
-    red, green, blue = validation_transforms(cfg)(pair)["image"].flatten(1).pow(6).mean(1).pow(1 / 6).tolist()
+    red, green, blue = (
+        validation_transforms(transform_settings(cfg))(pair)["image"].flatten(1).pow(6).mean(1).pow(1 / 6).tolist()
+    )
     assert red == pytest.approx(green, rel=0.02) and blue == pytest.approx(green, rel=0.02)
     with pytest.raises(ConfigError, match="preprocessing.color_constancy: shades_of_gray needs 2D RGB images"):
         load_config(REPO / "pipelines" / "skin_lesion.yaml", ["model.in_channels=1", *colour])
