@@ -55,7 +55,7 @@ def run_mode(mode: str, records_file: Path, cache_dir: Path, epochs: int) -> dic
     from monai.data import DataLoader
 
     from medseg.config.schema import PipelineConfig
-    from medseg.config.settings import transform_settings
+    from medseg.config.settings import data_settings, transform_settings
     from medseg.data.cache import cached_dataset
     from medseg.models.registry import build_loss, build_network
     from medseg.transforms import train_transforms
@@ -75,7 +75,7 @@ def run_mode(mode: str, records_file: Path, cache_dir: Path, epochs: int) -> dic
     optimizer = torch.optim.AdamW(network.parameters(), 1e-3)
     baseline = rss_mb()
     started = time.perf_counter()
-    dataset = cached_dataset(cfg, records, train_transforms(transform_settings(cfg)))
+    dataset = cached_dataset(data_settings(cfg), records, train_transforms(transform_settings(cfg)))
     build_seconds = time.perf_counter() - started
     loader = DataLoader(dataset, batch_size=2, shuffle=True, num_workers=0)
     rates = []

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from medseg.config.loading import load_config
-from medseg.config.settings import evaluation_settings
+from medseg.config.settings import data_settings, evaluation_settings
 from medseg.data.dataset import prepare_data
 from medseg.evaluation.evaluate import evaluate
 from medseg.infer.predictor import Predictor
@@ -26,7 +26,7 @@ def main() -> None:
     parser.add_argument("run", type=Path, help="a cross-validated run folder")
     run = parser.parse_args().run
     cfg = load_config(run / "config.yaml")
-    test, settings = prepare_data(cfg).subset("test"), evaluation_settings(cfg)
+    test, settings = prepare_data(data_settings(cfg)).subset("test"), evaluation_settings(cfg)
     ensemble = Predictor.from_model(run)
     with tempfile.TemporaryDirectory() as tmp:
         single = {

@@ -87,7 +87,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from medseg.config.loading import load_config
-    from medseg.models.checkpoint import network_spec, save_checkpoint
+    from medseg.config.settings import network_spec
+    from medseg.models.checkpoint import save_checkpoint
     from medseg.models.registry import build_network
 
     repo = Path(__file__).resolve().parents[1]

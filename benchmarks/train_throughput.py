@@ -36,6 +36,7 @@ from PIL import Image
 
 from medseg.config.loading import load_config
 from medseg.config.schema import PipelineConfig
+from medseg.config.settings import data_settings, training_settings
 from medseg.data.dataset import prepare_data
 from medseg.models.registry import build_loss, build_network
 from medseg.runtime.devices import cpu_has_native_bf16
@@ -86,7 +87,7 @@ def make_step(
         network = network.to(memory_format=torch.channels_last)
     model = torch.compile(network) if compiled else network
     loss_function = build_loss(cfg.loss.name, m.out_channels, cfg.loss.args)
-    optimizer = build_optimizer(cfg, network)
+    optimizer = build_optimizer(training_settings(cfg), network)
 
     def step(batch: dict) -> float:
         if channels_last:
@@ -190,17 +191,17 @@ def main() -> None:
     overrides.append(f"data.split.file={Path(scratch.name) / 'splits.json'}" if scratch.name in data_root else "")
     cfg = load_config(PIPELINE, [o for o in overrides if o])
     torch.set_num_threads(cfg.training.num_threads or os.cpu_count() or 1)
-    data = prepare_data(cfg)
+    data = prepare_data(data_settings(cfg))
     records = data.subset("train")
     size, batch = cfg.preprocessing.spatial_size[0], cfg.training.batch_size
     print(f"{len(records)} training images -> {size}x{size}, batch {batch}, {torch.get_num_threads()} threads")
 
     tutorial_loader = torch.utils.data.DataLoader(TutorialDataset(records, size), batch_size=batch, shuffle=True)
     started = time.perf_counter()
-    medseg_loader, _ = build_loaders(cfg, data)
+    medseg_loader, _ = build_loaders(training_settings(cfg), data)
     print(f"medseg cache build (once per training run): {time.perf_counter() - started:.1f} s")
     worker_cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"num_workers": 1})})
-    worker_loader, _ = build_loaders(worker_cfg, data)
+    worker_loader, _ = build_loaders(training_settings(worker_cfg), data)
 
     if args.data_only:
         for name, loader in (("tutorial", tutorial_loader), ("medseg", medseg_loader)):

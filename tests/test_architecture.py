@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -202,3 +203,25 @@ def test_every_command_body_is_short() -> None:
                 if node.end_lineno - first.lineno + 1 > 25:
                     long.append(f"{path.name}:{node.name}")
     assert not long, long
+
+
+def test_only_the_orchestration_names_the_whole_configuration() -> None:
+    """Parts take small settings built in config/settings.py; only the configuration's own package, the pipeline that
+    runs stages, the planner that writes pipelines and the commands name ``PipelineConfig``."""
+    naming = sorted(
+        str(path.relative_to(PACKAGE))
+        for path in PACKAGE.rglob("*.py")
+        if re.search(r"\bPipelineConfig\b", path.read_text(encoding="utf-8"))
+    )
+    allowed = ("config/", "pipeline/", "planning/", "cli/")
+    assert [name for name in naming if not name.startswith(allowed)] == []
+
+
+def test_inference_reads_no_training_settings() -> None:
+    reads = [
+        f"{path.relative_to(PACKAGE)}:{number}"
+        for path in sorted((PACKAGE / "infer").glob("*.py"))
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if re.search(r"\.training\.|\btraining\.\w+", line) and not line.lstrip().startswith("#")
+    ]
+    assert reads == []

@@ -31,12 +31,14 @@ def check(
     """Read every case once and list ALL problems in one table (exit 0 clean, 1 warnings, 2 errors)."""
 
     def action() -> None:
+        from medseg.config.settings import data_settings
         from medseg.core.progress import console
         from medseg.data.check import check_dataset, render_findings
         from medseg.data.dataset import dataset_folder
 
         cfg, folder = _check_target(data, pipeline, overrides)
-        report = check_dataset(cfg, folder or dataset_folder(cfg))
+        settings = data_settings(cfg)
+        report = check_dataset(settings, folder or dataset_folder(settings))
         if output is not None:
             report.write(output)
         if report.findings:
@@ -106,7 +108,7 @@ def _check_target(data: Path | None, pipeline: Path | None, overrides: list[str]
     3D scans, channels as found)."""
     from medseg.config.loading import load_config
     from medseg.core.errors import ConfigError
-    from medseg.data.discovery import guess_config
+    from medseg.planning.planner import guess_config
 
     if pipeline is not None:
         return load_config(pipeline, overrides), data

@@ -5,14 +5,17 @@ so what a function reads is in its signature."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from medseg.config.loading import stored_config
 from medseg.config.schema import PipelineConfig
 from medseg.core.errors import ModelError
+from medseg.data.settings import DataSettings
 from medseg.evaluation.settings import EvaluationSettings
 from medseg.infer.settings import InferenceSettings
 from medseg.labels import Label, LabelScheme, default_color, parse_code
 from medseg.outputs.settings import Outputs
+from medseg.training.settings import TrainingSettings
 from medseg.transforms.settings import LabelRemap, TransformSettings
 
 
@@ -106,4 +109,47 @@ def evaluation_settings(cfg: PipelineConfig) -> EvaluationSettings:
     """What the evaluate stage reads (the labels, the reference labels' remapping, ``evaluation.*``)."""
     return EvaluationSettings(
         cfg.spatial_dims, label_scheme(cfg), label_remap(cfg), cfg.evaluation.jaccard_threshold, cfg.evaluation.split
+    )
+
+
+def data_settings(cfg: PipelineConfig) -> DataSettings:
+    """What the data layer reads (``data.*``, the images' dimensions and channels, ``preprocessing.*``, ``seed``,
+    ``training.folds``, ``training.epochs``)."""
+    return DataSettings(
+        cfg.data,
+        cfg.spatial_dims,
+        cfg.model.in_channels,
+        cfg.preprocessing,
+        cfg.seed,
+        cfg.training.folds,
+        cfg.training.epochs,
+    )
+
+
+def network_spec(cfg: PipelineConfig) -> dict[str, Any]:
+    """The arguments that build the network (``model.*``, ``spatial_dims``); stored in every checkpoint."""
+    return {
+        "name": cfg.model.name,
+        "spatial_dims": cfg.spatial_dims,
+        "in_channels": cfg.model.in_channels,
+        "out_channels": cfg.model.out_channels,
+        "args": dict(cfg.model.args),
+    }
+
+
+def training_settings(cfg: PipelineConfig) -> TrainingSettings:
+    """What the train stage reads (``training.*``, ``schedule.*``, ``optimizer.*``, ``loss.*``, the network, and the
+    transforms', data layer's and validation's settings); the resolved configuration travels with it into the
+    checkpoints."""
+    return TrainingSettings(
+        cfg.seed,
+        network_spec(cfg),
+        cfg.training,
+        cfg.schedule,
+        cfg.optimizer,
+        cfg.loss,
+        transform_settings(cfg),
+        data_settings(cfg),
+        inference_settings(cfg),
+        cfg.to_dict(),
     )

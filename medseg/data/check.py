@@ -20,12 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
-from medseg.config.schema import DataConfig, PipelineConfig
+from medseg.config.schema import DataConfig
 from medseg.core.atomic import atomic_write_text
 from medseg.core.errors import DataError
 from medseg.data.discovery import find_cases
 from medseg.data.image_checks import DatalistReport, pair_findings
 from medseg.data.records import Finding, Record, case_id_findings
+from medseg.data.settings import DataSettings
 from medseg.data.volume_checks import CaseFacts, case_findings
 
 log = logging.getLogger(__name__)
@@ -217,7 +218,7 @@ def _volume_findings(
     return findings + _volume_dataset_findings(facts, records)
 
 
-def check_dataset(cfg: PipelineConfig, folder: Path, workers: int = 2) -> CheckReport:
+def check_dataset(settings: DataSettings, folder: Path, workers: int = 2) -> CheckReport:
     """Check every case under ``folder`` as the pipeline describes it (2D images or 3D scans), all at once.
 
     Raises:
@@ -225,15 +226,15 @@ def check_dataset(cfg: PipelineConfig, folder: Path, workers: int = 2) -> CheckR
     """
     started = time.perf_counter()
     findings: list[Finding] = []
-    cases = find_cases(cfg, folder, findings)
+    cases = find_cases(settings, folder, findings)
     records, report = cases.records, DatalistReport(unmatched_masks=list(cases.unmatched_masks))
     findings += case_id_findings(records, cases.source)
-    if cfg.spatial_dims == 2:
-        findings += _image_findings(records, report, cfg.data, cfg.model.in_channels, folder, workers)
+    if settings.spatial_dims == 2:
+        findings += _image_findings(records, report, settings.data, settings.in_channels, folder, workers)
     else:
-        kind = cfg.preprocessing.intensity.kind
+        kind = settings.preprocessing.intensity.kind
         findings += _volume_findings(
-            records, cases.channels, cfg.model.in_channels, cfg.data.label_mapping, kind, folder, workers
+            records, cases.channels, settings.in_channels, settings.data.label_mapping, kind, folder, workers
         )
     report.cases = len(records)
     if not records and not findings:

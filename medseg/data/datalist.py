@@ -11,10 +11,10 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from medseg.config.schema import PipelineConfig
 from medseg.data.check import CheckReport, check_dataset, raise_or_skip
 from medseg.data.image_checks import DatalistReport, image_fingerprint
 from medseg.data.records import Record
+from medseg.data.settings import DataSettings
 from medseg.data.volume_checks import volume_fingerprint
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ class Datalist:
     check: CheckReport
 
 
-def build_datalist(cfg: PipelineConfig, folder: Path) -> Datalist:
+def build_datalist(settings: DataSettings, folder: Path) -> Datalist:
     """Find and check every case under ``folder`` as the pipeline describes it (2D images or 3D scans).
 
     Every case is read once (:func:`medseg.data.check.check_dataset`); warnings are logged, one line per kind.
@@ -39,7 +39,7 @@ def build_datalist(cfg: PipelineConfig, folder: Path) -> Datalist:
         DataError: the folder or its list file cannot be read (one line naming the file).
         DataCheckError: the cases have errors (all of them in its report) and ``data.on_bad_case`` is ``error``.
     """
-    result = check_dataset(cfg, folder)
-    records = raise_or_skip(result, cfg.data.on_bad_case)
-    fingerprint = image_fingerprint(records) if cfg.spatial_dims == 2 else volume_fingerprint(records)
+    result = check_dataset(settings, folder)
+    records = raise_or_skip(result, settings.data.on_bad_case)
+    fingerprint = image_fingerprint(records) if settings.spatial_dims == 2 else volume_fingerprint(records)
     return Datalist(records, result.report, fingerprint, result)

@@ -1,7 +1,7 @@
 """Resolve the configured dataset (real, or the embedded synthetic set), check it and split it.
 
 :func:`prepare_data` never changes the configuration: what it resolves from the data (the target spacing, the
-synthetic demo's epochs) comes back in :attr:`PreparedData.resolved`, for ``PipelineConfig.with_values``.
+synthetic demo's epochs) comes back in :attr:`PreparedData.resolved`, for the pipeline configuration's ``with_values``.
 """
 
 from __future__ import annotations
@@ -13,12 +13,13 @@ from typing import Any
 
 import numpy as np
 
-from medseg.config.schema import DATA_ROOT_ENV, PipelineConfig, SplitConfig
+from medseg.config.schema import DATA_ROOT_ENV, SplitConfig
 from medseg.core.errors import DataError
 from medseg.data.check import CheckReport
 from medseg.data.datalist import build_datalist
 from medseg.data.image_checks import DatalistReport
 from medseg.data.records import Record, subset
+from medseg.data.settings import DataSettings
 from medseg.data.splits import Splits, load_or_create_folds, load_or_create_splits
 
 log = logging.getLogger(__name__)
@@ -81,9 +82,9 @@ def _splits(split_cfg: SplitConfig, seed: int, name: str, records: list[Record])
     return splits, splits_path
 
 
-def dataset_folder(cfg: PipelineConfig) -> Path:
+def dataset_folder(settings: DataSettings) -> Path:
     """The configured dataset folder (``data.root / data.dataset_dir``); DataError if it is not set or missing."""
-    data = cfg.data
+    data = settings.data
     if data.root is None:
         raise DataError(
             f"data.root is not set and ${DATA_ROOT_ENV} is empty; point one of them at the folder "
@@ -97,11 +98,11 @@ def dataset_folder(cfg: PipelineConfig) -> Path:
     return folder
 
 
-def _synthetic_folder(cfg: PipelineConfig) -> tuple[Path, dict[str, Any]]:
+def _synthetic_folder(settings: DataSettings) -> tuple[Path, dict[str, Any]]:
     """The embedded synthetic set (generated once) and the demo's epoch cap."""
     from medseg.data.synthetic import generate_dermoscopy_dataset
 
-    syn = cfg.data.synthetic
+    syn = settings.data.synthetic
     height, width = syn.image_size
     kind = "" if syn.kind == "lesion" else f"-{syn.kind}"
     folder = syn.cache_dir / f"{SYNTHETIC_NAME}{kind}-n{syn.num_cases}-s{syn.seed}-{height}x{width}"
@@ -113,8 +114,8 @@ def _synthetic_folder(cfg: PipelineConfig) -> tuple[Path, dict[str, Any]]:
         folder,
     )
     resolved: dict[str, Any] = {}
-    if syn.epochs is not None and syn.epochs < cfg.training.epochs:
-        log.warning("Synthetic demo: training.epochs %d -> data.synthetic.epochs %d", cfg.training.epochs, syn.epochs)
+    if syn.epochs is not None and syn.epochs < settings.epochs:
+        log.warning("Synthetic demo: training.epochs %d -> data.synthetic.epochs %d", settings.epochs, syn.epochs)
         resolved["training.epochs"] = syn.epochs
     generate_dermoscopy_dataset(
         folder, num_cases=syn.num_cases, image_size=syn.image_size, seed=syn.seed, multiclass=syn.kind == "multiclass"
@@ -145,29 +146,29 @@ def median_spacing(records: list[Record], axcodes: str) -> tuple[float, float, f
     return (float(median[0]), float(median[1]), float(median[2]))
 
 
-def _uses_synthetic(cfg: PipelineConfig) -> bool:
-    return cfg.spatial_dims == 2 and cfg.data.root is None and cfg.data.synthetic.fallback
+def _uses_synthetic(settings: DataSettings) -> bool:
+    return settings.spatial_dims == 2 and settings.data.root is None and settings.data.synthetic.fallback
 
 
-def data_folder(cfg: PipelineConfig) -> Path:
+def data_folder(settings: DataSettings) -> Path:
     """The folder the pipeline's cases are in: the configured dataset, or the embedded synthetic set."""
-    return _synthetic_folder(cfg)[0] if _uses_synthetic(cfg) else dataset_folder(cfg)
+    return _synthetic_folder(settings)[0] if _uses_synthetic(settings) else dataset_folder(settings)
 
 
-def prepare_data(cfg: PipelineConfig) -> PreparedData:
+def prepare_data(settings: DataSettings) -> PreparedData:
     """Find, check and split the dataset; the split file is created once and then reused."""
-    synthetic = _uses_synthetic(cfg)
+    synthetic = _uses_synthetic(settings)
     if synthetic:
-        folder, resolved = _synthetic_folder(cfg)
+        folder, resolved = _synthetic_folder(settings)
         name = SYNTHETIC_NAME
     else:
-        folder, resolved, name = dataset_folder(cfg), {}, cfg.data.name
-    datalist = build_datalist(cfg, folder)
-    seed = cfg.seed if cfg.data.split.seed is None else cfg.data.split.seed
-    splits, splits_path = _splits(cfg.data.split, seed, name, datalist.records)
+        folder, resolved, name = dataset_folder(settings), {}, settings.data.name
+    datalist = build_datalist(settings, folder)
+    seed = settings.seed if settings.data.split.seed is None else settings.data.split.seed
+    splits, splits_path = _splits(settings.data.split, seed, name, datalist.records)
     folds = None
-    if cfg.training.folds:
-        folds, created = load_or_create_folds(splits_path, splits, cfg.training.folds, seed)
+    if settings.folds:
+        folds, created = load_or_create_folds(splits_path, splits, settings.folds, seed)
         log.info(
             "%s %d folds in %s: %s cases",
             "Created" if created else "Reusing",
@@ -175,8 +176,8 @@ def prepare_data(cfg: PipelineConfig) -> PreparedData:
             splits_path,
             "/".join(str(len(f)) for f in folds),
         )
-    if cfg.spatial_dims == 3 and cfg.preprocessing.spacing == "auto":
-        spacing = median_spacing(subset(datalist.records, splits["train"]), cfg.preprocessing.orientation)
+    if settings.spatial_dims == 3 and settings.preprocessing.spacing == "auto":
+        spacing = median_spacing(subset(datalist.records, splits["train"]), settings.preprocessing.orientation)
         resolved["preprocessing.spacing"] = spacing
         log.info("Target spacing (median of the training cases): %s mm", " x ".join(f"{v:.3g}" for v in spacing))
     return PreparedData(

@@ -11,7 +11,7 @@ import pickle
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
@@ -20,9 +20,6 @@ from medseg.core.atomic import atomic_write_bytes
 from medseg.core.errors import ModelError, error_summary
 from medseg.core.layout import BEST_CHECKPOINT, MODEL_DIR, checkpoint_candidates
 from medseg.version import __version__
-
-if TYPE_CHECKING:
-    from medseg.config.schema import PipelineConfig
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -75,17 +72,6 @@ def resolve_checkpoint(model: Path) -> Path:
     )
 
 
-def network_spec(cfg: PipelineConfig) -> dict[str, Any]:
-    """The arguments that rebuild the network; stored in every checkpoint."""
-    return {
-        "name": cfg.model.name,
-        "spatial_dims": cfg.spatial_dims,
-        "in_channels": cfg.model.in_channels,
-        "out_channels": cfg.model.out_channels,
-        "args": dict(cfg.model.args),
-    }
-
-
 @dataclass
 class Checkpoint:
     """What a medseg checkpoint holds, written by :meth:`to_dict` and read back by :meth:`from_dict`.
@@ -110,9 +96,11 @@ class Checkpoint:
     callbacks: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, network: nn.Module, cfg: PipelineConfig, epoch: int, **fields: Any) -> Checkpoint:
-        """``network``'s weights now, with the arguments that rebuild it and ``cfg``."""
-        return cls(network.state_dict(), network_spec(cfg), cfg.to_dict(), epoch, **fields)
+    def of(
+        cls, network: nn.Module, spec: dict[str, Any], config: dict[str, Any], epoch: int, **fields: Any
+    ) -> Checkpoint:
+        """``network``'s weights now, with ``spec`` (the arguments that rebuild it) and the resolved ``config``."""
+        return cls(network.state_dict(), dict(spec), config, epoch, **fields)
 
     def to_dict(self) -> dict[str, Any]:
         """What :func:`save_checkpoint` writes; the optional parts only where set."""

@@ -51,7 +51,7 @@ def train_folds(
     cfg: PipelineConfig, data: PreparedData, run: RunLayout, tracker: Tracker, only: int | None = None
 ) -> list[int]:
     """Train every fold (or fold ``only``), each in its nested run; returns the folds trained now."""
-    from medseg.config.settings import evaluation_settings
+    from medseg.config.settings import evaluation_settings, training_settings
     from medseg.evaluation.evaluate import evaluate, summary_metrics
     from medseg.pipeline.stages import log_training
     from medseg.training.trainer import train
@@ -72,7 +72,7 @@ def train_folds(
                 len(fold_data.splits["train"]),
                 len(fold_data.splits["val"]),
             )
-            result = train(cfg, fold_data, fold_run.root, tracker)
+            result = train(training_settings(cfg), fold_data, fold_run.root, tracker)
             predictor = Predictor.from_model(result.model_dir, steps=[])
             summary = evaluate(
                 predictor,

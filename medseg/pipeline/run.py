@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from medseg.config.schema import PipelineConfig
+from medseg.config.settings import data_settings, training_settings
 from medseg.core.atomic import atomic_write_text
 from medseg.core.errors import ConfigError, DataError, ModelError
 from medseg.core.layout import RunLayout
@@ -72,7 +73,7 @@ def _train_stage(
     from medseg.pipeline.stages import log_training
     from medseg.training.trainer import train
 
-    result = train(cfg, data, run.root, tracker, resume=resume, group=group)
+    result = train(training_settings(cfg), data, run.root, tracker, resume=resume, group=group)
     if group.is_main:
         log_training(result, run, tracker)
     return result.model_dir
@@ -225,7 +226,7 @@ def _run_stages(
     predictor = None if "train" in cfg.stages else _compatible_predictor(cfg)
     if not group.is_main:
         barrier(group)  # rank 0 writes the split first; the others read it
-    data = prepare_data(cfg)
+    data = prepare_data(data_settings(cfg))
     if group.is_main:
         barrier(group)
     cfg = cfg.with_values(data.resolved)  # e.g. the target spacing measured on the training cases

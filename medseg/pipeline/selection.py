@@ -51,13 +51,14 @@ def _cross_validated(run: Path) -> PipelineConfig:
 
 def _truths(cfg: PipelineConfig, cases: list[str]) -> list[np.ndarray]:
     """The reference labels of these cases (found as the run found them; only these cases are read)."""
-    from medseg.config.settings import evaluation_settings
+    from medseg.config.settings import data_settings, evaluation_settings
     from medseg.data.dataset import data_folder
     from medseg.data.discovery import find_cases
     from medseg.data.records import subset
     from medseg.evaluation.evaluate import read_truth
 
-    records = find_cases(cfg, data_folder(cfg)).records
+    settings = data_settings(cfg)
+    records = find_cases(settings, data_folder(settings)).records
     settings = evaluation_settings(cfg)
     return [read_truth(record, settings)[0] for record in subset(records, cases)]
 

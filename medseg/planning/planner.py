@@ -18,9 +18,11 @@ import numpy as np
 import yaml
 
 from medseg.config.schema import PipelineConfig
+from medseg.config.settings import data_settings
 from medseg.core.atomic import atomic_write_text
 from medseg.core.errors import DataError
-from medseg.data.discovery import find_cases, guess_config
+from medseg.data.discovery import find_cases
+from medseg.imageio.formats import is_image_2d
 from medseg.planning.fingerprint import Fingerprint, fingerprint_images, fingerprint_volumes
 
 log = logging.getLogger(__name__)
@@ -326,7 +328,7 @@ def plan_dataset(
     from medseg.config.loading import load_config
     from medseg.data.dataset import dataset_folder
 
-    folder = Path(folder) if folder is not None else dataset_folder(source)
+    folder = Path(folder) if folder is not None else dataset_folder(data_settings(source))
     if not folder.is_dir():
         raise DataError(f"{folder}: dataset folder not found")
     base = source or guess_config(folder, "plan")
@@ -337,7 +339,7 @@ def plan_dataset(
         source.data.foreground_labels or source.data.label_mapping or source.model.out_channels == 1
     ):
         merge_labels = merge_labels or not source.data.label_mapping  # the source pipeline's classes are kept
-    cases = find_cases(base, folder)
+    cases = find_cases(data_settings(base), folder)
     records = cases.records
     data["layout"] = cases.layout
     if base.data.cases:
@@ -361,3 +363,16 @@ def plan_dataset(
     atomic_write_text(output, plan_yaml(plan, fingerprint_path.name))
     load_config(output)  # the plan must validate as it is
     return output, fingerprint_path, plan
+
+
+def guess_config(folder: Path, name: str) -> PipelineConfig:
+    """A configuration for a folder without a pipeline: 2D RGB if ``images/`` holds 2D images, else 3D with the
+    channels the first case has."""
+    if not folder.is_dir():
+        raise DataError(f"{folder}: dataset folder not found")
+    images = folder / PipelineConfig(name=name).data.images_dir
+    if images.is_dir() and any(is_image_2d(p) for p in images.iterdir()):
+        return PipelineConfig(name=name)
+    guess = PipelineConfig(name=name, spatial_dims=3, model={"in_channels": 1})
+    records = find_cases(data_settings(guess), folder).records
+    return guess.with_values({"model.in_channels": len(records[0]["image"]) if records else 1})

@@ -9,24 +9,24 @@ import math
 import time
 from typing import Any
 
-from medseg.config.schema import PipelineConfig
 from medseg.core.progress import progress_bar
 from medseg.models.checkpoint import BEST_EPOCH, EARLY_STOPPING, TIME_BUDGET
 from medseg.runtime.distributed import Ranks, broadcast
 from medseg.training.hooks import Callback, Callbacks, FitLoop
 from medseg.training.schedules import LearningRateSchedule, planned_epochs
+from medseg.training.settings import TrainingSettings
 
 log = logging.getLogger(__name__)
 
 
-def default_callbacks(cfg: PipelineConfig, schedule: LearningRateSchedule, group: Ranks = Ranks()) -> Callbacks:
+def default_callbacks(settings: TrainingSettings, schedule: LearningRateSchedule, group: Ranks = Ranks()) -> Callbacks:
     """The hooks of a training run, in the order each hook runs through them."""
-    tcfg = cfg.training
+    tcfg = settings.training
     return Callbacks(
         [
             schedule,  # stepped before the progress bar moves, and on validation before the best epoch is kept
             EarlyStopping(tcfg.early_stopping_patience),  # before the time budget: its reason to stop is logged first
-            TimeBudget(cfg, schedule),  # before the progress report and the row: they show the re-planned epochs
+            TimeBudget(settings, schedule),  # before the progress report and the row: they show the re-planned epochs
             ValidateEvery(tcfg.val_every),
             History(),
             KeepModel(tcfg.keep),
@@ -82,15 +82,15 @@ class TimeBudget(Callback):
 
     state_key = TIME_BUDGET
 
-    def __init__(self, cfg: PipelineConfig, schedule: LearningRateSchedule) -> None:
-        self.cfg, self.schedule = cfg, schedule
+    def __init__(self, settings: TrainingSettings, schedule: LearningRateSchedule) -> None:
+        self.settings, self.schedule = settings, schedule
         self.planned_epochs: int | None = None  # once planned
         self.deadline = math.inf
         self.plan_at: int | None = None  # the epoch after which to plan (again)
         self.timed_from: tuple[int, float] | None = None  # (epoch, clock) at the end of this process's first pass
 
     def on_train_start(self, loop: FitLoop) -> None:
-        minutes, schedule = self.cfg.training.max_minutes, self.cfg.schedule
+        minutes, schedule = self.settings.training.max_minutes, self.settings.schedule
         self.deadline = loop.started + minutes * 60 if minutes else math.inf
         loop.planned = self.planned_epochs or loop.planned
         unplanned = schedule.length == "max_minutes" and self.planned_epochs is None
@@ -112,13 +112,13 @@ class TimeBudget(Callback):
         ``again``: the halfway re-plan (MLflow params ``replanned_*``)."""
         now = time.perf_counter()
         seconds_per_epoch = (now - timed_from[1]) / (loop.epoch - timed_from[0])
-        cap = self.cfg.training.epochs
+        cap = self.settings.training.epochs
         planned = broadcast(planned_epochs(cap, loop.epoch, seconds_per_epoch, self.deadline - now), loop.trainer.group)
         self.schedule.fit_to(planned)
         log.info(
             "Schedule %s to training.max_minutes=%s: %d epochs at %.1f s each (at most training.epochs=%d)",
             "re-fitted" if again else "fitted",
-            self.cfg.training.max_minutes,
+            self.settings.training.max_minutes,
             planned,
             seconds_per_epoch,
             cap,
@@ -132,7 +132,7 @@ class TimeBudget(Callback):
 
     def stop_reason(self, loop: FitLoop) -> tuple[Any, ...] | None:
         if time.perf_counter() > self.deadline:
-            return ("Stopping: training.max_minutes=%s reached", self.cfg.training.max_minutes)
+            return ("Stopping: training.max_minutes=%s reached", self.settings.training.max_minutes)
         return None
 
     def state_dict(self) -> dict[str, Any]:
@@ -223,7 +223,7 @@ class LastCheckpoint(Callback):
         trainer = loop.trainer
         if trainer.group.is_main:
             checkpoint = trainer.checkpoint(
-                trainer.cfg.training.epochs if loop.finished else loop.epoch,
+                trainer.settings.training.epochs if loop.finished else loop.epoch,
                 optimizer=trainer.optimizer.state_dict(),
                 step=trainer.step_choice,
                 history=loop.progress.history,

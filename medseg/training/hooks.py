@@ -16,10 +16,10 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from medseg.config.schema import PipelineConfig
     from medseg.core.layout import ModelLayout
     from medseg.models.checkpoint import Checkpoint
     from medseg.tracking.tracker import Tracker
+    from medseg.training.settings import TrainingSettings
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ class TrainingState:
 class TrainerParts(Protocol):
     """What the hooks use of the trainer (:class:`medseg.training.trainer.Trainer`)."""
 
-    cfg: PipelineConfig
+    settings: TrainingSettings
     group: Ranks
     network: nn.Module
     optimizer: torch.optim.Optimizer
@@ -71,7 +71,7 @@ class FitLoop:
 
     def __post_init__(self) -> None:
         self.epoch = self.progress.epoch
-        self.planned = self.trainer.cfg.training.epochs
+        self.planned = self.trainer.settings.training.epochs
 
     def begin_epoch(self) -> None:
         self.epoch += 1

@@ -9,41 +9,40 @@ from typing import Any
 import numpy as np
 import torch
 
-from medseg.config.schema import PipelineConfig
 from medseg.core.errors import ConfigError
 from medseg.data.dataset import PreparedData
 from medseg.runtime.distributed import Ranks
+from medseg.training.settings import TrainingSettings
 
 
 def build_loaders(
-    cfg: PipelineConfig, data: PreparedData, group: Ranks = Ranks(), device: torch.device = torch.device("cpu")
+    settings: TrainingSettings, data: PreparedData, group: Ranks = Ranks(), device: torch.device = torch.device("cpu")
 ) -> tuple[Any, Any]:
     """The training loader (shuffled, augmented, cached preprocessing; a seeded ``DistributedSampler`` shard per
     rank, ``training.batch_size`` being the global batch) and this rank's share of the validation cases."""
     from monai.data import DataLoader
 
-    from medseg.config.settings import transform_settings
     from medseg.data.cache import cached_dataset
     from medseg.transforms import train_transforms, validation_transforms
 
     train_records, val_records = data.subset("train"), data.subset("val")
-    if cfg.training.fit_on == "train_val":
+    if settings.training.fit_on == "train_val":
         train_records = train_records + val_records
-    batch = cfg.training.batch_size
+    batch = settings.training.batch_size
     if batch % group.world:
         raise ConfigError(
             f"training.batch_size {batch}: the global batch must split evenly over {group.world} processes"
         )
     per_rank = batch // group.world
-    transforms = transform_settings(cfg)
-    train_set = cached_dataset(cfg, train_records, train_transforms(transforms))
-    generator = torch.Generator().manual_seed(cfg.seed)
+    transforms = settings.transforms
+    train_set = cached_dataset(settings.data, train_records, train_transforms(transforms))
+    generator = torch.Generator().manual_seed(settings.seed)
     sampler = None
     if group.distributed:
         from torch.utils.data.distributed import DistributedSampler
 
         sampler = DistributedSampler(
-            train_set, num_replicas=group.world, rank=group.rank, shuffle=True, seed=cfg.seed, drop_last=True
+            train_set, num_replicas=group.world, rank=group.rank, shuffle=True, seed=settings.seed, drop_last=True
         )
     pin = device.type == "cuda"
     train_loader = DataLoader(
@@ -52,14 +51,14 @@ def build_loaders(
         shuffle=sampler is None,
         sampler=sampler,
         drop_last=len(train_records) > batch,
-        num_workers=cfg.data.num_workers,
+        num_workers=settings.data.data.num_workers,
         generator=generator,
-        persistent_workers=cfg.data.num_workers > 0,
+        persistent_workers=settings.data.data.num_workers > 0,
         pin_memory=pin,
     )
     val_loader = DataLoader(
-        cached_dataset(cfg, val_records[group.rank :: group.world], validation_transforms(transforms)),
-        batch_size=cfg.training.batch_size if cfg.spatial_dims == 2 else 1,  # whole volumes differ in size
+        cached_dataset(settings.data, val_records[group.rank :: group.world], validation_transforms(transforms)),
+        batch_size=settings.training.batch_size if settings.spatial_dims == 2 else 1,  # whole volumes differ in size
         num_workers=0,
         pin_memory=pin,
     )

@@ -8,14 +8,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from medseg.config.schema import PipelineConfig
 from medseg.models.checkpoint import LR_SCHEDULE
 from medseg.training.hooks import Callback, FitLoop
+from medseg.training.settings import TrainingSettings
 
 
-def build_optimizer(cfg: PipelineConfig, network: nn.Module) -> torch.optim.Optimizer:
+def build_optimizer(settings: TrainingSettings, network: nn.Module) -> torch.optim.Optimizer:
     """The configured optimiser over all network parameters."""
-    opt = cfg.optimizer
+    opt = settings.optimizer
     if opt.name == "sgd":
         return torch.optim.SGD(
             network.parameters(), lr=opt.lr, momentum=0.99, nesterov=True, weight_decay=opt.weight_decay
@@ -35,23 +35,26 @@ class PolySchedule(torch.optim.lr_scheduler.LambdaLR):
         return max(0.0, 1.0 - step / self.t_total) ** self.exponent
 
 
-def build_scheduler(cfg: PipelineConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
+def build_scheduler(settings: TrainingSettings, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
     """Linear warm-up then cosine decay (MONAI's WarmupCosineSchedule), poly (nnU-Net's) or constant, stepped per
     iteration; or ReduceLROnPlateau on validation Dice, stepped per validation."""
     from monai.optimizers import WarmupCosineSchedule
 
-    schedule = cfg.schedule
+    schedule = settings.schedule
     if schedule.name == "constant":
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
     if schedule.name == "plateau":  # stepped on validation Dice (see LearningRateSchedule)
         return torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode="max", factor=schedule.plateau_factor, patience=schedule.plateau_patience
         )
-    total = cfg.training.epochs * steps_per_epoch
+    total = settings.training.epochs * steps_per_epoch
     if schedule.name == "poly":
         return PolySchedule(optimizer, total, schedule.poly_exponent)
     return WarmupCosineSchedule(
-        optimizer, warmup_steps=cfg.schedule.warmup_epochs * steps_per_epoch, t_total=total, end_lr=cfg.schedule.end_lr
+        optimizer,
+        warmup_steps=settings.schedule.warmup_epochs * steps_per_epoch,
+        t_total=total,
+        end_lr=settings.schedule.end_lr,
     )
 
 

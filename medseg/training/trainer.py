@@ -22,7 +22,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from medseg.config.schema import PipelineConfig
 from medseg.core.atomic import atomic_write_text
 from medseg.core.layout import ModelLayout, RunLayout
 from medseg.data.dataset import PreparedData
@@ -37,6 +36,7 @@ from medseg.training.callbacks import KeepModel, default_callbacks
 from medseg.training.hooks import FitLoop, TrainingState
 from medseg.training.loaders import build_loaders, seed_epoch
 from medseg.training.schedules import LearningRateSchedule, build_optimizer, build_scheduler
+from medseg.training.settings import TrainingSettings
 from medseg.training.validation import validation_dice
 
 __all__ = ["TrainResult", "Trainer", "TrainingState", "fitting_for", "train", "use_bf16"]
@@ -70,28 +70,26 @@ class Trainer:
 
     def __init__(
         self,
-        cfg: PipelineConfig,
+        settings: TrainingSettings,
         data: PreparedData,
         model: ModelLayout,
         group: Ranks = Ranks(),
         saved_step: dict[str, Any] | None = None,
     ) -> None:
         """``saved_step``: the step choice of a run being resumed (else chosen here, see :meth:`_choose_step`)."""
-        self.cfg, self.model, self.group = cfg, model, group
-        self.device = rank_device(resolve_device(cfg.training.device, "training.device"), group)
+        self.settings, self.model, self.group = settings, model, group
+        self.device = rank_device(resolve_device(settings.training.device, "training.device"), group)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed patch / image sizes: the fastest kernels, found once
         started = time.perf_counter()
-        self.train_loader, self.val_loader = build_loaders(cfg, data, group, self.device)
+        self.train_loader, self.val_loader = build_loaders(settings, data, group, self.device)
         log.info(
             "Cached %d training and %d validation images in %.1f s",
             len(self.train_loader.dataset),
             len(self.val_loader.dataset),
             time.perf_counter() - started,
         )
-        self.network = build_network(
-            cfg.model.name, cfg.spatial_dims, cfg.model.in_channels, cfg.model.out_channels, cfg.model.args
-        ).to(self.device)
+        self.network = build_network(**settings.network).to(self.device)
         self.trained = self.network  # what runs the steps: the network, or its DistributedDataParallel wrapper
         if group.distributed:
             from torch.nn.parallel import DistributedDataParallel
@@ -99,27 +97,27 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.trained = DistributedDataParallel(self.network, device_ids=ids)
         self.loss_function = build_loss(
-            cfg.loss.name,
-            cfg.model.out_channels,
-            cfg.loss.args,
-            bool(cfg.data.regions),
-            cfg.data.ignore_label,
-            cfg.loss.weights,
+            settings.loss.name,
+            settings.network["out_channels"],
+            settings.loss.args,
+            settings.validation.labels.multilabel,
+            settings.validation.labels.ignore_label,
+            settings.loss.weights,
         )
         if getattr(self.network, "deep_supervision", False):  # DynUNet's heads, stacked in training mode
             from medseg.models.losses import StackedDeepSupervision
 
             self.loss_function = StackedDeepSupervision(self.loss_function)
-        self.optimizer = build_optimizer(cfg, self.network)
+        self.optimizer = build_optimizer(settings, self.network)
         self.steps_per_epoch = len(self.train_loader)
         self.schedule = LearningRateSchedule(
-            build_scheduler(cfg, self.optimizer, self.steps_per_epoch), self.steps_per_epoch
+            build_scheduler(settings, self.optimizer, self.steps_per_epoch), self.steps_per_epoch
         )
-        self.callbacks = default_callbacks(cfg, self.schedule, group)
+        self.callbacks = default_callbacks(settings, self.schedule, group)
         self.fitting = fitting_for(self.network)
         self.step_timings: dict[str, float] = {}
         channels_last, self.precision = self._choose_step(saved_step)
-        self.memory_format = channels_last_format(cfg.spatial_dims) if channels_last else None
+        self.memory_format = channels_last_format(settings.spatial_dims) if channels_last else None
         if self.memory_format is not None:
             self.network.to(memory_format=self.memory_format)
         self.bf16 = self.precision.dtype == torch.bfloat16
@@ -132,7 +130,7 @@ class Trainer:
         fp32 against the mixed precision this device runs natively (never emulated bf16); with more than one
         candidate, real steps on the first batch are timed and the fastest kept (rank 0's choice on every rank).
         A resumed run keeps the choice saved in its checkpoint."""
-        tcfg = self.cfg.training
+        tcfg = self.settings.training
         if saved is not None:
             return saved["channels_last"], precision_for(self.device, saved["precision"] != "fp32")
         layouts = [False, True] if tcfg.memory_format == "auto" else [tcfg.memory_format == "channels_last"]
@@ -167,7 +165,7 @@ class Trainer:
 
     def checkpoint(self, epoch: int, **fields: Any) -> Checkpoint:
         """A checkpoint of the network now (weights, the arguments that rebuild it, the config) at ``epoch``."""
-        return Checkpoint.of(self.network, self.cfg, epoch, **fields)
+        return Checkpoint.of(self.network, self.settings.network, self.settings.stored, epoch, **fields)
 
     def resume(self) -> TrainingState:
         """Weights, optimiser, every callback's state (the schedule's among them) and progress from ``last.pt``."""
@@ -187,12 +185,14 @@ class Trainer:
 
     def validate(self) -> float:
         """Validation Dice of the network now (over the ranks)."""
-        return validation_dice(self.network, self.val_loader, self.cfg, self.precision, self.group, self.device)
+        return validation_dice(
+            self.network, self.val_loader, self.settings.validation, self.precision, self.group, self.device
+        )
 
     def run_epoch(self, epoch: int, advance: Any) -> float:
         """One seeded pass over the training loader; the mean loss (over the ranks). ``advance(loss)`` after every
         step (the hooks' ``on_train_batch_end``: the schedule's step, the progress bar)."""
-        seed_epoch(self.cfg.seed, epoch, self.train_loader.dataset.transform, self.train_loader.generator)
+        seed_epoch(self.settings.seed, epoch, self.train_loader.dataset.transform, self.train_loader.generator)
         if self.train_loader.sampler is not None and hasattr(self.train_loader.sampler, "set_epoch"):
             self.train_loader.sampler.set_epoch(epoch)
         self.trained.train()
@@ -219,7 +219,7 @@ class Trainer:
                 self.memory_format,
             )
 
-        if self.compiled is not None or not self.cfg.training.compile:
+        if self.compiled is not None or not self.settings.training.compile:
             return step()
         eager = self.trained
         try:
@@ -255,7 +255,7 @@ class Trainer:
 
 
 def train(
-    cfg: PipelineConfig,
+    settings: TrainingSettings,
     data: PreparedData,
     run_dir: Path,
     tracker: Tracker,
@@ -270,13 +270,13 @@ def train(
     """
     from monai.utils import set_determinism
 
-    set_determinism(seed=cfg.seed, use_deterministic_algorithms=cfg.training.deterministic or None)
-    torch.set_num_threads(cfg.training.num_threads or max(1, (os.cpu_count() or 1) // group.world))
+    set_determinism(seed=settings.seed, use_deterministic_algorithms=settings.training.deterministic or None)
+    torch.set_num_threads(settings.training.num_threads or max(1, (os.cpu_count() or 1) // group.world))
     layout = RunLayout(run_dir)
     layout.model.root.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     saved_step = Checkpoint.load(layout.model.last).step if resume and layout.model.last.exists() else None
-    trainer = Trainer(cfg, data, layout.model, group, saved_step)
+    trainer = Trainer(settings, data, layout.model, group, saved_step)
     return trainer.fitting.fit(trainer, tracker, layout, resume, started)
 
 
@@ -342,14 +342,13 @@ class GridSearch(Fitting):
     def fit(self, trainer: Trainer, tracker: Tracker, layout: RunLayout, resume: bool, started: float) -> TrainResult:
         from monai.data import DataLoader
 
-        from medseg.config.settings import transform_settings
         from medseg.data.cache import cached_dataset
         from medseg.transforms import validation_transforms
 
-        cfg = trainer.cfg
+        settings = trainer.settings
         records = trainer.train_loader.dataset.data
-        dataset = cached_dataset(cfg, records, validation_transforms(transform_settings(cfg)))
-        loader = DataLoader(dataset, batch_size=cfg.training.batch_size)
+        dataset = cached_dataset(settings.data, records, validation_transforms(settings.transforms))
+        loader = DataLoader(dataset, batch_size=settings.training.batch_size)
         batches = [(np.asarray(batch["image"]), np.asarray(batch["label"])[:, 0]) for batch in loader]
         best, tried = self.segmenter.fit(batches)
         train_dice = max(score for _, score in tried)
@@ -364,7 +363,9 @@ class GridSearch(Fitting):
         kept = {BEST_EPOCH: {"best_dice": val_dice, "best_epoch": 1}}
         trainer.checkpoint(1, val_dice=val_dice, history=history, callbacks=kept).save(layout.model.last)
         atomic_write_text(layout.history, json.dumps(history, indent=1))
-        log.info("%s fitted on %d training images: validation Dice %.4f", cfg.model.name, len(records), val_dice)
+        log.info(
+            "%s fitted on %d training images: validation Dice %.4f", settings.network["name"], len(records), val_dice
+        )
         return TrainResult(layout.model.root, val_dice, 1, 1, minutes, history, 1)
 
 

@@ -7,9 +7,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from medseg.config.schema import PipelineConfig
-from medseg.config.settings import inference_settings
 from medseg.infer.inferers import activate, build_inferer
+from medseg.infer.settings import InferenceSettings
 from medseg.runtime.devices import Precision, precision_for
 from medseg.runtime.distributed import Ranks, all_sum
 
@@ -17,7 +16,7 @@ from medseg.runtime.distributed import Ranks, all_sum
 def validation_dice(
     network: nn.Module,
     loader: Any,
-    cfg: PipelineConfig,
+    settings: InferenceSettings,
     precision: Precision | bool,
     group: Ranks = Ranks(),
     device: torch.device = torch.device("cpu"),
@@ -29,8 +28,9 @@ def validation_dice(
 
     if isinstance(precision, bool):
         precision = precision_for(device, precision)
-    inferer = build_inferer(inference_settings(cfg), device)
-    classes, multilabel, ignore = cfg.model.out_channels, bool(cfg.data.regions), cfg.data.ignore_label
+    inferer = build_inferer(settings, device)
+    labels = settings.labels
+    classes, multilabel, ignore = labels.out_channels, labels.multilabel, labels.ignore_label
     metric = DiceMetric(include_background=classes == 1 or multilabel, reduction="none", ignore_empty=False)
     network.eval()
     with torch.inference_mode(), precision.autocast():
@@ -42,7 +42,7 @@ def validation_dice(
                 valid = ~(label == ignore).any(dim=1, keepdim=True)
                 label = label.masked_fill(label == ignore, 0)
             if classes == 1 or multilabel:
-                prediction = probs > cfg.evaluation.threshold
+                prediction = probs > labels.threshold
                 metric(y_pred=(prediction & valid).float(), y=label)
             else:
                 prediction = one_hot(probs.argmax(dim=1, keepdim=True), classes) * valid

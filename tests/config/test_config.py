@@ -9,6 +9,7 @@ import yaml
 
 from medseg.config.loading import load_config, parse_override
 from medseg.config.schema import DATA_ROOT_ENV, PipelineConfig
+from medseg.config.settings import data_settings
 from medseg.core.errors import ConfigError, MedsegError
 from tests.helpers.paths import REPO
 
@@ -504,7 +505,7 @@ def test_prepare_data_returns_what_it_resolved_without_changing_the_config(tmp_p
         training={"epochs": 40},
         data={"synthetic": {"num_cases": 8, "image_size": [32, 48], "cache_dir": tmp_path, "epochs": 2}},
     ).with_values({"data.split.file": str(tmp_path / "splits.json")})
-    data = prepare_data(cfg)
+    data = prepare_data(data_settings(cfg))
     assert data.synthetic and data.resolved == {"training.epochs": 2}
     assert cfg.training.epochs == 40
 

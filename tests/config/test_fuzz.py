@@ -22,6 +22,7 @@ from pydantic import BaseModel
 
 from medseg.config.loading import load_config
 from medseg.config.schema import DATA_ROOT_ENV, PipelineConfig
+from medseg.config.settings import data_settings
 from medseg.core.errors import MedsegError
 from medseg.data.datalist import build_datalist
 
@@ -336,7 +337,7 @@ def test_datalist_builder_on_random_folders(
     data = {"layout": layout, "mask_suffixes": suffixes}
     cfg = PipelineConfig(name="fuzz", model={"in_channels": in_channels}, data=data)
     try:
-        datalist = build_datalist(cfg, root)
+        datalist = build_datalist(data_settings(cfg), root)
     except Exception as exc:  # noqa: BLE001 - the property: nothing but a clean MedsegError
         assert_clean(exc)
     else:

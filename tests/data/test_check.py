@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from medseg.cli.app import app
 from medseg.config.schema import PipelineConfig
+from medseg.config.settings import data_settings
 from medseg.data.check import check_dataset
 from tests.helpers.data import AFFINE, phantom_case, tiny_overrides, write_pair
 from tests.helpers.paths import REPO
@@ -73,7 +74,7 @@ EXPECTED_2D = {
 
 
 def test_check_finds_every_planted_2d_problem_in_one_pass(planted_2d: Path) -> None:
-    report = check_dataset(PipelineConfig(name="t"), planted_2d)
+    report = check_dataset(data_settings(PipelineConfig(name="t")), planted_2d)
     found = {(f.severity, f.case, f.check) for f in report.findings}
     assert found == EXPECTED_2D
     assert report.bad_cases == ["case00", "case01", "case02", "case03", "case04", "case10"]
@@ -127,7 +128,7 @@ def test_check_finds_every_planted_3d_problem_in_one_pass(tmp_path: Path) -> Non
     cfg = PipelineConfig(
         name="t", spatial_dims=3, model={"in_channels": 1}, preprocessing={"intensity": {"kind": "ct"}}
     )
-    report = check_dataset(cfg, root)
+    report = check_dataset(data_settings(cfg), root)
     found = {(f.severity, f.case, f.check) for f in report.findings}
     assert {
         ("error", "case0", "geometry"),

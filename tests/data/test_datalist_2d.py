@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from medseg.config.schema import DataConfig, PipelineConfig
+from medseg.config.settings import data_settings
 from medseg.core.errors import DataError
 from medseg.data.datalist import Datalist, build_datalist
 from medseg.data.image_checks import DatalistReport, image_fingerprint
@@ -47,7 +48,7 @@ def folder_dataset(root: Path, ids: list[str], image_ext: str = ".png", mask_suf
 def build(root: Path, cfg: DataConfig | None = None, in_channels: int = 3) -> Datalist:
     """The checked datalist of a 2D dataset folder, as ``medseg run`` builds it."""
     pipeline = PipelineConfig(name="t", model={"in_channels": in_channels}, data=cfg or DataConfig())
-    return build_datalist(pipeline, root)
+    return build_datalist(data_settings(pipeline), root)
 
 
 def build_records(

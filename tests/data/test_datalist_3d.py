@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from medseg.config.schema import PipelineConfig
+from medseg.config.settings import data_settings
 from medseg.core.errors import DataError
 from medseg.data.datalist import build_datalist
 from medseg.data.discovery import find_cases
@@ -45,7 +46,7 @@ def config(layout: str, modalities: list[str], in_channels: int | None = None, *
 
 def build(root: Path, layout: str, modalities: list[str], in_channels: int | None = None, **data) -> list[Record]:
     """The checked records of a 3D dataset folder, as ``medseg run`` builds them (every case is read)."""
-    return build_datalist(config(layout, modalities, in_channels, **data), root).records
+    return build_datalist(data_settings(config(layout, modalities, in_channels, **data)), root).records
 
 
 def data_error(root: Path, layout: str, modalities: list[str], in_channels: int | None = None, **data) -> str:
@@ -418,7 +419,9 @@ def test_a_case_without_its_label_stops_the_file_layouts_and_is_reported_when_li
         {"id": "p1", "image": ["flair/p1.nii.gz"], "label": "labelsTr/p1.nii.gz"},
         {"id": "p2", "image": ["flair/p2.nii.gz"]},
     ]
-    assert find_cases(config("list", [], cases=cases), root).records == [  # listed: kept without its label
+    assert find_cases(
+        data_settings(config("list", [], cases=cases)), root
+    ).records == [  # listed: kept without its label
         {"id": "p1", "image": [str(root / "flair" / "p1.nii.gz")], "label": str(root / "labelsTr" / "p1.nii.gz")},
         {"id": "p2", "image": [str(root / "flair" / "p2.nii.gz")]},
     ]
@@ -430,7 +433,9 @@ def test_volume_fingerprint_tracks_names_and_sizes(tmp_path: Path) -> None:
     records = build(root, "folders", ["flair", "t1c"])
     first = volume_fingerprint(records)
     assert len(first) == 16 and int(first, 16) >= 0
-    assert build_datalist(config("folders", ["flair", "t1c"]), root).fingerprint == first  # what the run records
+    assert (
+        build_datalist(data_settings(config("folders", ["flair", "t1c"])), root).fingerprint == first
+    )  # what the run records
     assert volume_fingerprint(list(reversed(records))) == first
     save_volume(root / "t1c" / "p2.nii.gz", shape=(8, 8, 60))
     assert volume_fingerprint(records) != first
@@ -445,7 +450,9 @@ def test_brats2015_sample_folders_layout(shared_data: Path) -> None:
     root = shared_data / "brats2015-sample"
     if not root.is_dir():
         pytest.skip(f"{root} not found")
-    records = find_cases(config("folders", ["imagesTr", "imagesTr_t1c"]), root).records  # none of them read
+    records = find_cases(
+        data_settings(config("folders", ["imagesTr", "imagesTr_t1c"])), root
+    ).records  # none of them read
     assert [r["id"] for r in records] == [f"brats_2013_pat000{n}_1" for n in (1, 2, 3, 5, 6)]
     assert all(len(r["image"]) == 2 and Path(r["label"]).parent == root / "labelsTr" for r in records)
     assert {nib.load(p).shape for r in records for p in (*r["image"], r["label"])} == {(240, 240, 155)}

@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from medseg.config.schema import DataConfig, PipelineConfig
+from medseg.config.settings import data_settings
 from medseg.core.errors import DataError
 from medseg.data.datalist import build_datalist
 from medseg.data.discovery import find_cases
@@ -147,13 +148,15 @@ def test_each_layout_is_detected_on_a_folder_of_its_kind_and_lists_its_cases(
     assert layout.name == name and layout.detect(root, settings)
     assert choose_layout(root, settings) is layout  # data.layout: auto
     cfg = _config(dims, data)
-    cases = find_cases(cfg, root)
+    cases = find_cases(data_settings(cfg), root)
     assert cases.layout == name
     assert [r["id"] for r in cases.records] == IDS
     assert all(isinstance(r["image"], str if dims == 2 else list) and Path(r["label"]).is_file() for r in cases.records)
-    datalist = build_datalist(cfg, root)  # what medseg run uses: every case read and checked
+    datalist = build_datalist(data_settings(cfg), root)  # what medseg run uses: every case read and checked
     assert datalist.records == cases.records and not datalist.check.findings
-    assert build_datalist(_config(dims, {**data, "layout": name}), root).records == cases.records  # named
+    assert (
+        build_datalist(data_settings(_config(dims, {**data, "layout": name})), root).records == cases.records
+    )  # named
 
 
 @pytest.mark.parametrize("dims", [2, 3])
@@ -175,7 +178,7 @@ def test_an_unknown_layout_name_lists_the_known_ones() -> None:
 def test_a_layout_for_the_other_kind_of_data_is_named(tmp_path: Path) -> None:
     _folder_2d(tmp_path)
     with pytest.raises(DataError) as info:
-        find_cases(_config(2, {"layout": "nnunet"}), tmp_path)
+        find_cases(data_settings(_config(2, {"layout": "nnunet"})), tmp_path)
     assert str(info.value) == "data.layout 'nnunet' does not read 2D data; 2D layouts: msd, csv, folder"
 
 
@@ -183,10 +186,12 @@ def test_3d_folder_means_auto_and_listed_cases_win(tmp_path: Path) -> None:
     root = tmp_path / "ds"
     cases = _list_3d(root)
     _nnunet_3d(root)
-    assert find_cases(_config(3, {"layout": "folder"}), root).layout == "nnunet"
-    assert find_cases(_config(3, {"layout": "msd", **cases}), root).layout == "list"  # no dataset.json needed
+    assert find_cases(data_settings(_config(3, {"layout": "folder"})), root).layout == "nnunet"
+    assert (
+        find_cases(data_settings(_config(3, {"layout": "msd", **cases})), root).layout == "list"
+    )  # no dataset.json needed
     with pytest.raises(DataError) as info:
-        find_cases(_config(3, {"layout": "list"}), root)
+        find_cases(data_settings(_config(3, {"layout": "list"})), root)
     assert str(info.value) == f"{root}: data.layout is list but data.cases lists no case"
 
 

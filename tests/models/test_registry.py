@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from medseg.config.schema import PipelineConfig
+from medseg.config.settings import training_settings
 from medseg.core.errors import ConfigError
 from medseg.models.registry import LOSSES, NETWORKS, build_loss, build_network, network_arguments
 
@@ -104,14 +105,14 @@ def test_poly_and_plateau_schedules() -> None:
 
     cfg = PipelineConfig(name="s", training={"epochs": 10}, schedule={"name": "poly"})
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
-    poly = build_scheduler(cfg, optimizer, steps_per_epoch=10)
+    poly = build_scheduler(training_settings(cfg), optimizer, steps_per_epoch=10)
     for _ in range(50):
         optimizer.step()
         poly.step()
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.5**0.9)  # halfway through 100 steps
     cfg = cfg.with_values({"schedule.name": "plateau", "schedule.plateau_patience": 1})
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
-    plateau = build_scheduler(cfg, optimizer, steps_per_epoch=10)
+    plateau = build_scheduler(training_settings(cfg), optimizer, steps_per_epoch=10)
     for dice in (0.5, 0.6, 0.6, 0.6):
         plateau.step(dice)
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.5)  # lowered once the Dice stalled

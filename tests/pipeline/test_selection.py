@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from medseg.config.loading import load_config
+from medseg.config.settings import data_settings
 from medseg.core.errors import ModelError
 from medseg.core.layout import RunLayout
 from medseg.pipeline.selection import select
@@ -22,7 +23,7 @@ def _fake_run(root: Path, name: str, dataset: Path, tmp_path: Path, noise: float
     cfg = load_config(REPO / "pipelines" / "skin_lesion.yaml", [*tiny_overrides(tmp_path, dataset), "training.folds=2"])
     from medseg.data.dataset import prepare_data
 
-    data = prepare_data(cfg)
+    data = prepare_data(data_settings(cfg))
     run = RunLayout(root / name)
     run.model.root.mkdir(parents=True)
     run.config.write_text(cfg.to_yaml(), encoding="utf-8")

@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from medseg.config.loading import load_config
-from medseg.config.settings import evaluation_settings
+from medseg.config.settings import data_settings, evaluation_settings
 from tests.helpers.data import AFFINE, phantom_case
 from tests.helpers.paths import REPO
 
@@ -174,4 +174,4 @@ def result_records(cfg) -> list[dict]:
     from medseg.data.dataset import data_folder
     from medseg.data.discovery import find_cases
 
-    return find_cases(cfg, data_folder(cfg)).records
+    return find_cases(data_settings(cfg), data_folder(data_settings(cfg))).records

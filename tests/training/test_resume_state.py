@@ -15,6 +15,7 @@ import torch
 
 from medseg.config.loading import load_config
 from medseg.config.schema import PipelineConfig
+from medseg.config.settings import training_settings
 from medseg.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from medseg.training.callbacks import EarlyStopping, KeepModel, TimeBudget, default_callbacks
 from medseg.training.hooks import Callback, Callbacks
@@ -69,7 +70,7 @@ def test_the_schedule_restores_a_refitted_length_and_its_step(tmp_path: Path) ->
 
     def schedule() -> tuple[torch.optim.Optimizer, LearningRateSchedule]:
         optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
-        return optimizer, LearningRateSchedule(build_scheduler(cfg, optimizer, steps_per_epoch=4), 4)
+        return optimizer, LearningRateSchedule(build_scheduler(training_settings(cfg), optimizer, steps_per_epoch=4), 4)
 
     optimizer, original = schedule()
     original.fit_to(6)  # a time budget's plan: 6 epochs of 4 steps
@@ -93,7 +94,9 @@ def test_the_schedule_restores_a_refitted_length_and_its_step(tmp_path: Path) ->
 def test_every_state_is_saved_once_under_its_own_key() -> None:
     cfg = PipelineConfig(name="s", training={"epochs": 5, "early_stopping_patience": 2, "keep": "final"})
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
-    callbacks = default_callbacks(cfg, LearningRateSchedule(build_scheduler(cfg, optimizer, 2), 2))
+    callbacks = default_callbacks(
+        training_settings(cfg), LearningRateSchedule(build_scheduler(training_settings(cfg), optimizer, 2), 2)
+    )
     _validated(callbacks.find(EarlyStopping), 0.4, 0.3)
     _validated(callbacks.find(KeepModel), 0.4, 0.3)
     states = callbacks.state_dict()
