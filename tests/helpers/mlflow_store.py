@@ -50,3 +50,13 @@ def make_store(root: Path, experiment: str = "skin_lesion") -> tuple[str, dict[s
         client.set_terminated(run_id, "FINISHED", end_time=t0 + 125_000)
         ids[name] = run_id
     return uri, ids
+
+
+def stage_run(tracking_uri: str, parent_id: str, stage: str = "train"):
+    """The nested MLflow run of one stage (``train``, ``postprocess``, ...) of a pipeline run."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri)
+    experiment = client.get_run(parent_id).info.experiment_id
+    query = f"tags.mlflow.parentRunId = '{parent_id}' and tags.mlflow.runName = '{stage}'"
+    return client.search_runs([experiment], query)[0]

@@ -9,6 +9,7 @@ import torch
 from medseg.models.registry import build_loss, build_network
 from medseg.runtime.devices import precision_for
 from medseg.runtime.steps import channels_last_format, fastest_step, training_step
+from tests.helpers.mlflow_store import stage_run
 
 ARGS = {"channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 1}
 
@@ -52,7 +53,6 @@ def test_fastest_step_times_every_candidate_and_leaves_the_network_alone() -> No
 
 @pytest.mark.slow
 def test_memory_format_auto_in_a_tracked_run(tiny_dataset, tmp_path) -> None:
-    import mlflow
 
     from medseg.config.loading import load_config
     from medseg.pipeline.run import run_pipeline
@@ -62,10 +62,7 @@ def test_memory_format_auto_in_a_tracked_run(tiny_dataset, tmp_path) -> None:
     overrides = [*tiny_overrides(tmp_path, tiny_dataset), "training.memory_format=auto", "training.epochs=1"]
     cfg = load_config(REPO / "pipelines" / "skin_lesion.yaml", [*overrides, "stages=[train]"])
     result = run_pipeline(cfg, run_name="auto-format")
-    client = mlflow.MlflowClient(cfg.tracking.uri)
-    parent = client.get_run(result.run_id)
-    children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{result.run_id}'")
-    train = next(run for run in children if run.info.run_name == "train")
+    train = stage_run(cfg.tracking.uri, result.run_id)
     timed = {k: v for k, v in train.data.params.items() if k.startswith("step_ms.")}
     precision = train.data.params["precision"]  # bf16: true, so only the layouts are timed
     assert set(timed) == {f"step_ms.contiguous_{precision}", f"step_ms.channels_last_{precision}"}
@@ -77,7 +74,6 @@ def test_memory_format_auto_in_a_tracked_run(tiny_dataset, tmp_path) -> None:
 def test_bf16_auto_times_fp32_against_native_bf16_only(
     tiny_dataset, tmp_path, monkeypatch: pytest.MonkeyPatch, native: bool
 ) -> None:
-    import mlflow
 
     import medseg.runtime.devices
     import medseg.training.trainer
@@ -91,10 +87,7 @@ def test_bf16_auto_times_fp32_against_native_bf16_only(
     overrides = [*tiny_overrides(tmp_path, tiny_dataset), "training.bf16=auto", "training.epochs=1"]
     cfg = load_config(REPO / "pipelines" / "skin_lesion.yaml", [*overrides, "stages=[train]"])
     result = run_pipeline(cfg, run_name="bf16-auto")
-    client = mlflow.MlflowClient(cfg.tracking.uri)
-    parent = client.get_run(result.run_id)
-    children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{result.run_id}'")
-    train = next(run for run in children if run.info.run_name == "train")
+    train = stage_run(cfg.tracking.uri, result.run_id)
     timed = {k: float(v) for k, v in train.data.params.items() if k.startswith("step_ms.")}
     saved = load_checkpoint(result.run_dir / "model" / "last.pt")["step"]
     if native:  # both timed, the quicker one trained and recorded for a resume

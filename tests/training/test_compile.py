@@ -6,7 +6,6 @@ import json
 import logging
 import shutil
 
-import mlflow
 import pytest
 import torch
 
@@ -14,15 +13,12 @@ from medseg.config.loading import load_config
 from medseg.core.layout import RunLayout
 from medseg.pipeline.run import run_pipeline
 from tests.helpers.data import tiny_overrides
+from tests.helpers.mlflow_store import stage_run
 from tests.helpers.paths import REPO
 
 
 def _train_tags(cfg, result) -> dict[str, str]:
-    client = mlflow.MlflowClient(cfg.tracking.uri)
-    experiment = client.get_run(result.run_id).info.experiment_id
-    return client.search_runs(
-        [experiment], f"tags.mlflow.parentRunId = '{result.run_id}' and tags.mlflow.runName = 'train'"
-    )[0].data.tags
+    return stage_run(cfg.tracking.uri, result.run_id).data.tags
 
 
 @pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None, reason="inductor needs a C++ compiler")

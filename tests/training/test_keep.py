@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import mlflow
 import pytest
 import torch
 
@@ -14,6 +13,7 @@ from medseg.core.layout import RunLayout
 from medseg.models.checkpoint import load_checkpoint
 from medseg.pipeline.run import run_pipeline
 from tests.helpers.data import tiny_overrides
+from tests.helpers.mlflow_store import stage_run
 from tests.helpers.paths import REPO
 
 
@@ -36,11 +36,7 @@ def test_keep_final_keeps_the_last_epochs_weights(tmp_path, tiny_dataset, val_ev
         torch.testing.assert_close(kept["state_dict"][name], weights, rtol=0, atol=0)
     history = json.loads(layout.history.read_text())
     assert kept["val_dice"] == history[-1]["val_dice"]  # validated at the end even where val_every skips it
-    client = mlflow.MlflowClient(cfg.tracking.uri)
-    experiment = client.get_run(result.run_id).info.experiment_id
-    train = client.search_runs(
-        [experiment], f"tags.mlflow.parentRunId = '{result.run_id}' and tags.mlflow.runName = 'train'"
-    )[0]
+    train = stage_run(cfg.tracking.uri, result.run_id)
     assert train.data.metrics["kept_epoch"] == 4
     best = max((row for row in history if "val_dice" in row), key=lambda row: row["val_dice"])
     assert train.data.metrics["best_epoch"] == best["epoch"]
@@ -68,11 +64,7 @@ def test_fit_on_train_val_trains_on_both_splits(tmp_path, tiny_dataset, caplog) 
     cfg = load_config(REPO / "pipelines" / "skin_lesion.yaml", overrides)
     result = run_pipeline(cfg, run_name="train_val")
     splits = json.loads((tmp_path / "splits.json").read_text())
-    client = mlflow.MlflowClient(cfg.tracking.uri)
-    experiment = client.get_run(result.run_id).info.experiment_id
-    train = client.search_runs(
-        [experiment], f"tags.mlflow.parentRunId = '{result.run_id}' and tags.mlflow.runName = 'train'"
-    )[0]
+    train = stage_run(cfg.tracking.uri, result.run_id)
     assert train.data.params["train_cases"] == str(len(splits["train"]) + len(splits["val"])) == "10"
     assert train.data.params["val_cases"] == str(len(splits["val"])) == "2"
     assert "postprocessing.mode auto chooses on the validation cases" in caplog.text

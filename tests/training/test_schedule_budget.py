@@ -14,6 +14,7 @@ from medseg.models.checkpoint import Checkpoint
 from medseg.training.callbacks import TimeBudget
 from medseg.training.schedules import planned_epochs
 from tests.helpers.data import tiny_overrides
+from tests.helpers.mlflow_store import stage_run
 from tests.helpers.paths import REPO
 
 
@@ -48,7 +49,6 @@ def test_the_plan_survives_a_checkpoint(tmp_path) -> None:
 def test_the_schedule_ends_annealed_at_the_epochs_that_fit(
     schedule: str, tiny_dataset, tmp_path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import mlflow
 
     import medseg.training.callbacks
     from medseg.pipeline.run import run_pipeline
@@ -79,11 +79,7 @@ def test_the_schedule_ends_annealed_at_the_epochs_that_fit(
     if schedule == "cosine":
         assert history[1]["lr"] == pytest.approx(cfg.optimizer.lr), "the warm-up ends at its peak"
     assert history[-1]["lr"] == pytest.approx(0.0, abs=1e-12), "annealed to the end of the fitted schedule"
-    client = mlflow.MlflowClient(cfg.tracking.uri)
-    parent = client.get_run(result.run_id)
-    train = client.search_runs(
-        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{result.run_id}' and tags.mlflow.runName = 'train'"
-    )[0]
+    train = stage_run(cfg.tracking.uri, result.run_id)
     params = train.data.params
     assert params["planned_epochs"] == params["replanned_epochs"] == "6" and float(params["seconds_per_epoch"]) > 0
 
@@ -92,8 +88,6 @@ def test_the_halfway_replan_times_the_epochs_since_the_first_plan(tmp_path, tiny
     """A slow start (another job on the CPU) is not held against the rest of the budget: on a fake clock, epochs 1-2
     take 30 s and the later ones 3 s; two minutes of budget."""
     import types
-
-    import mlflow
 
     import medseg.training.callbacks
     import medseg.training.trainer
@@ -124,10 +118,6 @@ def test_the_halfway_replan_times_the_epochs_since_the_first_plan(tmp_path, tiny
     # planned at epoch 2 on its 30 s: 2 + 60 // 30 = 4 epochs; re-planned at epoch 3 on the 3 s since: 3 + 57 // 3
     # (timed over the whole run, 33 s for 2 epochs, it would have been 3 + 57 // 16.5 = 6)
     assert len(history) == 22
-    client = mlflow.MlflowClient(cfg.tracking.uri)
-    experiment = client.get_run(result.run_id).info.experiment_id
-    params = client.search_runs(
-        [experiment], f"tags.mlflow.parentRunId = '{result.run_id}' and tags.mlflow.runName = 'train'"
-    )[0].data.params
+    params = stage_run(cfg.tracking.uri, result.run_id).data.params
     assert (params["planned_epochs"], params["replanned_epochs"]) == ("4", "22")
     assert float(params["replanned_seconds_per_epoch"]) == 3.0
