@@ -95,7 +95,8 @@ def test_bf16_auto_times_fp32_against_native_bf16_only(
     saved = load_checkpoint(result.run_dir / "model" / "last.pt")["step"]
     if native:  # both timed, the quicker one trained and recorded for a resume
         assert set(timed) == {"step_ms.contiguous_fp32", "step_ms.contiguous_bf16"}
-        assert train.data.params["precision"] == min(timed, key=timed.get).split("_")[-1] == saved["precision"]
+        precision = train.data.params["precision"]
+        assert precision == saved["precision"] and timed[f"step_ms.contiguous_{precision}"] == min(timed.values())
     else:  # emulated bf16 is never tried
         assert timed == {} and train.data.params["precision"] == "fp32" == saved["precision"]
     assert saved["channels_last"] is False
