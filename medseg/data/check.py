@@ -17,6 +17,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -44,6 +45,8 @@ class CheckReport:
     findings: list[Finding] = field(default_factory=list)
     seconds: float = 0.0
     report: DatalistReport = field(default_factory=DatalistReport)
+    layout: str = ""  # the layout the cases were read in
+    resolved: dict[str, Any] = field(default_factory=dict)  # what the dataset's description gives (Cases.resolved)
 
     @property
     def errors(self) -> list[Finding]:
@@ -69,8 +72,10 @@ class CheckReport:
         return 2 if self.errors else 1 if self.findings else 0
 
     def summary(self) -> str:
+        layout = f" ({self.layout} layout)" if self.layout else ""
         return (
-            f"{self.root}: {len(self.records)} case(s) checked in {self.seconds:.1f} s: {len(self.errors)} error(s) "
+            f"{self.root}{layout}: {len(self.records)} case(s) checked in {self.seconds:.1f} s: "
+            f"{len(self.errors)} error(s) "
             f"in {len(self.bad_cases)} case(s), {len(self.warnings)} warning(s)"
         )
 
@@ -239,7 +244,8 @@ def check_dataset(settings: DataSettings, folder: Path, workers: int = 2) -> Che
     report.cases = len(records)
     if not records and not findings:
         raise DataError(f"{folder}: no cases found")
-    result = CheckReport(folder, records, findings, time.perf_counter() - started, report)
+    seconds = time.perf_counter() - started
+    result = CheckReport(folder, records, findings, seconds, report, cases.layout, dict(cases.resolved))
     log.info("%s", result.summary())
     return result
 

@@ -155,6 +155,17 @@ def data_folder(settings: DataSettings) -> Path:
     return _synthetic_folder(settings)[0] if _uses_synthetic(settings) else dataset_folder(settings)
 
 
+def _described(settings: DataSettings, values: dict[str, Any]) -> dict[str, Any]:
+    """The values a dataset's own description gives (label names, the ignore label) that the configuration leaves
+    unset."""
+    data = settings.data
+    unset = {"data.labels": data.labels is None, "data.ignore_label": data.ignore_label is None}
+    taken = {key: value for key, value in values.items() if unset.get(key, False)}
+    if taken:
+        log.info("From the dataset's description: %s", ", ".join(f"{k}={v}" for k, v in taken.items()))
+    return taken
+
+
 def prepare_data(settings: DataSettings) -> PreparedData:
     """Find, check and split the dataset; the split file is created once and then reused."""
     synthetic = _uses_synthetic(settings)
@@ -164,6 +175,7 @@ def prepare_data(settings: DataSettings) -> PreparedData:
     else:
         folder, resolved, name = dataset_folder(settings), {}, settings.data.name
     datalist = build_datalist(settings, folder)
+    resolved.update(_described(settings, datalist.check.resolved))
     seed = settings.seed if settings.data.split.seed is None else settings.data.split.seed
     splits, splits_path = _splits(settings.data.split, seed, name, datalist.records)
     folds = None

@@ -229,7 +229,11 @@ def _run_stages(
     data = prepare_data(data_settings(cfg))
     if group.is_main:
         barrier(group)
-    cfg = cfg.with_values(data.resolved)  # e.g. the target spacing measured on the training cases
+    try:
+        cfg = cfg.with_values(data.resolved)  # e.g. the target spacing measured on the training cases
+    except ValueError as exc:  # values a dataset's own description gives that this pipeline's model cannot take
+        reason = str(exc).splitlines()[2].strip() if len(str(exc).splitlines()) > 2 else str(exc)
+        raise ConfigError(f"{data.root}: the dataset's description does not fit this pipeline ({reason})") from None
     if group.is_main and not run.config.is_file():
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run.config, cfg.to_yaml())

@@ -97,6 +97,21 @@ def _nnunet_3d(root: Path) -> dict[str, Any]:
     return {}
 
 
+def _nnunet_2d(root: Path) -> dict[str, Any]:
+    """As nnU-Net v2 ships 2D natural images: one RGB ``_0000.png`` per case, three channel_names."""
+    for n, case in enumerate(IDS):
+        _image(root / "imagesTr" / f"{case}_0000.png", 50 + n)
+        _mask(root / "labelsTr" / f"{case}.png")
+    description = {
+        "channel_names": {"0": "R", "1": "G", "2": "B"},
+        "labels": {"background": 0, "lesion": 1},
+        "numTraining": len(IDS),
+        "file_ending": ".png",
+    }
+    (root / "dataset.json").write_text(json.dumps(description))
+    return {}
+
+
 def _folders_3d(root: Path) -> dict[str, Any]:
     for n, case in enumerate(IDS):
         _volume(root / "flair" / f"{case}.nii.gz", 10 + n)
@@ -117,6 +132,7 @@ EXAMPLES: list[tuple[str, int, Callable[[Path], dict[str, Any]]]] = [
     ("csv", 3, _csv_3d),
     ("msd", 2, _msd_2d),
     ("msd", 3, _msd_3d),
+    ("nnunet", 2, _nnunet_2d),
     ("nnunet", 3, _nnunet_3d),
     ("folders", 3, _folders_3d),
     ("list", 3, _list_3d),
@@ -178,8 +194,8 @@ def test_an_unknown_layout_name_lists_the_known_ones() -> None:
 def test_a_layout_for_the_other_kind_of_data_is_named(tmp_path: Path) -> None:
     _folder_2d(tmp_path)
     with pytest.raises(DataError) as info:
-        find_cases(data_settings(_config(2, {"layout": "nnunet"})), tmp_path)
-    assert str(info.value) == "data.layout 'nnunet' does not read 2D data; 2D layouts: msd, csv, folder"
+        find_cases(data_settings(_config(2, {"layout": "folders"})), tmp_path)
+    assert str(info.value) == "data.layout 'folders' does not read 2D data; 2D layouts: msd, csv, nnunet, folder"
 
 
 def test_3d_folder_means_auto_and_listed_cases_win(tmp_path: Path) -> None:

@@ -60,6 +60,9 @@ class Cases:
     source: Path
     channels: int | None = None
     unmatched_masks: list[str] = field(default_factory=list)
+    #: configuration values the dataset's own description gives (dotted key -> value), e.g. nnU-Net's label names;
+    #: the pipeline takes those its configuration leaves unset
+    resolved: dict[str, Any] = field(default_factory=dict)
 
 
 class Layout(ABC):
@@ -96,6 +99,12 @@ def make_record(settings: LayoutSettings, case_id: str, images: list[Path], labe
     if label is not None:
         record["label"] = str(label)
     return record
+
+
+def is_nnunet_description(description: dict[str, Any]) -> bool:
+    """An nnU-Net v2 ``dataset.json`` (``channel_names`` and ``file_ending``), not an MSD one (``modality``,
+    ``training``)."""
+    return "channel_names" in description and "file_ending" in description
 
 
 def read_json(path: Path) -> dict[str, Any]:

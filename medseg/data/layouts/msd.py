@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from medseg.core.errors import DataError
-from medseg.data.layouts.base import Cases, Layout, LayoutSettings, make_record
+from medseg.data.layouts.base import Cases, Layout, LayoutSettings, is_nnunet_description, make_record, read_json
 from medseg.data.records import Finding, Record
 from medseg.imageio.formats import volume_id
 
@@ -73,7 +73,13 @@ class MsdLayout(Layout):
     spatial_dims = (2, 3)
 
     def detect(self, folder: Path, settings: LayoutSettings) -> bool:
-        return (folder / settings.dataset_json).is_file()
+        path = folder / settings.dataset_json
+        if not path.is_file():
+            return False
+        try:
+            return not is_nnunet_description(read_json(path))
+        except DataError:
+            return True  # unreadable: find() reports it
 
     def find(self, folder: Path, settings: LayoutSettings, findings: list[Finding] | None = None) -> Cases:
         path = folder / settings.dataset_json
