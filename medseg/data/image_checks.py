@@ -12,7 +12,7 @@ from PIL import Image
 
 from medseg.core.errors import DataError
 from medseg.data.records import Finding, Record
-from medseg.imageio.images import open_image
+from medseg.imageio.images import decode_mask, lossy_pixels, open_image
 
 
 @dataclass
@@ -76,12 +76,20 @@ def pair_findings(
     findings = [f for f in [_mode_finding(image, image_path, case, in_channels)] if f is not None]
     digest = hashlib.sha256(image.tobytes()).hexdigest()
     try:
-        mask = open_image(mask_path, "mask")
+        stored = open_image(mask_path, "mask")
     except DataError as exc:
         return [*findings, Finding("error", case, "unreadable", str(exc), str(mask_path))], digest
+    mask = decode_mask(stored)
     if len(mask.getbands()) != 1:
-        message = f"{mask_path}: mask has {len(mask.getbands())} channels ({mask.mode}); expected one"
+        message = (
+            f"{mask_path}: mask has {len(mask.getbands())} channels ({mask.mode}) that differ; expected one channel "
+            "of label values (or equal colour channels)"
+        )
         return [*findings, Finding("error", case, "mask channels", message, str(mask_path))], digest
+    lossy = lossy_pixels(stored)
+    if lossy:
+        message = f"{mask_path}: JPEG mask, {lossy:,} pixel(s) not near 0 or 255 (lossy edges); thresholded at 128"
+        findings.append(Finding("warning", case, "lossy mask", message, str(mask_path)))
     if mask.size != image.size:
         message = (
             f"{mask_path}: mask size {mask.size[0]}x{mask.size[1]} differs from image size "

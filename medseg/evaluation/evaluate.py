@@ -69,10 +69,10 @@ def read_truth(
     remapping = settings.truth.without_regions().arguments()
     dtype = np.uint16 if (settings.labels.ignore_label or 0) > 255 else np.uint8
     if settings.spatial_dims == 2:
-        from medseg.imageio.images import open_image
+        from medseg.imageio.images import decode_mask, open_image
 
-        raw = np.asarray(open_image(Path(record["label"]), "mask"))
-        raw = raw.max(axis=-1) if raw.ndim == 3 else raw  # an RGB(A) mask: any channel > 0
+        raw = np.asarray(decode_mask(open_image(Path(record["label"]), "mask")))
+        raw = raw.max(axis=-1) if raw.ndim == 3 else raw  # a colour-coded mask: any channel > 0
         return RemapLabels(**remapping)(torch.as_tensor(raw.astype(np.int32))).numpy().astype(dtype), None
 
     from medseg.imageio.headers import read_header

@@ -51,10 +51,13 @@ def preprocessing(settings: TransformSettings, keys: tuple[str, ...] = ("image",
     from monai.data import PILReader
     from monai.transforms import EnsureChannelFirstd, LoadImaged, Resized, ScaleIntensityRanged
 
+    from medseg.imageio.images import decode_mask
+
     image_reader = PILReader(converter=opaque_rgba_as_rgb) if settings.in_channels == 3 else "PILReader"
+    label_reader = PILReader(converter=decode_mask)  # equal RGB channels -> one; JPEG masks thresholded
     transforms: list[Any] = [
         LoadImaged(keys="image", reader=image_reader, image_only=True),
-        *([LoadImaged(keys="label", reader="PILReader", image_only=True)] if "label" in keys else []),
+        *([LoadImaged(keys="label", reader=label_reader, image_only=True)] if "label" in keys else []),
         EnsureChannelFirstd(keys=list(keys)),
         ScaleIntensityRanged(keys="image", a_min=0.0, a_max=255.0, b_min=0.0, b_max=1.0, clip=True),
     ]

@@ -52,7 +52,9 @@ def planted_2d(tmp_path: Path) -> Path:
     soft[0, :5] = 128
     Image.fromarray(soft).save(masks / "case07.png")  # non-binary
     shutil.copy(images / "case09.png", images / "case08.png")  # duplicate image
-    Image.open(masks / "case10.png").convert("RGB").save(masks / "case10.png")  # 3-channel mask
+    colour = np.zeros((*np.asarray(Image.open(masks / "case10.png")).shape, 3), np.uint8)
+    colour[..., 0] = np.asarray(Image.open(masks / "case10.png"))
+    Image.fromarray(colour).save(masks / "case10.png")  # a colour-coded mask: its channels differ
     Image.fromarray(soft).save(masks / "orphan.png")  # a mask without an image
     return root
 

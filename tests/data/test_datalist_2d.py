@@ -434,19 +434,52 @@ def test_rgb_image_where_grey_expected(tmp_path: Path) -> None:
     )
 
 
-def test_rgba_mask_rejected(tmp_path: Path) -> None:
+def test_a_colour_coded_mask_is_refused_naming_its_channels(tmp_path: Path) -> None:
     root = tmp_path / "d"
     save_rgb(root / "images" / "a.png")
     (root / "masks").mkdir()
-    Image.new("RGBA", SIZE, (255, 255, 255, 255)).save(root / "masks" / "a.png")
-    assert data_error(root) == f"{root / 'masks' / 'a.png'}: mask has 4 channels (RGBA); expected one"
+    Image.new("RGBA", SIZE, (255, 0, 0, 255)).save(root / "masks" / "a.png")
+    assert data_error(root) == (
+        f"{root / 'masks' / 'a.png'}: mask has 4 channels (RGBA) that differ; expected one channel of label values "
+        "(or equal colour channels)"
+    )
 
 
-def test_rgb_mask_rejected(tmp_path: Path) -> None:
+def test_masks_stored_as_rgb_with_equal_channels_read_as_one_channel(tmp_path: Path) -> None:
+    """Kvasir-SEG ships its masks so (and as JPEG): the grey channel is the mask."""
+    from medseg.imageio.images import decode_mask, open_image
+
     root = tmp_path / "d"
     save_rgb(root / "images" / "a.png")
-    save_rgb(root / "masks" / "a.png")
-    assert data_error(root) == f"{root / 'masks' / 'a.png'}: mask has 3 channels (RGB); expected one"
+    mask = np.zeros((SIZE[1], SIZE[0], 3), np.uint8)
+    mask[2:6, 3:9] = 255
+    (root / "masks").mkdir()
+    Image.fromarray(mask).save(root / "masks" / "a.png")
+    records, report = build_records(root, DataConfig())
+    assert report.cases == 1 and records[0]["label"] == str(root / "masks" / "a.png")
+    decoded = np.asarray(decode_mask(open_image(root / "masks" / "a.png")))
+    np.testing.assert_array_equal(decoded, mask[..., 0])
+
+
+def test_jpeg_masks_are_thresholded_at_mid_range_with_a_warning_counting_the_lossy_pixels(tmp_path: Path) -> None:
+    from medseg.data.check import check_dataset
+    from medseg.imageio.images import decode_mask, open_image
+
+    root = tmp_path / "d"
+    save_rgb(root / "images" / "a.png", size=(64, 48))
+    truth = np.zeros((48, 64), np.uint8)
+    truth[10:38, 12:50] = 255
+    stored = truth.copy()
+    stored[10:38, 50:53] = 128  # an edge drawn soft, as brushes and resizing leave it
+    (root / "masks").mkdir()
+    Image.fromarray(np.stack([stored] * 3, axis=-1)).save(root / "masks" / "a.jpg", quality=75)
+    decoded = np.asarray(decode_mask(open_image(root / "masks" / "a.jpg")))
+    assert set(np.unique(decoded)) <= {0, 255}
+    assert np.mean(decoded == truth) > 0.95  # only edge pixels may flip
+    cfg = PipelineConfig(name="t")
+    report = check_dataset(data_settings(cfg), root)
+    lossy = [f for f in report.findings if f.check == "lossy mask"]
+    assert not report.errors and len(lossy) == 1 and "thresholded at 128" in lossy[0].message
 
 
 # --------------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from medseg.config.schema import PipelineConfig
 from medseg.config.settings import transform_settings
@@ -137,3 +138,17 @@ def test_shades_of_gray_balances_a_colour_cast(tmp_path: Path) -> None:
     assert red == pytest.approx(green, rel=0.02) and blue == pytest.approx(green, rel=0.02)
     with pytest.raises(ConfigError, match="preprocessing.color_constancy: shades_of_gray needs 2D RGB images"):
         load_config(REPO / "pipelines" / "skin_lesion.yaml", ["model.in_channels=1", *colour])
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg"])
+def test_a_mask_stored_as_rgb_trains_like_its_grey_channel(tmp_path: Path, marked_pair, suffix: str) -> None:
+    """Kvasir-SEG's masks: RGB with equal channels, JPEG-compressed; the label is still one channel of 0/1."""
+    grey = np.asarray(Image.open(marked_pair["label"]))
+    rgb_mask = tmp_path / f"rgb_mask{suffix}"
+    Image.fromarray(np.stack([grey] * 3, axis=-1)).save(rgb_mask)
+    cfg = PipelineConfig(name="t", preprocessing={"spatial_size": [60, 80]})
+    plain = validation_transforms(transform_settings(cfg))(marked_pair)["label"]
+    from_rgb = validation_transforms(transform_settings(cfg))({**marked_pair, "label": str(rgb_mask)})["label"]
+    assert tuple(from_rgb.shape) == tuple(plain.shape) == (1, 80, 60)
+    assert set(np.unique(from_rgb.numpy())) <= {0.0, 1.0}
+    assert float((from_rgb == plain).float().mean()) > 0.99  # JPEG may move an edge pixel
