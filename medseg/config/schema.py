@@ -106,7 +106,7 @@ class DataConfig(Section):
     name: str = "dataset"
     root: Path | None = None
     dataset_dir: str = ""
-    layout: Literal["auto", "folder", "csv", "msd", "nnunet", "folders", "list"] = "auto"
+    layout: Literal["auto", "folder", "csv", "msd", "nnunet", "folders", "list", "labelme", "coco", "cvat"] = "auto"
     modalities: list[str] = Field(default_factory=list)
     cases: list[CaseConfig] = Field(default_factory=list)
     labels_dir: str = "labelsTr"

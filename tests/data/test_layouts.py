@@ -112,6 +112,46 @@ def _nnunet_2d(root: Path) -> dict[str, Any]:
     return {}
 
 
+SQUARE = [[1.0, 1.0], [9.0, 1.0], [9.0, 6.0], [1.0, 6.0]]  # a polygon inside _image's 12x8 pictures
+
+
+def _labelme_2d(root: Path) -> dict[str, Any]:
+    for n, case in enumerate(IDS):
+        _image(root / f"{case}.png", 50 + n)
+        shape = {"label": "lesion", "points": SQUARE, "group_id": None, "shape_type": "polygon", "flags": {}}
+        document = {"version": "5.4.1", "flags": {}, "shapes": [shape], "imagePath": f"{case}.png", "imageData": None}
+        (root / f"{case}.json").write_text(json.dumps(document))
+    return {"cache_dir": str(root.parent / "cache")}
+
+
+def _coco_2d(root: Path) -> dict[str, Any]:
+    images = [{"id": n + 1, "file_name": f"{case}.png", "width": 12, "height": 8} for n, case in enumerate(IDS)]
+    for n, case in enumerate(IDS):
+        _image(root / "images" / f"{case}.png", 50 + n)
+    polygon = [coordinate for point in SQUARE for coordinate in point]
+    annotations = [
+        {"id": n + 1, "image_id": n + 1, "category_id": 1, "segmentation": [polygon], "iscrowd": 0}
+        for n in range(len(IDS))
+    ]
+    categories = [{"id": 1, "name": "lesion", "supercategory": ""}]
+    document = {"images": images, "annotations": annotations, "categories": categories}
+    (root / "instances.json").write_text(json.dumps(document))
+    return {"cache_dir": str(root.parent / "cache")}
+
+
+def _cvat_2d(root: Path) -> dict[str, Any]:
+    points = ";".join(f"{x:.2f},{y:.2f}" for x, y in SQUARE)
+    images = "".join(
+        f'<image id="{n}" name="{case}.png" width="12" height="8">'
+        f'<polygon label="lesion" occluded="0" points="{points}" z_order="0"></polygon></image>'
+        for n, case in enumerate(IDS)
+    )
+    for n, case in enumerate(IDS):
+        _image(root / "images" / f"{case}.png", 50 + n)
+    (root / "annotations.xml").write_text(f'<?xml version="1.0" encoding="utf-8"?><annotations>{images}</annotations>')
+    return {"cache_dir": str(root.parent / "cache")}
+
+
 def _folders_3d(root: Path) -> dict[str, Any]:
     for n, case in enumerate(IDS):
         _volume(root / "flair" / f"{case}.nii.gz", 10 + n)
@@ -133,6 +173,9 @@ EXAMPLES: list[tuple[str, int, Callable[[Path], dict[str, Any]]]] = [
     ("msd", 2, _msd_2d),
     ("msd", 3, _msd_3d),
     ("nnunet", 2, _nnunet_2d),
+    ("labelme", 2, _labelme_2d),
+    ("coco", 2, _coco_2d),
+    ("cvat", 2, _cvat_2d),
     ("nnunet", 3, _nnunet_3d),
     ("folders", 3, _folders_3d),
     ("list", 3, _list_3d),
@@ -183,11 +226,11 @@ def test_an_empty_folder_is_no_layout_and_auto_falls_back(tmp_path: Path, dims: 
 
 
 def test_an_unknown_layout_name_lists_the_known_ones() -> None:
-    for name in ("coco", "auto"):
+    for name in ("voc", "auto"):
         with pytest.raises(DataError) as info:
             get_layout(name)
         assert str(info.value) == (
-            f"unknown data layout {name!r}; known layouts: list, msd, csv, folders, nnunet, folder"
+            f"unknown data layout {name!r}; known layouts: list, msd, csv, folders, nnunet, cvat, coco, labelme, folder"
         )
 
 
@@ -195,7 +238,8 @@ def test_a_layout_for_the_other_kind_of_data_is_named(tmp_path: Path) -> None:
     _folder_2d(tmp_path)
     with pytest.raises(DataError) as info:
         find_cases(data_settings(_config(2, {"layout": "folders"})), tmp_path)
-    assert str(info.value) == "data.layout 'folders' does not read 2D data; 2D layouts: msd, csv, nnunet, folder"
+    expected = "2D layouts: msd, csv, nnunet, cvat, coco, labelme, folder"
+    assert str(info.value) == f"data.layout 'folders' does not read 2D data; {expected}"
 
 
 def test_3d_folder_means_auto_and_listed_cases_win(tmp_path: Path) -> None:

@@ -32,6 +32,9 @@ class LayoutSettings:
     labels_dir: str
     modalities: tuple[str, ...]
     cases: tuple[CaseConfig, ...]
+    labels: dict[str, int] | None = None  # data.labels as name -> value (annotation files name their labels)
+    cache_dir: Path = Path("data/cache")  # where label maps drawn from annotation files are kept
+    line_width: float = 1.0  # pixels, for annotated lines (labelme, CVAT polylines)
 
     @classmethod
     def of(cls, data: DataConfig, spatial_dims: int) -> LayoutSettings:
@@ -47,6 +50,8 @@ class LayoutSettings:
             labels_dir=data.labels_dir,
             modalities=tuple(data.modalities),
             cases=tuple(data.cases),
+            labels=None if data.labels is None else {info.name: value for value, info in data.labels.items()},
+            cache_dir=Path(data.cache_dir),
         )
 
 

@@ -8,9 +8,12 @@ from pathlib import Path
 from medseg.core.errors import DataError
 from medseg.data.layouts.base import Cases, Layout, LayoutSettings
 from medseg.data.layouts.case_list import CaseListLayout
+from medseg.data.layouts.coco import CocoLayout
 from medseg.data.layouts.csv_table import CsvLayout
+from medseg.data.layouts.cvat import CvatLayout
 from medseg.data.layouts.folder import FolderLayout
 from medseg.data.layouts.folders import FoldersLayout
+from medseg.data.layouts.labelme import LabelmeLayout
 from medseg.data.layouts.msd import MsdLayout
 from medseg.data.layouts.nnunet import NnunetLayout
 from medseg.data.records import Finding
@@ -18,7 +21,10 @@ from medseg.data.records import Finding
 #: name -> layout, in the order ``auto`` asks them (the first that detects its files wins)
 LAYOUTS: dict[str, Layout] = {
     layout.name: layout
-    for layout in (CaseListLayout(), MsdLayout(), CsvLayout(), FoldersLayout(), NnunetLayout(), FolderLayout())
+    for layout in (
+        *(CaseListLayout(), MsdLayout(), CsvLayout(), FoldersLayout(), NnunetLayout()),
+        *(CvatLayout(), CocoLayout(), LabelmeLayout(), FolderLayout()),
+    )
 }
 #: what ``auto`` takes when no layout detects its files (its error then names what is missing)
 FALLBACK = {2: "folder", 3: "nnunet"}
