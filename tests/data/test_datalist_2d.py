@@ -564,3 +564,39 @@ def test_data_fingerprint_does_not_depend_on_location(tmp_path: Path) -> None:
     assert image_fingerprint(build_records(root, DataConfig())[0]) == image_fingerprint(
         build_records(copy, DataConfig())[0]
     )
+
+
+# --------------------------------------------------------------------------------------------------
+# Image and mask folders found by content
+# --------------------------------------------------------------------------------------------------
+
+
+def test_isic_as_downloaded_needs_no_folder_names(tmp_path: Path) -> None:
+    root = tmp_path / "isic"
+    for case in ("ISIC_0000000", "ISIC_0000001"):
+        save_rgb(root / "ISIC2018_Task1-2_Training_Input" / f"{case}.jpg")
+        save_mask(root / "ISIC2018_Task1_Training_GroundTruth" / f"{case}_segmentation.png")
+    (root / "ISIC2018_Task1-2_Training_Input" / "LICENSE.txt").write_text("CC-0")
+    records, report = build_records(root, DataConfig())
+    assert [r["id"] for r in records] == ["ISIC_0000000", "ISIC_0000001"]
+    assert records[0]["label"] == str(root / "ISIC2018_Task1_Training_GroundTruth" / "ISIC_0000000_segmentation.png")
+
+
+def test_same_names_in_both_folders_the_folder_named_for_masks_holds_them(tmp_path: Path) -> None:
+    root = tmp_path / "cvc"
+    for case in ("1", "2", "3"):
+        save_rgb(root / "Original" / f"{case}.png")
+        save_mask(root / "Ground Truth" / f"{case}.png")
+    records, _ = build_records(root, DataConfig())
+    assert [Path(r["label"]).parent.name for r in records] == ["Ground Truth"] * 3
+
+
+def test_two_folders_that_could_each_hold_the_masks_are_named_with_the_keys_that_choose(tmp_path: Path) -> None:
+    root = tmp_path / "two"
+    for case in ("a", "b"):
+        save_rgb(root / "left" / f"{case}.png")
+        save_rgb(root / "right" / f"{case}.png")
+    assert data_error(root) == (
+        f"{root}: the images and masks could be left/ + right/ or right/ + left/; set data.images_dir and "
+        "data.masks_dir to choose"
+    )
