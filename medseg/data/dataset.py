@@ -159,7 +159,8 @@ def _described(settings: DataSettings, values: dict[str, Any]) -> dict[str, Any]
     """The values a dataset's own description gives (label names, the ignore label) that the configuration leaves
     unset."""
     data = settings.data
-    unset = {"data.labels": data.labels is None, "data.ignore_label": data.ignore_label is None}
+    remapped = bool(data.label_mapping or data.foreground_labels or data.regions)  # raw names then name no class
+    unset = {"data.labels": data.labels is None and not remapped, "data.ignore_label": data.ignore_label is None}
     taken = {key: value for key, value in values.items() if unset.get(key, False)}
     if taken:
         log.info("From the dataset's description: %s", ", ".join(f"{k}={v}" for k, v in taken.items()))

@@ -92,6 +92,8 @@ def test_label_names_and_ignore_come_from_dataset_json_where_the_pipeline_leaves
     assert taken == {"data.labels": {1: "lesion"}, "data.ignore_label": 2}
     named = prepare_data(settings(root, 2, labels={1: "mole"}, ignore_label=9, **split)).resolved
     assert named == {}
+    remapped = prepare_data(settings(root, 2, foreground_labels=[1], **split)).resolved
+    assert remapped == {"data.ignore_label": 2}  # raw label names name no model class once labels are remapped
 
 
 @pytest.mark.parametrize(
