@@ -235,6 +235,12 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Pipelin
         raise ConfigError(_describe(exc.errors(), provenance, str(path))) from None
 
 
+def validation_message(exc: ValueError) -> str:
+    """The first problem of a failed validation, without pydantic's echo of the input and its links."""
+    errors = exc.errors() if isinstance(exc, ValidationError) else []
+    return str(errors[0]["msg"]).removeprefix("Value error, ") if errors else str(exc).splitlines()[0]
+
+
 def stored_config(raw: Any, source: str | Path) -> PipelineConfig:
     """The configuration saved with a model by this or an earlier medseg. Keys the schema no longer has are dropped
     with one warning naming them all, so a model outlives a schema change; anything else invalid raises.

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from medseg.config.loading import stored_config
+from medseg.config.loading import stored_config, validation_message
 from medseg.config.schema import PipelineConfig
 from medseg.core.errors import ModelError
 from medseg.data.settings import DataSettings
@@ -83,8 +83,7 @@ def stored_inference_settings(
         changes = {"inference.backend": backend, "inference.device": device}
         config = config.with_values({k: v for k, v in changes.items() if v is not None})
     except ValueError as exc:
-        first = str(exc).splitlines()
-        detail = " ".join(line.strip() for line in first[1:3]) if len(first) > 1 else str(exc)
+        detail = validation_message(exc)
         raise ModelError(f"{source}: the configuration stored with the model is invalid ({detail})") from None
     return inference_settings(config)
 

@@ -4,7 +4,7 @@ it from a pipeline configuration; a model's sources build it from the configurat
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from medseg.config.schema import InferenceConfig, PostprocessingConfig
 from medseg.labels import LabelScheme
@@ -47,6 +47,4 @@ class InferenceSettings:
 
     def with_inference(self, **changes: object) -> InferenceSettings:
         """The same settings with ``inference.*`` values replaced (``backend="torch"``)."""
-        from dataclasses import replace
-
         return replace(self, inference=self.inference.model_copy(update=changes))

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from medseg.config.loading import validation_message
 from medseg.config.schema import PipelineConfig
 from medseg.config.settings import data_settings, training_settings
 from medseg.core.atomic import atomic_write_text
@@ -232,7 +233,7 @@ def _run_stages(
     try:
         cfg = cfg.with_values(data.resolved)  # e.g. the target spacing measured on the training cases
     except ValueError as exc:  # values a dataset's own description gives that this pipeline's model cannot take
-        reason = str(exc).splitlines()[2].strip() if len(str(exc).splitlines()) > 2 else str(exc)
+        reason = validation_message(exc)
         raise ConfigError(f"{data.root}: the dataset's description does not fit this pipeline ({reason})") from None
     if group.is_main and not run.config.is_file():
         run_dir.mkdir(parents=True, exist_ok=True)

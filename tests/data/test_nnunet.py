@@ -122,6 +122,24 @@ def test_a_case_missing_a_channel_is_named(tmp_path: Path) -> None:
         build_datalist(settings(root, 3), root)
 
 
+def test_label_names_the_model_cannot_hold_are_one_line_naming_the_dataset(tmp_path: Path) -> None:
+    from medseg.config.loading import load_config
+    from medseg.core.errors import ConfigError
+    from medseg.pipeline.run import run_pipeline
+    from tests.helpers.data import tiny_overrides
+    from tests.helpers.paths import REPO
+
+    root = images_2d(tmp_path / "Dataset007_Two", {"background": 0, "nevus": 1, "melanoma": 2})
+    overrides = [*tiny_overrides(tmp_path, root), "data.layout=auto", "data.labels=null"]
+    cfg = load_config(REPO / "pipelines" / "skin_lesion.yaml", overrides)
+    with pytest.raises(ConfigError) as info:
+        run_pipeline(cfg, run_name="too-many-classes")
+    assert str(info.value) == (
+        f"{root}: the dataset's description does not fit this pipeline (data.labels: 2 not a class of this model "
+        "(classes 1..1; with data.label_mapping, name the classes the raw labels map to))"
+    )
+
+
 @pytest.mark.slow
 def test_one_epoch_from_a_2d_nnunet_dataset_names_its_metric_after_the_label(tmp_path: Path) -> None:
     from medseg.config.loading import load_config
