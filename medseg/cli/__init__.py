@@ -11,6 +11,7 @@ COMMANDS = (
     predict.predict,
     predict.export,
     data.check,
+    data.convert,
     data.plan,
     runs.select,
     run.validate,

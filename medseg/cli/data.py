@@ -1,4 +1,5 @@
-"""``medseg check`` and ``medseg plan``: read a dataset once and report its problems, or derive a pipeline from it."""
+"""``medseg check``, ``medseg plan`` and ``medseg convert``: read a dataset once and report its problems, derive a
+pipeline from it, or write it in another tool's layout."""
 
 from __future__ import annotations
 
@@ -103,6 +104,34 @@ def plan(
     guarded(debug, action)
 
 
+def convert(
+    source: Annotated[Path, typer.Argument(help="Dataset folder to read (any layout medseg reads).")],
+    target: Annotated[Path, typer.Argument(help="Folder to write (new or empty).")],
+    to: Annotated[str, typer.Option("--to", help="Target layout: nnunet, msd or folder.")],
+    layout: Annotated[str, typer.Option("--layout", help="The source's layout (default: auto-detected).")] = "auto",
+    dims: Annotated[
+        int | None, typer.Option("--dims", help="2 or 3 (default: 3 when the source holds volumes).")
+    ] = None,
+    pipeline: Annotated[
+        Path | None, typer.Option("--pipeline", "-p", help="Read the source as this pipeline's data section says.")
+    ] = None,
+    overrides: SetOption = None,
+    debug: DebugOption = False,
+) -> None:
+    """Write a dataset in another tool's layout (nnU-Net v2, MSD, medseg folders), names kept."""
+
+    def action() -> None:
+        from medseg.core.errors import ConfigError
+        from medseg.data.convert import convert_dataset, describe
+
+        if dims not in (None, 2, 3):
+            raise ConfigError(f"--dims {dims}: expected 2 or 3")
+        converted = convert_dataset(source, target, to, _convert_settings(pipeline, layout, overrides), dims)
+        typer.echo("\n".join(describe(converted)))
+
+    guarded(debug, action)
+
+
 def _check_target(data: Path | None, pipeline: Path | None, overrides: list[str] | None) -> tuple[Any, Path | None]:
     """The configuration to check ``data`` with: the pipeline's, or one guessed from the folder (2D images or
     3D scans, channels as found)."""
@@ -115,3 +144,23 @@ def _check_target(data: Path | None, pipeline: Path | None, overrides: list[str]
     if data is None:
         raise ConfigError("medseg check: give a dataset folder, or --pipeline to check the pipeline's data")
     return guess_config(data, "check"), data
+
+
+def _convert_settings(pipeline: Path | None, layout: str, overrides: list[str] | None) -> Any:
+    """How ``medseg convert`` reads its source: the pipeline's data section (or the defaults with ``--set``
+    overrides), ``--layout`` replacing ``data.layout``."""
+    from medseg.config.loading import apply_overrides, load_config, validation_message
+    from medseg.config.schema import PipelineConfig
+    from medseg.core.errors import ConfigError
+    from medseg.data.layouts.base import LayoutSettings
+    from medseg.data.layouts.registry import get_layout
+
+    if pipeline is not None:
+        cfg = load_config(pipeline, overrides)
+    else:
+        try:
+            cfg = PipelineConfig.model_validate(apply_overrides({"name": "convert"}, overrides or [], {}))
+        except ValueError as exc:
+            raise ConfigError(f"--set: {validation_message(exc)}") from None
+    data = cfg.data if layout == "auto" else cfg.data.model_copy(update={"layout": get_layout(layout).name})
+    return LayoutSettings.of(data, cfg.spatial_dims)

@@ -106,7 +106,9 @@ class DataConfig(Section):
     name: str = "dataset"
     root: Path | None = None
     dataset_dir: str = ""
-    layout: Literal["auto", "folder", "csv", "msd", "nnunet", "folders", "list", "labelme", "coco", "cvat"] = "auto"
+    layout: Literal[
+        "auto", "folder", "csv", "msd", "nnunet", "folders", "list", "labelme", "coco", "cvat", "cvat_masks", "volumes"
+    ] = "auto"
     modalities: list[str] = Field(default_factory=list)
     cases: list[CaseConfig] = Field(default_factory=list)
     labels_dir: str = "labelsTr"
@@ -114,6 +116,8 @@ class DataConfig(Section):
     label_mapping: dict[int, NonNegativeInt] | None = None
     # the values of the label maps medseg writes (classes; with regions: raw label values), named
     labels: dict[PositiveInt, LabelInfo] | None = None
+    # colour-coded 2D masks: name -> [r, g, b] (unset: a CVAT labelmap.txt beside the masks); see docs/2d.md
+    label_colors: dict[str, tuple[NonNegativeInt, NonNegativeInt, NonNegativeInt]] | None = None
     # region-based training: one sigmoid channel per (possibly overlapping) region of raw labels (values or names)
     regions: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")], list[int | str]] | None = None
     # the order regions are painted into a label map (needed when regions overlap; later regions win)
@@ -140,14 +144,23 @@ class DataConfig(Section):
     _labels_shorthand = field_validator("labels", mode="before")(classmethod(lambda cls, v: _label_shorthand(v)))
 
 
+#: intensity normalisations: ct (window, scaled_to), mri (z-score over non-zero voxels), zscore (whole image),
+#: rescale (the image's min..max onto [0, 1]), none
+IntensityKind = Literal["ct", "mri", "zscore", "rescale", "none"]
+
+
 class IntensityConfig(Section):
     """Intensity normalisation: CT clipped to a HU window and mapped linearly onto ``scaled_to`` (default [0, 1];
-    ``medseg plan`` z-scores with foreground statistics by mapping the window onto its z-scores); MRI z-scored over
-    non-zero voxels."""
+    ``medseg plan`` and nnU-Net's "CT" channels z-score with foreground statistics by mapping the window onto its
+    z-scores); MRI z-scored over non-zero voxels; ``zscore`` over the whole image; ``rescale`` min..max onto [0, 1].
+    ``channels``: one kind per input channel where they differ (CT + PET: ``[ct, zscore]``); CT channels use
+    ``window`` and ``scaled_to``. 2D images are scaled 0..255 onto [0, 1] unless the kind is zscore or rescale or
+    ``channels`` is given."""
 
-    kind: Literal["ct", "mri", "none"] = "mri"
+    kind: IntensityKind = "mri"
     window: tuple[float, float] = (-160.0, 240.0)
     scaled_to: tuple[float, float] = (0.0, 1.0)
+    channels: Annotated[list[IntensityKind], Field(min_length=1)] | None = None
 
     @model_validator(mode="after")
     def _window_ordered(self) -> IntensityConfig:
@@ -156,6 +169,10 @@ class IntensityConfig(Section):
         if self.scaled_to[0] >= self.scaled_to[1]:
             raise ValueError("scaled_to must be [low, high] with low < high")
         return self
+
+    def channel_kinds(self, channels: int) -> list[str]:
+        """The kind of each of ``channels`` input channels."""
+        return list(self.channels) if self.channels else [self.kind] * channels
 
 
 class PreprocessingConfig(Section):

@@ -47,6 +47,7 @@ class CheckReport:
     report: DatalistReport = field(default_factory=DatalistReport)
     layout: str = ""  # the layout the cases were read in
     resolved: dict[str, Any] = field(default_factory=dict)  # what the dataset's description gives (Cases.resolved)
+    reason: str = ""  # why that layout (Cases.reason)
 
     @property
     def errors(self) -> list[Finding]:
@@ -72,7 +73,13 @@ class CheckReport:
         return 2 if self.errors else 1 if self.findings else 0
 
     def summary(self) -> str:
-        layout = f" ({self.layout} layout)" if self.layout else ""
+        layout = (
+            f" ({self.layout} layout; {self.reason})"
+            if self.reason
+            else f" ({self.layout} layout)"
+            if self.layout
+            else ""
+        )
         return (
             f"{self.root}{layout}: {len(self.records)} case(s) checked in {self.seconds:.1f} s: "
             f"{len(self.errors)} error(s) "
@@ -208,19 +215,33 @@ def _volume_findings(
     modality: str,
     folder: Path,
     workers: int,
+    listed: tuple[str, set[int]] | None = None,
 ) -> list[Finding]:
-    """3D: the channel count, every case's headers, labels and voxels, duplicates, orientations and spacings."""
+    """3D: the channel count, every case's headers, labels and voxels (``listed``: the dataset's own list of label
+    values, by file), duplicates, orientations and spacings."""
     findings = []
-    if records and len(records[0]["image"]) != in_channels:
-        message = (
-            f"{folder}: cases have {len(records[0]['image'])} image channel(s) but model.in_channels is {in_channels}"
-        )
+    declared = channels or (len(records[0]["image"]) if records else None)  # a 4D file holds several channels
+    if declared is not None and declared != in_channels:
+        message = f"{folder}: cases have {declared} image channel(s) but model.in_channels is {in_channels}"
         findings.append(Finding("error", "", "channels", message))
-    results = _in_parallel(lambda r: case_findings(r, channels, mapping, modality), records, workers)
+    results = _in_parallel(lambda r: case_findings(r, channels, mapping, modality, listed), records, workers)
     facts = {r["id"]: f for r, (_, f) in zip(records, results, strict=True)}
     findings += [finding for case_findings_, _ in results for finding in case_findings_]
     findings += _duplicate_findings({case: f.digest for case, f in facts.items()}, records)
     return findings + _volume_dataset_findings(facts, records)
+
+
+def listed_labels(resolved: dict[str, Any], source: Path, json_name: str) -> tuple[str, set[int]] | None:
+    """The label values a dataset's description lists (its label names, ignore label and regions), with the file
+    that lists them; None where it lists none."""
+    named = resolved.get("data.labels")
+    regions = resolved.get("data.regions")
+    if not named and not regions:
+        return None
+    values = {int(v) for v in named or {}} | {int(v) for members in (regions or {}).values() for v in members}
+    if resolved.get("data.ignore_label") is not None:
+        values.add(int(resolved["data.ignore_label"]))
+    return str(source if source.is_file() else source / json_name), values
 
 
 def check_dataset(settings: DataSettings, folder: Path, workers: int = 2) -> CheckReport:
@@ -239,13 +260,20 @@ def check_dataset(settings: DataSettings, folder: Path, workers: int = 2) -> Che
     else:
         kind = settings.preprocessing.intensity.kind
         findings += _volume_findings(
-            records, cases.channels, settings.in_channels, settings.data.label_mapping, kind, folder, workers
+            records,
+            cases.channels,
+            settings.in_channels,
+            settings.data.label_mapping,
+            kind,
+            folder,
+            workers,
+            listed_labels(cases.resolved, cases.source, settings.data.dataset_json),
         )
     report.cases = len(records)
     if not records and not findings:
         raise DataError(f"{folder}: no cases found")
     seconds = time.perf_counter() - started
-    result = CheckReport(folder, records, findings, seconds, report, cases.layout, dict(cases.resolved))
+    result = CheckReport(folder, records, findings, seconds, report, cases.layout, dict(cases.resolved), cases.reason)
     log.info("%s", result.summary())
     return result
 

@@ -21,6 +21,7 @@ from medseg.data.image_checks import DatalistReport
 from medseg.data.records import Record, subset
 from medseg.data.settings import DataSettings
 from medseg.data.splits import Splits, load_or_create_folds, load_or_create_splits
+from medseg.data.volume_checks import spacing_in_orientation  # (its home; imported from here by older callers)
 
 log = logging.getLogger(__name__)
 
@@ -123,20 +124,6 @@ def _synthetic_folder(settings: DataSettings) -> tuple[Path, dict[str, Any]]:
     return folder, resolved
 
 
-def spacing_in_orientation(affine: np.ndarray, axcodes: str) -> tuple[float, float, float]:
-    """Voxel sizes (mm) along the axes of ``axcodes`` (e.g. RAS) for a voxel-to-RAS affine."""
-    import nibabel as nib
-
-    zooms = nib.affines.voxel_sizes(affine)
-    transform = nib.orientations.ornt_transform(
-        nib.orientations.io_orientation(affine), nib.orientations.axcodes2ornt(tuple(axcodes))
-    )
-    spacing = [0.0, 0.0, 0.0]
-    for source_axis, (target_axis, _) in enumerate(transform[:3]):
-        spacing[int(target_axis)] = float(zooms[source_axis])
-    return (spacing[0], spacing[1], spacing[2])
-
-
 def median_spacing(records: list[Record], axcodes: str) -> tuple[float, float, float]:
     """Median voxel spacing of the cases' first image, per axis of the target orientation (from headers)."""
     from medseg.imageio.headers import read_header
@@ -155,16 +142,58 @@ def data_folder(settings: DataSettings) -> Path:
     return _synthetic_folder(settings)[0] if _uses_synthetic(settings) else dataset_folder(settings)
 
 
+INTENSITY_CHANNELS = "preprocessing.intensity.channels"  # the kinds a dataset's channel names choose (nnU-Net)
+REGION_KEYS = ("data.regions", "data.region_order", "model.out_channels")  # taken together, or not at all
+
+
 def _described(settings: DataSettings, values: dict[str, Any]) -> dict[str, Any]:
-    """The values a dataset's own description gives (label names, the ignore label) that the configuration leaves
-    unset."""
+    """The values a dataset's own description gives (label names, the ignore label, regions with their order and
+    the model's channels for them) that the configuration leaves unset."""
     data = settings.data
     remapped = bool(data.label_mapping or data.foreground_labels or data.regions)  # raw names then name no class
-    unset = {"data.labels": data.labels is None and not remapped, "data.ignore_label": data.ignore_label is None}
+    unset = {
+        "data.labels": data.labels is None and not remapped,
+        "data.ignore_label": data.ignore_label is None,
+        **{key: not remapped for key in REGION_KEYS},
+    }
     taken = {key: value for key, value in values.items() if unset.get(key, False)}
     if taken:
         log.info("From the dataset's description: %s", ", ".join(f"{k}={v}" for k, v in taken.items()))
     return taken
+
+
+def described_intensity(settings: DataSettings, kinds: list[str] | None, train: list[Record]) -> dict[str, Any]:
+    """``preprocessing.intensity`` as the dataset's channel names choose it (one kind per channel, nnU-Net's), where
+    the pipeline leaves it unset; a "CT" channel is clipped to the 0.5-99.5 percentiles of the training cases'
+    foreground intensities and z-scored with their mean and standard deviation (measured here, 3D)."""
+    if not kinds:
+        return {}
+    if "intensity" in settings.preprocessing.model_fields_set:
+        log.info("Intensity normalisation: preprocessing.intensity as configured (the dataset's channel names unused)")
+        return {}
+    intensity: dict[str, Any] = {"kind": kinds[0]} if len(set(kinds)) == 1 else {"kind": "none", "channels": kinds}
+    if "ct" in kinds and settings.spatial_dims == 3:
+        from medseg.planning.fingerprint import fingerprint_volumes
+
+        channel = kinds.index("ct")
+        stats = fingerprint_volumes(train, modality="ct").foreground_intensity[channel]
+        low, high, mean, std = stats["p00_5"], stats["p99_5"], stats["mean"], stats["std"]
+        high = max(high, low + 1e-3)  # a constant foreground: a window all the same
+        intensity["window"] = [round(low, 4), round(high, 4)]
+        intensity["scaled_to"] = [round((low - mean) / std, 4), round((high - mean) / std, 4)]
+        if kinds.count("ct") > 1:
+            log.warning("Several CT channels: all are windowed with channel %d's foreground statistics", channel)
+        log.info(
+            "CT normalisation (channel %d): clip to the training foreground's 0.5-99.5 percentiles %.4g..%.4g, "
+            "z-score with mean %.4g, sd %.4g",
+            channel,
+            low,
+            high,
+            mean,
+            std,
+        )
+    log.info("Intensity normalisation from the dataset's channel names: %s", ", ".join(kinds))
+    return {"preprocessing.intensity": intensity}
 
 
 def prepare_data(settings: DataSettings) -> PreparedData:
@@ -189,6 +218,8 @@ def prepare_data(settings: DataSettings) -> PreparedData:
             splits_path,
             "/".join(str(len(f)) for f in folds),
         )
+    kinds = datalist.check.resolved.get(INTENSITY_CHANNELS)
+    resolved.update(described_intensity(settings, kinds, subset(datalist.records, splits["train"])))
     if settings.spatial_dims == 3 and settings.preprocessing.spacing == "auto":
         spacing = median_spacing(subset(datalist.records, splits["train"]), settings.preprocessing.orientation)
         resolved["preprocessing.spacing"] = spacing

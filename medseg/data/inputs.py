@@ -1,10 +1,18 @@
-"""What ``medseg predict`` reads: the cases of an input file or folder, without labels."""
+"""What ``medseg predict`` reads: the cases of an input file or folder, without labels.
+
+nnU-Net's ``imagesTs`` names its files ``<case>_0000``: where every input follows ``<case>_<4 digits>``, the case is
+``<case>`` (so the masks are ``<case><file_ending>``, as nnU-Net's predictor writes them). A dataset folder or its
+``dataset.json`` means the json's ``test`` list (MSD), else the folder's ``imagesTs`` (nnU-Net).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from medseg.core.errors import DataError
+from medseg.data.layouts.base import read_json
+from medseg.data.layouts.msd import listed_test_cases
+from medseg.data.layouts.nnunet import CHANNEL_FILE
 from medseg.data.records import Record
 from medseg.imageio.formats import IMAGE_2D_SUFFIXES, VOLUME_SUFFIXES, is_image_2d, is_volume_file, volume_id
 
@@ -21,7 +29,17 @@ def image_inputs(source: Path) -> list[Record]:
     )
     if not paths:
         raise DataError(f"{source}: no images found (looked for {', '.join(IMAGE_2D_SUFFIXES)})")
-    return [{"id": p.stem, "image": str(p)} for p in paths]
+    return [{"id": case, "image": str(p)} for case, p in zip(case_ids([p.stem for p in paths]), paths, strict=True)]
+
+
+def case_ids(names: list[str]) -> list[str]:
+    """The case ids of input files named ``names`` (without their ending): ``<case>`` for nnU-Net's
+    ``<case>_<4 digits>`` where every name follows it (and the cases stay distinct), else the names."""
+    matches = [CHANNEL_FILE.match(name) for name in names]
+    if not names or not all(matches):
+        return names
+    cases = [match["case"] for match in matches if match]
+    return cases if len(set(cases)) == len(cases) else names
 
 
 def volume_inputs(source: Path, channels: int = 1) -> list[Record]:
@@ -41,7 +59,8 @@ def volume_inputs(source: Path, channels: int = 1) -> list[Record]:
     if not entries:
         raise DataError(f"{source}: no scans found (looked for {', '.join(VOLUME_SUFFIXES)} files and DICOM folders)")
     if channels == 1:
-        return [{"id": volume_id(p), "image": [str(p)]} for p in entries]
+        ids = case_ids([volume_id(p) for p in entries])
+        return [{"id": case, "image": [str(p)]} for case, p in zip(ids, entries, strict=True)]
     cases: dict[str, dict[int, Path]] = {}
     for path in entries:
         case, _, index = volume_id(path).rpartition("_")
@@ -58,6 +77,22 @@ def volume_inputs(source: Path, channels: int = 1) -> list[Record]:
     return records
 
 
+def _dataset_inputs(source: Path) -> Path | None:
+    """A dataset's own prediction inputs: its dataset.json when it lists ``test`` cases, else its imagesTs folder;
+    None for anything else."""
+    description = source if source.is_file() and source.suffix.lower() == ".json" else source / "dataset.json"
+    if not description.is_file():
+        return None
+    if "test" in read_json(description):
+        return description
+    images = description.parent / "imagesTs"
+    return images if images.is_dir() else None
+
+
 def predict_inputs(source: Path, spatial_dims: int, channels: int) -> list[Record]:
-    """The cases of ``source`` for a 2D or 3D model."""
+    """The cases of ``source`` for a 2D or 3D model (a dataset folder or dataset.json: its test cases)."""
+    listed = _dataset_inputs(source) if source.exists() else None
+    if listed is not None and listed.is_file():
+        return listed_test_cases(listed, spatial_dims)
+    source = listed or source
     return volume_inputs(source, channels) if spatial_dims == 3 else image_inputs(source)

@@ -122,6 +122,20 @@ def label_values(path: Path) -> set[int]:
     return {int(v) for v in (np.flatnonzero(counts) if counts is not None else np.unique(array))}
 
 
+def spacing_in_orientation(affine: np.ndarray, axcodes: str) -> tuple[float, float, float]:
+    """Voxel sizes (mm) along the axes of ``axcodes`` (e.g. RAS) for a voxel-to-RAS affine."""
+    import nibabel as nib
+
+    zooms = nib.affines.voxel_sizes(affine)
+    transform = nib.orientations.ornt_transform(
+        nib.orientations.io_orientation(affine), nib.orientations.axcodes2ornt(tuple(axcodes))
+    )
+    spacing = [0.0, 0.0, 0.0]
+    for source_axis, (target_axis, _) in enumerate(transform[:3]):
+        spacing[int(target_axis)] = float(zooms[source_axis])
+    return (spacing[0], spacing[1], spacing[2])
+
+
 def _size(path: Path) -> int:
     if path.is_dir():
         return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
@@ -153,11 +167,15 @@ PLAUSIBLE_HU = (-1100.0, 4000.0)
 
 
 def case_findings(
-    record: Record, channels: int | None, mapping: dict[int, int] | None, modality: str
+    record: Record,
+    channels: int | None,
+    mapping: dict[int, int] | None,
+    modality: str,
+    listed: tuple[str, set[int]] | None = None,
 ) -> tuple[list[Finding], CaseFacts]:
     """Every problem of one case: files and headers (shape, spacing, origin, direction agree), channels, the
-    label's values (read), and the image's voxels (read: truncation, NaN, CT intensities outside about
-    [-1100, 4000] HU)."""
+    label's values (read; with ``listed``, the file that lists the dataset's label values and those values: others are
+    errors), and the image's voxels (read: truncation, NaN, CT intensities outside about [-1100, 4000] HU)."""
     import nibabel as nib
 
     from medseg.imageio.readers import load_volume
@@ -212,6 +230,13 @@ def case_findings(
         else:
             if not values - {0}:
                 findings.append(Finding("warning", case, "empty label", f"{label}: the label is empty", label))
+            unlisted = sorted(values - listed[1] - {0}) if listed else []
+            if listed and unlisted:
+                message = (
+                    f"{label}: label value(s) {', '.join(map(str, unlisted))} not listed in {listed[0]}'s labels "
+                    f"({', '.join(map(str, sorted(listed[1] | {0})))})"
+                )
+                findings.append(Finding("error", case, "unlisted labels", message, label))
             unmapped = sorted(values - set(mapping) - {0}) if mapping else []
             if unmapped:
                 shown = ", ".join(f"{v} in {Path(label).name}" for v in unmapped)

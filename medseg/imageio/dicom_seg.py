@@ -1,8 +1,12 @@
-"""DICOM Segmentation (DICOM-SEG) objects for PACS, through highdicom.
+"""DICOM Segmentation (DICOM-SEG) objects for PACS, through highdicom: written from a label map, read as labels.
 
-The label map is on the DICOM series' own grid ((x, y, z), z in the series' slice order as
+Writing: the label map is on the DICOM series' own grid ((x, y, z), z in the series' slice order as
 :func:`medseg.imageio.headers.dicom_series_files` lists the files), so slice ``k`` is frame ``k`` of the
 SEG and references source instance ``k``. One segment per label, with its name, code and colour.
+
+Reading: BINARY, FRACTIONAL (a voxel belongs to a segment from a fraction of 0.5) and LABELMAP segmentations, through
+highdicom's volume API: the frames are placed by their ImagePositionPatient (a SEG often stores only the frames that
+hold a segment), each segment named by its SegmentLabel; where segments overlap the later segment wins.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from medseg.core.atomic import atomic_path
-from medseg.core.errors import DataError
+from medseg.core.errors import DataError, error_summary
 from medseg.imageio.headers import ScanHeader, dicom_series_files
 from medseg.labels import ANATOMICAL_STRUCTURE, KNOWN_CATEGORIES, Label
 from medseg.version import __version__
@@ -113,3 +117,97 @@ def write_dicom_seg(labels_map: np.ndarray, header: ScanHeader, labels: list[Lab
     with atomic_path(output) as tmp:
         seg.save_as(str(tmp))
     return output
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading
+# --------------------------------------------------------------------------------------------------
+
+SEG_MODALITY = "SEG"
+FRACTION_PRESENT = 0.5  # a FRACTIONAL segment holds the voxels with at least this fraction
+
+
+def _header(path: Path):
+    """The DICOM header of ``path`` without its pixels; DataError if it is not a DICOM file."""
+    import pydicom
+
+    try:
+        return pydicom.dcmread(str(path), stop_before_pixels=True)
+    except (OSError, pydicom.errors.InvalidDicomError) as exc:
+        raise DataError(f"{path}: not a readable DICOM file ({exc})") from None
+
+
+def find_dicom_seg(folder: Path) -> Path:
+    """The one DICOM-SEG file in ``folder``; DataError when it holds none or several."""
+    found = []
+    for path in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
+        try:
+            if _header(path).get("Modality") == SEG_MODALITY:
+                found.append(path)
+        except DataError:
+            continue  # not DICOM: a note, a thumbnail
+    if len(found) != 1:
+        listed = f": {', '.join(p.name for p in found)}" if found else ""
+        raise DataError(f"{folder}: expected one DICOM-SEG file, found {len(found)}{listed}")
+    return found[0]
+
+
+def _segmentation(path: Path, lazy: bool):
+    import highdicom as hd
+
+    if _header(path).get("Modality") != SEG_MODALITY:
+        raise DataError(f"{path}: not a DICOM-SEG (Modality is not SEG)")
+    try:
+        return hd.seg.segread(str(path), lazy_frame_retrieval=lazy)
+    except (AttributeError, KeyError, ValueError, TypeError) as exc:
+        raise DataError(f"{path}: cannot read the DICOM-SEG ({error_summary(exc)})") from None
+
+
+def dicom_seg_names(path: Path) -> list[str]:
+    """The SegmentLabel of each segment, in segment-number order (no pixels read)."""
+    seg = _segmentation(path, lazy=True)
+    return [seg.get_segment_description(n).segment_label for n in seg.segment_numbers]
+
+
+def check_referenced_series(path: Path, scan: ScanHeader) -> None:
+    """DataError when the SEG's ReferencedSeriesSequence does not name the series of ``scan`` (a DICOM series)."""
+    referenced = [str(item.SeriesInstanceUID) for item in _header(path).get("ReferencedSeriesSequence", [])]
+    if not referenced:
+        return
+    own = str(_header(Path(dicom_series_files(scan.path)[0])).get("SeriesInstanceUID", ""))
+    if own and own not in referenced:  # (an anonymised series without its UID: only the geometry tells)
+        raise DataError(f"{path}: references series {referenced[0]}, not the scan's series {own} ({scan.path})")
+
+
+def read_dicom_seg(path: Path) -> tuple[tuple[str, ...], np.ndarray, np.ndarray]:
+    """A DICOM-SEG file as segment numbers on the grid its frames span; where segments overlap the later one wins.
+
+    Returns:
+        The segment labels in segment-number order, the segment numbers ((x, y, z) uint16: 0 background, ``i + 1``
+        for ``names[i]``) and their voxel-to-LPS affine.
+
+    Raises:
+        DataError: one line naming the file: not a SEG, or frames that do not form a regularly spaced volume.
+    """
+    import highdicom as hd
+
+    seg = _segmentation(path, lazy=False)
+    numbers = list(seg.segment_numbers)
+    names = tuple(seg.get_segment_description(n).segment_label for n in numbers)
+    labelmap = seg.segmentation_type == hd.seg.SegmentationTypeValues.LABELMAP
+    try:
+        volume = seg.get_volume(combine_segments=labelmap, relabel=labelmap)
+    except (RuntimeError, ValueError) as exc:
+        raise DataError(f"{path}: its frames do not form a volume ({error_summary(exc)})") from None
+    array = np.asarray(volume.array)  # (slices, rows, columns[, segments])
+    if labelmap:
+        stacked = array.astype(np.uint16)
+    else:
+        stacked = np.zeros(array.shape[:3], dtype=np.uint16)
+        fractional = seg.segmentation_type == hd.seg.SegmentationTypeValues.FRACTIONAL
+        for index in range(len(numbers)):
+            present = array[..., index] >= FRACTION_PRESENT if fractional else array[..., index] > 0
+            stacked[present] = index + 1
+    affine = np.array(volume.affine, dtype=float)  # (slice, row, column) -> LPS
+    affine[:3, :3] = affine[:3, [2, 1, 0]]  # (column, row, slice) = (x, y, z)
+    return names, stacked.transpose(2, 1, 0), affine

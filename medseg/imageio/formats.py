@@ -14,6 +14,7 @@ VOLUME_SUFFIXES = NIFTI_SUFFIXES + SITK_SUFFIXES
 DETACHED_SUFFIXES = (".nhdr", ".mhd")  # a header file plus a separate data file
 IMAGE_2D_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
+SEG_NRRD_SUFFIX = ".seg.nrrd"  # a 3D Slicer segmentation: a NRRD whose case id ends before ".seg"
 #: mask formats ``medseg predict --format`` writes in 3D, by name (``input``: the scan's own format)
 OUTPUT_FORMATS = {"nifti": ".nii.gz", "nrrd": ".nrrd", "mha": ".mha", "seg.nrrd": ".seg.nrrd", "dicom-seg": ".dcm"}
 SUPPORTED_VOLUMES = "NIfTI (.nii, .nii.gz), NRRD (.nrrd, .nhdr), MetaImage (.mha, .mhd), a DICOM series folder"
@@ -27,9 +28,9 @@ def has_suffix(path: PathLike, suffixes: Sequence[str]) -> bool:
 
 
 def volume_suffix(name: str) -> str:
-    """The volume ending that ``name`` has (case-insensitive), or ""."""
+    """The volume ending that ``name`` has (case-insensitive; ``.seg.nrrd`` whole), or ""."""
     lower = name.lower()
-    return next((s for s in VOLUME_SUFFIXES if lower.endswith(s)), "")
+    return next((s for s in (SEG_NRRD_SUFFIX, *VOLUME_SUFFIXES) if lower.endswith(s)), "")
 
 
 def is_image_2d(path: PathLike) -> bool:
@@ -43,7 +44,7 @@ def is_volume_file(path: PathLike) -> bool:
 
 
 def volume_id(path: Path) -> str:
-    """The case id of a volume: its name without the volume ending (``x.nii.gz`` -> ``x``).
+    """The case id of a volume: its name without the volume ending (``x.nii.gz``, ``x.seg.nrrd`` -> ``x``).
 
     A DICOM series folder (or any name without a volume ending) gives its name unchanged.
     """

@@ -1,9 +1,16 @@
 """3D Slicer segmentations (``.seg.nrrd``): a label map in the scan's geometry (LPS, as Slicer stores it) with the
-segment names, colours and label values in the ``Segment<i>_*`` header fields Slicer reads, written with pynrrd.
+segment names, colours and label values in the ``Segment<i>_*`` header fields Slicer reads, written and read with
+pynrrd.
+
+Read as Slicer writes them: one layer (a 3D label map; segment ``i`` is the voxels holding ``Segment<i>_LabelValue``)
+or several layers (a 4D array, the layer first, for overlapping segments; ``Segment<i>_Layer`` names the layer), on
+the grid the header gives (Slicer crops to the segments' extent by default). Files from Slicer before 4.11 (one
+binary layer per segment, no ``LabelValue`` / ``Layer`` fields) are read too.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +20,9 @@ from medseg.core.errors import DataError
 from medseg.imageio.headers import ScanHeader, shape_text
 from medseg.labels import Label
 
-SEG_NRRD_SUFFIX = ".seg.nrrd"
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+LPS_SPACES = ("left-posterior-superior", "LPS")
+RAS_SPACES = ("right-anterior-superior", "RAS")
 
 
 def _extent(mask: np.ndarray) -> str:
@@ -73,3 +81,96 @@ def write_seg_nrrd(labels_map: np.ndarray, header: ScanHeader, labels: list[Labe
     with atomic_path(output) as tmp:
         nrrd.write(str(tmp), array, fields, custom_field_map=custom, index_order="F")
     return output
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Segment:
+    name: str
+    layer: int
+    value: int
+
+
+def _read_header(path: Path) -> dict:
+    import nrrd
+
+    try:
+        return dict(nrrd.read_header(str(path)))
+    except (OSError, nrrd.NRRDError, ValueError) as exc:
+        raise DataError(f"{path}: cannot read the NRRD header ({exc})") from None
+
+
+def _segments(path: Path, header: dict) -> list[_Segment]:
+    """The ``Segment<i>_*`` fields, ``i`` = 0, 1, 2... (old files: layer ``i``, value 1, in a 4D file)."""
+    segments: list[_Segment] = []
+    layered = int(header.get("dimension", 3)) == 4
+    while f"Segment{len(segments)}_Name" in header or f"Segment{len(segments)}_ID" in header:
+        prefix, index = f"Segment{len(segments)}_", len(segments)
+        name = str(header.get(prefix + "Name") or header.get(prefix + "ID"))
+        try:
+            layer = int(header.get(prefix + "Layer", index if layered else 0))
+            value = int(header.get(prefix + "LabelValue", 1))
+        except ValueError:
+            raise DataError(f"{path}: {prefix}Layer / {prefix}LabelValue of segment {name!r} is not a number") from None
+        segments.append(_Segment(name, layer, value))
+    return segments
+
+
+def seg_nrrd_names(path: Path) -> list[str]:
+    """The segment names of a Slicer segmentation, in segment order (header only)."""
+    return [segment.name for segment in _segments(path, _read_header(path))]
+
+
+def _lps_affine(path: Path, header: dict) -> np.ndarray:
+    """The voxel-to-LPS affine of the spatial axes (the layer axis, if any, is the first and has no direction)."""
+    directions = np.asarray(header.get("space directions"), dtype=float)
+    if directions.ndim != 2 or directions.shape[1] != 3:
+        raise DataError(f"{path}: expected 'space directions' for three spatial axes")
+    spatial = directions[np.isfinite(directions).all(axis=1)]
+    if spatial.shape != (3, 3) or not np.isfinite(directions[-3:]).all():
+        raise DataError(f"{path}: expected three spatial axes last (a layer axis may come first)")
+    space = str(header.get("space", LPS_SPACES[0]))
+    if space not in LPS_SPACES + RAS_SPACES:
+        raise DataError(f"{path}: space {space!r} not supported (expected left-posterior-superior)")
+    affine = np.eye(4)
+    affine[:3, :3] = spatial.T  # one column per array axis
+    affine[:3, 3] = np.asarray(header.get("space origin", [0.0, 0.0, 0.0]), dtype=float)
+    return RAS_TO_LPS @ affine if space in RAS_SPACES else affine
+
+
+def read_seg_nrrd(path: Path) -> tuple[tuple[str, ...], np.ndarray, np.ndarray]:
+    """A Slicer ``.seg.nrrd`` as segment numbers on its own grid; where segments overlap (several layers) the later
+    segment wins.
+
+    Returns:
+        The segment names, the segment numbers ((x, y, z) uint16: 0 background, ``i + 1`` for ``names[i]``) and their
+        voxel-to-LPS affine.
+
+    Raises:
+        DataError: one line naming the file: unreadable, not 3D / 4D, a segment's layer missing, label values
+            without any segment.
+    """
+    import nrrd
+
+    try:
+        data, header = nrrd.read(str(path), index_order="F")
+    except (OSError, nrrd.NRRDError, ValueError, EOFError) as exc:
+        raise DataError(f"{path}: cannot read the Slicer segmentation ({exc})") from None
+    if data.ndim not in (3, 4):
+        raise DataError(f"{path}: expected a 3D label map or 4D layers, got shape {shape_text(data.shape)}")
+    layers = data[None] if data.ndim == 3 else data  # (layer, x, y, z)
+    segments = _segments(path, dict(header))
+    if not segments and layers.any():
+        raise DataError(f"{path}: holds label values but no Segment0_Name / Segment0_LabelValue fields")
+    numbers = np.zeros(layers.shape[1:], dtype=np.uint16)
+    for number, segment in enumerate(segments, start=1):
+        if not 0 <= segment.layer < len(layers):
+            raise DataError(
+                f"{path}: segment {segment.name!r} is on layer {segment.layer}, the file has {len(layers)} layer(s)"
+            )
+        numbers[layers[segment.layer] == segment.value] = number
+    return tuple(segment.name for segment in segments), numbers, _lps_affine(path, dict(header))

@@ -74,7 +74,7 @@ def fingerprint_images(records: list[Record], seed: int = 0) -> Fingerprint:
 
 def fingerprint_volumes(records: list[Record], modality: str | None = None, seed: int = 0) -> Fingerprint:
     """3D scans: per-case shape and spacing (RAS axes), foreground intensities per channel, class fractions."""
-    from medseg.data.dataset import spacing_in_orientation
+    from medseg.data.volume_checks import spacing_in_orientation
     from medseg.imageio.headers import read_header
     from medseg.imageio.readers import load_volume, read_label_on_grid
 

@@ -46,12 +46,13 @@ def network_grid(settings: TransformSettings) -> tuple[int, int]:
 
 
 def preprocessing(settings: TransformSettings, keys: tuple[str, ...] = ("image", "label")) -> list[Any]:
-    """Load (an opaque RGBA image as RGB), channel-first, scale intensities to [0, 1], remap the mask (>0: 1),
-    resize."""
+    """Load (an opaque RGBA image as RGB), channel-first, scale intensities to [0, 1] (or normalise them as
+    ``preprocessing.intensity`` says: zscore, rescale or per channel), remap the mask (>0: 1), resize."""
     from monai.data import PILReader
     from monai.transforms import EnsureChannelFirstd, LoadImaged, Resized, ScaleIntensityRanged
 
     from medseg.imageio.images import decode_mask
+    from medseg.transforms.intensity import Normalisedd, per_channel
 
     image_reader = PILReader(converter=opaque_rgba_as_rgb) if settings.in_channels == 3 else "PILReader"
     label_reader = PILReader(converter=decode_mask)  # equal RGB channels -> one; JPEG masks thresholded
@@ -59,8 +60,12 @@ def preprocessing(settings: TransformSettings, keys: tuple[str, ...] = ("image",
         LoadImaged(keys="image", reader=image_reader, image_only=True),
         *([LoadImaged(keys="label", reader=label_reader, image_only=True)] if "label" in keys else []),
         EnsureChannelFirstd(keys=list(keys)),
-        ScaleIntensityRanged(keys="image", a_min=0.0, a_max=255.0, b_min=0.0, b_max=1.0, clip=True),
     ]
+    intensity = settings.preprocessing.intensity
+    if per_channel(intensity):  # nnU-Net's channel names, or a kind set for 2D: instead of the 0..255 scaling
+        transforms.append(Normalisedd("image", intensity.channel_kinds(settings.in_channels), intensity))
+    else:
+        transforms.append(ScaleIntensityRanged(keys="image", a_min=0.0, a_max=255.0, b_min=0.0, b_max=1.0, clip=True))
     if settings.preprocessing.color_constancy == "shades_of_gray":
         transforms.append(ShadesOfGrayd("image", settings.preprocessing.color_constancy_power))
     if "label" in keys:

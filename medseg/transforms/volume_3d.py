@@ -1,7 +1,7 @@
 """MONAI dictionary transforms for 3D CT/MRI volumes.
 
 load (NIfTI via nibabel; NRRD/MHA/DICOM via SimpleITK) -> channel first (one channel per modality) ->
-labels remapped -> canonical orientation -> target spacing -> intensity (CT window / MRI z-score) ->
+labels remapped -> canonical orientation -> target spacing -> intensity (CT window / MRI z-score / per channel) ->
 foreground crop. Training adds positive/negative patch sampling and 3D augmentation; inference keeps
 the metadata so :mod:`medseg.infer.resampling` maps predictions back to the scan's own grid.
 """
@@ -52,6 +52,7 @@ def volume_preprocessing(settings: TransformSettings, keys: tuple[str, ...] = ("
     )
 
     from medseg.imageio.readers import VolumeReader
+    from medseg.transforms.intensity import Normalisedd
     from medseg.transforms.labels import RemapLabelsd
 
     pre = settings.preprocessing
@@ -64,14 +65,20 @@ def volume_preprocessing(settings: TransformSettings, keys: tuple[str, ...] = ("
     transforms.append(Orientationd(keys=list(keys), axcodes=pre.orientation))
     if isinstance(pre.spacing, tuple):
         transforms.append(Spacingd(keys=list(keys), pixdim=pre.spacing, mode=interpolation))
+    intensity = pre.intensity
+    windowed = intensity.kind == "ct" and not intensity.channels
     crop = CropForegroundd(
         keys=list(keys),
         source_key="image",
         margin=4,
         allow_smaller=True,
-        select_fn=AboveWindow(pre.intensity.scaled_to[0]) if pre.intensity.kind == "ct" else nonbackground,
+        select_fn=AboveWindow(intensity.scaled_to[0]) if windowed else nonbackground,
     )
-    if pre.intensity.kind == "ct":
+    if intensity.channels or intensity.kind in ("zscore", "rescale"):
+        # kinds per channel (nnU-Net's channel names), then crop to what differs from each channel's background
+        transforms.append(Normalisedd("image", intensity.channel_kinds(settings.in_channels), intensity))
+        transforms.extend([crop] if pre.crop_foreground else [])
+    elif windowed:
         low, high = pre.intensity.window
         b_min, b_max = pre.intensity.scaled_to
         transforms.append(

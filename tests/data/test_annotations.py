@@ -203,7 +203,7 @@ def test_coco_polygon_compressed_and_uncompressed_rle(tmp_path: Path) -> None:
             {"id": 3, "image_id": 1, "category_id": 3, "segmentation": {"size": [H, W], "counts": counts}},
         ],
     )
-    assert choose_layout(tmp_path, LayoutSettings.of(DataConfig(), 2)).name == "coco"
+    assert choose_layout(tmp_path, LayoutSettings.of(DataConfig(), 2))[0].name == "coco"
     cases = find_in_layout(tmp_path, _settings(tmp_path))
     assert cases.layout == "coco" and cases.records[0]["image"] == str(tmp_path / "images" / "one.png")
     reference = coco_mask.decode(coco_mask.merge(coco_mask.frPyObjects([polygon], H, W))).astype(bool)
@@ -276,7 +276,7 @@ def _cvat(folder: Path, text: str = CVAT) -> Path:
 def test_cvat_shapes_z_order_and_unlabelled_image(tmp_path: Path) -> None:
     box = np.array([[0, 1, 1, 0], [0, 0, 1, 1], [0, 1, 1, 1]], bool)  # row by row, starting with background
     _cvat(tmp_path, CVAT.replace("{rle}", "1, 2, 3, 2, 1, 3"))
-    assert choose_layout(tmp_path, LayoutSettings.of(DataConfig(), 2)).name == "cvat"
+    assert choose_layout(tmp_path, LayoutSettings.of(DataConfig(), 2))[0].name == "cvat"
     findings: list[Finding] = []
     cases = find_in_layout(tmp_path, _settings(tmp_path), findings)
     assert [r["id"] for r in cases.records] == ["one"]
@@ -297,10 +297,10 @@ def test_cvat_shapes_z_order_and_unlabelled_image(tmp_path: Path) -> None:
 def test_auto_detects_labelme_and_leaves_folder_datasets_alone(tmp_path: Path) -> None:
     _labelme(tmp_path / "lm", "a", [_labelme_shape("x", TRIANGLE)])
     auto = LayoutSettings.of(DataConfig(), 2)
-    assert choose_layout(tmp_path / "lm", auto).name == "labelme"
+    assert choose_layout(tmp_path / "lm", auto)[0].name == "labelme"
     _png(tmp_path / "pf" / "images" / "a.png")
     _png(tmp_path / "pf" / "masks" / "a.png")
-    assert choose_layout(tmp_path / "pf", auto).name == "folder"
+    assert choose_layout(tmp_path / "pf", auto)[0].name == "folder"
 
 
 @pytest.mark.parametrize(

@@ -298,8 +298,8 @@ def _three_layouts(root: Path) -> None:
 
 @pytest.mark.parametrize(
     ("files", "expected"),
-    [((), ["f1", "f2"]), (("csv",), ["c1"]), (("msd",), ["m1"]), (("csv", "msd"), ["m1"])],
-    ids=["folder", "csv", "msd", "msd-before-csv"],
+    [((), ["f1", "f2"]), (("csv",), ["c1"]), (("msd",), ["m1"])],
+    ids=["folder", "csv", "msd"],
 )
 def test_auto_layout_detection(tmp_path: Path, files: tuple[str, ...], expected: list[str]) -> None:
     root = tmp_path / "d"
@@ -311,6 +311,16 @@ def test_auto_layout_detection(tmp_path: Path, files: tuple[str, ...], expected:
     records, report = build_records(root, DataConfig(layout="auto"))
     assert [r["id"] for r in records] == expected
     assert report.cases == len(expected)
+
+
+def test_auto_refuses_msd_and_csv_together_and_data_layout_chooses(tmp_path: Path) -> None:
+    root = tmp_path / "d"
+    _three_layouts(root)
+    (root / "pairs.csv").write_text("image,mask\nc/c1.png,c/c1_m.png\n")
+    (root / "dataset.json").write_text(json.dumps({"training": [{"image": "m/m1.png", "label": "m/m1_m.png"}]}))
+    with pytest.raises(DataError, match=r"both the msd layout .* and the csv layout .* set data.layout to msd or csv"):
+        build_records(root, DataConfig(layout="auto"))
+    assert [r["id"] for r in build_records(root, DataConfig(layout="msd"))[0]] == ["m1"]
 
 
 def test_explicit_folder_layout_ignores_csv(tmp_path: Path) -> None:

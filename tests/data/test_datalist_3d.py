@@ -169,7 +169,7 @@ def test_nnunet_layout_missing_channel_names_case_and_index(tmp_path: Path) -> N
         for channel in (0, 1, 2):
             if (case, channel) != ("b", 1):
                 save_volume(root / "imagesTr" / f"{case}_{channel:04d}.nii.gz")
-    assert data_error(root, "nnunet", []) == (
+    assert data_error(root, "nnunet", [], in_channels=3) == (
         f"{root / 'imagesTr'}: case 'b' is missing channel 0001 ({root / 'imagesTr' / 'b_0001.nii.gz'} not found)"
     )
 
@@ -217,14 +217,14 @@ def test_msd_layout_with_string_images_4d_and_channel_count(tmp_path: Path) -> N
         "modality": {"0": "FLAIR", "1": "T1"},
     }
     (root / "dataset.json").write_text(json.dumps(description))
-    assert build(root, "msd", []) == [
+    assert build(root, "msd", [], in_channels=2) == [
         {
             "id": "BRATS_001",
             "image": [str(root / "imagesTr" / "BRATS_001.nii.gz")],
             "label": str(root / "labelsTr" / "BRATS_001.nii.gz"),
         }
     ]
-    assert data_error(root, "msd", ["FLAIR", "T1", "T1c"], in_channels=1) == (
+    assert data_error(root, "msd", ["FLAIR", "T1", "T1c"]) == (
         "case 'BRATS_001': the image(s) hold 2 channel(s) but 3 modalities are expected (BRATS_001.nii.gz)"
     )
 

@@ -152,6 +152,27 @@ def _cvat_2d(root: Path) -> dict[str, Any]:
     return {"cache_dir": str(root.parent / "cache")}
 
 
+def _cvat_masks_2d(root: Path) -> dict[str, Any]:
+    """CVAT's Segmentation mask 1.1 export: labelmap.txt, a case list, colour class masks, the images."""
+    (root / "ImageSets" / "Segmentation").mkdir(parents=True)
+    (root / "labelmap.txt").write_text("# label:color_rgb:parts:actions\nbackground:0,0,0::\nlesion:250,50,83::\n")
+    (root / "ImageSets" / "Segmentation" / "default.txt").write_text("".join(f"{c}\n" for c in IDS))
+    for n, case in enumerate(IDS):
+        _image(root / "JPEGImages" / f"{case}.jpg", 50 + n)
+        colour = np.zeros((8, 12, 3), np.uint8)
+        colour[2:5, 3:7] = (250, 50, 83)
+        (root / "SegmentationClass").mkdir(exist_ok=True)
+        Image.fromarray(colour).save(root / "SegmentationClass" / f"{case}.png")
+    return {"cache_dir": str(root.parent / "cache")}
+
+
+def _volumes_3d(root: Path) -> dict[str, Any]:
+    for n, case in enumerate(IDS):
+        _volume(root / "scans" / f"{case}.nii.gz", 10 + n)
+        _volume(root / "segmentations" / f"{case}_seg.nii.gz", 0, label=True)
+    return {}
+
+
 def _folders_3d(root: Path) -> dict[str, Any]:
     for n, case in enumerate(IDS):
         _volume(root / "flair" / f"{case}.nii.gz", 10 + n)
@@ -176,9 +197,11 @@ EXAMPLES: list[tuple[str, int, Callable[[Path], dict[str, Any]]]] = [
     ("labelme", 2, _labelme_2d),
     ("coco", 2, _coco_2d),
     ("cvat", 2, _cvat_2d),
+    ("cvat_masks", 2, _cvat_masks_2d),
     ("nnunet", 3, _nnunet_3d),
     ("folders", 3, _folders_3d),
     ("list", 3, _list_3d),
+    ("volumes", 3, _volumes_3d),
 ]
 
 
@@ -205,7 +228,7 @@ def test_each_layout_is_detected_on_a_folder_of_its_kind_and_lists_its_cases(
     settings = LayoutSettings.of(DataConfig(**data), dims)
     layout = get_layout(name)
     assert layout.name == name and layout.detect(root, settings)
-    assert choose_layout(root, settings) is layout  # data.layout: auto
+    assert choose_layout(root, settings)[0] is layout  # data.layout: auto
     cfg = _config(dims, data)
     cases = find_cases(data_settings(cfg), root)
     assert cases.layout == name
@@ -222,7 +245,7 @@ def test_each_layout_is_detected_on_a_folder_of_its_kind_and_lists_its_cases(
 def test_an_empty_folder_is_no_layout_and_auto_falls_back(tmp_path: Path, dims: int) -> None:
     settings = LayoutSettings.of(DataConfig(), dims)
     assert not any(layout.detect(tmp_path, settings) for layout in LAYOUTS.values())
-    assert choose_layout(tmp_path, settings).name == FALLBACK[dims]
+    assert choose_layout(tmp_path, settings)[0].name == FALLBACK[dims]
 
 
 def test_an_unknown_layout_name_lists_the_known_ones() -> None:
@@ -230,7 +253,8 @@ def test_an_unknown_layout_name_lists_the_known_ones() -> None:
         with pytest.raises(DataError) as info:
             get_layout(name)
         assert str(info.value) == (
-            f"unknown data layout {name!r}; known layouts: list, msd, csv, folders, nnunet, cvat, coco, labelme, folder"
+            f"unknown data layout {name!r}; known layouts: list, msd, csv, folders, nnunet, cvat, cvat_masks, coco, "
+            "labelme, folder, volumes"
         )
 
 
@@ -238,7 +262,7 @@ def test_a_layout_for_the_other_kind_of_data_is_named(tmp_path: Path) -> None:
     _folder_2d(tmp_path)
     with pytest.raises(DataError) as info:
         find_cases(data_settings(_config(2, {"layout": "folders"})), tmp_path)
-    expected = "2D layouts: msd, csv, nnunet, cvat, coco, labelme, folder"
+    expected = "2D layouts: msd, csv, nnunet, cvat, cvat_masks, coco, labelme, folder"
     assert str(info.value) == f"data.layout 'folders' does not read 2D data; {expected}"
 
 
@@ -280,3 +304,30 @@ def test_a_new_layout_is_one_class_and_one_table_entry(tmp_path: Path, monkeypat
     settings = LayoutSettings.of(DataConfig(), 2)
     assert [r["id"] for r in find_in_layout(root, replace(settings, layout="lines")).records] == ["b", "a"]
     assert find_in_layout(root, settings).layout == "lines"  # auto: detected
+
+
+def test_auto_refuses_a_folder_two_layouts_fit_naming_both_and_the_key(tmp_path: Path) -> None:
+    root = tmp_path / "ds"
+    _msd_2d(root)
+    _csv_2d(root)  # a pairs.csv beside the MSD dataset.json
+    settings = LayoutSettings.of(DataConfig(), 2)
+    with pytest.raises(DataError) as error:
+        choose_layout(root, settings)
+    message = str(error.value)
+    assert "msd layout" in message and "csv layout" in message and "set data.layout to msd or csv" in message
+    assert "\n" not in message
+    chosen, reason = choose_layout(root, LayoutSettings.of(DataConfig(layout="csv"), 2))
+    assert chosen.name == "csv" and reason == "data.layout: csv"
+
+
+def test_the_check_header_says_which_layout_auto_chose_and_why(tmp_path: Path) -> None:
+    root = tmp_path / "ds"
+    data = _msd_3d(root)
+    report = build_datalist(data_settings(_config(3, data)), root).check
+    assert report.layout == "msd" and report.reason == f"auto: {LAYOUTS['msd'].evidence}"
+    assert f"(msd layout; auto: {LAYOUTS['msd'].evidence})" in report.summary()
+
+
+def test_every_layout_says_what_auto_found() -> None:
+    assert all(layout.evidence != Layout.evidence for layout in LAYOUTS.values())
+    assert {name for name, layout in LAYOUTS.items() if layout.by_content} == {"folder", "folders", "volumes"}

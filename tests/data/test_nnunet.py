@@ -67,7 +67,7 @@ def settings(root: Path, dims: int, **data):
 def test_a_3d_nnunet_dataset_is_not_taken_for_msd(tmp_path: Path) -> None:
     root = volumes_3d(tmp_path / "Dataset001_Brain")
     datalist = build_datalist(settings(root, 3), root)
-    assert datalist.check.layout == "nnunet" and "(nnunet layout)" in datalist.check.summary()
+    assert datalist.check.layout == "nnunet" and "(nnunet layout; auto: " in datalist.check.summary()
     assert [r["id"] for r in datalist.records] == CASES
     assert datalist.records[0]["image"] == [str(root / "imagesTr" / f"case_001_{c:04d}.nii.gz") for c in (0, 1)]
     assert datalist.records[0]["label"] == str(root / "labelsTr" / "case_001.nii.gz")
@@ -152,3 +152,203 @@ def test_one_epoch_from_a_2d_nnunet_dataset_names_its_metric_after_the_label(tmp
     cfg = load_config(REPO / "pipelines" / "skin_lesion.yaml", [*overrides, "stages=[train, evaluate]"])
     result = run_pipeline(cfg, run_name="nnunet-2d")
     assert "test_dice_skin_lesion" in result.metrics
+
+
+# --------------------------------------------------------------------------------------------------
+# Channel names choose the normalisation; regions; bad input reported all at once (issue #25)
+# --------------------------------------------------------------------------------------------------
+
+# the exact dataset.json nnunetv2 2.8.1's generate_dataset_json writes for these arguments (pasted from its output):
+# generate_dataset_json(d, {0: "CT", 1: "PET"}, {"background": 0, "lesion": 1}, 6, ".nii.gz",
+#                       dataset_name="Dataset010_CtPet")
+CT_PET_JSON = {
+    "channel_names": {"0": "CT", "1": "PET"},
+    "labels": {"background": 0, "lesion": 1},
+    "numTraining": 6,
+    "file_ending": ".nii.gz",
+    "licence": "Whoever converted this dataset was lazy and didn't look it up!",
+    "converted_by": "Please enter your name, especially when sharing datasets with others in a common infrastructure!",
+    "name": "Dataset010_CtPet",
+}
+# generate_dataset_json(d, {0: "T1", 1: "FLAIR"}, {"background": 0, "whole tumor": [1, 2, 3], "tumor_core": [2, 3],
+#     "enhancing_tumor": 3}, 6, ".nii.gz", regions_class_order=(1, 2, 3), dataset_name="Dataset011_Regions",
+#     overwrite_image_reader_writer="SimpleITKIO")
+REGIONS_JSON = {
+    "channel_names": {"0": "T1", "1": "FLAIR"},
+    "labels": {"background": 0, "whole tumor": [1, 2, 3], "tumor_core": [2, 3], "enhancing_tumor": 3},
+    "numTraining": 6,
+    "file_ending": ".nii.gz",
+    "licence": "Whoever converted this dataset was lazy and didn't look it up!",
+    "converted_by": "Please enter your name, especially when sharing datasets with others in a common infrastructure!",
+    "name": "Dataset011_Regions",
+    "overwrite_image_reader_writer": "SimpleITKIO",
+    "regions_class_order": [1, 2, 3],
+}
+
+
+def small_3d(root: Path, description: dict, label_value: int = 1) -> Path:
+    """Six 6x6x4 two-channel cases (channel 0 CT-like), a 2x2x2 block of ``label_value``, and ``description``."""
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    for n, case in enumerate(CASES):
+        label = np.zeros((6, 6, 4), np.uint8)
+        label[2:4, 2:4, 1:3] = label_value
+        ct = np.full(label.shape, -1000.0, np.float32)
+        ct[label > 0] = 10.0 * (n + 1) + np.arange(8, dtype=np.float32)
+        pet = np.arange(label.size, dtype=np.float32).reshape(label.shape) * (n + 1)
+        for channel, image in enumerate((ct, pet)):
+            nib.save(nib.Nifti1Image(image, np.eye(4)), root / "imagesTr" / f"{case}_{channel:04d}.nii.gz")
+        nib.save(nib.Nifti1Image(label, np.eye(4)), root / "labelsTr" / f"{case}.nii.gz")
+    (root / "dataset.json").write_text(json.dumps(description, indent=4))
+    return root
+
+
+def test_channel_names_choose_ct_and_zscore_with_the_window_measured_on_the_training_foreground(
+    tmp_path: Path,
+) -> None:
+    root = small_3d(tmp_path / "Dataset010_CtPet", CT_PET_JSON)
+    prepared = prepare_data(settings(root, 3, split={"file": str(tmp_path / "splits.json")}))
+    intensity = prepared.resolved["preprocessing.intensity"]
+    assert intensity["kind"] == "none" and intensity["channels"] == ["ct", "zscore"]
+    train = [int(case[-1]) for case in prepared.splits["train"]]  # case_00n: foreground 10n + 0..7
+    foreground = np.concatenate([10.0 * n + np.arange(8) for n in train])
+    low, high = np.percentile(foreground, [0.5, 99.5])
+    mean, std = foreground.mean(), foreground.std()
+    assert intensity["window"] == pytest.approx([low, high], abs=1e-3)
+    assert intensity["scaled_to"] == pytest.approx([(low - mean) / std, (high - mean) / std], abs=1e-3)
+    cfg = PipelineConfig(name="t", spatial_dims=3, model={"in_channels": 2}).with_values(prepared.resolved)
+    assert cfg.preprocessing.intensity.channel_kinds(2) == ["ct", "zscore"]
+    configured = settings(root, 3, split={"file": str(tmp_path / "splits.json")})
+    configured = data_settings(
+        PipelineConfig(
+            name="t",
+            spatial_dims=3,
+            model={"in_channels": 2},
+            preprocessing={"intensity": {"kind": "mri"}},
+            data={"root": root, "dataset_dir": "", "split": {"file": str(tmp_path / "splits.json")}},
+        )
+    )
+    assert "preprocessing.intensity" not in prepare_data(configured).resolved  # the pipeline's own wins
+
+
+def test_regions_become_data_regions_in_painting_order_with_safe_names(tmp_path: Path) -> None:
+    root = small_3d(tmp_path / "Dataset011_Regions", REGIONS_JSON, label_value=3)
+    resolved = prepare_data(settings(root, 3, split={"file": str(tmp_path / "splits.json")})).resolved
+    assert {k: v for k, v in resolved.items() if not k.startswith("preprocessing")} == {
+        "data.regions": {"whole_tumor": [1, 2, 3], "tumor_core": [2, 3], "enhancing_tumor": [3]},
+        "data.region_order": ["whole_tumor", "tumor_core", "enhancing_tumor"],
+        "model.out_channels": 3,
+    }
+    assert resolved["preprocessing.intensity"] == {"kind": "zscore"}  # T1, FLAIR: nnU-Net's default z-score
+    cfg = PipelineConfig(name="t", spatial_dims=3, model={"in_channels": 2}).with_values(resolved)
+    assert cfg.model.out_channels == 3 and cfg.data.region_order == ["whole_tumor", "tumor_core", "enhancing_tumor"]
+    own = settings(root, 3, split={"file": str(tmp_path / "splits.json")}, regions={"tumour": [1, 2, 3]})
+    assert "data.regions" not in prepare_data(own).resolved  # the pipeline's regions win
+
+
+def test_every_problem_of_an_nnunet_dataset_is_one_finding_naming_its_file(tmp_path: Path) -> None:
+    from medseg.data.check import check_dataset
+
+    description = {
+        "channel_names": ["T1", "FLAIR"],
+        "labels": {"background": 0, "tumour": 3, "ignore": 1},
+        "numTraining": 9,
+        "file_ending": ".nii.gz",
+        "overwrite_image_reader_writer": "NibabelIOWithReorient",
+    }
+    root = volumes_3d(tmp_path / "Dataset012_Bad")
+    (root / "dataset.json").write_text(json.dumps(description))
+    (root / "imagesTr" / "case_002_0001.nii.gz").unlink()
+    (root / "labelsTr" / "case_004.nii.gz").unlink()
+    label = np.zeros((12, 12, 8), np.uint8)
+    label[1, 1, 1] = 5
+    nib.save(nib.Nifti1Image(label, np.eye(4)), root / "labelsTr" / "case_005.nii.gz")
+    report = check_dataset(settings(root, 3), root)
+    found = sorted((f.severity, f.case, f.message) for f in report.findings if f.check != "empty label")
+    path = root / "dataset.json"
+    assert found == [
+        (
+            "error",
+            "",
+            f'{path}: \'channel_names\' must be a mapping of channel index to name, e.g. {{"0": "CT"}}, '
+            'not ["T1", "FLAIR"]',
+        ),
+        ("error", "", f"{path}: label values must be consecutive from 0 (got 0, 1, 3)"),
+        ("error", "", f"{path}: labels.ignore must have the highest value (3), not 1"),
+        (
+            "error",
+            "case_002",
+            f"{root / 'imagesTr'}: case 'case_002' is missing channel 0001 "
+            f"({root / 'imagesTr' / 'case_002_0001.nii.gz'} not found)",
+        ),
+        ("error", "case_004", f"{root / 'labelsTr' / 'case_004.nii.gz'}: label file not found for case 'case_004'"),
+        (
+            "error",
+            "case_005",
+            f"{root / 'labelsTr' / 'case_005.nii.gz'}: label value(s) 5 not listed in {path}'s labels (0, 1, 3)",
+        ),
+        ("warning", "", f"{path}: numTraining is 9 but {root / 'imagesTr'} holds 6 case(s)"),
+        (
+            "warning",
+            "",
+            f"{path}: overwrite_image_reader_writer 'NibabelIOWithReorient' is not used; medseg reads "
+            "each format itself",
+        ),
+    ]
+
+
+def test_medseg_run_refuses_a_bad_nnunet_dataset_before_writing_anything(tmp_path: Path) -> None:
+    from medseg.config.loading import load_config
+    from medseg.data.check import DataCheckError
+    from medseg.pipeline.run import run_pipeline
+    from tests.helpers.data import tiny_overrides
+    from tests.helpers.paths import REPO
+
+    root = images_2d(tmp_path / "Dataset013_Refused")
+    (root / "labelsTr" / "case_002.png").unlink()
+    description = json.loads((root / "dataset.json").read_text())
+    (root / "dataset.json").write_text(json.dumps({**description, "file_ending": 7}))
+    overrides = [*tiny_overrides(tmp_path, root), "data.layout=auto", "data.labels=null"]
+    cfg = load_config(REPO / "pipelines" / "skin_lesion.yaml", overrides)
+    with pytest.raises(DataCheckError) as info:
+        run_pipeline(cfg, run_name="refused")
+    assert [f.message for f in info.value.report.errors] == [
+        f"{root / 'dataset.json'}: 'file_ending' must be a file ending like '.nii.gz', not 7",
+        f"{root / 'labelsTr' / 'case_002.png'}: label file not found for case 'case_002'",
+    ]
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "splits.json").exists()
+
+
+@pytest.mark.parametrize("channels", [1, 2])
+def test_predicting_imagests_writes_case_named_masks_as_nnunet_does(tmp_path: Path, channels: int) -> None:
+    import torch
+
+    from medseg.config.settings import inference_settings
+    from medseg.infer.predictor import Predictor
+    from medseg.outputs.batch import predict_folder
+    from tests.helpers.models import ThresholdNet
+
+    root = tmp_path / "Dataset014_Test"
+    (root / "imagesTs").mkdir(parents=True)
+    for case in ("liver_7", "liver_9"):
+        for channel in range(channels):
+            image = np.zeros((8, 8, 6), np.float32)
+            image[2:6, 2:6, 1:5] = 1.0
+            nib.save(nib.Nifti1Image(image, np.eye(4)), root / "imagesTs" / f"{case}_{channel:04d}.nii.gz")
+    (root / "dataset.json").write_text(json.dumps({**CT_PET_JSON, "channel_names": {"0": "CT"}}))
+    cfg = PipelineConfig(
+        name="t",
+        spatial_dims=3,
+        preprocessing={"patch_size": [8, 8, 8], "intensity": {"kind": "none"}, "crop_foreground": False},
+        model={"in_channels": channels},
+        inference={"backend": "torch"},
+    )
+    predictor = Predictor(ThresholdNet((0.5,)).eval(), inference_settings(cfg))
+    with torch.no_grad():
+        report = predict_folder(predictor, root, tmp_path / "out")  # the dataset folder: its imagesTs
+    assert sorted(report.written) == ["liver_7", "liver_9"]
+    assert sorted(p.name for p in (tmp_path / "out" / "masks").iterdir()) == ["liver_7.nii.gz", "liver_9.nii.gz"]
+    mask = np.asarray(nib.load(tmp_path / "out" / "masks" / "liver_7.nii.gz").dataobj)
+    expected = np.zeros((8, 8, 6), np.uint8)
+    expected[2:6, 2:6, 1:5] = 1
+    np.testing.assert_array_equal(mask, expected)

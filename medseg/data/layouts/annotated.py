@@ -182,10 +182,12 @@ def annotated_cases(
     unlabelled: list[Path] | None = None,
 ) -> Cases:
     problems = Problems(findings)
-    records = _records(items, label_values(settings, names), settings, problems, unlabelled or [])
+    values = label_values(settings, names)
+    records = _records(items, values, settings, problems, unlabelled or [])
     if not records and not problems.errors:
         raise DataError(f"{source}: no annotated images found ({layout} layout)")
-    return Cases(records, layout, source)
+    named = {value: name for name, value in values.items() if value > 0}  # the label names become data.labels
+    return Cases(records, layout, source, resolved={"data.labels": named} if named else {})
 
 
 def find_image(name: str, places: list[Path]) -> Path | None:

@@ -35,6 +35,7 @@ class LayoutSettings:
     labels: dict[str, int] | None = None  # data.labels as name -> value (annotation files name their labels)
     cache_dir: Path = Path("data/cache")  # where label maps drawn from annotation files are kept
     line_width: float = 1.0  # pixels, for annotated lines (labelme, CVAT polylines)
+    label_colors: dict[str, tuple[int, int, int]] | None = None  # data.label_colors: colour masks' name -> colour
 
     @classmethod
     def of(cls, data: DataConfig, spatial_dims: int) -> LayoutSettings:
@@ -52,6 +53,7 @@ class LayoutSettings:
             cases=tuple(data.cases),
             labels=None if data.labels is None else {info.name: value for value, info in data.labels.items()},
             cache_dir=Path(data.cache_dir),
+            label_colors=None if data.label_colors is None else dict(data.label_colors),
         )
 
 
@@ -68,6 +70,8 @@ class Cases:
     #: configuration values the dataset's own description gives (dotted key -> value), e.g. nnU-Net's label names;
     #: the pipeline takes those its configuration leaves unset
     resolved: dict[str, Any] = field(default_factory=dict)
+    #: why this layout read the folder ("data.layout: msd", or what ``auto`` found), for the check header and run log
+    reason: str = ""
 
 
 class Layout(ABC):
@@ -77,6 +81,11 @@ class Layout(ABC):
     name: ClassVar[str]  # the data.layout value
     spatial_dims: ClassVar[tuple[int, ...]]  # the cases it reads: 2D images, 3D scans or both
     in_folder: ClassVar[bool] = True  # its cases are files in the dataset folder (checked to exist first)
+    #: what ``detect`` found, said when ``auto`` chooses this layout ("dataset.json with channel_names ...")
+    evidence: ClassVar[str] = "its files"
+    #: a layout that reads any folder of images by their names: ``auto`` takes it only where no layout describing its
+    #: cases in a file (a dataset.json, a CSV, annotation files) detects one
+    by_content: ClassVar[bool] = False
 
     @abstractmethod
     def detect(self, folder: Path, settings: LayoutSettings) -> bool:

@@ -12,6 +12,7 @@ from medseg.data.records import Finding, Record
 
 class CaseListLayout(Layout):
     name = "list"
+    evidence = "data.cases lists the cases"
     spatial_dims = (3,)
     in_folder = False  # the paths may point anywhere; nothing is looked up before the data check
 

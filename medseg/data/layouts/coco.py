@@ -44,6 +44,7 @@ def _coco_list(path: Path, description: dict[str, Any], key: str, needs: tuple[s
 
 class CocoLayout(Layout):
     name = "coco"
+    evidence = "a COCO json with images, annotations and categories"
     spatial_dims = (2,)
 
     def detect(self, folder: Path, settings: LayoutSettings) -> bool:

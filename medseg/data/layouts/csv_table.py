@@ -58,6 +58,7 @@ def _columns(path: Path, columns: list[str], settings: LayoutSettings) -> tuple[
 
 class CsvLayout(Layout):
     name = "csv"
+    evidence = "a CSV (data.csv_file) listing the cases"
     spatial_dims = (2, 3)
 
     def detect(self, folder: Path, settings: LayoutSettings) -> bool:

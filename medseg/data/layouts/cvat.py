@@ -79,6 +79,7 @@ def _cvat_shape(element: ET.Element, number: int, settings: LayoutSettings) -> S
 
 class CvatLayout(Layout):
     name = "cvat"
+    evidence = "annotations.xml (CVAT for images 1.1)"
     spatial_dims = (2,)
 
     def detect(self, folder: Path, settings: LayoutSettings) -> bool:

@@ -20,6 +20,8 @@ def _expected_path(folder: Path, case: str, like: Path) -> Path:
 class FoldersLayout(Layout):
     name = "folders"
     spatial_dims = (3,)
+    by_content = True  # a dataset.json or CSV naming its columns by data.modalities wins
+    evidence = "data.modalities names the modality folders"
 
     def detect(self, folder: Path, settings: LayoutSettings) -> bool:
         return bool(settings.modalities)  # the pipeline names the folders

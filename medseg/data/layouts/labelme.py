@@ -59,6 +59,7 @@ def _labelme_shape(number: int, shape: Any, settings: LayoutSettings) -> Shape:
 
 class LabelmeLayout(Layout):
     name = "labelme"
+    evidence = "labelme json files beside their images"
     spatial_dims = (2,)
 
     def detect(self, folder: Path, settings: LayoutSettings) -> bool:
