@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev,distributed]"
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev,distributed,bundle]"
 	touch $(STAMP)
 
 install: $(STAMP)  ## create .venv and install medseg (CPU torch pinned by constraints.txt)

@@ -106,14 +106,21 @@ def predict(
 def export(
     model: Annotated[str, typer.Argument(help="Run folder, checkpoint, runs:/<id>/model or models:/<name>/<version>.")],
     export_format: Annotated[
-        str, typer.Option("--format", "-f", help="onnx (runs on ONNX Runtime) or torchscript.")
+        str,
+        typer.Option(
+            "--format",
+            "-f",
+            help="onnx (runs on ONNX Runtime), torchscript, or bundle: a MONAI bundle folder that runs with "
+            "python -m monai.bundle run, without medseg.",
+        ),
     ] = "onnx",
     output: Annotated[
         Path | None,
         typer.Option(
             "--output",
             "-o",
-            help="File to write (default: model.onnx / model.ts beside the checkpoint; in this folder for a URI).",
+            help="File to write (default: model.onnx / model.ts / bundle/ beside the checkpoint; in this folder for "
+            "a URI); a folder for --format bundle.",
         ),
     ] = None,
     check_input: Annotated[
@@ -127,7 +134,8 @@ def export(
     device: DeviceOption = None,
     debug: DebugOption = False,
 ) -> None:
-    """Export a trained model to ONNX or TorchScript; written only if it reproduces the PyTorch network."""
+    """Export a trained model to ONNX, TorchScript or a MONAI bundle; written only if it reproduces the PyTorch
+    network."""
 
     def action() -> None:
         from medseg.infer.export import export_model
@@ -139,9 +147,21 @@ def export(
             f"{parity.max_abs_logit_difference:.2e}, max |probability difference| "
             f"{parity.max_abs_probability_difference:.2e}, mask Dice {parity.mask_dice:.4f}"
         )
-        typer.echo(f"predict with: medseg predict -m {result.path} -i IMAGES -o OUTPUT")
+        for note in result.notes:
+            typer.echo(f"left out of inference.json: {note}")
+        typer.echo(_use_with(result.path, result.format))
 
     guarded(debug, action)
+
+
+def _use_with(path: Path, export_format: str) -> str:
+    """How to run what ``medseg export`` wrote."""
+    if export_format == "bundle":
+        return (
+            f"run with: python -m monai.bundle run --config_file {path}/configs/inference.json --bundle_root {path} "
+            "--dataset_dir IMAGES --output_dir OUTPUT"
+        )
+    return f"predict with: medseg predict -m {path} -i IMAGES -o OUTPUT"
 
 
 def _formats(text: str | None) -> tuple[str, ...]:

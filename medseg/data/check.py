@@ -189,12 +189,19 @@ def _volume_dataset_findings(facts: dict[str, CaseFacts], records: list[Record])
 
 
 def _image_findings(
-    records: list[Record], report: DatalistReport, data: DataConfig, in_channels: int, folder: Path, workers: int
+    records: list[Record],
+    report: DatalistReport,
+    data: DataConfig,
+    in_channels: int,
+    folder: Path,
+    workers: int,
+    listed: tuple[str, set[int]] | None = None,
 ) -> list[Finding]:
-    """2D: every pair decoded once (modes, sizes, mask values), duplicate images, masks without an image."""
+    """2D: every pair decoded once (modes, sizes, mask values; ``listed``: the dataset's own list of label values
+    where it names several classes), duplicate images, masks without an image."""
     mapped = data.label_mapping
     values = {*mapped, *([data.ignore_label] if data.ignore_label else [])} if mapped else None
-    results = _in_parallel(lambda r: pair_findings(r, in_channels, report, values), records, workers)
+    results = _in_parallel(lambda r: pair_findings(r, in_channels, report, values, listed), records, workers)
     digests = {r["id"]: digest for r, (_, digest) in zip(records, results, strict=True)}
     findings = [finding for case_findings_, _ in results for finding in case_findings_]
     findings += _duplicate_findings(digests, records)
@@ -255,8 +262,11 @@ def check_dataset(settings: DataSettings, folder: Path, workers: int = 2) -> Che
     cases = find_cases(settings, folder, findings)
     records, report = cases.records, DatalistReport(unmatched_masks=list(cases.unmatched_masks))
     findings += case_id_findings(records, cases.source)
+    listed = listed_labels(cases.resolved, cases.source, settings.data.dataset_json)
     if settings.spatial_dims == 2:
-        findings += _image_findings(records, report, settings.data, settings.in_channels, folder, workers)
+        several = len(cases.resolved.get("data.labels") or {}) > 1  # binary 2D masks are read at > 0 (0/1, 0/255)
+        data, channels = settings.data, settings.in_channels
+        findings += _image_findings(records, report, data, channels, folder, workers, listed if several else None)
     else:
         kind = settings.preprocessing.intensity.kind
         findings += _volume_findings(
@@ -267,7 +277,7 @@ def check_dataset(settings: DataSettings, folder: Path, workers: int = 2) -> Che
             kind,
             folder,
             workers,
-            listed_labels(cases.resolved, cases.source, settings.data.dataset_json),
+            listed,
         )
     report.cases = len(records)
     if not records and not findings:

@@ -60,10 +60,16 @@ def _mode_finding(image: Image.Image, path: Path, case: str, in_channels: int) -
 
 
 def pair_findings(
-    record: Record, in_channels: int, report: DatalistReport, label_values: set[int] | None = None
+    record: Record,
+    in_channels: int,
+    report: DatalistReport,
+    label_values: set[int] | None = None,
+    listed: tuple[str, set[int]] | None = None,
 ) -> tuple[list[Finding], str | None]:
     """Decode one image and its mask once: modes, sizes, empty and non-binary masks (counted in ``report``);
-    with ``label_values`` (multi-class: the raw values ``data.label_mapping`` lists), values outside them instead.
+    with ``label_values`` (multi-class: the raw values ``data.label_mapping`` lists), values outside them instead;
+    with ``listed`` (the file describing the dataset and the label values it lists, more than one foreground value),
+    values it does not list are errors (binary masks are read at > 0 whatever their foreground value).
 
     Returns the findings and the decoded image's content hash (duplicates are found across cases by
     :mod:`medseg.data.check`), None when the image cannot be read.
@@ -98,6 +104,13 @@ def pair_findings(
         findings.append(Finding("error", case, "size mismatch", message, str(mask_path)))
     values = np.asarray(mask)
     top = values.max() if values.size else 0
+    unlisted = sorted(set(np.unique(values).tolist()) - listed[1] - {0}) if listed else []
+    if unlisted:
+        shown = ", ".join(map(str, sorted(listed[1] | {0})))
+        message = (
+            f"{mask_path}: label value(s) {', '.join(map(str, unlisted))} not listed in {listed[0]}'s labels ({shown})"
+        )
+        findings.append(Finding("error", case, "unlisted labels", message, str(mask_path)))
     if label_values is not None:
         unknown = sorted(set(np.unique(values).tolist()) - label_values - {0})
         if unknown:

@@ -19,6 +19,7 @@ from medseg.core.layout import ENSEMBLE_FILE
 from medseg.data.inputs import predict_inputs
 from medseg.evaluation.metrics import dice_score
 from medseg.infer.backends import FORMATS, WRITERS, example_input, export_format, random_inputs
+from medseg.infer.bundle import BUNDLE_FORMAT, export_bundle
 from medseg.infer.inferers import activate
 from medseg.infer.predictor import Predictor
 from medseg.infer.settings import InferenceSettings
@@ -54,6 +55,7 @@ class ExportResult:
     path: Path
     format: str
     parity: ParityReport
+    notes: list[str] = field(default_factory=list)  # a bundle: the steps inference.json leaves out, one line each
 
 
 def _metadata(state: dict[str, Any], steps: list[str], source: Path) -> dict[str, Any]:
@@ -137,8 +139,12 @@ def export_model(
 
     Raises ModelError, after writing nothing, if the export does not reproduce the network.
     """
+    if fmt == BUNDLE_FORMAT:
+        if check_inputs is not None:
+            raise ModelError("--check-input: compares ONNX / TorchScript files end to end, not bundles; leave it out")
+        return _export_bundle(model, output)
     if fmt not in FORMATS:
-        raise ModelError(f"export format {fmt!r}: expected one of {', '.join(FORMATS)}")
+        raise ModelError(f"export format {fmt!r}: expected one of {', '.join([*FORMATS, BUNDLE_FORMAT])}")
     checkpoint = resolve_model(model)
     if checkpoint.name == ENSEMBLE_FILE:
         return _export_ensemble(checkpoint, fmt, output, check_inputs, max_cases, device)
@@ -181,6 +187,25 @@ def export_model(
     atomic_write_text(report, json.dumps(asdict(parity), indent=1))
     log.info("Exported %s -> %s", checkpoint, target)
     return ExportResult(target, fmt, parity)
+
+
+def _export_bundle(model: Path | str, output: Path | None) -> ExportResult:
+    """A MONAI bundle folder (:mod:`medseg.infer.bundle`), written only if its TorchScript file reproduces the
+    network."""
+    checkpoint = resolve_model(model)
+    if export_format(checkpoint) is not None:
+        raise ModelError(f"{checkpoint}: already an exported model; export from a run folder or checkpoint")
+    from_uri = isinstance(model, str) and model.startswith(MODEL_URI_SCHEMES)
+    written = export_bundle(checkpoint, output, Path.cwd() if from_uri else checkpoint.parent, MAX_ABS_LOGIT_DIFFERENCE)
+    parity = ParityReport(
+        inputs=f"{written.cases} random tensors at the working shape (models/model.ts)",
+        cases=written.cases,
+        max_abs_logit_difference=written.max_abs_logit_difference,
+        max_abs_probability_difference=written.max_abs_probability_difference,
+        mask_dice=written.mask_dice,
+        passed=True,
+    )
+    return ExportResult(written.path, BUNDLE_FORMAT, parity, written.left_out)
 
 
 def _export_ensemble(

@@ -142,19 +142,24 @@ def locate_run(cfg: PipelineConfig, reference: str) -> Path:
 
 
 def _log_model(cfg: PipelineConfig, network: Any, run: RunLayout, tracker: Tracker) -> str:
-    """Log the best network with ``mlflow.pytorch`` (signature, input example, medseg checkpoint inside)."""
+    """Log the best network with ``mlflow.pytorch`` (signature, input example, medseg checkpoint inside), and the
+    whole predictor as the model MLflow's scoring server serves (``runs:/<id>/serving``, docs/serving.md)."""
     import numpy as np
 
     from medseg.config.settings import inference_settings
+    from medseg.tracking.serving import log_serving_model
 
     spatial = inference_settings(cfg).working_shape
     example = np.zeros((1, cfg.model.in_channels, *spatial), dtype=np.float32)
     files = [run.model.best, run.model.postprocessing, run.config]
-    uri = tracker.log_model(network, example, [f for f in files if f.is_file()], cfg.tracking.registered_model)
+    registered = cfg.tracking.registered_model
+    uri = tracker.log_model(network, example, [f for f in files if f.is_file()], registered)
+    serving = log_serving_model(tracker, [f for f in files[:2] if f.is_file()], registered)
     log.info(
-        "Model logged as %s%s",
+        "Model logged as %s%s; served by `mlflow models serve -m %s --env-manager local`",
         uri,
-        f", registered as {cfg.tracking.registered_model}" if cfg.tracking.registered_model else "",
+        f", registered as {registered}" if registered else "",
+        serving,
     )
     return uri
 

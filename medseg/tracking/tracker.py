@@ -19,7 +19,6 @@ from medseg.config.schema import TrackingConfig
 from medseg.core.errors import MedsegError, error_summary
 from medseg.core.layout import BEST_CHECKPOINT
 from medseg.tracking.store import DEFAULT_STORE, artifacts_dir, default_tracking_uri
-from medseg.version import __version__
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +101,18 @@ class Tracker:
         """Log the trained network as a model of the active run; returns its URI."""
         self._stack[-1]["model"] = {"files": [str(f) for f in files], "registered_name": registered_name}
         return f"runs:/{self.run_id}/model"
+
+    def log_pyfunc_model(
+        self, name: str, model_code: Path, artifacts: Mapping[str, Path], registered_name: str | None
+    ) -> str:
+        """Log an MLflow pyfunc model built by ``model_code`` (models from code) with ``artifacts``, medseg's code and
+        installable requirements, as model ``name`` of the active run; returns its URI."""
+        self._stack[-1].setdefault("pyfunc_models", {})[name] = {
+            "code": str(model_code),
+            "artifacts": {k: str(v) for k, v in artifacts.items()},
+            "registered_name": registered_name,
+        }
+        return f"runs:/{self.run_id}/{name}"
 
     def set_run_tag(self, run_id: str, key: str, value: str) -> None:
         """Set a tag on an existing (finished) run."""
@@ -196,20 +207,39 @@ class MlflowTracker(Tracker):
 
         with torch.inference_mode():
             output = network(torch.from_numpy(input_example)).float().numpy()
-        requirements = [f"torch=={torch.__version__.split('+')[0]}", f"medseg=={__version__}"]
         # a classical baseline runs scikit-image inside forward(): torch.export (MLflow's pt2 default) cannot trace
-        # it. medseg itself always reloads the weights-only checkpoint among the extra files, never this pickle
+        # it, so it is pickled, and unpickling needs medseg: its code travels with the model. medseg itself always
+        # reloads the weights-only checkpoint among the extra files, never this pickle
         classical = isinstance(network, ClassicalSegmenter)
-        serialization = {"serialization_format": "pickle"} if classical else {}
+        if classical:
+            options = {"serialization_format": "pickle", "code_paths": [medseg_code_path()]}
+            pip_requirements = installable_requirements()
+        else:  # the exported program needs torch alone
+            options, pip_requirements = {}, [f"torch=={torch.__version__.split('+')[0]}"]
         info = mlflow.pytorch.log_model(
             network,
             name="model",
-            **serialization,
+            **options,
             signature=infer_signature(input_example, output),
             input_example=input_example,
             extra_files=[str(f) for f in files],
             registered_model_name=registered_name,
-            pip_requirements=requirements,
+            pip_requirements=pip_requirements,
+        )
+        return info.model_uri
+
+    def log_pyfunc_model(
+        self, name: str, model_code: Path, artifacts: Mapping[str, Path], registered_name: str | None
+    ) -> str:
+        import mlflow.pyfunc
+
+        info = mlflow.pyfunc.log_model(
+            name=name,
+            python_model=str(model_code),
+            artifacts={k: str(v) for k, v in artifacts.items()},
+            code_paths=[medseg_code_path()],
+            pip_requirements=installable_requirements(),
+            registered_model_name=registered_name,
         )
         return info.model_uri
 
@@ -223,6 +253,35 @@ class MlflowTracker(Tracker):
             return dict(self._mlflow.MlflowClient().get_run(run_id).data.tags)
         except MlflowException:
             raise TrackingError(f"run {run_id}: no such MLflow run in {self.uri}") from None
+
+
+def installable_requirements() -> list[str]:
+    """pip requirements any package index can install: medseg's own dependencies at the versions installed here
+    (medseg itself travels with a model as its code, :func:`medseg_code_path`, so it is not among them)."""
+    from importlib.metadata import PackageNotFoundError, requires, version
+
+    from packaging.requirements import Requirement
+
+    try:
+        declared = requires("medseg") or []
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        log.warning("medseg is not installed: the logged model's requirements name only what MLflow adds")
+        declared = []
+    pinned = []
+    for text in declared:
+        requirement = Requirement(text)
+        if requirement.marker is not None and "extra" in str(requirement.marker):
+            continue
+        try:
+            pinned.append(f"{requirement.name}=={version(requirement.name).split('+')[0]}")
+        except PackageNotFoundError:
+            pinned.append(f"{requirement.name}{requirement.specifier}")
+    return pinned
+
+
+def medseg_code_path() -> str:
+    """The medseg package folder, logged with a model (MLflow's ``code_paths``) so it loads without medseg installed."""
+    return str(Path(__file__).resolve().parents[1])
 
 
 def download_model(uri: str, cache_root: Path = DEFAULT_STORE / "downloads") -> Path:

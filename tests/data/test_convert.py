@@ -307,7 +307,9 @@ def test_brats_cases_round_trip_nnunet_msd_nnunet(tmp_path: Path) -> None:
 def test_nnunet_verifies_the_converted_dataset(tmp_path: Path, kind: str) -> None:
     """nnU-Net's own check (about 5-10 s each: nnunetv2's import and its worker pool)."""
     if nnunet_python() is None:
-        pytest.skip("nnunetv2 is not importable (pip install medseg[nnunet], or set MEDSEG_NNUNET_PYTHON)")
+        pytest.skip(
+            "nnunetv2 is not importable here: set MEDSEG_NNUNET_PYTHON to a Python that has it (docs/workflow.md)"
+        )
     if kind == "3d-brats" and not BRATS.is_dir():
         pytest.skip(f"shared data not present: {BRATS}")
     {"2d-jpeg": jpeg_folder, "3d-msd-4d": msd_4d, "3d-brats": brats_as_nnunet}[kind](tmp_path / "src")

@@ -352,3 +352,25 @@ def test_predicting_imagests_writes_case_named_masks_as_nnunet_does(tmp_path: Pa
     expected = np.zeros((8, 8, 6), np.uint8)
     expected[2:6, 2:6, 1:5] = 1
     np.testing.assert_array_equal(mask, expected)
+
+
+def test_a_2d_mask_value_the_dataset_json_does_not_list_is_an_error_naming_both_files(tmp_path: Path) -> None:
+    from medseg.data.check import check_dataset
+
+    root = images_2d(tmp_path / "Dataset002_Skin", {"background": 0, "lesion": 1, "nevus": 2})
+    mask = np.asarray(Image.open(root / "labelsTr" / f"{CASES[1]}.png")).copy()
+    mask[0:2, 0:2] = 5
+    Image.fromarray(mask).save(root / "labelsTr" / f"{CASES[1]}.png")
+    report = check_dataset(settings(root, 2, foreground_labels=[1, 2]), root)
+    assert [(f.case, f.check, f.message) for f in report.errors] == [
+        (
+            CASES[1],
+            "unlisted labels",
+            f"{root / 'labelsTr' / f'{CASES[1]}.png'}: label value(s) 5 not listed in {root / 'dataset.json'}'s "
+            "labels (0, 1, 2)",
+        )
+    ]
+    binary = images_2d(tmp_path / "Dataset003_Binary")  # one foreground label: masks are read at > 0
+    mask[mask == 1] = 255
+    Image.fromarray(mask).save(binary / "labelsTr" / f"{CASES[1]}.png")
+    assert not check_dataset(settings(binary, 2), binary).errors
