@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev,distributed,bundle]"
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev,distributed,bundle,pacs]"
 	touch $(STAMP)
 
 install: $(STAMP)  ## create .venv and install medseg (CPU torch pinned by constraints.txt)
@@ -24,8 +24,8 @@ test-fast: $(STAMP)  ## the suite without the slow end-to-end tests
 	$(BIN)/pytest -q -m "not slow"
 
 lint: $(STAMP)
-	$(BIN)/ruff check medseg tests benchmarks
-	$(BIN)/ruff format --check medseg tests benchmarks
+	$(BIN)/ruff check medseg tests benchmarks scripts
+	$(BIN)/ruff format --check medseg tests benchmarks scripts
 
 clean:
 	rm -rf $(VENV) data/cache .pytest_cache

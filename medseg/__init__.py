@@ -8,6 +8,8 @@ The public Python API, for notebooks and scripts (imported on first use, so ``im
     result = medseg.run_pipeline(cfg)
     predictor = medseg.Predictor.from_model(result.run_dir)
     segmentation = predictor.predict("image.png")  # .labels, .header (3D geometry), .probabilities
+    source = medseg.DicomwebSource("https://pacs/dicom-web", study="1.2.3", store=True)
+    report = medseg.predict_dicomweb(predictor, source, out_dir)  # a PACS's series in, DICOM-SEG back
 
 Everything else is internal and may change.
 """
@@ -19,18 +21,22 @@ from typing import TYPE_CHECKING, Any
 
 from medseg.version import __version__ as __version__
 
-__all__ = ["Predictor", "Segmentation", "load_config", "run_pipeline"]
+__all__ = ["DicomwebSource", "Predictor", "Segmentation", "load_config", "predict_dicomweb", "run_pipeline"]
 
 _PUBLIC = {
     "load_config": "medseg.config.loading",
     "run_pipeline": "medseg.pipeline.run",
     "Predictor": "medseg.infer.predictor",
     "Segmentation": "medseg.infer.predictor",
+    "predict_dicomweb": "medseg.outputs.dicomweb",
+    "DicomwebSource": "medseg.outputs.pacs",
 }
 
 if TYPE_CHECKING:
     from medseg.config.loading import load_config
     from medseg.infer.predictor import Predictor, Segmentation
+    from medseg.outputs.dicomweb import predict_dicomweb
+    from medseg.outputs.pacs import DicomwebSource
     from medseg.pipeline.run import run_pipeline
 
 

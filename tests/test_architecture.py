@@ -162,7 +162,14 @@ def test_heavy_libraries_are_not_imported_by_the_package_or_the_cli() -> None:
 def test_public_api_is_small_and_lazy() -> None:
     import medseg
 
-    assert sorted(medseg.__all__) == ["Predictor", "Segmentation", "load_config", "run_pipeline"]
+    assert sorted(medseg.__all__) == [
+        "DicomwebSource",
+        "Predictor",
+        "Segmentation",
+        "load_config",
+        "predict_dicomweb",
+        "run_pipeline",
+    ]
     from medseg.config.loading import load_config
     from medseg.infer.predictor import Predictor
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -13,6 +13,11 @@ from medseg.cli.app import (
     checked_device,
     guarded,
 )
+
+if TYPE_CHECKING:
+    from medseg.outputs.batch import PredictionReport
+    from medseg.outputs.dicomweb import PacsReport
+    from medseg.outputs.pacs import DicomwebSource
 
 
 def predict(
@@ -24,9 +29,32 @@ def predict(
             help="Run folder, checkpoint, exported .onnx/.ts file, runs:/<id>/model or models:/<name>/<version>.",
         ),
     ],
-    input_path: Annotated[Path, typer.Option("--input", "-i", help="An image or a folder of images.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for masks, overlays and summary.csv.")],
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Recompute cases whose mask exists.")] = False,
+    input_path: Annotated[
+        Path | None, typer.Option("--input", "-i", help="An image or a folder of images (or use --dicomweb).")
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Recompute cases whose mask exists (or that the PACS holds).")
+    ] = False,
+    dicomweb: Annotated[
+        str | None, typer.Option("--dicomweb", help="A PACS's DICOMweb root URL: the series come from there.")
+    ] = None,
+    study: Annotated[str | None, typer.Option("--study", help="DICOMweb: the StudyInstanceUID to segment.")] = None,
+    series: Annotated[str | None, typer.Option("--series", help="DICOMweb: one SeriesInstanceUID.")] = None,
+    query: Annotated[
+        list[str] | None, typer.Option("--query", help="DICOMweb: a QIDO-RS filter KEY=VALUE (repeatable).")
+    ] = None,
+    channel: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--channel",
+            help="DICOMweb, multi-channel models: KEY=PATTERN per channel, e.g. "
+            "SeriesDescription=*FLAIR* (default: the model's modality names in SeriesDescription).",
+        ),
+    ] = None,
+    store: Annotated[
+        bool, typer.Option("--store", help="DICOMweb: STOW-RS the DICOM-SEG / RTSTRUCT back into the PACS.")
+    ] = False,
     tta: Annotated[bool | None, typer.Option("--tta/--no-tta", help="Mirror test-time augmentation.")] = None,
     overlays: Annotated[bool, typer.Option("--overlays/--no-overlays", help="Write overlay PNGs (2D).")] = True,
     probabilities: Annotated[
@@ -37,7 +65,7 @@ def predict(
         typer.Option(
             "--format",
             help="Mask formats, comma-separated: input (default: the scan's own), nifti, nrrd, mha, seg.nrrd "
-            "(3D Slicer), dicom-seg (DICOM series inputs).",
+            "(3D Slicer), dicom-seg, rtstruct (DICOM series inputs; with --dicomweb the default is dicom-seg).",
         ),
     ] = None,
     statistics: Annotated[
@@ -88,17 +116,14 @@ def predict(
         )
         tta_on = True if uncertainty and tta is None else tta  # entropy over the mirrored predictions
         options = SourceOptions(tta_on, None, backend, _folds(folds), checked_device(device))
+        source = _dicomweb_source(input_path, dicomweb, study, series, query, channel, store)
+        if source is not None:
+            from medseg.outputs.dicomweb import predict_dicomweb
+
+            return _reported(predict_dicomweb(model, source, output, outputs, options, overwrite), output)
         engine = Engine(engine_name, workers, gpus_per_worker, ray_address)
         portion = parse_shard(shard) if shard is not None else None
-        report = predict_batch(model, input_path, output, outputs, options, engine, portion, overwrite)
-        typer.echo(
-            f"{len(report.written)} written, {len(report.skipped)} already done, {len(report.failed)} failed "
-            f"-> {output / 'summary.csv'}"
-        )
-        for case, reason in report.failed.items():
-            typer.echo(f"failed {case}: {reason}", err=True)
-        if report.failed:
-            raise typer.Exit(1)
+        _reported(predict_batch(model, input_path, output, outputs, options, engine, portion, overwrite), output)
 
     guarded(debug, action)
 
@@ -152,6 +177,48 @@ def export(
         typer.echo(_use_with(result.path, result.format))
 
     guarded(debug, action)
+
+
+def _dicomweb_source(
+    input_path: Path | None,
+    url: str | None,
+    study: str | None,
+    series: str | None,
+    query: list[str] | None,
+    channels: list[str] | None,
+    store: bool,
+) -> DicomwebSource | None:
+    """The DICOMweb source the options name (None: ``-i``); ConfigError naming the option that is wrong."""
+    from medseg.core.errors import ConfigError
+    from medseg.outputs.dicomweb import DicomwebSource, check_url, parse_pairs
+
+    dicomweb_only = {"--store": store, "--study": study, "--series": series, "--query": query, "--channel": channels}
+    if url is None:
+        given = [name for name, value in dicomweb_only.items() if value]
+        if given:
+            raise ConfigError(f"{given[0]}: needs --dicomweb URL (the PACS to read from and store into)")
+        if input_path is None:
+            raise ConfigError("--input: give -i PATH, or --dicomweb URL to read from a PACS")
+        return None
+    if input_path is not None:
+        raise ConfigError(f"--input {input_path}: give either -i or --dicomweb, not both")
+    if not (study or series or query):
+        raise ConfigError("--dicomweb: name what to segment with --study UID, --series UID or --query KEY=VALUE")
+    return DicomwebSource(
+        check_url(url), study, series, parse_pairs(query or [], "--query"), tuple(channels or ()), store
+    )
+
+
+def _reported(report: PredictionReport | PacsReport, output: Path) -> None:
+    """The batch's one-line result, each failure on stderr; exit 1 if any case failed."""
+    typer.echo(
+        f"{len(report.written)} written, {len(report.skipped)} already done, {len(report.failed)} failed "
+        f"-> {output / 'summary.csv'}"
+    )
+    for case, reason in report.failed.items():
+        typer.echo(f"failed {case}: {reason}", err=True)
+    if report.failed:
+        raise typer.Exit(1)
 
 
 def _use_with(path: Path, export_format: str) -> str:

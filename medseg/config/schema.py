@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from medseg.models.registry import LOSSES, NETWORKS
+from medseg.models.registry import ENCODERS, LOSSES, NETWORKS
 
 DATA_ROOT_ENV = "MEDSEG_DATA_ROOT"
 DEVICE_PATTERN = r"^(auto|cpu|cuda(:[0-9]+)?)$"  # (medseg.runtime.devices resolves it; torch is not imported here)
@@ -219,6 +219,7 @@ class ModelConfig(Section):
     out_channels: PositiveInt = 1
     args: dict[str, Any] = Field(default_factory=dict)
     checkpoint: Path | None = None
+    init_from: str | None = None  # fine-tuning: start from a run, .pt, .ts, bundle folder or runs:/ URI's weights
 
     @field_validator("name")
     @classmethod
@@ -295,6 +296,14 @@ class TrainingConfig(Section):
     # k-fold cross-validation over the non-test cases (folds recorded in splits.json); None: one train/val split
     folds: Annotated[int, Field(ge=2)] | None = None
     device: Annotated[str, Field(pattern=DEVICE_PATTERN)] = "auto"  # auto = CUDA when available
+    freeze: list[Literal["encoder"]] = Field(default_factory=list)  # parts of the network that take no steps
+    freeze_epochs: PositiveInt | None = None  # training.freeze ends after this many epochs; None: the whole run
+
+    @model_validator(mode="after")
+    def _freeze_epochs_need_a_freeze(self) -> TrainingConfig:
+        if self.freeze_epochs is not None and not self.freeze:
+            raise ValueError("freeze_epochs: set training.freeze too (freeze_epochs says how long it lasts)")
+        return self
 
     @model_validator(mode="after")
     def _selection_needs_held_out_cases(self) -> TrainingConfig:
@@ -361,6 +370,25 @@ class InferenceConfig(Section):
     max_voxels: PositiveInt = 1_000_000_000  # larger inputs are refused from their header, before reading voxels
 
 
+class DicomwebConfig(Section):
+    """Predict stage from a PACS over DICOMweb (``medseg predict --dicomweb``): what to segment, and whether the
+    DICOM-SEG / RTSTRUCT go back (credentials from $MEDSEG_DICOMWEB_USER/_PASSWORD, _TOKEN or ~/.netrc)."""
+
+    url: Annotated[str, Field(pattern=r"^https?://")]
+    study: str | None = None  # a StudyInstanceUID
+    series: str | None = None  # a SeriesInstanceUID
+    query: dict[str, str] = Field(default_factory=dict)  # QIDO-RS filters, e.g. {Modality: CT, PatientID: "123"}
+    channels: list[str] = Field(default_factory=list)  # multi-channel models: KEY=PATTERN per channel
+    store: bool = False  # STOW-RS the results back
+    ca_bundle: Path | None = None  # TLS: the CA bundle that signs the PACS's certificate
+
+    @model_validator(mode="after")
+    def _something_to_segment(self) -> DicomwebConfig:
+        if not (self.study or self.series or self.query):
+            raise ValueError("name what to segment: study, series or query")
+        return self
+
+
 class PredictionConfig(Section):
     """Predict stage: where to read images and write masks and overlays."""
 
@@ -368,13 +396,17 @@ class PredictionConfig(Section):
     output_dir: Path | None = None
     overlays: bool = True
     max_overlays: NonNegativeInt = 24
-    # mask formats (3D): input (the scan's own), nifti, nrrd, mha, seg.nrrd (3D Slicer), dicom-seg (DICOM inputs)
-    formats: list[Literal["input", "nifti", "nrrd", "mha", "seg.nrrd", "dicom-seg"]] = Field(default_factory=list)
+    # mask formats (3D): input (the scan's own), nifti, nrrd, mha, seg.nrrd (3D Slicer), dicom-seg and rtstruct
+    # (DICOM inputs)
+    formats: list[Literal["input", "nifti", "nrrd", "mha", "seg.nrrd", "dicom-seg", "rtstruct"]] = Field(
+        default_factory=list
+    )
     statistics: bool = False  # statistics.csv: volume, intensities, bounding box, components per case and label
     uncertainty: bool = False  # predictive entropy maps and a mean-entropy column in summary.csv
     meshes: bool = False  # one surface mesh per label per case (3D)
     mesh_format: Literal["stl", "obj", "ply"] = "stl"
     mesh_space: Literal["lps", "ras"] = "lps"
+    dicomweb: DicomwebConfig | None = None  # read the series from a PACS instead of ``input``
 
 
 class TrackingConfig(Section):
@@ -456,6 +488,17 @@ class PipelineConfig(Section):
     def _schedule_length_has_a_budget(self) -> PipelineConfig:
         if self.schedule.length == "max_minutes" and self.training.max_minutes is None:
             raise ValueError("schedule.length: max_minutes needs training.max_minutes (the budget to fit)")
+        return self
+
+    @model_validator(mode="after")
+    def _fine_tuning_has_what_it_needs(self) -> PipelineConfig:
+        if self.model.init_from and "train" not in self.stages:
+            raise ValueError("model.init_from: the weights training starts from; list the train stage too")
+        if self.training.freeze and self.model.name not in ENCODERS:
+            raise ValueError(
+                f"training.freeze: network {self.model.name} has no encoder defined to freeze "
+                f"(defined for {', '.join(ENCODERS)})"
+            )
         return self
 
     @model_validator(mode="after")

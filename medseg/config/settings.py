@@ -104,6 +104,16 @@ def output_settings(cfg: PipelineConfig) -> Outputs:
     )
 
 
+def dicomweb_source(cfg: PipelineConfig):
+    """Where the predict stage reads from a PACS (``prediction.dicomweb``), or None: a ``DicomwebSource``."""
+    from medseg.outputs.pacs import DicomwebSource
+
+    d = cfg.prediction.dicomweb
+    if d is None:
+        return None
+    return DicomwebSource(d.url, d.study, d.series, tuple(d.query.items()), tuple(d.channels), d.store, d.ca_bundle)
+
+
 def evaluation_settings(cfg: PipelineConfig) -> EvaluationSettings:
     """What the evaluate stage reads (the labels, the reference labels' remapping, ``evaluation.*``)."""
     return EvaluationSettings(
@@ -137,9 +147,9 @@ def network_spec(cfg: PipelineConfig) -> dict[str, Any]:
 
 
 def training_settings(cfg: PipelineConfig) -> TrainingSettings:
-    """What the train stage reads (``training.*``, ``schedule.*``, ``optimizer.*``, ``loss.*``, the network, and the
-    transforms', data layer's and validation's settings); the resolved configuration travels with it into the
-    checkpoints."""
+    """What the train stage reads (``training.*``, ``schedule.*``, ``optimizer.*``, ``loss.*``, the network and the
+    weights it starts from (``model.init_from``), and the transforms', data layer's and validation's settings); the
+    resolved configuration travels with it into the checkpoints."""
     return TrainingSettings(
         cfg.seed,
         network_spec(cfg),
@@ -151,4 +161,5 @@ def training_settings(cfg: PipelineConfig) -> TrainingSettings:
         data_settings(cfg),
         inference_settings(cfg),
         cfg.to_dict(),
+        cfg.model.init_from,
     )

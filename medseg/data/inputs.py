@@ -14,6 +14,7 @@ from medseg.data.layouts.base import read_json
 from medseg.data.layouts.msd import listed_test_cases
 from medseg.data.layouts.nnunet import CHANNEL_FILE
 from medseg.data.records import Record
+from medseg.imageio.dicom_series import DICOMDIR
 from medseg.imageio.formats import IMAGE_2D_SUFFIXES, VOLUME_SUFFIXES, is_image_2d, is_volume_file, volume_id
 
 
@@ -42,14 +43,18 @@ def case_ids(names: list[str]) -> list[str]:
     return cases if len(set(cases)) == len(cases) else names
 
 
-def volume_inputs(source: Path, channels: int = 1) -> list[Record]:
+def volume_inputs(source: Path, channels: int = 1, skipped: bool = False) -> list[Record]:
     """Cases from one scan (file or DICOM folder) or a folder of scans.
 
     With several channels, files follow nnU-Net naming: ``<case>_0000.nii.gz``, ``<case>_0001.nii.gz``...
-    A sub-folder is taken as one DICOM series.
+    A sub-folder is taken as one DICOM series. One channel: DICOM is found by reading the headers of the whole
+    tree (:func:`dicom_inputs`); with ``skipped``, the series that are not read come too, each record with its
+    reason under ``"skipped"``.
     """
     if not source.exists():
         raise DataError(f"{source}: prediction input not found")
+    if channels == 1 and (source.is_dir() or source.name.upper() == DICOMDIR):
+        return dicom_inputs(source, skipped)
     is_scan = source.is_file() or (
         source.is_dir()
         and not any(p.is_dir() for p in source.iterdir())
@@ -77,6 +82,32 @@ def volume_inputs(source: Path, channels: int = 1) -> list[Record]:
     return records
 
 
+def dicom_inputs(source: Path, skipped: bool = False) -> list[Record]:
+    """The volume files directly in ``source`` and the DICOM series of its tree (patient / study / series folders,
+    a DICOMDIR, series mixed in a folder), one case per series (:mod:`medseg.imageio.dicom_series`); with
+    ``skipped``, also the series that are not read, their reason under ``"skipped"``."""
+    from medseg.imageio.dicom_series import find_series, series_names
+
+    folder = source if source.is_dir() else source.parent
+    files = sorted(p for p in folder.iterdir() if is_volume_file(p)) if source.is_dir() else []
+    ids = case_ids([volume_id(p) for p in files])
+    records: list[Record] = [{"id": case, "image": [str(p)]} for case, p in zip(ids, files, strict=True)]
+    series = find_series(source)
+    not_read: list[Record] = []
+    for item, case in zip(series, series_names(series, folder, set(ids)), strict=True):
+        if item.skipped:
+            not_read.append({"id": case, "image": [str(item.reference)], "skipped": item.skipped})
+        else:
+            records.append({"id": case, "image": [str(item.reference)]})
+    if not records:
+        listed = "; ".join(f"{r['id']}: {r['skipped']}" for r in not_read[:3])
+        raise DataError(
+            f"{source}: no scans found (looked for {', '.join(VOLUME_SUFFIXES)} files and DICOM series)"
+            + (f"; not read: {listed}" if listed else "")
+        )
+    return sorted(records + (not_read if skipped else []), key=lambda r: r["id"])
+
+
 def _dataset_inputs(source: Path) -> Path | None:
     """A dataset's own prediction inputs: its dataset.json when it lists ``test`` cases, else its imagesTs folder;
     None for anything else."""
@@ -89,10 +120,11 @@ def _dataset_inputs(source: Path) -> Path | None:
     return images if images.is_dir() else None
 
 
-def predict_inputs(source: Path, spatial_dims: int, channels: int) -> list[Record]:
-    """The cases of ``source`` for a 2D or 3D model (a dataset folder or dataset.json: its test cases)."""
+def predict_inputs(source: Path, spatial_dims: int, channels: int, skipped: bool = False) -> list[Record]:
+    """The cases of ``source`` for a 2D or 3D model (a dataset folder or dataset.json: its test cases); with
+    ``skipped``, also the DICOM series that are not read (:func:`volume_inputs`)."""
     listed = _dataset_inputs(source) if source.exists() else None
     if listed is not None and listed.is_file():
         return listed_test_cases(listed, spatial_dims)
     source = listed or source
-    return volume_inputs(source, channels) if spatial_dims == 3 else image_inputs(source)
+    return volume_inputs(source, channels, skipped) if spatial_dims == 3 else image_inputs(source)

@@ -2,7 +2,9 @@
 
 Writing: the label map is on the DICOM series' own grid ((x, y, z), z in the series' slice order as
 :func:`medseg.imageio.headers.dicom_series_files` lists the files), so slice ``k`` is frame ``k`` of the
-SEG and references source instance ``k``. One segment per label, with its name, code and colour.
+SEG and references source instance ``k``. One segment per label, with its name, code and colour. The UIDs of every
+DICOM object medseg writes (SEG here, RTSTRUCT in :mod:`medseg.imageio.rtstruct`) come from :func:`output_uids`, and
+the source slices they reference from :func:`series_sources`.
 
 Reading: BINARY, FRACTIONAL (a voxel belongs to a segment from a fraction of 0.5) and LABELMAP segmentations, through
 highdicom's volume API: the frames are placed by their ImagePositionPatient (a SEG often stores only the frames that
@@ -60,39 +62,79 @@ def segment_descriptions(labels: list[Label]) -> list:
 
 
 REFERENCED = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID", "FrameOfReferenceUID")
+#: the ``kind`` of each DICOM object medseg writes (its ``--format`` name), one of :func:`output_uids`' sources
+DICOM_SEG, RTSTRUCT = "dicom-seg", "rtstruct"
+OBJECT_NAMES = {DICOM_SEG: "DICOM-SEG", RTSTRUCT: "RTSTRUCT"}
+DESCRIPTION_DIGITS = 12  # of the model digest, in SeriesDescription
 
 
-def _source(dataset, path: str):
-    """A source slice's header, its SOP identifiers completed from the file meta; DataError when the series lacks
-    the identifiers a DICOM-SEG must reference (an anonymisation that removed them)."""
+def output_uids(source_series_uid: str, model_digest: str, kind: str) -> tuple[str, str]:
+    """(SeriesInstanceUID, SOPInstanceUID) of the ``kind`` object (``dicom-seg``, ``rtstruct``) a model with
+    ``model_digest`` writes for the source series: derived from the three, so a retry writes (and a PACS stores)
+    the same instance. Without a digest (a caller that has none) the UIDs are new each time."""
+    from pydicom.uid import generate_uid
+
+    if not model_digest:
+        return generate_uid(), generate_uid()
+    sources = ["medseg", source_series_uid, model_digest, kind]
+    return generate_uid(entropy_srcs=[*sources, "series"]), generate_uid(entropy_srcs=[*sources, "instance"])
+
+
+def series_description(model_digest: str) -> str:
+    """``medseg <first 12 hex of the model digest>``: which model made the object, readable in a PACS list."""
+    return f"medseg {model_digest[:DESCRIPTION_DIGITS]}" if model_digest else "medseg segmentation"
+
+
+def _source(dataset, path: str, series: Path, kind: str):
+    """A source slice's header, its SOP identifiers completed from the file meta; DataError naming the series and
+    the missing attributes when the series lacks the identifiers ``kind`` must reference (removed by
+    anonymisation)."""
     meta = getattr(dataset, "file_meta", None)
     if meta is not None:
         dataset.SOPClassUID = dataset.get("SOPClassUID") or meta.get("MediaStorageSOPClassUID", "")
         dataset.SOPInstanceUID = dataset.get("SOPInstanceUID") or meta.get("MediaStorageSOPInstanceUID", "")
-    missing = [name for name in REFERENCED if not dataset.get(name)]
+    missing = [name for name in REFERENCED if not str(dataset.get(name, "")).strip()]
     if missing:
         raise DataError(
-            f"{path}: no {', '.join(missing)} (removed by anonymisation?); a DICOM-SEG must reference them: "
-            "write nifti or seg.nrrd for this series"
+            f"DICOM series {series}: no {', '.join(missing)} in {Path(path).name} (removed by anonymisation?); "
+            f"a {OBJECT_NAMES.get(kind, kind)} must reference them: write nifti or seg.nrrd for this series"
         )
     return dataset
 
 
-def write_dicom_seg(labels_map: np.ndarray, header: ScanHeader, labels: list[Label], output: Path) -> Path:
-    """Write ``labels_map`` ((x, y, z) on the series' grid) as a binary DICOM-SEG referencing the series.
+def series_sources(header: ScanHeader, shape: tuple[int, ...], output: Path, kind: str) -> list:
+    """The headers (no pixels) of the source series' slices, in the label map's z order, each holding the UIDs a
+    ``kind`` object references.
 
     Raises:
-        DataError: the reference is not a DICOM series folder, or the map does not fit it.
+        DataError: the scan is not a DICOM series, the map (``shape``) does not fit it, or a UID is missing.
     """
-    import highdicom as hd
     import pydicom
 
     if not header.is_series:
-        raise DataError(f"{header.path}: DICOM-SEG needs a DICOM series as input (there is no source series)")
+        raise DataError(
+            f"{header.path}: {OBJECT_NAMES.get(kind, kind)} needs a DICOM series as input (there is no DICOM source "
+            "to reference)"
+        )
     files = dicom_series_files(header.path)
-    if labels_map.shape != (*header.spatial_shape[:2], len(files)):
+    if tuple(shape) != (*header.spatial_shape[:2], len(files)):
         raise DataError(f"label map for {output} does not fit the {len(files)} slices of {header.path}")
-    sources = [_source(pydicom.dcmread(f, stop_before_pixels=True), f) for f in files]
+    return [_source(pydicom.dcmread(f, stop_before_pixels=True), f, header.path, kind) for f in files]
+
+
+def write_dicom_seg(
+    labels_map: np.ndarray, header: ScanHeader, labels: list[Label], output: Path, model_digest: str = ""
+) -> Path:
+    """Write ``labels_map`` ((x, y, z) on the series' grid) as a binary DICOM-SEG referencing the series; its
+    UIDs from the source series and ``model_digest`` (:func:`output_uids`).
+
+    Raises:
+        DataError: the reference is not a DICOM series, the map does not fit it, or the series lacks a UID.
+    """
+    import highdicom as hd
+
+    sources = series_sources(header, labels_map.shape, output, DICOM_SEG)
+    series_uid, sop_uid = output_uids(str(sources[0].SeriesInstanceUID), model_digest, DICOM_SEG)
     segment_of = np.zeros(256, dtype=np.uint8)  # label value -> segment number (1..n)
     for number, label in enumerate(labels, start=1):
         segment_of[label.value] = number
@@ -103,15 +145,15 @@ def write_dicom_seg(labels_map: np.ndarray, header: ScanHeader, labels: list[Lab
         pixel_array=np.ascontiguousarray(frames),
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=segment_descriptions(labels),
-        series_instance_uid=hd.UID(),
+        series_instance_uid=series_uid,
         series_number=int(getattr(first, "SeriesNumber", 0) or 0) + 100,
-        sop_instance_uid=hd.UID(),
+        sop_instance_uid=sop_uid,
         instance_number=1,
         manufacturer="medseg",
         manufacturer_model_name="medseg",
         software_versions=__version__,
         device_serial_number="0",
-        series_description="medseg segmentation",
+        series_description=series_description(model_digest),
         omit_empty_frames=False,
     )
     with atomic_path(output) as tmp:

@@ -56,8 +56,10 @@ class ScanHeader:
 
     @property
     def is_series(self) -> bool:
-        """A DICOM series folder."""
-        return self.path.is_dir()
+        """A DICOM series: a folder of slices, or one slice standing for its series."""
+        from medseg.imageio.dicom_series import is_dicom_series
+
+        return is_dicom_series(self.path)
 
 
 def shape_text(shape: tuple[int, ...]) -> str:
@@ -85,8 +87,10 @@ def read_header(path: PathLike) -> ScanHeader:
     Raises:
         DataError: the header cannot be read, or the image has fewer than 3 dimensions.
     """
+    from medseg.imageio.dicom_series import is_dicom_series
+
     path = Path(path)
-    if path.is_dir():
+    if is_dicom_series(path):
         return _series_header(path)
     try:
         if has_suffix(path, NIFTI_SUFFIXES):
@@ -108,10 +112,13 @@ def read_header(path: PathLike) -> ScanHeader:
 
 def dicom_series_files(folder: Path) -> list[str]:
     """The slice files of the only DICOM series in ``folder``, in slice order; DataError when it holds none or
-    several."""
+    several. A file instead of a folder stands for its own series: the files of that series in the file's folder
+    (other series beside it are not read)."""
     import SimpleITK as sitk
 
     folder = Path(folder)
+    if folder.is_file():
+        return _series_of_file(folder)
     warnings_on = sitk.ProcessObject.GetGlobalWarningDisplay()
     sitk.ProcessObject.SetGlobalWarningDisplay(False)  # GDCM prints "No Series were found" for a non-DICOM folder
     try:
@@ -133,6 +140,34 @@ def dicom_series_files(folder: Path) -> list[str]:
     files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_ids[0])
     if not files:
         raise DataError(f"folder {folder}: DICOM series {series_ids[0]!r} lists no files")
+    return list(files)
+
+
+def _series_of_file(path: Path) -> list[str]:
+    """The slice files, in slice order, of the series ``path`` belongs to, from ``path``'s folder."""
+    import pydicom
+    import SimpleITK as sitk
+
+    try:
+        uid = str(
+            pydicom.dcmread(str(path), stop_before_pixels=True, specific_tags=["SeriesInstanceUID"]).get(
+                "SeriesInstanceUID", ""
+            )
+        ).strip()
+    except (OSError, ValueError, pydicom.errors.InvalidDicomError) as exc:
+        raise DataError(f"{path}: not a readable DICOM file ({error_summary(exc)})") from None
+    if not uid:
+        raise DataError(f"{path}: no SeriesInstanceUID, so its series cannot be told apart from the others beside it")
+    warnings_on = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path.parent), uid)
+    except RuntimeError as e:
+        raise DataError(f"cannot list DICOM series {uid} in folder {path.parent}: {error_summary(e)}") from e
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(warnings_on)
+    if not files:
+        raise DataError(f"{path}: GDCM finds no files of its series {uid} in {path.parent}")
     return list(files)
 
 

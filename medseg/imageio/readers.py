@@ -23,9 +23,11 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 from monai.data import ImageReader
+from monai.transforms import LoadImaged
 from monai.utils import MetaKeys, SpaceKeys, ensure_tuple
 
 from medseg.core.errors import DataError, error_summary
+from medseg.imageio.dicom_series import is_dicom_series
 from medseg.imageio.formats import (
     DICOM_SUFFIXES,
     IMAGE_2D_SUFFIXES,
@@ -51,19 +53,46 @@ def sitk_array_xyz(image: sitk.Image) -> np.ndarray:
     return array.transpose(order)
 
 
+#: what ITK's series reader notes on an image whose slices are not evenly spaced
+UNEVEN_SLICES = "ITK_non_uniform_sampling_deviation"
+
+
+def _slice_gap(reader: sitk.ImageSeriesReader, image: sitk.Image, tolerance: float = 0.1) -> str:
+    """Where a series' slice positions (along the slice normal) step by more than ``tolerance`` of the smallest step
+    away from it (a missing slice doubles a step), what is wrong; "" for steps that differ by rounding only."""
+    normal = np.asarray(image.GetDirection(), dtype=float).reshape(3, 3)[:, 2]
+    positions = []
+    for index in range(image.GetSize()[2]):
+        if not reader.HasMetaDataKey(index, "0020|0032"):
+            return ""  # no positions to judge by: ITK's own estimate stands
+        positions.append(np.dot(normal, [float(v) for v in reader.GetMetaData(index, "0020|0032").split("\\")]))
+    steps = np.abs(np.diff(positions))
+    usual = float(steps.min())
+    worst = int(np.argmax(steps))
+    if usual == 0 or steps[worst] - usual <= tolerance * usual:
+        return ""
+    return f"slices not evenly spaced, {worst} and {worst + 1} are {steps[worst]:.3g} mm apart, others {usual:.3g} mm"
+
+
 def read_sitk_image(path: PathLike) -> sitk.Image:
     """Read a NRRD / MetaImage / NIfTI file or a one-series DICOM folder with SimpleITK; DataError on failure."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"image not found: {path}")
     try:
-        if path.is_dir():
+        if is_dicom_series(path):
             reader = sitk.ImageSeriesReader()
             reader.SetFileNames(dicom_series_files(path))
-            return reader.Execute()
+            reader.MetaDataDictionaryArrayUpdateOn()
+            image = reader.Execute()
+            if image.HasMetaDataKey(UNEVEN_SLICES):  # ITK flags rounding too; a gap it still stacks as if even
+                gap = _slice_gap(reader, image)
+                if gap:
+                    raise DataError(f"cannot read DICOM series {path}: {gap} (a slice missing or unreadable?)")
+            return image
         return sitk.ReadImage(str(path))
     except RuntimeError as e:
-        kind = "DICOM series" if path.is_dir() else "image"
+        kind = "DICOM series" if is_dicom_series(path) else "image"
         raise DataError(f"cannot read {kind} {path}: {error_summary(e)}") from e
 
 
@@ -85,8 +114,8 @@ class SimpleITKReader(ImageReader):
         self.channel_dim = float("nan") if channel_dim == "no_channel" else channel_dim
 
     def verify_suffix(self, filename: Sequence[PathLike] | PathLike) -> bool:
-        """True when every name is a NRRD / MetaImage file or a folder (a DICOM series)."""
-        return all(Path(f).is_dir() or has_suffix(f, SITK_SUFFIXES) for f in ensure_tuple(filename))
+        """True when every name is a NRRD / MetaImage file or a DICOM series (a folder, or a slice of one)."""
+        return all(is_dicom_series(f) or has_suffix(f, SITK_SUFFIXES) for f in ensure_tuple(filename))
 
     def read(self, data: Sequence[PathLike] | PathLike, **kwargs: Any) -> sitk.Image | list[sitk.Image]:
         """Read one image (a file or a DICOM series folder) or a list of them; DataError naming the path on failure."""
@@ -191,6 +220,19 @@ class VolumeReader(ImageReader):
         return array, meta
 
 
+class LoadVolumesd(LoadImaged):
+    """``LoadImaged`` reading with :class:`VolumeReader` alone. Given a reader at construction only, MONAI falls back
+    on its other readers when that one refuses a file: its PydicomReader would then read one slice of a DICOM series
+    medseg refused (slices missing), and medseg's one-line reason would be lost."""
+
+    def __init__(self, keys: Any, **kwargs: Any) -> None:
+        self.volume_reader = VolumeReader()
+        super().__init__(keys, reader=self.volume_reader, **kwargs)
+
+    def __call__(self, data: Any, reader: ImageReader | None = None) -> Any:
+        return super().__call__(data, reader or self.volume_reader)
+
+
 def _readable(nifti_image: Any) -> bool:
     try:
         np.asarray(nifti_image.dataobj)
@@ -210,10 +252,11 @@ def check_finite(array: np.ndarray, name: str) -> None:
 def reader_for(path: PathLike) -> str | ImageReader:
     """The MONAI reader for ``path``: ``"NibabelReader"``, a :class:`SimpleITKReader`, or ``"PILReader"``.
 
-    A folder is read as a DICOM series. Raises DataError for other names.
+    A folder is read as a DICOM series, and so is a DICOM file: as the series it belongs to (in its folder).
+    Raises DataError for other names.
     """
     path = Path(path)
-    if path.is_dir():
+    if is_dicom_series(path):
         return SimpleITKReader()
     if has_suffix(path, NIFTI_SUFFIXES):
         return "NibabelReader"
@@ -222,7 +265,7 @@ def reader_for(path: PathLike) -> str | ImageReader:
     if has_suffix(path, IMAGE_2D_SUFFIXES):
         return "PILReader"
     if has_suffix(path, DICOM_SUFFIXES):
-        raise DataError(f"{path} is a single DICOM file: pass the folder holding the whole series instead")
+        raise DataError(f"{path}: DICOM file not found (pass the folder holding the series, or one of its files)")
     raise DataError(f"unsupported image format: {path}; supported formats: {SUPPORTED_FORMATS}")
 
 

@@ -30,6 +30,7 @@ import SimpleITK as sitk
 
 from medseg.core.atomic import atomic_path
 from medseg.core.errors import DataError, error_summary
+from medseg.imageio.dicom_series import is_dicom_series
 from medseg.imageio.formats import (
     DETACHED_SUFFIXES,
     NIFTI_SUFFIXES,
@@ -181,7 +182,7 @@ def _write_like(array: np.ndarray, reference: PathLike | ScanHeader, output: Pat
         if has_suffix(output, SITK_SUFFIXES):  # a NIfTI scan's mask as NRRD / MetaImage: its affine as LPS geometry
             return _write_sitk_like(array, _header_of(reference), output, what)
         return _write_nifti_like(array, _header_of(reference), output, what)
-    if reference_path.is_dir() or has_suffix(reference_path, SITK_SUFFIXES):
+    if is_dicom_series(reference_path) or has_suffix(reference_path, SITK_SUFFIXES):  # a folder, or one slice
         return _write_sitk_like(array, _header_of(reference), output, what)
     raise DataError(
         f"unsupported reference image {reference_path}: expected NIfTI, NRRD, MetaImage or a DICOM series folder"

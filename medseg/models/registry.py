@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from medseg.core.errors import ConfigError
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
 
 
@@ -173,6 +174,37 @@ NETWORKS: dict[str, Callable[..., nn.Module]] = {
     "watershed": _classical("watershed"),
     "kmeans": _classical("kmeans"),
 }
+
+
+#: ``training.freeze: [encoder]``: per network, the parameters (a pattern over ``named_parameters()`` names) of its
+#: encoder, the contracting path a pretrained network shares across tasks; the rest (decoder, heads) keep training.
+#: MONAI's UNet / AttentionUnet nest each level in ``submodule``: the down block is index 0, the bottom a named block.
+ENCODERS: dict[str, str] = {
+    "unet": r"model\.(1\.submodule\.)*(0\.|[a-z])",
+    "attention_unet": r"model\.(0\.|1\.(submodule\.1\.)*submodule\.(0\.|[a-z]))",
+    "basic_unet_plus_plus": r"network\.conv_\d_0\.",
+    "dynunet": r"(input_block|downsamples|bottleneck)\.",
+    "segresnet": r"(convInit|down_layers)\.",
+    "fcn8s": r"stages\.",
+    "fcn16s": r"stages\.",
+    "fcn32s": r"stages\.",
+    "deeplabv3plus": r"(stem|low_level|encoder)\.",
+    "swin_unetr": r"(swinViT|encoder\d+)\.",
+    "unetr": r"(vit|encoder\d)\.",
+    "flexible_unet": r"encoder\.",
+}
+
+
+def encoder_parameters(name: str, network: nn.Module) -> list[torch.nn.Parameter]:
+    """The parameters of ``network``'s encoder (:data:`ENCODERS`); ConfigError for a network without one."""
+    import re
+
+    if name not in ENCODERS:
+        raise ConfigError(
+            f"training.freeze: network {name} has no encoder defined to freeze (defined for {', '.join(ENCODERS)})"
+        )
+    pattern = re.compile(ENCODERS[name])
+    return [parameter for key, parameter in network.named_parameters() if pattern.match(key)]
 
 
 def _activation(out_channels: int, multilabel: bool = False) -> dict[str, bool]:

@@ -9,6 +9,7 @@ resumes where it stopped. Inputs are never modified, and a mask once written is 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import logging
 import shutil
@@ -25,9 +26,10 @@ from medseg.core.layout import PredictionLayout
 from medseg.core.progress import progress_bar
 from medseg.data.inputs import predict_inputs
 from medseg.data.records import Record
-from medseg.imageio.formats import DICOM_SUFFIXES, OUTPUT_FORMATS, has_suffix
+from medseg.imageio.dicom_series import is_dicom_series
 from medseg.imageio.headers import ScanHeader
 from medseg.imageio.images import read_mask, read_rgb, save_png
+from medseg.imageio.label_maps import DICOM_OBJECTS, VOLUME_FORMATS
 from medseg.infer.predictor import Predictor
 from medseg.infer.settings import InferenceSettings
 from medseg.labels import slug
@@ -58,28 +60,25 @@ def check_outputs(outputs: Outputs, spatial_dims: int, records: list[Record]) ->
     """Every problem with the asked outputs for this model and these inputs, in one ConfigError, before anything is
     written; each names the ``medseg predict`` option and the pipeline's YAML key that ask for it."""
     problems = []
-    unknown = [f for f in outputs.formats if f not in ("input", *OUTPUT_FORMATS)]
+    unknown = [f for f in outputs.formats if f not in ("input", *VOLUME_FORMATS)]
     if unknown:
         problems.append(
             f"--format (prediction.formats) {','.join(unknown)}: unknown; "
-            f"choose from input, {', '.join(OUTPUT_FORMATS)}"
+            f"choose from input, {', '.join(VOLUME_FORMATS)}"
         )
     if spatial_dims == 2:
         if [f for f in outputs.formats if f not in ("input", "png")]:
             problems.append("--format (prediction.formats): a 2D model writes PNG masks (leave it out)")
         if outputs.meshes:
             problems.append("--meshes (prediction.meshes): a 2D model has no surfaces; meshes need a 3D model")
-    elif "dicom-seg" in outputs.formats:
-        not_series = [
-            r["image"][0]
-            for r in records
-            if not Path(r["image"][0]).is_dir() and not has_suffix(r["image"][0], DICOM_SUFFIXES)
-        ]
+    elif any(f in DICOM_OBJECTS for f in outputs.formats):
+        asked = ",".join(f for f in outputs.formats if f in DICOM_OBJECTS)
+        not_series = [r["image"][0] for r in records if "skipped" not in r and not is_dicom_series(r["image"][0])]
         if not_series:
             shown = ", ".join(not_series[:3]) + (f" and {len(not_series) - 3} more" if len(not_series) > 3 else "")
             problems.append(
-                f"--format (prediction.formats) dicom-seg: {shown} not a DICOM series (a DICOM-SEG references its "
-                "source series); use nifti or seg.nrrd for these"
+                f"--format (prediction.formats) {asked}: {shown} not a DICOM series (there is no DICOM source to "
+                "reference: a DICOM-SEG or RTSTRUCT references its source series); use nifti or seg.nrrd for these"
             )
     if outputs.mesh_format not in MESH_FORMATS:
         problems.append(
@@ -100,6 +99,7 @@ class PredictionReport:
     overlays: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     rows: list[dict[str, object]] = field(default_factory=list)
+    not_read: dict[str, str] = field(default_factory=dict)  # DICOM series that are not scans (SR, SEG...): why
 
 
 def _output_path(out_dir: Path, kind: str, case_id: str, suffix: str = ".png") -> Path:
@@ -149,11 +149,11 @@ def prepare_output_folder(out_dir: Path) -> None:
 
 def split_finished(records: list[Record], cases: CaseFunctions, overwrite: bool) -> tuple[list[Record], list[Record]]:
     """(to do, already finished) cases; with ``overwrite`` every case is to do. A case whose id is unsafe is to do,
-    where it fails with the reason."""
+    where it fails with the reason; a series that is not read (``"skipped"``) is never to do."""
     todo, done = [], []
     for record in records:
         try:
-            finished = not overwrite and cases.finished(record)
+            finished = "skipped" in record or (not overwrite and cases.finished(record))
         except MedsegError:
             finished = False
         (done if finished else todo).append(record)
@@ -167,6 +167,10 @@ def report_rows(
     report = PredictionReport()
     for record in records:
         row = rows.get(record["id"])
+        if "skipped" in record:  # a DICOM series that is not a scan: listed with the reason
+            report.not_read[record["id"]] = record["skipped"]
+            report.rows.append({"case": record["id"], "status": "skipped", "message": record["skipped"]})
+            continue
         if row is None:
             report.skipped.append(record["id"])
             report.rows.append({"case": record["id"], "status": "skipped", "message": "mask exists"})
@@ -178,10 +182,11 @@ def report_rows(
             report.failed[str(row["case"])] = str(row.get("message", ""))
     _write_summary(summary, report.rows)
     log.info(
-        "Predicted %d case(s) into %s%s%s",
+        "Predicted %d case(s) into %s%s%s%s",
         len(report.written),
         PredictionLayout(out_dir).folder(PredictionLayout.MASKS),
         f"; {len(report.skipped)} already done" if report.skipped else "",
+        f"; {len(report.not_read)} DICOM series not read (see summary.csv)" if report.not_read else "",
         f"; {len(report.failed)} failed: {', '.join(report.failed)}" if report.failed else "",
     )
     return report
@@ -298,6 +303,25 @@ def _write_summary(path: Path, rows: list[dict[str, object]]) -> None:
     atomic_write_text(path, _csv_text(rows, SUMMARY_COLUMNS))
 
 
+def model_digest(predictor: Predictor) -> str:
+    """The SHA-256 (hex) of the model's weights: every member network's state (names, dtypes, shapes, values; an
+    ONNX Runtime member: its file's bytes). It names the model in the DICOM objects a batch writes (their UIDs,
+    SeriesDescription), so a retry with the same model writes the same instances, and another model new ones."""
+    import torch
+
+    digest = hashlib.sha256()
+    for member in predictor.members:
+        model_path = getattr(getattr(member, "session", None), "_model_path", None)  # an OnnxNetwork's file
+        if isinstance(model_path, str) and Path(model_path).is_file():
+            digest.update(Path(model_path).read_bytes())
+            continue
+        for name, tensor in sorted(member.state_dict().items()):
+            values = tensor.detach().cpu().contiguous()
+            digest.update(f"{name}:{values.dtype}:{tuple(values.shape)}\n".encode())
+            digest.update(values.reshape(-1).view(torch.uint8).numpy().tobytes() if values.numel() else b"")
+    return digest.hexdigest()
+
+
 def case_functions(predictor: Predictor, out_dir: Path, outputs: Outputs) -> CaseFunctions:
     """What one case writes, a 2D image or a 3D scan alike: the uncertainty and probability maps, the statistics, an
     overlay (2D, the first ``max_overlays`` cases), meshes (3D), and the masks last (a case whose masks exist is
@@ -313,6 +337,7 @@ def case_functions(predictor: Predictor, out_dir: Path, outputs: Outputs) -> Cas
     channels = list(RGB) if dims == 2 else [slug(m) for m in modalities][: settings.in_channels]
     columns = statistics_columns(channels, dims)
     drawn: list[str] = []
+    digest = model_digest(predictor) if any(f in DICOM_OBJECTS for f in outputs.formats) else ""
 
     def masks_of(record: Record) -> list[tuple[str, Path]]:
         own = input_format(Path(_first_file(record)), dims)
@@ -361,7 +386,7 @@ def case_functions(predictor: Predictor, out_dir: Path, outputs: Outputs) -> Cas
                     path = _output_path(out_dir, PredictionLayout.MESHES, name, "")
                     write_mesh(mask, header.affine, path, outputs.mesh_space)
         for output_format, path in masks_of(record):  # the masks last: a case whose masks exist is finished
-            write_label_map(result.labels, header, labels, path, output_format)
+            write_label_map(result.labels, header, labels, path, output_format, digest)
         return {**_size_columns(result.labels, header), **row}
 
     return CaseFunctions(lambda record: [path for _, path in masks_of(record)], predict_case, columns, drawn)
@@ -430,7 +455,7 @@ def folder_cases(
     """All the cases of ``source``, those of this shard, and the shard's summary path (None: ``summary.csv``)."""
     if source.exists() and out_dir.resolve() == source.resolve():
         raise DataError(f"{out_dir}: choose an output folder other than the input folder")
-    records = predict_inputs(source, settings.spatial_dims, settings.in_channels)
+    records = predict_inputs(source, settings.spatial_dims, settings.in_channels, skipped=True)
     if shard is None:
         return records, records, None
     return records, shard_records(records, *shard), PredictionLayout(out_dir).shard_summary(*shard)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from medseg.config.loading import validation_message
 from medseg.config.schema import PipelineConfig
-from medseg.config.settings import data_settings, training_settings
+from medseg.config.settings import data_settings, network_spec, training_settings
 from medseg.core.atomic import atomic_write_text
 from medseg.core.errors import ConfigError, DataError, ModelError
 from medseg.core.layout import RunLayout
@@ -55,16 +55,23 @@ def git_commit() -> str:
         return "unknown"
 
 
-def run_tags(cfg: PipelineConfig, data: PreparedData) -> dict[str, str]:
-    """Tags that make a run identifiable and reproducible."""
-    return {
-        "git_commit": git_commit(),
-        "data_fingerprint": data.fingerprint,
-        "dataset": data.name,
-        "data_synthetic": str(data.synthetic).lower(),
-        "medseg_version": __version__,
-        "pipeline": cfg.name,
-    }
+def run_tags(cfg: PipelineConfig, data: PreparedData | None) -> dict[str, str]:
+    """Tags that make a run identifiable and reproducible (``data``: None for a prediction that reads no dataset)."""
+    tags = {"git_commit": git_commit(), "medseg_version": __version__, "pipeline": cfg.name}
+    if data is not None:
+        tags |= {
+            "data_fingerprint": data.fingerprint,
+            "dataset": data.name,
+            "data_synthetic": str(data.synthetic).lower(),
+        }
+    return tags
+
+
+def reads_dataset(cfg: PipelineConfig) -> bool:
+    """Whether the stages read the pipeline's dataset: training and evaluation do, prediction unless it reads
+    ``prediction.input`` or a PACS (``prediction.dicomweb``)."""
+    predicts_elsewhere = cfg.prediction.input is not None or cfg.prediction.dicomweb is not None
+    return any(stage in cfg.stages for stage in ("train", "evaluate")) or not predicts_elsewhere
 
 
 def _train_stage(
@@ -230,16 +237,22 @@ def _run_stages(
         ids = json.loads(run.tracking.read_text(encoding="utf-8"))
     # without training, the given model is loaded and checked before any output is written
     predictor = None if "train" in cfg.stages else _compatible_predictor(cfg)
+    if "train" in cfg.stages and cfg.model.init_from and resume_dir is None:  # likewise the weights to start from
+        from medseg.models.init_from import check_init_from
+
+        check_init_from(cfg.model.init_from, network_spec(cfg))
     if not group.is_main:
         barrier(group)  # rank 0 writes the split first; the others read it
-    data = prepare_data(data_settings(cfg))
+    data = prepare_data(data_settings(cfg)) if reads_dataset(cfg) else None
     if group.is_main:
         barrier(group)
     try:
-        cfg = cfg.with_values(data.resolved)  # e.g. the target spacing measured on the training cases
+        cfg = cfg.with_values(data.resolved if data else {})  # e.g. the target spacing measured on the training cases
     except ValueError as exc:  # values a dataset's own description gives that this pipeline's model cannot take
         reason = validation_message(exc)
-        raise ConfigError(f"{data.root}: the dataset's description does not fit this pipeline ({reason})") from None
+        raise ConfigError(
+            f"{data and data.root}: the dataset's description does not fit this pipeline ({reason})"
+        ) from None
     if group.is_main and not run.config.is_file():
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run.config, cfg.to_yaml())
@@ -302,9 +315,12 @@ def _compatible_predictor(cfg: PipelineConfig) -> Predictor:
     return predictor
 
 
-def _log_run_inputs(cfg: PipelineConfig, data: PreparedData, run: RunLayout, tracker: Tracker) -> None:
+def _log_run_inputs(cfg: PipelineConfig, data: PreparedData | None, run: RunLayout, tracker: Tracker) -> None:
     """Parameters, data check, data set and split of a new run."""
     tracker.log_params(cfg.to_dict())
+    if data is None:  # a prediction of inputs outside the dataset
+        tracker.log_artifact(run.config)
+        return
     report = data.report
     tracker.log_params(
         {
@@ -350,23 +366,27 @@ def _evaluate_stage(
 
 
 def _predict_stage(
-    cfg: PipelineConfig, data: PreparedData, predictor: Predictor, run: RunLayout, tracker: Tracker
+    cfg: PipelineConfig, data: PreparedData | None, predictor: Predictor, run: RunLayout, tracker: Tracker
 ) -> dict[str, str]:
-    from medseg.config.settings import output_settings
+    from medseg.config.settings import dicomweb_source, output_settings
     from medseg.core.layout import PredictionLayout
     from medseg.data.inputs import predict_inputs
     from medseg.outputs.batch import predict_records
+    from medseg.outputs.dicomweb import predict_dicomweb
 
     with tracker.run("predict", tags={"stage": "predict"}):
         pcfg = cfg.prediction
         out_dir = pcfg.output_dir or run.predictions.root
-        records = (
-            predict_inputs(pcfg.input, cfg.spatial_dims, cfg.model.in_channels)
-            if pcfg.input
-            else data.subset(cfg.evaluation.split)
-        )
-        outputs = output_settings(cfg)
-        report = predict_records(predictor, records, out_dir, outputs, overwrite=True)
+        outputs, pacs = output_settings(cfg), dicomweb_source(cfg)
+        if pacs is not None:  # the series a PACS query finds (prediction.dicomweb), stored back with its store
+            report = predict_dicomweb(predictor, pacs, out_dir, outputs)
+        else:
+            records = (
+                predict_inputs(pcfg.input, cfg.spatial_dims, cfg.model.in_channels, skipped=True)
+                if pcfg.input or data is None
+                else data.subset(cfg.evaluation.split)
+            )
+            report = predict_records(predictor, records, out_dir, outputs, overwrite=True)
         tracker.log_metrics({"predicted_cases": len(report.written), "failed_cases": len(report.failed)})
         layout = PredictionLayout(out_dir)
         tracker.log_artifact(layout.folder(layout.MASKS), "predictions/masks")

@@ -1,13 +1,13 @@
-"""The hooks :meth:`Trainer.fit <medseg.training.trainer.Trainer.fit>` runs (:func:`default_callbacks`): early
-stopping, the time budget, validation every N epochs, the history, the kept model, ``last.pt`` and the progress
-report. Those with a state save and restore it themselves (``state_dict`` / ``load_state_dict``)."""
+"""The hooks :meth:`Trainer.fit <medseg.training.trainer.Trainer.fit>` runs (:func:`default_callbacks`): the frozen
+encoder, early stopping, the time budget, validation every N epochs, the history, the kept model, ``last.pt`` and the
+progress report. Those with a state save and restore it themselves (``state_dict`` / ``load_state_dict``)."""
 
 from __future__ import annotations
 
 import logging
 import math
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from medseg.core.progress import progress_bar
 from medseg.models.checkpoint import BEST_EPOCH, EARLY_STOPPING, TIME_BUDGET
@@ -16,14 +16,19 @@ from medseg.training.hooks import Callback, Callbacks, FitLoop
 from medseg.training.schedules import LearningRateSchedule, planned_epochs
 from medseg.training.settings import TrainingSettings
 
+if TYPE_CHECKING:
+    from torch import nn
+
 log = logging.getLogger(__name__)
 
 
 def default_callbacks(settings: TrainingSettings, schedule: LearningRateSchedule, group: Ranks = Ranks()) -> Callbacks:
     """The hooks of a training run, in the order each hook runs through them."""
     tcfg = settings.training
+    freeze = [FreezeEncoder(settings.network["name"], tcfg.freeze_epochs)] if tcfg.freeze else []
     return Callbacks(
         [
+            *freeze,  # before the epoch's first step
             schedule,  # stepped before the progress bar moves, and on validation before the best epoch is kept
             EarlyStopping(tcfg.early_stopping_patience),  # before the time budget: its reason to stop is logged first
             TimeBudget(settings, schedule),  # before the progress report and the row: they show the re-planned epochs
@@ -35,6 +40,40 @@ def default_callbacks(settings: TrainingSettings, schedule: LearningRateSchedule
         ],
         group,
     )
+
+
+class FreezeEncoder(Callback):
+    """``training.freeze: [encoder]``: the encoder's parameters (:data:`medseg.models.registry.ENCODERS`) take no
+    optimiser steps (``requires_grad`` off: no gradient, no weight decay) for the first ``training.freeze_epochs``
+    epochs, or the whole run. Set at every epoch's start from its number, so a resumed run freezes as the uninterrupted
+    one did. Normalisation layers' running statistics still follow the new data."""
+
+    def __init__(self, network: str, epochs: int | None) -> None:
+        self.network, self.epochs = network, epochs
+
+    def frozen(self, epoch: int) -> bool:
+        """Whether the encoder is frozen during ``epoch`` (1-based)."""
+        return self.epochs is None or epoch <= self.epochs
+
+    def on_epoch_start(self, loop: FitLoop) -> None:
+        from medseg.models.registry import encoder_parameters
+
+        frozen = self.frozen(loop.epoch)
+        if loop.epoch > 1 and frozen != self.frozen(loop.epoch - 1):
+            log.info(
+                "training.freeze: the encoder trains from epoch %d (training.freeze_epochs=%d)", loop.epoch, self.epochs
+            )
+        for parameter in encoder_parameters(self.network, loop.trainer.network):
+            parameter.requires_grad_(not frozen)
+
+
+def frozen_params(settings: TrainingSettings, network: nn.Module) -> dict[str, int]:
+    """The MLflow params of ``training.freeze``: how many parameter tensors of the network it freezes (none without)."""
+    if not settings.training.freeze:
+        return {}
+    from medseg.models.registry import encoder_parameters
+
+    return {"freeze.encoder_tensors": len(encoder_parameters(settings.network["name"], network))}
 
 
 class EarlyStopping(Callback):

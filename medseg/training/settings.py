@@ -18,7 +18,8 @@ class TrainingSettings:
     in_channels, out_channels, args; ``training`` / ``schedule`` / ``optimizer`` / ``loss``: their sections;
     ``transforms`` and ``data``: the loaders' preprocessing, augmentation and cache; ``validation``: how validation
     cases are inferred and scored (sliding window, labels, threshold); ``stored``: the resolved configuration saved
-    with the model (what a predictor is later built from)."""
+    with the model (what a predictor is later built from); ``init_from``: the weights training starts from
+    (``model.init_from``, :mod:`medseg.models.init_from`), None for a fresh initialisation."""
 
     seed: int
     network: dict[str, Any]
@@ -30,6 +31,7 @@ class TrainingSettings:
     data: DataSettings = field(default_factory=DataSettings)
     validation: InferenceSettings = field(default_factory=InferenceSettings)
     stored: dict[str, Any] = field(default_factory=dict)
+    init_from: str | None = None
 
     @property
     def spatial_dims(self) -> int:

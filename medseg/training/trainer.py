@@ -23,16 +23,18 @@ import torch
 from torch import nn
 
 from medseg.core.atomic import atomic_write_text
+from medseg.core.errors import ConfigError
 from medseg.core.layout import ModelLayout, RunLayout
 from medseg.data.dataset import PreparedData
 from medseg.models.checkpoint import BEST_EPOCH, Checkpoint
 from medseg.models.classical import ClassicalSegmenter
+from medseg.models.init_from import WeightMatch, initialise
 from medseg.models.registry import build_loss, build_network
 from medseg.runtime.devices import Precision, precision_for, resolve_device
 from medseg.runtime.distributed import Ranks, all_sum, barrier, broadcast, rank_device
 from medseg.runtime.steps import channels_last_format, channels_last_hazard, fastest_step, step_name, training_step
 from medseg.tracking.tracker import Tracker
-from medseg.training.callbacks import KeepModel, default_callbacks
+from medseg.training.callbacks import KeepModel, default_callbacks, frozen_params
 from medseg.training.hooks import FitLoop, TrainingState
 from medseg.training.loaders import build_loaders, seed_epoch
 from medseg.training.schedules import LearningRateSchedule, build_optimizer, build_scheduler
@@ -75,9 +77,16 @@ class Trainer:
         model: ModelLayout,
         group: Ranks = Ranks(),
         saved_step: dict[str, Any] | None = None,
+        resume: bool = False,
     ) -> None:
-        """``saved_step``: the step choice of a run being resumed (else chosen here, see :meth:`_choose_step`)."""
+        """``saved_step``: the step choice of a run being resumed (else chosen here, see :meth:`_choose_step`);
+        ``resume``: the weights come from ``last.pt`` (:meth:`resume`), not from ``model.init_from``."""
         self.settings, self.model, self.group = settings, model, group
+        if settings.training.freeze and group.distributed:
+            raise ConfigError(
+                "training.freeze: not available with several processes (DistributedDataParallel needs the same "
+                "trainable parameters throughout); train with one process"
+            )
         self.device = rank_device(resolve_device(settings.training.device, "training.device"), group)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed patch / image sizes: the fastest kernels, found once
@@ -89,7 +98,12 @@ class Trainer:
             len(self.val_loader.dataset),
             time.perf_counter() - started,
         )
-        self.network = build_network(**settings.network).to(self.device)
+        self.network = build_network(**settings.network)
+        self.initialised: WeightMatch | None = None  # what model.init_from filled of a fresh (not resumed) network
+        if settings.init_from and not resume:
+            name = settings.network["name"]
+            self.initialised = initialise(self.network, settings.init_from, name, settings.stored)
+        self.network = self.network.to(self.device)
         self.trained = self.network  # what runs the steps: the network, or its DistributedDataParallel wrapper
         if group.distributed:
             from torch.nn.parallel import DistributedDataParallel
@@ -276,7 +290,7 @@ def train(
     layout.model.root.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     saved_step = Checkpoint.load(layout.model.last).step if resume and layout.model.last.exists() else None
-    trainer = Trainer(settings, data, layout.model, group, saved_step)
+    trainer = Trainer(settings, data, layout.model, group, saved_step, resume)
     return trainer.fitting.fit(trainer, tracker, layout, resume, started)
 
 
@@ -308,6 +322,8 @@ class GradientSteps(Fitting):
                     "processes": trainer.group.world,
                     "train_cases": len(trainer.train_loader.dataset),
                     "val_cases": len(trainer.val_loader.dataset),
+                    **(trainer.initialised.params() if trainer.initialised else {}),
+                    **frozen_params(trainer.settings, trainer.network),
                 }
             )
         progress = trainer.fit(tracker, progress, started)

@@ -44,22 +44,19 @@ def volume_preprocessing(settings: TransformSettings, keys: tuple[str, ...] = ("
     """Deterministic steps shared by training, validation and inference."""
     from monai.transforms import (
         CropForegroundd,
-        LoadImaged,
         NormalizeIntensityd,
         Orientationd,
         ScaleIntensityRanged,
         Spacingd,
     )
 
-    from medseg.imageio.readers import VolumeReader
+    from medseg.imageio.readers import LoadVolumesd
     from medseg.transforms.intensity import Normalisedd
     from medseg.transforms.labels import RemapLabelsd
 
     pre = settings.preprocessing
     interpolation = tuple("nearest" if key == "label" else "bilinear" for key in keys)
-    transforms: list[Any] = [
-        LoadImaged(keys=list(keys), reader=VolumeReader(), image_only=True, ensure_channel_first=True)
-    ]
+    transforms: list[Any] = [LoadVolumesd(keys=list(keys), image_only=True, ensure_channel_first=True)]
     if "label" in keys:
         transforms.append(RemapLabelsd("label", **settings.labels.arguments()))
     transforms.append(Orientationd(keys=list(keys), axcodes=pre.orientation))
