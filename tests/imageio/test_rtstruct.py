@@ -10,8 +10,6 @@ import numpy as np
 import pydicom
 import pytest
 
-from medseg.config.schema import PipelineConfig
-from medseg.config.settings import inference_settings
 from medseg.core.errors import ConfigError, DataError
 from medseg.imageio.dicom_seg import output_uids
 from medseg.imageio.headers import dicom_series_files, read_header
@@ -19,7 +17,7 @@ from medseg.imageio.rtstruct import read_rtstruct, slice_contours, write_rtstruc
 from medseg.infer.predictor import Predictor
 from medseg.labels import Label
 from medseg.outputs.batch import Outputs, model_digest, predict_folder
-from tests.helpers.models import ThresholdNet
+from tests.helpers.models import ct_threshold_predictor
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 STUDY_UID = "1.2.826.0.1.3680043.2.1125.77.1"
@@ -205,16 +203,7 @@ def test_real_anatomy_rasterises_back(tmp_path: Path, shared_data: Path) -> None
 
 
 def ct_predictor() -> Predictor:
-    cfg = PipelineConfig(
-        name="ct",
-        spatial_dims=3,
-        preprocessing={"patch_size": [16, 16, 16], "intensity": {"kind": "ct"}, "crop_foreground": False},
-        model={"in_channels": 1},
-        inference={"backend": "torch"},
-        postprocessing={"mode": "off"},
-        data={"labels": {1: {"name": "liver", "color": [221, 130, 101]}}},
-    )
-    return Predictor(ThresholdNet((0.4,)), inference_settings(cfg))  # 150 HU is foreground, -500 is not
+    return ct_threshold_predictor()  # 150 HU is foreground, -500 is not
 
 
 def test_predict_writes_rtstruct_and_seg_with_the_models_uids_and_refuses_nifti(tmp_path: Path) -> None:

@@ -10,20 +10,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from medseg.cli.app import app
 from medseg.config.schema import PipelineConfig
-from medseg.config.settings import inference_settings
 from medseg.imageio.label_maps import SUFFIXES
 from medseg.infer.predictor import Predictor
-from medseg.models.checkpoint import save_checkpoint
-from medseg.models.registry import build_network
 from medseg.outputs.dicomweb import DicomwebSource, predict_dicomweb
 from medseg.outputs.pacs import Pacs
 from medseg.outputs.settings import Outputs
-from tests.helpers.models import ThresholdNet
+from tests.helpers.models import TINY_UNET_ARGS as ARGS
+from tests.helpers.models import ct_threshold_predictor, tiny_unet_checkpoint
 from tests.helpers.orthanc import (
     STUDY_UID,
     Orthanc,
@@ -37,43 +34,19 @@ from tests.helpers.orthanc import (
 SERIES_A, SERIES_B = f"{STUDY_UID}.10", f"{STUDY_UID}.20"
 DICOM_FORMATS = ("dicom-seg", "rtstruct") if "rtstruct" in SUFFIXES else ("dicom-seg",)
 REJECT_SEG = 'function ReceivedInstanceFilter(dicom, origin, info)\n  return dicom.Modality ~= "SEG"\nend\n'
-ARGS = {"channels": [4, 8], "strides": [2], "num_res_units": 0}
 
 pytest.importorskip("dicomweb_client", reason="the pacs extra (dicomweb-client) is not installed")
 
 
 def threshold_predictor(threshold: float = 0.4) -> Predictor:
     """Exact masks: HU -160..240 -> 0..1, the 150 HU sphere (0.775) above the threshold, -500 HU below."""
-    cfg = PipelineConfig(
-        name="ct",
-        spatial_dims=3,
-        preprocessing={"patch_size": [16, 16, 16], "intensity": {"kind": "ct"}, "crop_foreground": False},
-        model={"in_channels": 1},
-        inference={"backend": "torch"},
-        postprocessing={"mode": "off"},
-        data={"labels": {1: {"name": "sphere", "color": [220, 40, 40]}}},
-    )
-    return Predictor(ThresholdNet((threshold,)), inference_settings(cfg))
+    return ct_threshold_predictor({1: {"name": "sphere", "color": [220, 40, 40]}}, threshold)
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny seeded 3D UNet (random weights) for the command-line cases."""
-    torch.manual_seed(0)
-    cfg = PipelineConfig(
-        name="pacs",
-        spatial_dims=3,
-        stages=["predict"],
-        model={"in_channels": 1, "args": ARGS, "checkpoint": "unused.pt"},
-        preprocessing={"patch_size": [16, 16, 16], "intensity": {"kind": "ct"}},
-        inference={"backend": "torch"},
-        postprocessing={"mode": "off"},
-    )
-    path = tmp_path_factory.mktemp("model") / "best.pt"
-    spec = {"name": "unet", "spatial_dims": 3, "in_channels": 1, "out_channels": 1, "args": ARGS}
-    state = {"state_dict": build_network("unet", 3, 1, 1, ARGS).state_dict(), "network": spec}
-    save_checkpoint(path, {**state, "config": cfg.to_dict(), "epoch": 1})
-    return path
+    return tiny_unet_checkpoint(tmp_path_factory.mktemp("model") / "best.pt", "pacs")
 
 
 def upload_study(server: Orthanc, folder: Path, slices: tuple[int, int] = (12, 12)) -> np.ndarray:

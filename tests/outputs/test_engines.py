@@ -9,35 +9,16 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from medseg.cli.app import app
-from medseg.config.schema import PipelineConfig
-from medseg.models.checkpoint import save_checkpoint
-from medseg.models.registry import build_network
-
-ARGS = {"channels": [4, 8], "strides": [2], "num_res_units": 0}
+from tests.helpers.models import tiny_unet_checkpoint
 
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A checkpoint of a tiny seeded 3D UNet (random weights: fixed masks to compare engines by)."""
-    torch.manual_seed(0)
-    cfg = PipelineConfig(
-        name="engines",
-        spatial_dims=3,
-        stages=["predict"],
-        model={"in_channels": 1, "args": ARGS, "checkpoint": "unused.pt"},
-        preprocessing={"patch_size": [16, 16, 16], "intensity": {"kind": "ct"}},
-        inference={"backend": "torch"},
-        postprocessing={"mode": "off"},
-    )
-    network = build_network("unet", 3, 1, 1, ARGS)
-    path = tmp_path_factory.mktemp("model") / "best.pt"
-    spec = {"name": "unet", "spatial_dims": 3, "in_channels": 1, "out_channels": 1, "args": ARGS}
-    save_checkpoint(path, {"state_dict": network.state_dict(), "network": spec, "config": cfg.to_dict(), "epoch": 1})
-    return path
+    return tiny_unet_checkpoint(tmp_path_factory.mktemp("model") / "best.pt", "engines")
 
 
 @pytest.fixture(scope="module")

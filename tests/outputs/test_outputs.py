@@ -24,7 +24,7 @@ from medseg.infer.predictor import Predictor
 from medseg.infer.uncertainty import predictive_entropy
 from medseg.outputs.batch import Outputs, predict_folder
 from tests.helpers.data import write_dicom_series
-from tests.helpers.models import ThresholdNet
+from tests.helpers.models import ThresholdNet, ct_threshold_predictor
 
 LIVER = {"name": "liver", "color": [221, 130, 101], "code": "SCT:10200004"}
 SPACING = (0.9, 1.1, 2.0)
@@ -32,18 +32,8 @@ BLOCK = (slice(5, 14), slice(4, 12), slice(3, 9))
 
 
 def ct_predictor(**data: object) -> Predictor:
-    cfg = PipelineConfig(
-        name="ct",
-        spatial_dims=3,
-        preprocessing={"patch_size": [16, 16, 16], "intensity": {"kind": "ct"}, "crop_foreground": False},
-        model={"in_channels": 1},
-        inference={"backend": "torch"},
-        postprocessing={"mode": "off"},
-        data={"labels": {1: LIVER}, **data},
-    )
-    return Predictor(
-        ThresholdNet((0.4,)), inference_settings(cfg)
-    )  # HU -160..240 -> 0..1: the block (150 HU = 0.775) and nothing else
+    """HU -160..240 -> 0..1: the block (150 HU = 0.775) and nothing else."""
+    return ct_threshold_predictor({1: LIVER}, **data)
 
 
 def ct_volume() -> np.ndarray:

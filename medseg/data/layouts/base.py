@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -132,8 +133,9 @@ def read_json(path: Path) -> dict[str, Any]:
     return description
 
 
-def index_volumes(folder: Path, allow_series: bool) -> dict[str, Path]:
-    """id -> volume file (or DICOM series folder when ``allow_series``) in ``folder``; hidden names skipped."""
+def index_volumes(folder: Path, allow_series: bool, name: Callable[[Path], str] = volume_id) -> dict[str, Path]:
+    """id (``name`` of the file) -> volume file (or DICOM series folder when ``allow_series``) in ``folder``; hidden
+    names skipped."""
     index: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
         if path.name.startswith("."):
@@ -143,7 +145,7 @@ def index_volumes(folder: Path, allow_series: bool) -> dict[str, Path]:
                 continue
         elif not volume_suffix(path.name):
             continue
-        case = volume_id(path)
+        case = name(path)
         if case in index:
             raise DataError(f"{path}: ambiguous volume, {index[case].name} has the same id {case!r}")
         index[case] = path

@@ -22,10 +22,10 @@ from pathlib import Path
 
 from medseg.core.errors import DataError
 from medseg.data.layouts.annotated import Problems
-from medseg.data.layouts.base import Cases, Layout, LayoutSettings
+from medseg.data.layouts.base import Cases, Layout, LayoutSettings, index_volumes
 from medseg.data.layouts.folder import label_name, pair_folders, side_by_side, with_known_suffixes
 from medseg.data.records import Finding, Record
-from medseg.imageio.formats import VOLUME_SUFFIXES, volume_id, volume_suffix
+from medseg.imageio.formats import VOLUME_SUFFIXES, volume_id
 
 log = logging.getLogger(__name__)
 
@@ -42,15 +42,7 @@ def _name(path: Path) -> str:
 
 def _volumes(folder: Path) -> dict[str, Path]:
     """name -> volume file in ``folder`` (hidden names skipped); DataError for two files with one name."""
-    index: dict[str, Path] = {}
-    for path in sorted(folder.iterdir()):
-        if path.name.startswith(".") or not path.is_file() or not volume_suffix(path.name):
-            continue
-        name = _name(path)
-        if name in index:
-            raise DataError(f"{path}: ambiguous volume, {index[name].name} has the same name {name!r}")
-        index[name] = path
-    return index
+    return index_volumes(folder, allow_series=False, name=_name)
 
 
 def _scans(folder: Path) -> dict[str, Path]:
