@@ -64,8 +64,12 @@ def plan(
         str | None, typer.Option("--modality", help="ct or mri (default: told from the intensities).")
     ] = None,
     memory_gb: Annotated[float, typer.Option("--memory-gb", help="Memory budget for one training step.")] = 4.0,
+    minutes: Annotated[
+        float | None,
+        typer.Option("--minutes", help="Training budget: network, input and batch chosen by timing steps here."),
+    ] = None,
     device: Annotated[
-        str, typer.Option("--device", help="cpu, or cuda[:N]: where one training step's memory is measured.")
+        str, typer.Option("--device", help="cpu, or cuda[:N]: where training steps are measured (memory, time).")
     ] = "cpu",
     max_patch_voxels: Annotated[
         int | None, typer.Option("--max-patch-voxels", help="Cap on the patch (default 128^3 in 3D, 256^2 in 2D).")
@@ -83,18 +87,12 @@ def plan(
         from medseg.core.errors import ConfigError
         from medseg.planning.planner import plan_dataset
 
-        if modality not in (None, "ct", "mri"):
-            raise ConfigError(f"--modality {modality}: expected ct or mri")
-        if device != "cpu":
-            import torch
-
-            if not device.startswith("cuda") or not torch.cuda.is_available():
-                raise ConfigError(f"--device {device}: expected cpu or cuda[:N] with a CUDA GPU present")
+        _check_plan_options(modality, device, minutes)
         source = load_config(pipeline, overrides) if pipeline is not None else None
         if data is None and source is None:
             raise ConfigError("medseg plan: give a dataset folder, or --pipeline to plan the pipeline's data")
         written, fingerprint, result = plan_dataset(
-            data, output, None, modality, memory_gb, max_patch_voxels, merge_labels, source, device
+            data, output, None, modality, memory_gb, max_patch_voxels, merge_labels, source, device, minutes
         )
         typer.echo(f"{written} (fingerprint: {fingerprint})")
         for note in result.notes:
@@ -130,6 +128,21 @@ def convert(
         typer.echo("\n".join(describe(converted)))
 
     guarded(debug, action)
+
+
+def _check_plan_options(modality: str | None, device: str, minutes: float | None) -> None:
+    """``medseg plan``'s options that need no data: one-line errors naming the option."""
+    from medseg.core.errors import ConfigError
+
+    if modality not in (None, "ct", "mri"):
+        raise ConfigError(f"--modality {modality}: expected ct or mri")
+    if minutes is not None and not minutes > 0:
+        raise ConfigError(f"--minutes {minutes:g}: expected a positive number of minutes")
+    if device != "cpu":
+        import torch
+
+        if not device.startswith("cuda") or not torch.cuda.is_available():
+            raise ConfigError(f"--device {device}: expected cpu or cuda[:N] with a CUDA GPU present")
 
 
 def _check_target(data: Path | None, pipeline: Path | None, overrides: list[str] | None) -> tuple[Any, Path | None]:

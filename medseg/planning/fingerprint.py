@@ -30,6 +30,7 @@ class Fingerprint:
     median_spacing: list[float] = field(default_factory=list)
     median_shape: list[float] = field(default_factory=list)
     anisotropy: float = 1.0
+    timing: dict[str, Any] = field(default_factory=dict)  # plan --minutes: the machine and every timed candidate
 
     def write(self, path: Path) -> None:
         atomic_write_text(path, json.dumps(asdict(self), indent=1))

@@ -3,7 +3,8 @@
 The rules follow nnU-Net's: target spacing the median (the 10th percentile on the coarse axis of anisotropic
 data), patch and batch size fitted to a memory budget measured with one forward/backward pass, pooling per axis
 until it reaches 4-8 voxels, normalisation by modality (CT: clipped to the foreground's 0.5-99.5 percentiles and
-z-scored with foreground statistics; MRI: per-case z-score over non-zero voxels; RGB: per-channel scaling).
+z-scored with foreground statistics; MRI: per-case z-score over non-zero voxels; RGB: per-channel scaling). With a
+training budget (``--minutes``), :mod:`.minutes` then chooses the network, input and batch by timing them here.
 """
 
 from __future__ import annotations
@@ -24,13 +25,11 @@ from medseg.core.errors import DataError
 from medseg.data.discovery import find_cases
 from medseg.imageio.formats import is_image_2d
 from medseg.planning.fingerprint import Fingerprint, fingerprint_images, fingerprint_volumes
+from medseg.planning.networks import MIN_POOLED_SIZE, network_args, pooling_plan, round_patch
 
 log = logging.getLogger(__name__)
 
 ANISOTROPY_LIMIT = 3.0
-MIN_POOLED_SIZE = 4  # an axis is pooled while it stays at least 8 voxels before the pooling (4 after)
-MAX_LEVELS = 6
-FILTERS = (16, 32, 64, 128, 256, 320)
 
 
 # ------------------------------------------------------------------------------------------------ decisions
@@ -48,32 +47,6 @@ def target_spacing(fingerprint: Fingerprint) -> tuple[list[float], str]:
         f"median spacing; anisotropic (max/min {fingerprint.anisotropy:.1f} > {ANISOTROPY_LIMIT:g}): "
         f"axis {coarse} at the 10th percentile of its spacings"
     )
-
-
-def pooling_plan(patch: list[int]) -> list[list[int]]:
-    """Strides per level and axis: an axis is pooled (2) while its size stays >= 2 x 4 voxels, else 1."""
-    sizes, strides = list(patch), [[1] * len(patch)]
-    for _ in range(MAX_LEVELS - 1):
-        step = [2 if size >= 2 * MIN_POOLED_SIZE else 1 for size in sizes]
-        if not any(s == 2 for s in step):
-            break
-        strides.append(step)
-        sizes = [size // s for size, s in zip(sizes, step, strict=True)]
-    return strides
-
-
-def network_args(spatial_dims: int, patch: list[int]) -> tuple[str, dict[str, Any]]:
-    """A DynUNet (3D, strides per axis, as nnU-Net) or a MONAI UNet (2D) deep enough for ``patch``."""
-    strides = pooling_plan(patch)
-    levels = len(strides)
-    if spatial_dims == 3:
-        return "dynunet", {
-            "filters": list(FILTERS[:levels]),
-            "kernel_size": [[3, 3, 3] for _ in range(levels)],
-            "strides": strides,
-        }
-    levels = 1 + sum(1 for step in strides[1:] if all(s == 2 for s in step))  # MONAI's UNet pools every axis
-    return "unet", {"channels": list(FILTERS[:levels]), "strides": [2] * (levels - 1), "num_res_units": 2}
 
 
 def training_memory(cfg: PipelineConfig, patch: list[int], batch: int, device: str = "cpu") -> int:
@@ -107,12 +80,6 @@ def training_memory(cfg: PipelineConfig, patch: list[int], batch: int, device: s
     return saved + 4 * parameters + 2 * batch_tensor.numel() * 4 + output.numel() * 4
 
 
-def _round_patch(patch: list[float], strides: list[list[int]]) -> list[int]:
-    """Each axis a multiple of its total pooling factor."""
-    factor = np.prod(np.array(strides), axis=0)
-    return [int(max(f, round(p / f) * f)) for p, f in zip(patch, factor, strict=True)]
-
-
 @dataclass
 class Plan:
     """The derived values (dotted keys) and the one-line reason behind each."""
@@ -120,6 +87,8 @@ class Plan:
     values: dict[str, Any] = field(default_factory=dict)
     reasons: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    comments: list[str] = field(default_factory=list)  # more header lines of the YAML (the timed candidates)
+    timing: dict[str, Any] = field(default_factory=dict)  # --minutes: the machine and every timed candidate
 
     def set(self, key: str, value: Any, reason: str) -> None:
         self.values[key], self.reasons[key] = value, reason
@@ -133,9 +102,12 @@ def plan_pipeline(
     max_patch_voxels: int | None = None,
     merge_labels: bool = False,
     device: str = "cpu",
+    minutes: float | None = None,
+    training_cases: int | None = None,
 ) -> Plan:
     """Derive a pipeline from a fingerprint. ``data``: the ``data`` section that finds the cases; ``device``: where
-    the memory of a training step is measured (``cpu`` or ``cuda[:N]``)."""
+    the memory of a training step is measured (``cpu`` or ``cuda[:N]``); ``minutes``: a training budget the network,
+    input and batch are then chosen for by timing them there (:mod:`.minutes`), over ``training_cases`` cases."""
     plan = Plan()
     plan.set("name", name, "")
     plan.set("spatial_dims", fingerprint.spatial_dims, f"{fingerprint.spatial_dims}D {fingerprint.modality} data")
@@ -158,7 +130,22 @@ def plan_pipeline(
         _plan_volume(plan, fingerprint, budget, max_patch_voxels or 128**3, device)
     else:
         _plan_image(plan, fingerprint, budget, max_patch_voxels or 256 * 256, device)
+    if minutes is not None:
+        _plan_minutes(plan, minutes, device, training_cases or len(fingerprint.cases))
     return plan
+
+
+def _plan_minutes(plan: Plan, minutes: float, device: str, training_cases: int) -> None:
+    """Network, input, batch and schedule for a ``minutes`` budget, timed on ``device``; the memory plan's input and
+    batch are the largest tried."""
+    from medseg.planning.minutes import plan_for_minutes
+
+    result = plan_for_minutes(_config_for(plan), minutes, device, training_cases)
+    for key, (value, reason) in result["values"].items():
+        plan.set(key, value, reason)
+    plan.comments.extend(result["comments"])
+    plan.notes.extend(result["notes"])
+    plan.timing = result["timing"]
 
 
 def _config_for(plan: Plan) -> PipelineConfig:
@@ -187,7 +174,7 @@ def _fit(
     patch_f = list(start)
     while True:
         strides = pooling_plan([int(p) for p in patch_f])
-        patch = _round_patch(patch_f, strides)
+        patch = round_patch(patch_f, strides)
         name, args = network_args(spatial_dims, patch)
         plan.values["model.name"], plan.values["model.args"] = name, args
         if int(np.prod(patch)) <= cap:
@@ -291,6 +278,7 @@ def plan_yaml(plan: Plan, fingerprint_path: str) -> str:
     lines = [
         f"# Planned by `medseg plan` from {fingerprint_path}; every derived value says its rule and the numbers.",
         *[f"# note: {note}" for note in plan.notes],
+        *[f"# {comment}" for comment in plan.comments],
     ]
 
     def emit(section: dict[str, Any], depth: int) -> None:
@@ -319,6 +307,7 @@ def plan_dataset(
     merge_labels: bool = False,
     source: PipelineConfig | None = None,
     device: str = "cpu",
+    minutes: float | None = None,
 ) -> tuple[Path, Path, Plan]:
     """``medseg plan``: fingerprint ``folder``, write ``<name>.fingerprint.json`` and the pipeline YAML ``output``.
 
@@ -351,7 +340,10 @@ def plan_dataset(
     data["dataset_dir"] = folder.name
     if source is None or source.data.dataset_dir != folder.name:  # else: found as the source finds its data
         data["root"] = str(folder.resolve().parent)
-    plan = plan_pipeline(fingerprint, data, name or output.stem, memory_gb, max_patch_voxels, merge_labels, device)
+    trained = training_cases(len(records), base.data.split.val_fraction, base.data.split.test_fraction)
+    plan = plan_pipeline(
+        fingerprint, data, name or output.stem, memory_gb, max_patch_voxels, merge_labels, device, minutes, trained
+    )
     if source is not None and source.data.foreground_labels:
         plan.set("data.foreground_labels", list(source.data.foreground_labels), "as in the source pipeline")
         plan.set("model.out_channels", 1, "binary, as in the source pipeline")
@@ -359,10 +351,16 @@ def plan_dataset(
         named = {value: info.model_dump(exclude_none=True) for value, info in source.data.labels.items()}
         plan.set("data.labels", named, "as in the source pipeline")
     fingerprint_path = output.with_name(f"{output.name.removesuffix(output.suffix)}.fingerprint.json")
+    fingerprint.timing = plan.timing
     fingerprint.write(fingerprint_path)
     atomic_write_text(output, plan_yaml(plan, fingerprint_path.name))
     load_config(output)  # the plan must validate as it is
     return output, fingerprint_path, plan
+
+
+def training_cases(cases: int, val_fraction: float, test_fraction: float) -> int:
+    """How many of ``cases`` the split leaves for training (as :func:`medseg.data.splits.make_splits` cuts it)."""
+    return max(1, cases - max(1, round(cases * test_fraction)) - max(1, round(cases * val_fraction)))
 
 
 def guess_config(folder: Path, name: str) -> PipelineConfig:
@@ -373,6 +371,22 @@ def guess_config(folder: Path, name: str) -> PipelineConfig:
     images = folder / PipelineConfig(name=name).data.images_dir
     if images.is_dir() and any(is_image_2d(p) for p in images.iterdir()):
         return PipelineConfig(name=name)
+    if _holds_2d_cases(folder, PipelineConfig(name=name)):  # labelme, COCO, CVAT, 2D nnU-Net / MSD...
+        return PipelineConfig(name=name)
     guess = PipelineConfig(name=name, spatial_dims=3, model={"in_channels": 1})
     records = find_cases(data_settings(guess), folder).records
     return guess.with_values({"model.in_channels": len(records[0]["image"]) if records else 1})
+
+
+def _holds_2d_cases(folder: Path, guess: PipelineConfig) -> bool:
+    """Whether a 2D layout that describes its cases in a file (annotations, dataset.json) finds 2D images here."""
+    from medseg.data.layouts.base import LayoutSettings
+    from medseg.data.layouts.registry import choose_layout
+
+    settings = LayoutSettings.of(guess.data, 2)
+    try:
+        layout, _ = choose_layout(folder, settings)
+        records = layout.find(folder, settings, []).records if not layout.by_content else []
+    except DataError:
+        return False
+    return bool(records) and is_image_2d(Path(records[0]["image"]))
