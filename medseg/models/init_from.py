@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 OPTION = "model.init_from"
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel, torch.compile
 BUNDLE_WEIGHTS = Path("models") / "model.pt"  # MONAI's bundle layout
+BUNDLE_TORCHSCRIPT = Path("models") / "model.ts"
 #: what the source's preprocessing is compared on (dotted keys of a stored configuration); ``2d``: on 2D models only
 PREPROCESSING_KEYS = {
     "model.in_channels": False,
@@ -36,7 +37,7 @@ PREPROCESSING_KEYS = {
     "preprocessing.intensity.channels": False,
     "preprocessing.spatial_size": True,
 }
-EXPECTED = "a run folder, a .pt checkpoint, a .ts export or a MONAI bundle folder with models/model.pt"
+EXPECTED = "a run folder, a .pt checkpoint, a .ts export or a MONAI bundle folder with models/model.pt or .ts"
 
 
 @dataclass(frozen=True)
@@ -93,8 +94,9 @@ def _weights_file(path: Path, text: str) -> Path:
         raise ModelError(f"{OPTION}: {text} does not exist")
     if path.is_file():
         return path
-    if (path / BUNDLE_WEIGHTS).is_file():
-        return path / BUNDLE_WEIGHTS
+    for weights in (BUNDLE_WEIGHTS, BUNDLE_TORCHSCRIPT):  # a bundle's state dict, else its TorchScript (MONAI Deploy)
+        if (path / weights).is_file():
+            return path / weights
     for candidate in (ModelLayout(path).best, RunLayout(path).model.best):
         if candidate.is_file():
             return candidate

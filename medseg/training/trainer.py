@@ -99,6 +99,8 @@ class Trainer:
             time.perf_counter() - started,
         )
         self.network = build_network(**settings.network)
+        if settings.training.freeze and not settings.init_from:
+            log.warning("training.freeze without model.init_from: the frozen encoder keeps its random initialisation")
         self.initialised: WeightMatch | None = None  # what model.init_from filled of a fresh (not resumed) network
         if settings.init_from and not resume:
             name = settings.network["name"]

@@ -5,6 +5,7 @@ source is refused in one line before a run folder is written."""
 from __future__ import annotations
 
 import logging
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from tests.helpers.data import tiny_overrides
 from tests.helpers.paths import REPO
 
 PIPELINE = REPO / "pipelines" / "skin_lesion.yaml"
-EXPECTED = "a run folder, a .pt checkpoint, a .ts export or a MONAI bundle folder with models/model.pt"
+EXPECTED = "a run folder, a .pt checkpoint, a .ts export or a MONAI bundle folder with models/model.pt or .ts"
 
 
 def _overrides(root: Path, data: Path, *extra: str) -> list[str]:
@@ -112,8 +113,10 @@ def test_prefixed_checkpoints_torchscript_and_bundles_give_every_tensor(tmp_path
     (tmp_path / "bundle" / "configs").mkdir()
     (tmp_path / "bundle" / "configs" / "inference.json").write_text('{"network_def": {"_target_": "$exit(1)"}}')
     torch.save(weights, tmp_path / "bundle" / "models" / "model.pt")
+    (tmp_path / "deploy_bundle" / "models").mkdir(parents=True)  # TorchScript only, as MONAI Deploy takes it
+    shutil.copy(tmp_path / "model.ts", tmp_path / "deploy_bundle" / "models" / "model.ts")
 
-    for source in ("ddp.pt", "compiled.pt", "model.ts", "bundle"):
+    for source in ("ddp.pt", "compiled.pt", "model.ts", "bundle", "deploy_bundle"):
         match = check_init_from(str(tmp_path / source), spec)
         assert (match.kept, match.reinitialised) == (tuple(weights), ()), source
     fresh = build_network(**spec)

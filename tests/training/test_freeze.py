@@ -3,6 +3,7 @@ and train again after ``training.freeze_epochs`` (a resumed run too: the state f
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -89,3 +90,17 @@ def test_a_frozen_encoder_takes_no_step(tmp_path: Path) -> None:
     encoder = {names[id(p)] for p in encoder_parameters("unet", network)}
     unchanged = {k for k in names.values() if torch.equal(trained[k], start[k])}
     assert encoder and unchanged == encoder
+
+
+def test_freezing_a_random_encoder_says_so_in_one_line(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from medseg.data.synthetic import generate_dermoscopy_dataset
+    from medseg.pipeline.run import run_pipeline
+
+    data = generate_dermoscopy_dataset(tmp_path / "tiny", num_cases=12, image_size=(64, 96), seed=3)
+    overrides = [*tiny_overrides(tmp_path, data), "stages=[train]", "tracking.enabled=false", "training.epochs=1"]
+    cfg = load_config(REPO / "pipelines" / "skin_lesion.yaml", [*overrides, "training.freeze=[encoder]"])
+    with caplog.at_level(logging.WARNING, logger="medseg.training.trainer"):
+        run_pipeline(cfg, run_name="frozen-random")
+    assert [r.getMessage() for r in caplog.records if r.name == "medseg.training.trainer"] == [
+        "training.freeze without model.init_from: the frozen encoder keeps its random initialisation"
+    ]
