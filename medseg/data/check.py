@@ -73,13 +73,8 @@ class CheckReport:
         return 2 if self.errors else 1 if self.findings else 0
 
     def summary(self) -> str:
-        layout = (
-            f" ({self.layout} layout; {self.reason})"
-            if self.reason
-            else f" ({self.layout} layout)"
-            if self.layout
-            else ""
-        )
+        said = "; ".join(part for part in (self.layout and f"{self.layout} layout", self.reason) if part)
+        layout = f" ({said})" if said else ""
         return (
             f"{self.root}{layout}: {len(self.records)} case(s) checked in {self.seconds:.1f} s: "
             f"{len(self.errors)} error(s) "

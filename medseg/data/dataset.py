@@ -21,7 +21,7 @@ from medseg.data.image_checks import DatalistReport
 from medseg.data.records import Record, subset
 from medseg.data.settings import DataSettings
 from medseg.data.splits import Splits, load_or_create_folds, load_or_create_splits
-from medseg.data.volume_checks import spacing_in_orientation  # (its home; imported from here by older callers)
+from medseg.data.volume_checks import spacing_in_orientation
 
 log = logging.getLogger(__name__)
 

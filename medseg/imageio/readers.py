@@ -57,15 +57,20 @@ def sitk_array_xyz(image: sitk.Image) -> np.ndarray:
 UNEVEN_SLICES = "ITK_non_uniform_sampling_deviation"
 
 
-def _slice_gap(reader: sitk.ImageSeriesReader, image: sitk.Image, tolerance: float = 0.1) -> str:
+def _slice_gap(files: list[str], image: sitk.Image, tolerance: float = 0.1) -> str:
     """Where a series' slice positions (along the slice normal) step by more than ``tolerance`` of the smallest step
     away from it (a missing slice doubles a step), what is wrong; "" for steps that differ by rounding only."""
+    import pydicom
+
     normal = np.asarray(image.GetDirection(), dtype=float).reshape(3, 3)[:, 2]
     positions = []
-    for index in range(image.GetSize()[2]):
-        if not reader.HasMetaDataKey(index, "0020|0032"):
+    for name in files:  # read only where ITK flagged the series: the headers, not the pixels
+        position = pydicom.dcmread(name, stop_before_pixels=True, specific_tags=["ImagePositionPatient"]).get(
+            "ImagePositionPatient"
+        )
+        if position is None:
             return ""  # no positions to judge by: ITK's own estimate stands
-        positions.append(np.dot(normal, [float(v) for v in reader.GetMetaData(index, "0020|0032").split("\\")]))
+        positions.append(float(np.dot(normal, [float(v) for v in position])))
     steps = np.abs(np.diff(positions))
     usual = float(steps.min())
     worst = int(np.argmax(steps))
@@ -81,12 +86,12 @@ def read_sitk_image(path: PathLike) -> sitk.Image:
         raise DataError(f"image not found: {path}")
     try:
         if is_dicom_series(path):
+            files = dicom_series_files(path)
             reader = sitk.ImageSeriesReader()
-            reader.SetFileNames(dicom_series_files(path))
-            reader.MetaDataDictionaryArrayUpdateOn()
+            reader.SetFileNames(files)
             image = reader.Execute()
             if image.HasMetaDataKey(UNEVEN_SLICES):  # ITK flags rounding too; a gap it still stacks as if even
-                gap = _slice_gap(reader, image)
+                gap = _slice_gap(files, image)
                 if gap:
                     raise DataError(f"cannot read DICOM series {path}: {gap} (a slice missing or unreadable?)")
             return image

@@ -247,12 +247,10 @@ def _run_stages(
     if group.is_main:
         barrier(group)
     try:
-        cfg = cfg.with_values(data.resolved if data else {})  # e.g. the target spacing measured on the training cases
+        cfg = cfg.with_values(data.resolved) if data else cfg  # e.g. the target spacing measured on the training cases
     except ValueError as exc:  # values a dataset's own description gives that this pipeline's model cannot take
         reason = validation_message(exc)
-        raise ConfigError(
-            f"{data and data.root}: the dataset's description does not fit this pipeline ({reason})"
-        ) from None
+        raise ConfigError(f"{data.root}: the dataset's description does not fit this pipeline ({reason})") from None
     if group.is_main and not run.config.is_file():
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run.config, cfg.to_yaml())

@@ -11,27 +11,19 @@ import torch
 
 from medseg.config.schema import IntensityConfig
 
-EPSILON = 1e-8
-
 
 def normalise_channel(channel: torch.Tensor, kind: str, intensity: IntensityConfig) -> torch.Tensor:
-    """One channel normalised as ``kind`` says (``intensity`` gives a CT channel's window and ``scaled_to``)."""
+    """One channel normalised as ``kind`` says, by MONAI's intensity transforms (``intensity`` gives a CT channel's
+    window and ``scaled_to``)."""
+    from monai.transforms import NormalizeIntensity, ScaleIntensity, ScaleIntensityRange
+
     if kind == "ct":
         (low, high), (b_low, b_high) = intensity.window, intensity.scaled_to
-        return (channel.clamp(low, high) - low) / (high - low) * (b_high - b_low) + b_low
-    if kind == "zscore":
-        return (channel - channel.mean()) / channel.std(unbiased=False).clamp_min(EPSILON)
+        return ScaleIntensityRange(low, high, b_low, b_high, clip=True)(channel)
+    if kind in ("zscore", "mri"):  # mri: over the non-zero voxels (the head, not the air around it)
+        return NormalizeIntensity(nonzero=kind == "mri")(channel)
     if kind == "rescale":
-        low, high = channel.min(), channel.max()
-        return (channel - low) / (high - low).clamp_min(EPSILON)
-    if kind == "mri":
-        inside = channel != 0
-        if not inside.any():
-            return channel
-        values = channel[inside]
-        out = channel.clone()
-        out[inside] = (values - values.mean()) / values.std(unbiased=False).clamp_min(EPSILON)
-        return out
+        return ScaleIntensity(minv=0.0, maxv=1.0)(channel)
     return channel  # none
 
 

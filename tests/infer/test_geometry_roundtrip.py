@@ -72,7 +72,7 @@ def test_label_through_preprocessing_and_back_keeps_dice(case: str, grid: str, s
     where resolution is lost both ways, Dice >= 0.90 (a flip or shift would give far less)."""
     from monai.transforms import Compose, Invertd
 
-    from medseg.data.dataset import spacing_in_orientation
+    from medseg.data.volume_checks import spacing_in_orientation
     from medseg.imageio.headers import read_header
     from medseg.transforms.volume_3d import volume_preprocessing
 
