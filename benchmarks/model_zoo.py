@@ -6,6 +6,10 @@ melanoma cases of the test split on their own.
     ... benchmarks/model_zoo.py --table [--baseline unet]   # every stored row, compared case by case with one
     # a recipe variant: the same comparison with overrides, kept as its own rows
     ... benchmarks/model_zoo.py --models unet --tag res192 --set preprocessing.spatial_size=[192,192]
+    # another pipeline (a planned one) over seeds, then two groups of rows compared on their seed-averaged cases
+    ... benchmarks/model_zoo.py --pipeline pipelines/skin_lesion_planned.yaml --models unet --tag planned-s1 \
+        --set seed=1
+    ... benchmarks/model_zoo.py --table --pair unet+s unet+planned-s
 
 Each model is the shipped skin-lesion pipeline with only ``model`` replaced, trained for ``--minutes`` with
 ``schedule.length: max_minutes``: the first epochs time the model (training + validation), the cosine schedule then
@@ -21,6 +25,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import subprocess
 import sys
 import time
@@ -54,15 +59,15 @@ def planned_epochs(run_dir: Path) -> int:
     return state.get("planned_epochs") or state["epoch"]
 
 
-def run_one(name: str, minutes: float, out: Path, overrides: list[str]) -> dict:
-    """Train, evaluate and time one model (``overrides``: ``key=value`` applied after the model); its figures."""
+def run_one(name: str, minutes: float, out: Path, overrides: list[str], pipeline: Path) -> dict:
+    """Train, evaluate and time one model of ``pipeline`` (``overrides``: ``key=value`` applied after the model)."""
     import torch
 
     from medseg.config.loading import load_config, parse_override
     from medseg.infer.predictor import Predictor
     from medseg.pipeline.run import run_pipeline
 
-    cfg = load_config(REPO / "pipelines" / "skin_lesion.yaml", [f"output_root={out}", "tracking.experiment=model_zoo"])
+    cfg = load_config(pipeline, [f"output_root={out}", "tracking.experiment=model_zoo"])
     cfg = cfg.with_values(
         {
             "model.name": name,
@@ -129,9 +134,31 @@ def paired(per_case: dict[str, float] | None, baseline: dict[str, float] | None)
     return f"{differences.mean():+.4f} ({low:+.4f} to {high:+.4f})"
 
 
+def print_pair(results: list[dict], first: str, second: str) -> None:
+    """Each group's mean test Dice over its rows (seeds), and the paired interval of the difference of the per-case
+    Dice averaged over each group's seeds (second minus first)."""
+    import statistics
+
+    groups = {prefix: [r for r in results if r["model"].startswith(prefix)] for prefix in (first, second)}
+    for prefix, rows in groups.items():
+        dice = [r["test_dice"] for r in rows]
+        spread = f" (sd {statistics.stdev(dice):.4f})" if len(dice) > 1 else ""
+        print(
+            f"{prefix}*: {len(rows)} rows, mean test Dice {statistics.fmean(dice):.4f}{spread}: "
+            + ", ".join(f"{r['model']} {r['test_dice']:.4f}" for r in rows)
+        )
+    averaged = []
+    for rows in groups.values():
+        cases = set.intersection(*(set(r["per_case_dice"]) for r in rows))
+        averaged.append({case: statistics.fmean(r["per_case_dice"][case] for r in rows) for case in cases})
+    print(f"{second}* - {first}*, per case averaged over seeds (95 % CI): {paired(averaged[1], averaged[0])}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--pipeline", type=Path, default=REPO / "pipelines" / "skin_lesion.yaml", help="PH2 pipeline")
+    parser.add_argument("--pair", nargs=2, metavar=("A", "B"), help="compare the rows starting A and B over seeds")
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="key=value, for every model")
     parser.add_argument("--tag", default="", help="names the rows of a --set variant: <model>+<tag>")
@@ -142,7 +169,7 @@ def main() -> None:
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print("RESULT " + json.dumps(run_one(args.worker, args.minutes, args.output, args.overrides)))
+        print("RESULT " + json.dumps(run_one(args.worker, args.minutes, args.output, args.overrides, args.pipeline)))
         return
     if args.overrides and not args.tag:
         parser.error("--set needs --tag, so that its rows are not mistaken for the shipped recipe")
@@ -158,18 +185,22 @@ def main() -> None:
             print(f"{row}: kept from {store}", flush=True)
             continue
         command = [sys.executable, __file__, "--worker", name, "--minutes", str(args.minutes)]
-        command += ["--output", str(args.output / row), *(f"--set={o}" for o in args.overrides)]
+        command += ["--output", str(args.output / row), "--pipeline", str(args.pipeline)]
+        command += [f"--set={o}" for o in args.overrides]
         done = subprocess.run(command, capture_output=True, text=True, encoding="utf-8", errors="replace")
         lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
         if done.returncode or not lines:
             print(f"{row}: failed ({done.stderr.strip().splitlines()[-1:] or done.returncode})", flush=True)
             continue
         results[row] = {**json.loads(lines[-1][7:]), "model": row, "overrides": args.overrides}
+        results[row]["pipeline"] = os.path.relpath(args.pipeline.resolve(), REPO)
         results[row]["minutes_budget"] = args.minutes
         store.parent.mkdir(parents=True, exist_ok=True)
         store.write_text(json.dumps(list(results.values()), indent=1))
         print(json.dumps(results[row]), flush=True)
     results = [results[row] for row in rows if row in results]
+    if args.pair:
+        print_pair(results, *args.pair)
     baseline = next((r.get("per_case_dice") for r in results if r["model"] == args.baseline), None)
     header = "| model | test Dice | 95% CI | paired vs baseline | thr. Jaccard | HD95 (px) | melanoma Dice | parameters"
     print(f"\n{header} | epochs in {args.minutes:g} min | s/epoch | ms/image |")

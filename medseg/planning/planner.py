@@ -350,12 +350,28 @@ def plan_dataset(
     if source is not None and source.data.labels and plan.values["model.out_channels"] == source.model.out_channels:
         named = {value: info.model_dump(exclude_none=True) for value, info in source.data.labels.items()}
         plan.set("data.labels", named, "as in the source pipeline")
+    if source is not None:
+        keep_hand_made(plan, source)
     fingerprint_path = output.with_name(f"{output.name.removesuffix(output.suffix)}.fingerprint.json")
     fingerprint.timing = plan.timing
     fingerprint.write(fingerprint_path)
     atomic_write_text(output, plan_yaml(plan, fingerprint_path.name))
     load_config(output)  # the plan must validate as it is
     return output, fingerprint_path, plan
+
+
+HAND_MADE = ("augmentation", "loss", "optimizer", "postprocessing", "evaluation")
+
+
+def keep_hand_made(plan: Plan, source: PipelineConfig) -> None:
+    """Keep the source pipeline's sections that the plan does not derive (augmentation, loss, optimiser,
+    post-processing, metric thresholds), where they differ from the defaults: a planned pipeline then differs from
+    its source only in what the plan chooses."""
+    defaults = PipelineConfig(name=source.name)
+    for section in HAND_MADE:
+        value = getattr(source, section).model_dump(mode="json", exclude_defaults=True)
+        if value and getattr(source, section) != getattr(defaults, section):
+            plan.set(section, value, "as in the source pipeline: hand-made, not derived by the plan")
 
 
 def training_cases(cases: int, val_fraction: float, test_fraction: float) -> int:

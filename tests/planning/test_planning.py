@@ -101,3 +101,29 @@ def test_pooling_stops_at_four_to_eight_voxels_per_axis() -> None:
     assert strides[0] == [1, 1, 1]
     assert [s[2] for s in strides[1:]] == [2, 2, 1, 1, 1]  # 24 -> 12 -> 6, then z stays
     assert len(strides) == 6  # 128 pooled five times: 4 voxels
+
+
+def test_plan_from_a_pipeline_keeps_its_hand_made_sections(tiny_dataset: Path, tmp_path: Path) -> None:
+    source = tmp_path / "source.yaml"
+    source.write_text(
+        yaml.safe_dump(
+            {
+                "name": "source",
+                "data": {"root": str(tiny_dataset.parent), "dataset_dir": tiny_dataset.name},
+                "augmentation": {"brightness": 0.05, "noise_prob": 0.0},
+                "optimizer": {"lr": 0.003},
+                "postprocessing": {"opening": True, "radius": 2},
+            }
+        ),
+        encoding="utf-8",
+    )
+    out = tmp_path / "planned.yaml"
+    result = CliRunner().invoke(app, ["plan", "--pipeline", str(source), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    planned = load_config(out)
+    assert planned.augmentation.brightness == 0.05 and planned.augmentation.noise_prob == 0.0
+    assert planned.optimizer.lr == 0.003
+    assert planned.postprocessing.opening and planned.postprocessing.radius == 2
+    assert planned.loss == load_config(source).loss  # a default section is not written
+    line = next(line for line in out.read_text(encoding="utf-8").splitlines() if line.startswith("optimizer:"))
+    assert "as in the source pipeline" in line
