@@ -41,6 +41,7 @@ MODELS: dict[str, dict | None] = {
     "fcn16s": {},
     "fcn32s": {},
     "deeplabv3plus": {},
+    "segformer": {"size": "b0"},
     "flexible_unet": {},
     "swin_unetr": {"feature_size": 12},
     "unetr": {"img_size": [256, 256], "feature_size": 16},

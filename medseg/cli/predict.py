@@ -79,6 +79,20 @@ def predict(
         ),
     ] = False,
     meshes: Annotated[bool, typer.Option("--meshes", help="One surface mesh per label per case (3D).")] = False,
+    instances: Annotated[
+        bool,
+        typer.Option(
+            "--instances",
+            help="An instance map per case (an id per connected component of a label); a row each in statistics.csv.",
+        ),
+    ] = False,
+    min_size: Annotated[
+        int, typer.Option("--min-instance-size", help="--instances: drop components under this many voxels/pixels.")
+    ] = 10,
+    split: Annotated[
+        bool,
+        typer.Option("--split-touching", help="--instances: cut touching objects by a distance-transform watershed."),
+    ] = False,
     mesh_format: Annotated[str, typer.Option("--mesh-format", help="stl, obj or ply.")] = "stl",
     mesh_space: Annotated[
         str, typer.Option("--mesh-space", help="World coordinates of the meshes: lps (3D Slicer) or ras.")
@@ -107,6 +121,8 @@ def predict(
     """Segment a folder of images with a trained model (resumable: existing masks are kept)."""
 
     def action() -> None:
+        from dataclasses import replace
+
         from medseg.infer.sources import SourceOptions
         from medseg.outputs.batch import Outputs, parse_shard
         from medseg.outputs.predict import Engine, predict_batch
@@ -114,6 +130,7 @@ def predict(
         outputs = Outputs(
             _formats(formats), probabilities, uncertainty, statistics, meshes, mesh_format, mesh_space, overlays
         )
+        outputs = replace(outputs, instances=instances, min_instance_size=min_size, split_touching=split)
         tta_on = True if uncertainty and tta is None else tta  # entropy over the mirrored predictions
         options = SourceOptions(tta_on, None, backend, _folds(folds), checked_device(device))
         source = _dicomweb_source(input_path, dicomweb, study, series, query, channel, store)

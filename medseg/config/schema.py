@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from medseg.models.registry import ENCODERS, LOSSES, NETWORKS
+from medseg.models.registry import ENCODERS, INPUT_REQUIREMENTS, LOSSES, NETWORKS
 
 DATA_ROOT_ENV = "MEDSEG_DATA_ROOT"
 DEVICE_PATTERN = r"^(auto|cpu|cuda(:[0-9]+)?)$"  # (medseg.runtime.devices resolves it; torch is not imported here)
@@ -348,6 +348,15 @@ class PostprocessingConfig(Section):
     opening: bool = False
     closing: bool = False
     radius: PositiveInt = 2
+    # dense CRF (2D RGB; the crf extra): unary -log p, Gaussian and bilateral kernels on the image at its own size,
+    # before the mask steps; defaults of Kraehenbuehl & Koltun's code and pydensecrf's README (sxy, srgb in pixels)
+    dense_crf: bool = False
+    crf_iterations: PositiveInt = 5
+    crf_gaussian_sxy: PositiveFloat = 3.0
+    crf_gaussian_compat: PositiveFloat = 3.0
+    crf_bilateral_sxy: PositiveFloat = 80.0
+    crf_bilateral_srgb: PositiveFloat = 13.0
+    crf_bilateral_compat: PositiveFloat = 10.0
 
 
 class InferenceConfig(Section):
@@ -406,6 +415,12 @@ class PredictionConfig(Section):
     meshes: bool = False  # one surface mesh per label per case (3D)
     mesh_format: Literal["stl", "obj", "ply"] = "stl"
     mesh_space: Literal["lps", "ras"] = "lps"
+    # an instance map per case and a row per instance in statistics.csv: each connected component of each label its
+    # own id (components under min_instance_size voxels dropped; touching objects cut by a distance-transform
+    # watershed with split_touching); not for a regions model
+    instances: bool = False
+    min_instance_size: NonNegativeInt = 10
+    split_touching: bool = False
     dicomweb: DicomwebConfig | None = None  # read the series from a PACS instead of ``input``
 
 
@@ -481,6 +496,44 @@ class PipelineConfig(Section):
                 f"preprocessing.color_constancy: {self.preprocessing.color_constancy} needs 2D RGB images "
                 f"(spatial_dims 2, model.in_channels 3), not spatial_dims {self.spatial_dims} with "
                 f"{self.model.in_channels} channel(s)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _dense_crf_on_rgb(self) -> PipelineConfig:
+        if self.postprocessing.dense_crf and (self.spatial_dims != 2 or self.model.in_channels != 3):
+            raise ValueError(
+                "postprocessing.dense_crf: the bilateral kernel needs 2D RGB images (spatial_dims 2, "
+                f"model.in_channels 3), not spatial_dims {self.spatial_dims} with {self.model.in_channels} channel(s)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _instances_of_classes(self) -> PipelineConfig:
+        if self.prediction.instances and self.data.regions:
+            raise ValueError(
+                "prediction.instances: this pipeline predicts overlapping regions (data.regions), so a voxel belongs "
+                "to several structures; instances need a model of classes"
+            )
+        if self.prediction.split_touching and not self.prediction.instances:
+            raise ValueError("prediction.split_touching: cuts instances apart, so it needs prediction.instances: true")
+        return self
+
+    @model_validator(mode="after")
+    def _input_fits_the_network(self) -> PipelineConfig:
+        if self.model.name not in INPUT_REQUIREMENTS:
+            return self
+        dims, multiple = INPUT_REQUIREMENTS[self.model.name]
+        if self.spatial_dims != dims:
+            raise ValueError(
+                f"model.name: {self.model.name} is a {dims}D network, not for spatial_dims {self.spatial_dims}"
+            )
+        size = list(self.preprocessing.spatial_size)
+        if dims == 2 and any(side % multiple for side in size):
+            fitting = [max(multiple, round(side / multiple) * multiple) for side in size]
+            raise ValueError(
+                f"preprocessing.spatial_size: {self.model.name} takes sides that are multiples of {multiple}, "
+                f"not {size} (for example {fitting})"
             )
         return self
 

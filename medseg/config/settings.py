@@ -101,6 +101,9 @@ def output_settings(cfg: PipelineConfig) -> Outputs:
         mesh_space=p.mesh_space,
         overlays=p.overlays,
         max_overlays=p.max_overlays,
+        instances=p.instances,
+        min_instance_size=p.min_instance_size,
+        split_touching=p.split_touching,
     )
 
 

@@ -12,7 +12,7 @@ A run folder (``<output_root>/<pipeline>/<run name>/``)::
 
 A prediction folder::
 
-    masks/  overlays/  probabilities/  uncertainty/  meshes/  statistics/
+    masks/  overlays/  probabilities/  uncertainty/  meshes/  statistics/  instances/
     summary.csv  statistics.csv  labels.json  itksnap_labels.txt
 """
 
@@ -64,7 +64,8 @@ class PredictionLayout:
     UNCERTAINTY = "uncertainty"
     MESHES = "meshes"
     STATISTICS = "statistics"  # one CSV per case, gathered into statistics.csv
-    KINDS = (MASKS, OVERLAYS, PROBABILITIES, UNCERTAINTY, MESHES, STATISTICS)
+    INSTANCES = "instances"  # an instance map per case (--instances); their rows are in statistics.csv
+    KINDS = (MASKS, OVERLAYS, PROBABILITIES, UNCERTAINTY, MESHES, STATISTICS, INSTANCES)
 
     @property
     def summary(self) -> Path:

@@ -27,14 +27,17 @@ PER_CASE_CSV = "per_case_metrics.csv"
 
 
 def validation_label_maps(
-    predictor: Predictor, records: list[Record], settings: EvaluationSettings
+    predictor: Predictor, records: list[Record], settings: EvaluationSettings, refined: list[np.ndarray] | None = None
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Raw predicted label maps and reference labels of the cases, to choose the post-processing on."""
+    """Raw predicted label maps and reference labels of the cases, to choose the post-processing on; ``refined``, when
+    given, gets the maps after the predictor's own steps (the dense CRF alone, while it is tried)."""
     predictions, truths = [], []
     with progress_bar() as progress:
         for record in progress.track(records, description="choose post-processing"):
             result = predictor.predict(record["image"])
             predictions.append(result.raw)
+            if refined is not None:
+                refined.append(result.labels)
             truths.append(read_truth(record, settings, result.header)[0])
     return predictions, truths
 

@@ -206,6 +206,14 @@ def write_mask_like(mask: np.ndarray, reference: PathLike | ScanHeader, output: 
     return _write_like(_as_label_array(mask, output), reference, output, "mask")
 
 
+def write_instances_like(ids: np.ndarray, reference: PathLike | ScanHeader, output: PathLike) -> Path:
+    """Write an instance map (uint16 or uint32 ids, (x, y, z), the reference's shape) in ``reference``'s geometry."""
+    array = np.asarray(ids)
+    if array.dtype not in (np.uint16, np.uint32):
+        raise DataError(f"instance map for {output}: expected uint16 or uint32 ids, got {array.dtype}")
+    return _write_like(array, reference, output, "instance map")
+
+
 def write_probability_like(prob: np.ndarray, reference: PathLike | ScanHeader, output: PathLike) -> Path:
     """Write a float32 probability map ((x, y, z), the reference's shape) in ``reference``'s geometry."""
     array = np.asarray(prob, dtype=np.float32)

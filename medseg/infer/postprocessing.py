@@ -2,7 +2,8 @@
 
 In ``auto`` mode a step is kept only if it raises the mean validation Dice (nnU-Net's rule). This module
 decides, saves the choice beside the model (``model/postprocessing.json``) and reads it back; predictors are
-built with the steps it returns.
+built with the steps it returns. The first step, ``dense_crf`` (:mod:`medseg.infer.crf`), refines the probabilities
+with the image before they are discretised; the others clean up the label map.
 """
 
 from __future__ import annotations
@@ -20,11 +21,13 @@ from skimage import morphology
 from medseg.config.schema import PostprocessingConfig
 from medseg.core.atomic import atomic_write_text
 from medseg.core.layout import ModelLayout
+from medseg.infer.crf import crf_parameters
 from medseg.labels import LabelScheme
 
 log = logging.getLogger(__name__)
 
-STEP_ORDER = ("fill_holes", "largest_component", "remove_small_objects", "opening", "closing")
+DENSE_CRF = "dense_crf"  # on probabilities and the image (the predictor runs it); the other steps on masks
+STEP_ORDER = (DENSE_CRF, "fill_holes", "largest_component", "remove_small_objects", "opening", "closing")
 MIN_GAIN = 1e-4
 
 
@@ -78,7 +81,9 @@ def enabled_steps(cfg: PostprocessingConfig) -> list[str]:
 
 
 def apply_steps(labels: np.ndarray, steps: Sequence[str], cfg: PostprocessingConfig) -> np.ndarray:
-    """Apply ``steps`` to each foreground label of an integer label map (no channel axis)."""
+    """Apply the mask steps of ``steps`` to each foreground label of an integer label map (no channel axis); the
+    dense CRF, which ran before the label map was made, is not one of them."""
+    steps = [name for name in steps if name != DENSE_CRF]
     if not steps:
         return labels
     result = np.zeros_like(labels)
@@ -97,21 +102,32 @@ def select_steps(
     truths: Sequence[np.ndarray],
     cfg: PostprocessingConfig,
     score: Callable[[np.ndarray, np.ndarray], float],
+    refined: Sequence[np.ndarray] | None = None,
 ) -> tuple[list[str], dict[str, float]]:
     """Greedily keep each enabled step that improves the mean ``score`` over the validation cases.
+
+    ``refined``: the same cases' label maps after the dense CRF, tried first when given; the mask steps are then
+    tried on those maps if the CRF was kept.
 
     Returns:
         The chosen steps and the mean score after trying each candidate (``"none"`` = no post-processing).
     """
 
-    def mean_score(steps: list[str]) -> float:
-        return float(np.mean([score(apply_steps(p, steps, cfg), t) for p, t in zip(predictions, truths, strict=True)]))
+    def mean_score(maps: Sequence[np.ndarray], steps: list[str]) -> float:
+        return float(np.mean([score(apply_steps(p, steps, cfg), t) for p, t in zip(maps, truths, strict=True)]))
 
     chosen: list[str] = []
-    best = mean_score(chosen)
+    maps = predictions
+    best = mean_score(maps, chosen)
     scores = {"none": best}
+    if refined is not None:
+        scores[DENSE_CRF] = mean_score(refined, [])
+        if scores[DENSE_CRF] > best + MIN_GAIN:
+            chosen, maps, best = [DENSE_CRF], refined, scores[DENSE_CRF]
     for name in enabled_steps(cfg):
-        trial = mean_score([*chosen, name])
+        if name == DENSE_CRF:
+            continue
+        trial = mean_score(maps, [*chosen, name])
         scores[name] = trial
         if trial > best + MIN_GAIN:
             chosen, best = [*chosen, name], trial
@@ -123,19 +139,40 @@ def chooses_on_data(cfg: PostprocessingConfig) -> bool:
     return cfg.mode == "auto" and bool(enabled_steps(cfg))
 
 
+def tries_dense_crf(cfg: PostprocessingConfig) -> bool:
+    """``auto`` with the dense CRF a candidate: the choice also needs the validation maps after the CRF."""
+    return cfg.mode == "auto" and cfg.dense_crf
+
+
+def runs_dense_crf(cfg: PostprocessingConfig) -> bool:
+    """Whether the dense CRF may run (tried or forced): pydensecrf2 must be installed."""
+    return cfg.mode != "off" and cfg.dense_crf
+
+
 def choose_postprocessing(
-    predictions: Sequence[np.ndarray], truths: Sequence[np.ndarray], cfg: PostprocessingConfig, labels: LabelScheme
+    predictions: Sequence[np.ndarray],
+    truths: Sequence[np.ndarray],
+    cfg: PostprocessingConfig,
+    labels: LabelScheme,
+    refined: Sequence[np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """The post-processing to replay, decided on validation label maps (``auto``: mean Dice over the classes or
-    regions of ``labels``), or as configured.
+    regions of ``labels``), or as configured. ``refined``: the maps after the dense CRF (:func:`select_steps`);
+    without them an enabled CRF is not chosen (e.g. on out-of-fold maps, which keep no images).
 
     Returns:
-        ``{"mode", "candidates", "steps", "scores"}``; ``scores`` holds the mean validation Dice per candidate.
+        ``{"mode", "candidates", "steps", "scores"}`` (and ``"crf"``, its parameters, when the CRF is a candidate);
+        ``scores`` holds the mean validation Dice per candidate.
     """
     candidates = enabled_steps(cfg)
     choice: dict[str, Any] = {"mode": cfg.mode, "candidates": candidates, "steps": [], "scores": {}}
+    if DENSE_CRF in candidates:
+        choice["crf"] = crf_parameters(cfg)
+    if tries_dense_crf(cfg) and refined is None:
+        log.warning("postprocessing.dense_crf: no validation images to try the dense CRF on here; not chosen")
     if chooses_on_data(cfg):
-        choice["steps"], choice["scores"] = select_steps(predictions, truths, cfg, labels.mean_dice)
+        tried = refined if tries_dense_crf(cfg) else None
+        choice["steps"], choice["scores"] = select_steps(predictions, truths, cfg, labels.mean_dice, tried)
         log.info(
             "Post-processing chosen on %d validation cases: %s (validation Dice %s)",
             len(predictions),

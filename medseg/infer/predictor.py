@@ -2,8 +2,8 @@
 
 scan -> header (read once, checked) -> reader -> the validation preprocessing -> network (whole image in 2D,
 Gaussian-blended sliding window in 3D; optional mirror TTA) -> sigmoid/softmax -> back onto the input's own grid
-(MONAI ``Invertd`` in 2D, :mod:`medseg.infer.resampling` in 3D) -> threshold or argmax -> the post-processing
-chosen at training time.
+(MONAI ``Invertd`` in 2D, :mod:`medseg.infer.resampling` in 3D) -> [dense CRF with the image, 2D RGB] -> threshold
+or argmax -> the post-processing chosen at training time.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from medseg.infer.backends import (
 )
 from medseg.infer.checks import check_image, check_scans, check_voxels
 from medseg.infer.inferers import build_inferer, mirrored_probabilities
-from medseg.infer.postprocessing import apply_steps
+from medseg.infer.postprocessing import DENSE_CRF, apply_steps
 from medseg.infer.settings import InferenceSettings
 from medseg.infer.sources import LoadedModel, SourceOptions, load_model
 from medseg.labels import LabelScheme
@@ -44,9 +44,9 @@ ImageSource = Path | str | list[str] | list[Path]
 class Segmentation:
     """A predicted label map on the input's own grid, with that grid's geometry.
 
-    ``labels`` is post-processed and ``raw`` is not (uint8; 2D (H, W), 3D (X, Y, Z) as the scan is stored);
-    ``header`` holds the scan's shape, affine and spacing (3D; None for 2D images); ``probabilities`` (C, ...) and
-    the loaded ``image`` (3D) are kept when asked for.
+    ``labels`` is post-processed (the dense CRF included, when chosen) and ``raw`` is not (uint8; 2D (H, W), 3D
+    (X, Y, Z) as the scan is stored); ``header`` holds the scan's shape, affine and spacing (3D; None for 2D images);
+    ``probabilities`` (C, ...; the network's, before any CRF) and the loaded ``image`` (3D) are kept when asked for.
     """
 
     labels: np.ndarray
@@ -77,6 +77,8 @@ class Predictor:
 
     def __post_init__(self) -> None:
         from monai.transforms import Invertd
+
+        self._check_steps()
 
         from medseg.infer.backends import OnnxNetwork
         from medseg.runtime.devices import resolve_device
@@ -154,7 +156,15 @@ class Predictor:
         """The same predictor (same network and backend, nothing rebuilt) replaying other post-processing."""
         other = copy.copy(self)
         other.steps = list(steps)
+        other._check_steps()
         return other
+
+    def _check_steps(self) -> None:
+        """The dense CRF needs pydensecrf2 (ConfigError naming the extra before any image is read)."""
+        if DENSE_CRF in self.steps:
+            from medseg.infer.crf import require_dense_crf
+
+            require_dense_crf()
 
     # ------------------------------------------------------------------------------------------------ predict
 
@@ -178,15 +188,17 @@ class Predictor:
             return self._predict_array(source, affine, probabilities)
         paths = [Path(p) for p in source] if isinstance(source, (list, tuple)) else [Path(source)]
         headers = self.check(paths)
+        refines = DENSE_CRF in self.steps
         loaded: list[np.ndarray] = []
-        probs = self._probabilities(source, True, loaded if image else None)
+        probs = self._probabilities(source, True, loaded if image or refines else None)
         raw = self.discretise(probs)
+        refined = self.discretise(self.refine(probs, loaded[0])) if refines else raw
         return Segmentation(
-            labels=self.postprocess(raw),
+            labels=self.postprocess(refined),
             raw=raw,
             header=headers[0] if headers else None,
             probabilities=probs if probabilities else None,
-            image=loaded[0] if loaded else None,
+            image=loaded[0] if image and loaded else None,
         )
 
     def _predict_array(self, array: np.ndarray, affine: np.ndarray | None, probabilities: bool) -> Segmentation:
@@ -324,8 +336,15 @@ class Predictor:
         ``data.region_order``)."""
         return self.labels.discretise(probs)
 
+    def refine(self, probs: np.ndarray, loaded: np.ndarray) -> np.ndarray:
+        """2D probabilities (C, H, W) after the dense CRF on the image as loaded (PIL's (W, H, 3), on the same grid)."""
+        from medseg.infer.crf import dense_crf
+
+        rgb = loaded.transpose(1, 0, 2)
+        return dense_crf(probs, rgb, self.settings.postprocessing, independent=self.multilabel)
+
     def postprocess(self, labels: np.ndarray) -> np.ndarray:
-        """This predictor's post-processing steps applied to a label map."""
+        """This predictor's mask post-processing steps applied to a label map."""
         return apply_steps(labels, self.steps, self.settings.postprocessing)
 
     def segment(self, image: ImageSource) -> tuple[np.ndarray, np.ndarray]:
@@ -346,6 +365,7 @@ class CombinedPredictor(Predictor):
         self.backend, self.backend_timings = members[0].backend, {}
         self.runtimes = [runtime for member in members for runtime in member.runtimes]
         self.runtime = self.runtimes[0]
+        self._check_steps()
 
     def check(self, paths: list[Path]) -> list[ScanHeader]:
         return self.parts[0].check(paths)

@@ -108,6 +108,13 @@ def _deeplabv3plus(spatial_dims: int, in_channels: int, out_channels: int, args:
     return _construct(DeepLabV3Plus, spatial_dims, in_channels, out_channels, **args)
 
 
+def _segformer(spatial_dims: int, in_channels: int, out_channels: int, args: dict[str, Any]) -> nn.Module:
+    from medseg.models.segformer import SegFormer
+
+    args.setdefault("size", "b0")
+    return _construct(SegFormer, spatial_dims, in_channels, out_channels, **args)
+
+
 def _swin_unetr(spatial_dims: int, in_channels: int, out_channels: int, args: dict[str, Any]) -> nn.Module:
     from monai.networks.nets import SwinUNETR
 
@@ -166,6 +173,7 @@ NETWORKS: dict[str, Callable[..., nn.Module]] = {
     "fcn16s": _fcn(16),
     "fcn32s": _fcn(32),
     "deeplabv3plus": _deeplabv3plus,
+    "segformer": _segformer,
     "swin_unetr": _swin_unetr,
     "unetr": _unetr,
     "flexible_unet": _flexible_unet,
@@ -174,6 +182,10 @@ NETWORKS: dict[str, Callable[..., nn.Module]] = {
     "watershed": _classical("watershed"),
     "kmeans": _classical("kmeans"),
 }
+
+#: networks that take only some inputs, checked with the configuration: name -> (the spatial_dims they take, the
+#: multiple each side of preprocessing.spatial_size must be: SegFormer's four stages downsample 32 times)
+INPUT_REQUIREMENTS: dict[str, tuple[int, int]] = {"segformer": (2, 32)}
 
 
 #: ``training.freeze: [encoder]``: per network, the parameters (a pattern over ``named_parameters()`` names) of its
@@ -189,6 +201,7 @@ ENCODERS: dict[str, str] = {
     "fcn16s": r"stages\.",
     "fcn32s": r"stages\.",
     "deeplabv3plus": r"(stem|low_level|encoder)\.",
+    "segformer": r"encoder\.",
     "swin_unetr": r"(swinViT|encoder\d+)\.",
     "unetr": r"(vit|encoder\d)\.",
     "flexible_unet": r"encoder\.",

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -32,10 +33,13 @@ from medseg.imageio.images import read_mask, read_rgb, save_png
 from medseg.imageio.label_maps import DICOM_OBJECTS, VOLUME_FORMATS
 from medseg.infer.predictor import Predictor
 from medseg.infer.settings import InferenceSettings
-from medseg.labels import slug
+from medseg.labels import Label, slug
 from medseg.outputs.meshes import MESH_FORMATS, MESH_SPACES
 from medseg.outputs.settings import Outputs
 from medseg.outputs.visualize import overlay
+
+if TYPE_CHECKING:
+    from medseg.outputs.instances import Instances
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +60,11 @@ SUMMARY_COLUMNS = (
 )
 
 
-def check_outputs(outputs: Outputs, spatial_dims: int, records: list[Record]) -> None:
-    """Every problem with the asked outputs for this model and these inputs, in one ConfigError, before anything is
-    written; each names the ``medseg predict`` option and the pipeline's YAML key that ask for it."""
-    problems = []
+def check_outputs(outputs: Outputs, spatial_dims: int, records: list[Record], multilabel: bool = False) -> None:
+    """Every problem with the asked outputs for this model (``multilabel``: one of regions) and these inputs, in one
+    ConfigError, before anything is written; each names the ``medseg predict`` option and the pipeline's YAML key
+    that ask for it."""
+    problems = _instance_problems(outputs, multilabel)
     unknown = [f for f in outputs.formats if f not in ("input", *VOLUME_FORMATS)]
     if unknown:
         problems.append(
@@ -88,6 +93,23 @@ def check_outputs(outputs: Outputs, spatial_dims: int, records: list[Record]) ->
         problems.append(f"--mesh-space (prediction.mesh_space) {outputs.mesh_space}: choose {' or '.join(MESH_SPACES)}")
     if problems:
         raise ConfigError("; ".join(problems))
+
+
+def _instance_problems(outputs: Outputs, multilabel: bool) -> list[str]:
+    """What is wrong with the asked instances: a regions model, --split-touching alone, a negative minimum size."""
+    problems = []
+    if outputs.instances and multilabel:
+        problems.append(
+            "--instances (prediction.instances): this model predicts overlapping regions (data.regions), so a voxel "
+            "belongs to several structures; instances need a model of classes"
+        )
+    if outputs.split_touching and not outputs.instances:
+        problems.append("--split-touching (prediction.split_touching): needs --instances (prediction.instances)")
+    if outputs.min_instance_size < 0:
+        problems.append(
+            f"--min-instance-size (prediction.min_instance_size) {outputs.min_instance_size}: give 0 or more voxels"
+        )
+    return problems
 
 
 @dataclass
@@ -273,7 +295,7 @@ def predict_records(
     input's size; 3D: ``masks/<id>.<ext>`` in each asked format, uint8, exactly the scan's geometry) and what
     ``outputs`` asks for. Resumable: a case whose masks exist is skipped unless ``overwrite``."""
     outputs = outputs or Outputs()
-    check_outputs(outputs, predictor.settings.spatial_dims, records)
+    check_outputs(outputs, predictor.settings.spatial_dims, records, predictor.multilabel)
     cases = case_functions(predictor, out_dir, outputs)
     return run_cases(predictor, records, out_dir, outputs, overwrite, cases)
 
@@ -293,7 +315,7 @@ def run_cases(
     prepare_output_folder(out_dir)
     write_label_descriptions(predictor, out_dir)
     report = _run_batch(records, out_dir, cases, overwrite, summary)
-    if outputs.statistics:
+    if outputs.tables:
         gather_statistics(out_dir, everyone or records, cases.columns)
     report.overlays = list(cases.drawn)
     return report
@@ -330,6 +352,9 @@ def case_functions(predictor: Predictor, out_dir: Path, outputs: Outputs) -> Cas
     from medseg.infer.uncertainty import entropy_summary, predictive_entropy
     from medseg.outputs.statistics import statistics_columns, structure_statistics
 
+    problems = _instance_problems(outputs, predictor.multilabel)  # the engines that do not call check_outputs
+    if problems:
+        raise ConfigError("; ".join(problems))
     settings = predictor.settings
     dims = settings.spatial_dims
     labels, names = predictor.labels.output_labels(), predictor.labels.channel_names()
@@ -347,7 +372,7 @@ def case_functions(predictor: Predictor, out_dir: Path, outputs: Outputs) -> Cas
     def predict_case(record: Record) -> dict[str, object]:
         case_id = record["id"]
         keep = outputs.probabilities or outputs.uncertainty
-        result = predictor.predict(record["image"], probabilities=keep, image=outputs.statistics and dims == 3)
+        result = predictor.predict(record["image"], probabilities=keep, image=outputs.tables and dims == 3)
         header, suffix = result.header, input_format(Path(_first_file(record)), dims)[1]
         row: dict[str, object] = {}
         if outputs.uncertainty:
@@ -362,18 +387,20 @@ def case_functions(predictor: Predictor, out_dir: Path, outputs: Outputs) -> Cas
                 write_map(result.probabilities[channel], header, path)
         result.probabilities = None  # free it before the masks are written
         overlay_due = dims == 2 and outputs.overlays and len(drawn) < outputs.max_overlays
-        rgb = read_rgb(record["image"]) if dims == 2 and (outputs.statistics or overlay_due) else None
-        if outputs.statistics:
+        rgb = read_rgb(record["image"]) if dims == 2 and (outputs.tables or overlay_due) else None
+        instances = _case_instances(out_dir, case_id, result.labels, header, labels, outputs, suffix)
+        if outputs.tables:
             image = result.image if rgb is None else rgb.transpose(2, 0, 1)
             affine = None if header is None else header.affine
-            _case_statistics(
-                out_dir, case_id, structure_statistics(case_id, result.labels, labels, image, channels, affine), columns
-            )
+            figures = structure_statistics(case_id, result.labels, labels, image, channels, affine, instances)
+            _case_statistics(out_dir, case_id, figures, columns)
             result.image = None
         if overlay_due:
             truth = read_mask(record["label"]) if record.get("label") else None
+            ids = None if instances is None else instances.ids
             save_png(
-                overlay(rgb, result.labels, truth, labels), _output_path(out_dir, PredictionLayout.OVERLAYS, case_id)
+                overlay(rgb, result.labels, truth, labels, ids),
+                _output_path(out_dir, PredictionLayout.OVERLAYS, case_id),
             )
             drawn.append(case_id)
         if outputs.meshes:
@@ -389,7 +416,41 @@ def case_functions(predictor: Predictor, out_dir: Path, outputs: Outputs) -> Cas
             write_label_map(result.labels, header, labels, path, output_format, digest)
         return {**_size_columns(result.labels, header), **row}
 
-    return CaseFunctions(lambda record: [path for _, path in masks_of(record)], predict_case, columns, drawn)
+    def outputs_of(record: Record) -> list[Path]:
+        """What a finished case has: its masks, and its instance map and statistics when they are asked for (so a
+        resumed batch that now asks for them redoes the cases without them)."""
+        paths = [path for _, path in masks_of(record)]
+        if outputs.instances:
+            suffix = input_format(Path(_first_file(record)), dims)[1]
+            paths.append(_output_path(out_dir, PredictionLayout.INSTANCES, record["id"], suffix))
+        if outputs.tables:
+            paths.append(_output_path(out_dir, PredictionLayout.STATISTICS, record["id"], ".csv"))
+        return paths
+
+    return CaseFunctions(outputs_of, predict_case, columns, drawn)
+
+
+def _case_instances(
+    out_dir: Path,
+    case_id: str,
+    labels_map: np.ndarray,
+    header: ScanHeader | None,
+    labels: list[Label],
+    outputs: Outputs,
+    suffix: str,
+) -> Instances | None:
+    """With ``outputs.instances``: the case's instances, their map written to ``instances/<id><suffix>`` (their rows
+    go into the statistics); None otherwise."""
+    if not outputs.instances:
+        return None
+    from medseg.outputs.instances import find_instances, log_instances, write_instance_map
+
+    spacing = None if header is None else header.spacing
+    values = [label.value for label in labels]
+    found = find_instances(labels_map, values, outputs.min_instance_size, outputs.split_touching, spacing)
+    log_instances(case_id, found, outputs.min_instance_size)
+    write_instance_map(found, header, _output_path(out_dir, PredictionLayout.INSTANCES, case_id, suffix))
+    return found
 
 
 def _first_file(record: Record) -> str:
@@ -444,7 +505,7 @@ def predict_folder(
     outputs = outputs or Outputs()
     if predictor.settings.spatial_dims == 2:
         outputs = replace(outputs, max_overlays=len(records))
-    check_outputs(outputs, predictor.settings.spatial_dims, todo)
+    check_outputs(outputs, predictor.settings.spatial_dims, todo, predictor.multilabel)
     cases = case_functions(predictor, out_dir, outputs)
     return run_cases(predictor, todo, out_dir, outputs, overwrite, cases, summary, records)
 

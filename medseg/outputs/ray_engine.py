@@ -72,7 +72,7 @@ def predict_with_ray(
     ray = import_ray()
     if workers < 1:
         raise ConfigError(f"--workers {workers}: give at least 1 worker")
-    check_outputs(outputs, predictor.settings.spatial_dims, records)
+    check_outputs(outputs, predictor.settings.spatial_dims, records, predictor.multilabel)
     prepare_output_folder(out_dir)
     write_label_descriptions(predictor, out_dir)
     cases = case_functions(predictor, out_dir, outputs)
@@ -109,6 +109,6 @@ def predict_with_ray(
             rows[str(row["case"])] = row
     log.info("Ray: %d case(s) on %d worker(s)", len(todo), workers)
     report = report_rows(records, rows, out_dir, summary or PredictionLayout(out_dir).summary)
-    if outputs.statistics:
+    if outputs.tables:
         gather_statistics(out_dir, records, cases.columns)
     return report

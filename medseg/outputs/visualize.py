@@ -15,10 +15,15 @@ PREDICTION_COLOUR = (255, 40, 40)
 
 
 def overlay(
-    image: np.ndarray, prediction: np.ndarray, truth: np.ndarray | None = None, labels: list[Label] | None = None
+    image: np.ndarray,
+    prediction: np.ndarray,
+    truth: np.ndarray | None = None,
+    labels: list[Label] | None = None,
+    instances: np.ndarray | None = None,
 ) -> np.ndarray:
     """RGB image with the ground-truth contour in green and the predicted contours (2 px): red for one label, each
-    label's own colour for several; with ``labels``, a legend naming them."""
+    label's own colour for several; with ``labels``, a legend naming them; with ``instances`` (an instance map),
+    each instance's outline (touching ones apart) and its id at its centroid."""
     rgb = np.repeat(image[..., None], 3, axis=-1) if image.ndim == 2 else image[..., :3]
     rgb = rgb.copy()
     if truth is not None:
@@ -30,6 +35,10 @@ def overlay(
     for value, colour, _ in entries:
         mask = prediction > 0 if value is None else prediction == value
         rgb[find_boundaries(mask, mode="thick")] = colour
+        if instances is not None:
+            rgb[find_boundaries(np.where(mask, instances, 0), mode="inner")] = colour
+    if instances is not None:
+        rgb = _with_instance_ids(rgb, instances)
     if labels is None:
         return rgb
     legend = ([("truth", TRUTH_COLOUR)] if truth is not None else []) + [(name, colour) for _, colour, name in entries]
@@ -49,6 +58,24 @@ def _with_legend(rgb: np.ndarray, entries: list[tuple[str, tuple[int, int, int]]
         top = 5 + row * line
         draw.rectangle((6, top + 2, 14, top + 10), fill=tuple(colour))
         draw.text((18, top), name, fill=(255, 255, 255))
+    return np.asarray(picture)
+
+
+def _with_instance_ids(rgb: np.ndarray, instances: np.ndarray) -> np.ndarray:
+    """The picture with each instance's id centred on its centroid, white on a small black box."""
+    from PIL import Image, ImageDraw
+    from skimage.measure import regionprops
+
+    picture = Image.fromarray(rgb)
+    draw = ImageDraw.Draw(picture)
+    draw.fontmode = "1"  # crisp pixels, no anti-aliasing
+    for region in regionprops(instances):
+        row, col = region.centroid
+        text = str(region.label)
+        left, top, right, bottom = draw.textbbox((0, 0), text)
+        x, y = round(col - (right + left) / 2), round(row - (bottom + top) / 2)
+        draw.rectangle((x + left - 1, y + top - 1, x + right, y + bottom), fill=(0, 0, 0))
+        draw.text((x, y), text, fill=(255, 255, 255))
     return np.asarray(picture)
 
 

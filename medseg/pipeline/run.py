@@ -91,10 +91,12 @@ def _postprocess_stage(cfg: PipelineConfig, data: PreparedData, run: RunLayout, 
     """Choose the post-processing on the validation cases; the trained model's predictor with the chosen steps."""
     from medseg.config.settings import evaluation_settings
     from medseg.evaluation.evaluate import validation_label_maps
+    from medseg.infer.postprocessing import DENSE_CRF, tries_dense_crf
     from medseg.infer.predictor import Predictor
     from medseg.pipeline.stages import choose_postprocessing_stage
 
     predictor = Predictor.from_model(run.model.root, steps=[])
+    refined: list | None = [] if tries_dense_crf(cfg.postprocessing) else None  # filled with the CRF's maps
 
     def label_maps() -> tuple[list, list]:
         if cfg.training.fit_on == "train_val":
@@ -102,9 +104,10 @@ def _postprocess_stage(cfg: PipelineConfig, data: PreparedData, run: RunLayout, 
                 "postprocessing.mode auto chooses on the validation cases, which training.fit_on: train_val "
                 "trained on; set postprocessing.mode: on or off to decide without them"
             )
-        return validation_label_maps(predictor, data.subset("val"), evaluation_settings(cfg))
+        validating = predictor if refined is None else predictor.with_steps([DENSE_CRF])
+        return validation_label_maps(validating, data.subset("val"), evaluation_settings(cfg), refined)
 
-    choice = choose_postprocessing_stage(cfg, label_maps, run, tracker, "val")
+    choice = choose_postprocessing_stage(cfg, label_maps, run, tracker, "val", refined)
     return predictor.with_steps(choice["steps"])
 
 
@@ -224,6 +227,8 @@ def _run_stages(
     cfg: PipelineConfig, run_name: str | None, resume_dir: Path | None, fold: int | None, group: Ranks
 ) -> PipelineResult:
     """:func:`run_pipeline` once the process group (if any) is joined."""
+    from medseg.infer.crf import require_dense_crf
+    from medseg.infer.postprocessing import runs_dense_crf
     from medseg.infer.predictor import Predictor
 
     ids: dict[str, str] = {}
@@ -237,6 +242,8 @@ def _run_stages(
         ids = json.loads(run.tracking.read_text(encoding="utf-8"))
     # without training, the given model is loaded and checked before any output is written
     predictor = None if "train" in cfg.stages else _compatible_predictor(cfg)
+    if "train" in cfg.stages and runs_dense_crf(cfg.postprocessing):  # and the dense CRF's package, before training
+        require_dense_crf()
     if "train" in cfg.stages and cfg.model.init_from and resume_dir is None:  # likewise the weights to start from
         from medseg.models.init_from import check_init_from
 
@@ -388,7 +395,7 @@ def _predict_stage(
         tracker.log_metrics({"predicted_cases": len(report.written), "failed_cases": len(report.failed)})
         layout = PredictionLayout(out_dir)
         tracker.log_artifact(layout.folder(layout.MASKS), "predictions/masks")
-        for kind in (layout.OVERLAYS, layout.UNCERTAINTY, layout.MESHES):
+        for kind in (layout.OVERLAYS, layout.UNCERTAINTY, layout.MESHES, layout.INSTANCES):
             if layout.folder(kind).is_dir():
                 tracker.log_artifact(layout.folder(kind), f"predictions/{kind}")
         for table in (layout.summary, layout.statistics, layout.labels_json, layout.itksnap_labels):

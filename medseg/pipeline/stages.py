@@ -45,18 +45,23 @@ def choose_postprocessing_stage(
     run: RunLayout,
     tracker: Tracker,
     scores_as: str,
+    refined: Sequence[np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """The postprocess stage's work (inside its nested ``postprocess`` run): the steps chosen on ``label_maps()``
     (predictions and truths, asked for only when ``postprocessing.mode: auto`` has steps to try), saved beside the
-    model, logged (each candidate's Dice as ``<scores_as>_dice_pp_<step>``); returns the choice."""
+    model, logged (each candidate's Dice as ``<scores_as>_dice_pp_<step>``, the dense CRF's parameters as
+    ``postprocessing.crf_*``); returns the choice. ``refined``: a list that ``label_maps()`` fills with the same
+    cases' maps after the dense CRF (where it is a candidate and the maps' images are at hand)."""
     from medseg.config.settings import label_scheme
     from medseg.infer.postprocessing import choose_postprocessing, chooses_on_data, save_choice
 
     predictions, truths = label_maps() if chooses_on_data(cfg.postprocessing) else ([], [])
-    choice = choose_postprocessing(predictions, truths, cfg.postprocessing, label_scheme(cfg))
+    choice = choose_postprocessing(predictions, truths, cfg.postprocessing, label_scheme(cfg), refined)
     save_choice(choice, run.model.root)
     tracker.log_artifact(run.model.postprocessing, "checkpoints")
     tracker.set_tags({"postprocessing_selected": ",".join(choice["steps"]) or "none"})
+    if "crf" in choice:
+        tracker.log_params({f"postprocessing.{name}": value for name, value in choice["crf"].items()})
     for name, value in choice["scores"].items():
         tracker.log_metrics({f"{scores_as}_dice_pp_{name}": value})
     return choice

@@ -2,10 +2,11 @@
 
 The rule: of the timed candidates (:mod:`.timing`), the largest input (the memory plan's, then smaller), at that input
 the largest network (width, then depth), then the largest batch, whose estimated epoch leaves at least E epochs in M
-minutes, where E = max(MIN_EPOCHS, ceil(MIN_STEPS / steps per epoch)): every training case seen MIN_EPOCHS times and,
-on a small dataset, enough optimiser steps. Input first: on PH2 a narrow network at the full input beat a wide one at
-a smaller input at equal minutes. The training then fits its cosine schedule to its own timed epochs, so the estimate
-only has to choose the candidate. The constants are in one place below, each with the measurement behind it.
+minutes, where E = max(MIN_EPOCHS, ceil(MIN_SAMPLES / training cases)): every training case seen MIN_EPOCHS times and,
+on a small dataset, enough training images (volumes) seen in all. Input first: on PH2 a narrow network at the full input
+beat a wide one at a smaller input at equal minutes. The training then fits its cosine schedule to its own timed epochs,
+so the estimate only has to choose the candidate. The constants are in one place below, each with the measurement behind
+it.
 """
 
 from __future__ import annotations
@@ -29,10 +30,15 @@ log = logging.getLogger(__name__)
 # epochs 0.9284, of 60 0.9367; the planned BraTS DynUNet's 23 epochs 0.8280 against the shipped 125 epochs' 0.8595
 # (BENCHMARKS.md, issues #12 and #14).
 MIN_EPOCHS = 100
-# Optimiser steps at least (2D / 3D), so that a dataset with few steps an epoch still gets PH2's knee in steps (PH2
-# alone cannot tell epochs from steps apart: 12 steps an epoch, 100 epochs = 1,200 steps); BraTS shipped: 125
-# epochs x 3 volumes = 375 steps (4 patches each) 0.8595, the planned DynUNet's 69 steps 0.8280.
-MIN_STEPS = {2: 1200, 3: 300}
+# Training images (2D) / volumes (3D) seen at least, so that a small dataset gets enough of them (PH2 alone cannot tell
+# epochs from images seen apart). 2D 30,000, 307 epochs of PH2's 98 training images: with a floor of 1,200 optimiser
+# steps (100 epochs of 12 steps) the rule chose UNet 16-320 on the AMX Xeon, 181-183 epochs in 10 minutes, and it lost
+# to the shipped 8-128's 322-334 epochs by 0.0071 and 0.0054 test Dice (seeds 42 and 1; BENCHMARKS.md "Planning for
+# minutes"), as 16-256's 42 epochs had lost to 8-128's 105 on the AVX2 CPU (0.9199 against 0.9425): on PH2 epochs beat
+# width well past 100. Counted in images, not optimiser steps, so that halving the batch cannot buy a wider network. 3D
+# (one volume a step): BraTS shipped 125 epochs x 3 volumes = 375 (4 patches each) 0.8595, the planned DynUNet's 69
+# volumes 0.8280.
+MIN_SAMPLES = {2: 30_000, 3: 300}
 # An epoch over its timed optimiser steps (loading, augmentation, validation): PH2 on the AVX2 CPU 5.7 s an epoch for
 # 12 steps of 0.379 s (1.25x) and 13.5 s for 12 of 0.933 s (1.21x). 3D: not measured, validation by sliding window
 # weighs more; to be fitted from the 15-minute BraTS runs.
@@ -84,9 +90,9 @@ def steps_per_epoch(spatial_dims: int, training_cases: int, batch: int) -> int:
     return training_cases // batch if training_cases > batch else 1
 
 
-def required_epochs(spatial_dims: int, steps: int) -> int:
-    """E of the rule: every case seen MIN_EPOCHS times and at least MIN_STEPS optimiser steps."""
-    return max(MIN_EPOCHS, math.ceil(MIN_STEPS[spatial_dims] / steps))
+def required_epochs(spatial_dims: int, training_cases: int) -> int:
+    """E of the rule: every case seen MIN_EPOCHS times and at least MIN_SAMPLES images (volumes) seen in all."""
+    return max(MIN_EPOCHS, math.ceil(MIN_SAMPLES[spatial_dims] / max(1, training_cases)))
 
 
 class MinutesSearch:
@@ -130,7 +136,7 @@ class MinutesSearch:
         if done is not None or (not force and time.perf_counter() - self.started > self.search_seconds):
             return done
         steps = steps_per_epoch(self.dims, self.cases, batch)
-        need = required_epochs(self.dims, steps)
+        need = required_epochs(self.dims, self.cases)
         allowed_step = self.budget / (need * steps * EPOCH_OVERHEAD[self.dims])
         cfg = self.base.with_values(
             {"model.name": name, "model.args": args, self.size_key: size, self.batch_key: batch}
@@ -197,13 +203,13 @@ def plan_for_minutes(base: PipelineConfig, minutes: float, device: str, training
     chosen = search.choose()
     seconds = time.perf_counter() - search.started
     dims = base.spatial_dims
-    need = required_epochs(dims, chosen.steps_per_epoch)
+    need = required_epochs(dims, training_cases)
     precision = precision_name(base, device)
     machine = machine_name(device)
     threads = torch.get_num_threads() if not device.startswith("cuda") else None
     rule = (
         f"the largest input, then network, then batch whose epoch leaves >= {need} epochs in {minutes:g} min "
-        f"(each case {MIN_EPOCHS}x, >= {MIN_STEPS[dims]} steps)"
+        f"(each case {MIN_EPOCHS}x, >= {MIN_SAMPLES[dims]:,} {'images' if dims == 2 else 'volumes'} seen)"
     )
     why = f"{rule}: ~{chosen.epoch_seconds:.3g} s an epoch, {chosen.epochs_fit} fit"
     if not chosen.fits:

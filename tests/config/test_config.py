@@ -128,7 +128,7 @@ def test_unknown_model_name_lists_choices(tmp_path: Path) -> None:
     assert config_error(path) == (
         f"{path}: model.name: unknown network 'resnet'; choose one of "
         "attention_unet, basic_unet_plus_plus, deeplabv3plus, dynunet, fcn16s, fcn32s, fcn8s, flexible_unet, kmeans, "
-        "otsu, segresnet, swin_unetr, unet, unetr, watershed (got 'resnet')"
+        "otsu, segformer, segresnet, swin_unetr, unet, unetr, watershed (got 'resnet')"
     )
 
 

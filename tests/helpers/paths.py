@@ -6,4 +6,4 @@ import os
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-SHARED_DATA = Path(os.environ.get("MEDSEG_DATA_ROOT", REPO.parent / "shared" / "data"))
+SHARED_DATA = Path(os.environ.get("MEDSEG_DATA_ROOT", REPO.parent / "shared" / "data")).absolute()  # links from tmp

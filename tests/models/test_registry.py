@@ -24,7 +24,9 @@ SMALL = {
     "swin_unetr": {"feature_size": 12, "depths": [1, 1, 1, 1], "num_heads": [1, 2, 3, 4]},
     "unetr": {"feature_size": 4, "hidden_size": 48, "mlp_dim": 96, "num_heads": 2},
     "flexible_unet": {"backbone": "efficientnet-b0", "decoder_channels": [16, 8, 8, 4, 4]},
+    "segformer": {"widths": [8, 16, 40, 64], "depths": [1, 1, 1, 1], "head_width": 16},
 }
+TWO_D_ONLY = {"segformer"}
 
 
 @pytest.mark.parametrize("name", sorted(set(NETWORKS) - {"otsu", "watershed", "kmeans"}))  # (tests/test_classical.py)
@@ -33,6 +35,10 @@ def test_every_network_builds_and_runs_forward(name: str, dims: int) -> None:
     # sizes each architecture accepts: multiples of 32 (SwinUNETR in 3D: 64, its instance norm needs > 1 voxel)
     size = (64,) * dims if dims == 2 or name == "swin_unetr" else (32,) * dims
     args = dict(SMALL[name])
+    if dims == 3 and name in TWO_D_ONLY:
+        with pytest.raises(ConfigError, match="segformer is a 2D network"):
+            build_network(name, dims, 3, 2, args)
+        return
     if name == "unetr":
         args["img_size"] = list(size)
     network = build_network(name, dims, 3, 2, args).eval()

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from medseg.cli.app import app
 from medseg.config.loading import load_config
 from medseg.core.errors import ConfigError
-from medseg.planning.minutes import MIN_EPOCHS, MIN_STEPS, required_epochs, steps_per_epoch
+from medseg.planning.minutes import MIN_EPOCHS, MIN_SAMPLES, required_epochs, steps_per_epoch
 from medseg.planning.planner import training_cases
 from tests.data.test_nnunet import volumes_3d
 
@@ -54,8 +54,8 @@ def train_one_epoch(planned: Path, tmp_path: Path) -> None:
 def test_the_rule_asks_every_case_seen_min_epochs_times_and_enough_steps() -> None:
     assert steps_per_epoch(2, 98, 8) == 12 and steps_per_epoch(2, 5, 8) == 1  # full batches, as the loader
     assert steps_per_epoch(3, 3, 2) == 3  # one volume a step
-    assert required_epochs(2, 12) == max(MIN_EPOCHS, -(-MIN_STEPS[2] // 12))  # PH2
-    assert required_epochs(2, 4) == MIN_STEPS[2] // 4 > MIN_EPOCHS  # few steps an epoch: the step floor decides
+    assert required_epochs(2, 98) == -(-MIN_SAMPLES[2] // 98) > MIN_EPOCHS  # PH2: the images-seen floor decides
+    assert required_epochs(3, 3) == MIN_SAMPLES[3] // 3  # BraTS' 3 training volumes
     assert required_epochs(2, 10_000) == MIN_EPOCHS  # a large dataset: each case seen MIN_EPOCHS times
 
 
@@ -73,8 +73,8 @@ def modelled_steps(monkeypatch: pytest.MonkeyPatch) -> None:
     ("minutes", "chosen"),
     [
         (60.0, "unet 32-320 (6 levels) 256x256 batch 8"),  # everything fits: the largest input, the widest
-        (3.0, "unet 16-320 (6 levels) 256x256 batch 8"),  # the full input, with the widest network that fits
-        (1.0, "unet 8-256 (6 levels) 192x192 batch 8"),  # no network fits the full input: a smaller one
+        (9.0, "unet 16-320 (6 levels) 256x256 batch 8"),  # the full input, with the widest network that fits
+        (3.0, "unet 8-256 (6 levels) 192x192 batch 8"),  # no network fits the full input: a smaller one
     ],
 )
 def test_the_rule_takes_the_largest_input_then_the_largest_network(
@@ -94,7 +94,7 @@ def test_the_cheapest_candidate_when_none_leaves_the_rules_epochs(monkeypatch: p
 
     modelled_steps(monkeypatch)
     base = PipelineConfig(name="t", preprocessing={"spatial_size": [256, 256]}, training={"batch_size": 8})
-    cheapest = MinutesSearch(base, 0.1, "cpu", 98).choose()  # 6 s: 38 epochs of the cheapest, 100 asked
+    cheapest = MinutesSearch(base, 0.1, "cpu", 98).choose()  # 6 s: 38 epochs of the cheapest, 300 asked
     assert cheapest.label == "unet 8-128 (5 levels) 128x128 batch 8" and not cheapest.fits
     with pytest.raises(ConfigError, match=r"^--minutes 0.001: too short for one epoch of the smallest candidate"):
         MinutesSearch(base, 0.001, "cpu", 98).choose()
