@@ -472,11 +472,12 @@ def test_every_shipped_pipeline_loads_and_builds(pipeline: Path, tmp_path: Path)
 def test_skin_lesion_pipeline_values() -> None:
     cfg = load_config(REPO / "pipelines" / "skin_lesion.yaml")
     assert cfg.name == "skin_lesion"
-    assert cfg.training.epochs == 300 and cfg.training.max_minutes == 10  # the pipeline overrides the preset
+    assert cfg.training.epochs == 654 and cfg.training.max_minutes == 10  # the pipeline overrides the preset
     assert cfg.training.early_stopping_patience is None and cfg.inference.tta
     assert cfg.training.batch_size == 8  # from configs/dermoscopy_2d.yaml
     assert cfg.optimizer.lr == 0.002
-    assert cfg.model.args["channels"] == [8, 16, 32, 64, 128]  # the pipeline's, over the preset's 16-256
+    assert cfg.model.args["channels"] == [8, 16, 32, 64, 128, 256]  # the plan's, over the preset's 16-256
+    assert cfg.model.args["strides"] == [2, 2, 2, 2, 2] and cfg.preprocessing.spatial_size == (224, 288)
     assert cfg.model.args["num_res_units"] == 2  # from the preset
     assert cfg.data.layout == "folder"
     assert cfg.data.dataset_dir == "ph2"
