@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev,distributed,bundle,pacs]"
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev,distributed,bundle,pacs,openvino]"
 	$(BIN)/pip install --quiet -c constraints.txt -e ".[crf]" || echo "dense CRF unavailable: pydensecrf2 did not build\
 	 (it needs a C++ compiler); postprocessing.dense_crf is refused and its tests skip"
 	touch $(STAMP)

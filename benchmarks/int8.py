@@ -1,8 +1,9 @@
 """Int8 inference spike (issue #27): a trained network quantized with ONNX Runtime static quantization (QDQ, per
-channel), and with OpenVINO + NNCF where installed, against fp32 ONNX Runtime and PyTorch, in one run.
+channel), and with OpenVINO + NNCF (the openvino extra) where installed, against fp32 ONNX Runtime and PyTorch, in
+one run.
 
     MEDSEG_DATA_ROOT=../shared/data python benchmarks/int8.py RUN [--out DIR] [--repeats 7] [--calibration 32] \
-        [--no-amx] [--openvino-site /path/to/venv/lib/python3.11/site-packages]
+        [--no-amx]
 
 RUN: a trained run folder (2D or 3D). The fp32 ONNX file is medseg's own export (``export_model``: parity-checked
 against PyTorch); every int8 file is quantized from it, calibrated (MinMax) on a fixed, seeded set of TRAINING cases
@@ -90,27 +91,6 @@ def preprocessed(predictor, image):
     return predictor.preprocess({"image": image})["image"].as_tensor()[None]
 
 
-def calibration_set(predictor, records: list[dict], count: int, seed: int) -> list:
-    """``count`` fixed, seeded inputs from training cases: 2D whole images, 3D windows of the working shape."""
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    if predictor.settings.spatial_dims == 2:
-        chosen = sorted(rng.choice(len(records), size=min(count, len(records)), replace=False))
-        return [preprocessed(predictor, records[i]["image"]).numpy() for i in chosen]
-    shape = predictor.settings.working_shape
-    windows = []
-    for record in records:
-        volume = preprocessed(predictor, record["image"]).numpy()
-        short = [(0, max(0, w - n)) for w, n in zip(shape, volume.shape[2:], strict=True)]
-        volume = np.pad(volume, [(0, 0), (0, 0), *short])  # a side shorter than the window: zeros, as outside
-        for _ in range(-(-count // len(records))):
-            start = [int(rng.integers(0, n - w + 1)) for w, n in zip(shape, volume.shape[2:], strict=True)]
-            box = tuple(slice(s, s + w) for s, w in zip(start, shape, strict=True))
-            windows.append(np.ascontiguousarray(volume[(slice(None), slice(None), *box)]))
-    return windows[:count]
-
-
 def quantized_models(fp32: Path, calibration: list, folder: Path) -> dict[str, Path]:
     """The ONNX Runtime int8 variants of ``fp32`` (QDQ, per-channel int8 weights, MinMax ranges cached in
     ``folder``)."""
@@ -176,36 +156,30 @@ def quantized_models(fp32: Path, calibration: list, folder: Path) -> dict[str, P
     return models
 
 
-def openvino_networks(site: str, fp32: Path, calibration: list, settings) -> dict:
-    """OpenVINO fp32 and NNCF int8 (default preset) of ``fp32``, both compiled with f32 inference precision (on an
-    AMX CPU OpenVINO's default is bf16), behind the ``nn.Module`` call the inferers expect."""
-    import numpy as np
-    import torch
-
-    sys.path.append(site)  # its own venv: never installed into medseg's
-    import nncf
+def openvino_networks(fp32: Path, calibration: list, checkpoint: Path, folder: Path) -> dict:
+    """OpenVINO fp32 and NNCF int8 (default preset) of ``fp32``, and the int8 file ``medseg export --format openvino
+    --quantize int8`` writes (with accuracy control; reused from ``folder`` when there, so a timing run does not
+    quantize again), each run by medseg's OpenVINO backend (f32 inference precision: on an AMX CPU OpenVINO's
+    default is bf16)."""
     import openvino as ov
 
-    class OpenVinoNetwork(torch.nn.Module):
-        def __init__(self, compiled) -> None:
-            super().__init__()
-            self.request = compiled.create_infer_request()
+    from medseg.infer.backends import OpenVinoNetwork
+    from medseg.infer.export import export_model
+    from medseg.infer.openvino_export import quantize_int8
 
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            result = self.request.infer({0: np.ascontiguousarray(x.numpy(), dtype=np.float32)})
-            return torch.from_numpy(np.array(result[0]))
-
-    core = ov.Core()
-    model = core.read_model(str(fp32))
-    model.reshape([1 if settings.spatial_dims == 2 else -1, settings.in_channels, *settings.working_shape])
-    config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": torch.get_num_threads()}
-    networks = {
-        f"OpenVINO {ov.__version__.split('-')[0]} fp32": OpenVinoNetwork(core.compile_model(model, "CPU", config))
-    }
+    networks = {f"OpenVINO {ov.__version__.split('-')[0]} fp32": OpenVinoNetwork(fp32)}
     started = time.perf_counter()
-    quantized = nncf.quantize(model, nncf.Dataset(calibration), subset_size=len(calibration))
-    print(f"NNCF {nncf.__version__} int8: quantized in {time.perf_counter() - started:.1f} s")
-    networks["OpenVINO int8 (NNCF)"] = OpenVinoNetwork(core.compile_model(quantized, "CPU", config))
+    quantized = quantize_int8(networks[next(iter(networks))].model.clone(), calibration)
+    print(f"NNCF int8: quantized in {time.perf_counter() - started:.1f} s")
+    int8 = OpenVinoNetwork(fp32)
+    int8.model = quantized
+    networks["OpenVINO int8 (NNCF)"] = int8
+    shipped = folder / "model.int8.xml"
+    if not shipped.is_file():
+        started = time.perf_counter()
+        export_model(checkpoint, "openvino", shipped, quantize="int8")
+        print(f"medseg export --quantize int8: {time.perf_counter() - started:.1f} s")
+    networks["OpenVINO int8 (medseg export)"] = OpenVinoNetwork(shipped)
     return networks
 
 
@@ -253,6 +227,7 @@ def run(args: argparse.Namespace) -> None:
     from medseg.evaluation.metrics import dice_score
     from medseg.infer.backends import Backend, OnnxNetwork
     from medseg.infer.export import export_model
+    from medseg.infer.openvino_export import calibration_inputs
     from medseg.infer.predictor import Predictor
     from medseg.models.checkpoint import load_checkpoint, resolve_checkpoint
 
@@ -274,14 +249,14 @@ def run(args: argparse.Namespace) -> None:
     )
 
     fp32 = export_model(checkpoint, "onnx", folder / "model.onnx").path
-    calibration = calibration_set(reference, train, args.calibration, args.seed)
+    calibration = calibration_inputs(reference, train, args.calibration, args.seed)
     print(f"calibration: {len(calibration)} inputs of shape {calibration[0].shape} from {len(train)} training cases")
     networks = {ORT_FP32: OnnxNetwork(fp32)}
     quantized = quantized_models(fp32, calibration, folder)
     networks |= {name: OnnxNetwork(path) for name, path in quantized.items() if any(k in name for k in args.only)}
-    if args.openvino_site and any(k in "OpenVINO" for k in args.only):
+    if any(k in "OpenVINO" for k in args.only):
         try:
-            networks |= openvino_networks(args.openvino_site, fp32, calibration, settings)
+            networks |= openvino_networks(fp32, calibration, checkpoint, folder)
         except Exception as exc:  # not installed, or its conversion failing: reported, the rest still runs
             print(f"OpenVINO + NNCF left out: {type(exc).__name__}: {str(exc)[:300]}")
     predictors = {"PyTorch fp32": reference}
@@ -346,7 +321,6 @@ def main() -> None:
     parser.add_argument(
         "--only", nargs="+", default=[""], help="time only the variants whose names contain one of these (and fp32)"
     )
-    parser.add_argument("--openvino-site", default=None, help="site-packages of a venv with openvino and nncf")
     args = parser.parse_args()
     if args.no_amx:
         deny_amx()  # before torch, ONNX Runtime or OpenVINO is imported

@@ -99,7 +99,11 @@ def predict(
     ] = "lps",
     backend: Annotated[
         str | None,
-        typer.Option("--backend", help="auto (the fastest here, timed), torch or onnxruntime; default: the model's."),
+        typer.Option(
+            "--backend",
+            help="auto (the fastest here, timed), torch, onnxruntime or openvino (the openvino extra); default: the "
+            "model's.",
+        ),
     ] = None,
     folds: Annotated[
         str | None, typer.Option("--folds", help="A cross-validated run's folds to ensemble, e.g. 0,2 (default: all).")
@@ -152,8 +156,8 @@ def export(
         typer.Option(
             "--format",
             "-f",
-            help="onnx (runs on ONNX Runtime), torchscript, or bundle: a MONAI bundle folder that runs with "
-            "python -m monai.bundle run, without medseg.",
+            help="onnx (runs on ONNX Runtime), torchscript, openvino (OpenVINO IR, the openvino extra), or bundle: "
+            "a MONAI bundle folder that runs with python -m monai.bundle run, without medseg.",
         ),
     ] = "onnx",
     output: Annotated[
@@ -161,8 +165,8 @@ def export(
         typer.Option(
             "--output",
             "-o",
-            help="File to write (default: model.onnx / model.ts / bundle/ beside the checkpoint; in this folder for "
-            "a URI); a folder for --format bundle.",
+            help="File to write (default: model.onnx / model.ts / model.xml / model.int8.xml / bundle/ beside the "
+            "checkpoint; in this folder for a URI); a folder for --format bundle.",
         ),
     ] = None,
     check_input: Annotated[
@@ -173,22 +177,52 @@ def export(
             "tensors of the working shape always go through both networks.",
         ),
     ] = None,
+    quantize: Annotated[
+        str | None,
+        typer.Option(
+            "--quantize",
+            help="int8 (with --format openvino): NNCF post-training quantization calibrated on the run's training "
+            "cases; written only if every validation case's mask agrees with fp32's (needs the run's data).",
+        ),
+    ] = None,
+    min_agreement: Annotated[
+        float | None,
+        typer.Option(
+            "--min-agreement", help="--quantize: the least mask Dice against fp32 on each validation case (0.98)."
+        ),
+    ] = None,
     device: DeviceOption = None,
     debug: DebugOption = False,
 ) -> None:
-    """Export a trained model to ONNX, TorchScript or a MONAI bundle; written only if it reproduces the PyTorch
-    network."""
+    """Export a trained model to ONNX, TorchScript, OpenVINO (fp32 or int8) or a MONAI bundle; written only if it
+    reproduces the PyTorch network (int8: agrees with it on the validation cases)."""
 
     def action() -> None:
-        from medseg.infer.export import export_model
+        from medseg.infer.export import MIN_INT8_AGREEMENT, export_model
 
-        result = export_model(model, export_format, output, check_input, device=checked_device(device))
-        parity = result.parity
-        typer.echo(
-            f"{result.path} ({result.format}): parity on {parity.inputs}: max |logit difference| "
-            f"{parity.max_abs_logit_difference:.2e}, max |probability difference| "
-            f"{parity.max_abs_probability_difference:.2e}, mask Dice {parity.mask_dice:.4f}"
+        agreement = MIN_INT8_AGREEMENT if min_agreement is None else min_agreement
+        result = export_model(
+            model,
+            export_format,
+            output,
+            check_input,
+            device=checked_device(device),
+            quantize=quantize,
+            min_agreement=agreement,
         )
+        parity = result.parity
+        if parity.quantized:
+            mean = sum(row["mask_dice"] for row in parity.per_case) / len(parity.per_case)
+            typer.echo(
+                f"{result.path} ({result.format}, {parity.quantized}): masks against fp32 on {parity.inputs}: "
+                f"Dice min {parity.mask_dice:.4f} (at least {parity.min_agreement}), mean {mean:.4f}"
+            )
+        else:
+            typer.echo(
+                f"{result.path} ({result.format}): parity on {parity.inputs}: max |logit difference| "
+                f"{parity.max_abs_logit_difference:.2e}, max |probability difference| "
+                f"{parity.max_abs_probability_difference:.2e}, mask Dice {parity.mask_dice:.4f}"
+            )
         for note in result.notes:
             typer.echo(f"left out of inference.json: {note}")
         typer.echo(_use_with(result.path, result.format))

@@ -369,8 +369,9 @@ class InferenceConfig(Section):
     tta: bool = False
     # onnxruntime: the trained network exported in memory and run by ONNX Runtime; torch: PyTorch with
     # memory_format and bf16 below; auto: each of those timed on the working shape when the predictor is built (CPU;
-    # bf16 ones only with bf16: true), the fastest kept and logged (CUDA: torch)
-    backend: Literal["auto", "torch", "onnxruntime"] = "auto"
+    # bf16 ones only with bf16: true), the fastest kept and logged (CUDA: torch); openvino (opt-in, the openvino
+    # extra): exported in memory and run by OpenVINO in fp32, not among auto's candidates
+    backend: Literal["auto", "torch", "onnxruntime", "openvino"] = "auto"
     memory_format: Literal["contiguous", "channels_last"] = "contiguous"  # torch backend
     # torch backend on a CPU with native bf16: bf16 autocast (probabilities move in the third digit); never emulated
     bf16: bool = False

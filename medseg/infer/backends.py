@@ -1,8 +1,8 @@
-"""What runs the network: PyTorch, ONNX Runtime or TorchScript, and the exported files that carry a model.
+"""What runs the network: PyTorch, ONNX Runtime, OpenVINO or TorchScript, and the exported files that carry a model.
 
 An exported file is self-contained: the pipeline configuration and the post-processing chosen on validation
-travel inside it (ONNX ``metadata_props``, TorchScript extra files), so ``medseg predict -m model.onnx`` needs
-nothing else.
+travel inside it (ONNX ``metadata_props``, TorchScript extra files, OpenVINO IR ``rt_info``), so ``medseg predict -m
+model.onnx`` needs nothing else. OpenVINO (the ``openvino`` extra) is imported only where it runs.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
@@ -22,21 +23,22 @@ from torch import nn
 
 from medseg.config.schema import InferenceConfig
 from medseg.core.atomic import atomic_path
-from medseg.core.errors import ModelError, error_summary
+from medseg.core.errors import ConfigError, ModelError, error_summary
 from medseg.models.classical import ClassicalSegmenter
 from medseg.runtime.steps import channels_last_format
 from medseg.version import __version__
 
 log = logging.getLogger(__name__)
 
-FORMATS = {"onnx": ".onnx", "torchscript": ".ts"}
+FORMATS = {"onnx": ".onnx", "torchscript": ".ts", "openvino": ".xml"}  # OpenVINO IR: model.xml + model.bin
 METADATA_KEY = "medseg"
 TORCHSCRIPT_EXTRA = "medseg.json"
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
 
 
 def export_format(path: Path) -> str | None:
-    """``onnx`` or ``torchscript`` for a file medseg exported, else None (a checkpoint, a run folder)."""
+    """``onnx``, ``torchscript`` or ``openvino`` for a file medseg exported, else None (a checkpoint, a run
+    folder)."""
     return next((name for name, suffix in FORMATS.items() if Path(path).suffix == suffix), None)
 
 
@@ -76,10 +78,58 @@ class OnnxNetwork(nn.Module):
         except Exception as exc:  # onnxruntime raises its own exception types
             raise ModelError(f"{path}: not a loadable ONNX model ({error_summary(exc)[:200]})") from None
         self.input_name = self.session.get_inputs()[0].name
+        self.files = [Path(path)]  # what carries the weights (gone once an in-memory export's folder is)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         array = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
         return torch.from_numpy(self.session.run(None, {self.input_name: array})[0])
+
+
+def require_openvino(what: str) -> ModuleType:
+    """The ``openvino`` module; ConfigError naming ``what`` asked for it and the extra to install when missing."""
+    try:
+        import openvino
+    except ImportError:
+        raise ConfigError(
+            f"{what}: OpenVINO is not installed; install the openvino extra "
+            "(pip install -c constraints.txt -e '.[openvino]')"
+        ) from None
+    return openvino
+
+
+class OpenVinoNetwork(nn.Module):
+    """An OpenVINO model (read from medseg's ONNX or OpenVINO IR, fp32 or int8) behind the ``nn.Module`` call the
+    inferers expect. Compiled for each input shape it meets (static shapes: the CPU plugin's fast path; a 2D
+    predictor meets one, a 3D sliding window two: full and last batch), with f32 inference precision: on a CPU with
+    bf16 OpenVINO would otherwise run in bf16 unasked (bf16 stays ``inference.bf16``'s opt-in, for PyTorch)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        ov = require_openvino(f"{path}")
+        self.core = ov.Core()
+        try:
+            self.model = self.core.read_model(str(path))
+        except Exception as exc:  # OpenVINO raises RuntimeError subclasses of its own
+            raise ModelError(f"{path}: not a model OpenVINO can read ({error_summary(exc)[:200]})") from None
+        self.config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": torch.get_num_threads()}
+        self.files = [Path(path), Path(path).with_suffix(".bin")] if Path(path).suffix == ".xml" else [Path(path)]
+        self.requests: dict[tuple[int, ...], Any] = {}
+
+    def request(self, shape: tuple[int, ...]) -> Any:
+        """The inference request compiled for ``shape``."""
+        if shape not in self.requests:
+            model = self.model.clone()
+            model.reshape(list(shape))
+            self.requests[shape] = self.core.compile_model(model, "CPU", self.config).create_infer_request()
+        return self.requests[shape]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        array = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
+        result = self.request(tuple(array.shape)).infer({0: array})
+        return torch.from_numpy(np.array(result[0], dtype=np.float32))
+
+
+EXPORTED_NETWORKS = (OnnxNetwork, OpenVinoNetwork, torch.jit.ScriptModule)  # run as exported: no layout, no bf16
 
 
 def random_inputs(channels: int, shape: tuple[int, ...], count: int = 2) -> list[torch.Tensor]:
@@ -135,8 +185,15 @@ def write_torchscript(network: nn.Module, example: torch.Tensor, metadata: dict[
 WRITERS = {"onnx": write_onnx, "torchscript": write_torchscript}
 
 
+def read_openvino_metadata(network: OpenVinoNetwork, path: Path) -> dict[str, Any]:
+    """The medseg metadata in an OpenVINO IR file's ``rt_info``; ModelError when it has none."""
+    if not network.model.has_rt_info([METADATA_KEY]):
+        raise ModelError(f"{path}: an OpenVINO model without medseg metadata; export it with `medseg export`")
+    return json.loads(network.model.get_rt_info([METADATA_KEY]).astype(str))
+
+
 def read_exported(path: Path) -> tuple[nn.Module, dict[str, Any]]:
-    """The network of an exported file (ONNX Runtime or TorchScript) and the medseg metadata inside it."""
+    """The network of an exported file (ONNX Runtime, OpenVINO or TorchScript) and the medseg metadata inside it."""
     if not path.is_file():
         raise ModelError(f"{path}: exported model not found")
     kind = export_format(path)
@@ -151,6 +208,9 @@ def read_exported(path: Path) -> tuple[nn.Module, dict[str, Any]]:
         if METADATA_KEY not in props:
             raise ModelError(f"{path}: an ONNX file without medseg metadata; export it with `medseg export`")
         return OnnxNetwork(path), json.loads(props[METADATA_KEY])
+    if kind == "openvino":
+        network = OpenVinoNetwork(path)
+        return network, read_openvino_metadata(network, path)
     if kind == "torchscript":
         extra = {TORCHSCRIPT_EXTRA: ""}
         try:
@@ -165,9 +225,10 @@ def read_exported(path: Path) -> tuple[nn.Module, dict[str, Any]]:
 
 @dataclass(frozen=True)
 class Backend:
-    """What runs the network: PyTorch (contiguous or channels-last, fp32 or bf16 autocast) or ONNX Runtime."""
+    """What runs the network: PyTorch (contiguous or channels-last, fp32 or bf16 autocast), ONNX Runtime or
+    OpenVINO (fp32)."""
 
-    name: Literal["torch", "onnxruntime"] = "torch"
+    name: Literal["torch", "onnxruntime", "openvino"] = "torch"
     memory_format: Literal["contiguous", "channels_last"] = "contiguous"
     bf16: bool = False
 
@@ -180,28 +241,31 @@ class Backend:
     @property
     def label(self) -> str:
         """``torch+channels_last+bf16``, ``onnxruntime``: how the timing log names a candidate."""
-        if self.name == "onnxruntime":
+        if self.name != "torch":
             return self.name
         return f"torch+{self.memory_format}" + ("+bf16" if self.bf16 else "")
 
 
 def runtime_network(network: nn.Module, backend: Backend, example: torch.Tensor) -> nn.Module:
-    """The network as it will run: exported in memory to ONNX Runtime (traced on ``example``, one input of the
-    working shape) when the backend says so (PyTorch if the export fails, with a warning: the result is the same,
-    only slower), else PyTorch, channels-last and under bf16 autocast where the backend says so (bf16 only where the
-    CPU has it)."""
+    """The network as it will run: exported in memory to ONNX (traced on ``example``, one input of the working
+    shape) and run by ONNX Runtime or OpenVINO when the backend says so (PyTorch if the export fails, with a warning:
+    the result is the same, only slower; OpenVINO not installed: ConfigError), else PyTorch, channels-last and under
+    bf16 autocast where the backend says so (bf16 only where the CPU has it)."""
     from medseg.runtime.devices import cpu_has_native_bf16
 
-    if isinstance(network, OnnxNetwork | torch.jit.ScriptModule):
+    if isinstance(network, EXPORTED_NETWORKS):
         return network
-    if backend.name == "onnxruntime":
+    if backend.name in ("onnxruntime", "openvino"):
+        if backend.name == "openvino":
+            require_openvino("inference.backend: openvino")
+        runner = OnnxNetwork if backend.name == "onnxruntime" else OpenVinoNetwork
         try:
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / "network.onnx"
                 write_onnx(network.eval(), example, {}, path)
-                return OnnxNetwork(path)  # the session holds the model in memory; the file can go
+                return runner(path)  # the session / model holds the network in memory; the file can go
         except Exception as exc:  # any exporter failure
-            log.warning("ONNX Runtime backend unavailable (%s); running the network in PyTorch", str(exc)[:200])
+            log.warning("%s backend unavailable (%s); running the network in PyTorch", backend.name, str(exc)[:200])
             return network
     on_cpu = next(network.parameters(), torch.empty(0)).device.type == "cpu"
     channels_last = on_cpu and backend.memory_format == "channels_last"

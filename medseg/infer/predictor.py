@@ -80,14 +80,14 @@ class Predictor:
 
         self._check_steps()
 
-        from medseg.infer.backends import OnnxNetwork
+        from medseg.infer.backends import EXPORTED_NETWORKS
         from medseg.runtime.devices import resolve_device
         from medseg.transforms import inference_transforms
 
         self.device = resolve_device(self.settings.inference.device, "inference.device")
-        exported = any(isinstance(m, OnnxNetwork | torch.jit.ScriptModule) for m in self.members)
+        exported = any(isinstance(m, EXPORTED_NETWORKS) for m in self.members)
         if exported:
-            self.device = torch.device("cpu")  # exported files run on ONNX Runtime's / TorchScript's CPU build
+            self.device = torch.device("cpu")  # exported files run on ONNX Runtime's / OpenVINO's / TorchScript's CPU
         for member in self.members:
             member.eval().to(self.device)
         example = random_inputs(self.settings.in_channels, self.settings.working_shape, 1)[0]

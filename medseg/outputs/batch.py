@@ -327,15 +327,17 @@ def _write_summary(path: Path, rows: list[dict[str, object]]) -> None:
 
 def model_digest(predictor: Predictor) -> str:
     """The SHA-256 (hex) of the model's weights: every member network's state (names, dtypes, shapes, values; an
-    ONNX Runtime member: its file's bytes). It names the model in the DICOM objects a batch writes (their UIDs,
-    SeriesDescription), so a retry with the same model writes the same instances, and another model new ones."""
+    exported member (ONNX Runtime, OpenVINO): its files' bytes). It names the model in the DICOM objects a batch
+    writes (their UIDs, SeriesDescription), so a retry with the same model writes the same instances, and another
+    model new ones."""
     import torch
 
     digest = hashlib.sha256()
     for member in predictor.members:
-        model_path = getattr(getattr(member, "session", None), "_model_path", None)  # an OnnxNetwork's file
-        if isinstance(model_path, str) and Path(model_path).is_file():
-            digest.update(Path(model_path).read_bytes())
+        files = getattr(member, "files", None)  # an exported network's files (backends.OnnxNetwork, OpenVinoNetwork)
+        if files and all(Path(f).is_file() for f in files):
+            for file in files:
+                digest.update(Path(file).read_bytes())
             continue
         for name, tensor in sorted(member.state_dict().items()):
             values = tensor.detach().cpu().contiguous()

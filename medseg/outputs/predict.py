@@ -11,7 +11,7 @@ from medseg.infer.predictor import Predictor
 from medseg.infer.sources import SourceOptions
 from medseg.outputs.batch import Outputs, PredictionReport, folder_cases, predict_folder
 
-BACKENDS = ("auto", "torch", "onnxruntime")
+BACKENDS = ("auto", "torch", "onnxruntime", "openvino")
 ENGINES = ("local", "ray")
 
 
@@ -47,7 +47,7 @@ def predict_batch(
     """Load ``model`` once (a bad model fails here, before any engine starts) and segment ``source`` into
     ``out_dir``; resumable unless ``overwrite``; ``shard`` (i, N): only shard i of N."""
     if options.backend not in (None, *BACKENDS):
-        raise ConfigError(f"--backend {options.backend}: expected auto, torch or onnxruntime")
+        raise ConfigError(f"--backend {options.backend}: expected {', '.join(BACKENDS)}")
     predictor = Predictor.from_model(model, options.tta, options.steps, options.backend, options.folds, options.device)
     if engine.name == "local":
         return predict_folder(predictor, source, out_dir, outputs, overwrite=overwrite, shard=shard)

@@ -227,6 +227,7 @@ def _run_stages(
     cfg: PipelineConfig, run_name: str | None, resume_dir: Path | None, fold: int | None, group: Ranks
 ) -> PipelineResult:
     """:func:`run_pipeline` once the process group (if any) is joined."""
+    from medseg.infer.backends import require_openvino
     from medseg.infer.crf import require_dense_crf
     from medseg.infer.postprocessing import runs_dense_crf
     from medseg.infer.predictor import Predictor
@@ -244,6 +245,8 @@ def _run_stages(
     predictor = None if "train" in cfg.stages else _compatible_predictor(cfg)
     if "train" in cfg.stages and runs_dense_crf(cfg.postprocessing):  # and the dense CRF's package, before training
         require_dense_crf()
+    if cfg.inference.backend == "openvino":  # likewise OpenVINO's
+        require_openvino("inference.backend: openvino")
     if "train" in cfg.stages and cfg.model.init_from and resume_dir is None:  # likewise the weights to start from
         from medseg.models.init_from import check_init_from
 

@@ -136,7 +136,7 @@ def test_export_errors_are_one_line_and_write_nothing(model_2d: Path, tmp_path: 
     runner = CliRunner()
     result = runner.invoke(app, ["export", str(model_2d), "--format", "tflite"])
     assert result.exit_code == 2
-    assert result.output.strip() == "error: export format 'tflite': expected one of onnx, torchscript, bundle"
+    assert result.output.strip() == "error: export format 'tflite': expected one of onnx, torchscript, openvino, bundle"
 
     result = runner.invoke(app, ["export", str(model_2d), "-o", str(tmp_path / "model.pt")])
     assert result.exit_code == 2 and "model.pt: a onnx export must end in .onnx" in result.output
