@@ -118,6 +118,10 @@ def write_openvino(
         write_onnx(network.eval(), example, {}, onnx_file)
         model = ov.Core().read_model(str(onnx_file))
     if quantize is not None:
+        # static spatial axes first: NNCF's int8 of medseg's 3D UNet with dynamic ones gave a constant output (logits
+        # -51 to -18 on every BraTS window, fp32's -4 to 114); with them fixed it tracks fp32. The predictor feeds
+        # the working shape; OpenVinoNetwork reshapes for any other.
+        model.reshape([-1, *example.shape[1:]])
         model = quantize(model)
     model.set_rt_info(json.dumps(metadata), [METADATA_KEY])
     ov.save_model(model, str(target), compress_to_fp16=False)
