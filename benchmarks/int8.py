@@ -169,7 +169,9 @@ def openvino_networks(fp32: Path, calibration: list, checkpoint: Path, folder: P
 
     networks = {f"OpenVINO {ov.__version__.split('-')[0]} fp32": OpenVinoNetwork(fp32)}
     started = time.perf_counter()
-    quantized = quantize_int8(networks[next(iter(networks))].model.clone(), calibration)
+    static = networks[next(iter(networks))].model.clone()
+    static.reshape([-1, *calibration[0].shape[1:]])  # as medseg's export: dynamic axes broke NNCF's 3D int8
+    quantized = quantize_int8(static, calibration)
     print(f"NNCF int8: quantized in {time.perf_counter() - started:.1f} s")
     int8 = OpenVinoNetwork(fp32)
     int8.model = quantized

@@ -258,14 +258,14 @@ def runtime_network(network: nn.Module, backend: Backend, example: torch.Tensor)
     if backend.name in ("onnxruntime", "openvino"):
         if backend.name == "openvino":
             require_openvino("inference.backend: openvino")
-        runner = OnnxNetwork if backend.name == "onnxruntime" else OpenVinoNetwork
+        runner, name = (OnnxNetwork, "ONNX Runtime") if backend.name == "onnxruntime" else (OpenVinoNetwork, "OpenVINO")
         try:
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / "network.onnx"
                 write_onnx(network.eval(), example, {}, path)
                 return runner(path)  # the session / model holds the network in memory; the file can go
         except Exception as exc:  # any exporter failure
-            log.warning("%s backend unavailable (%s); running the network in PyTorch", backend.name, str(exc)[:200])
+            log.warning("%s backend unavailable (%s); running the network in PyTorch", name, str(exc)[:200])
             return network
     on_cpu = next(network.parameters(), torch.empty(0)).device.type == "cpu"
     channels_last = on_cpu and backend.memory_format == "channels_last"

@@ -258,7 +258,8 @@ def export_model(
         for leftover in _files(staged, fmt):
             leftover.unlink(missing_ok=True)
     report = target.with_name(target.name + ".parity.json")
-    atomic_write_text(report, json.dumps(asdict(parity), indent=1))
+    fields = {k: None if isinstance(v, float) and v != v else v for k, v in asdict(parity).items()}  # NaN: not JSON
+    atomic_write_text(report, json.dumps(fields, indent=1))
     log.info("Exported %s -> %s", checkpoint, target)
     return ExportResult(target, fmt, parity)
 

@@ -1,6 +1,6 @@
 """OpenVINO IR files (``model.xml`` + ``model.bin``) from a trained network, fp32 or int8 (NNCF post-training
 quantization on training cases): the int8 path that measured faster on a CPU (BENCHMARKS.md, "Int8 inference":
-ONNX Runtime's static int8 ran at 0.45-0.89x of its fp32 on medseg's UNets, OpenVINO + NNCF at 1.8-2.9x).
+ONNX Runtime's static int8 ran at 0.45-0.89x of its fp32 on medseg's UNets, this int8 at 2.1-3.5x of it).
 
 The network goes through medseg's own ONNX export (the one ``medseg export --format onnx`` parity-checks) and
 OpenVINO's ONNX reader; ``openvino.convert_model`` is not used (it sends usage telemetry), and NNCF's telemetry is
