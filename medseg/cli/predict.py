@@ -15,6 +15,7 @@ from medseg.cli.app import (
 )
 
 if TYPE_CHECKING:
+    from medseg.infer.export import ExportResult
     from medseg.outputs.batch import PredictionReport
     from medseg.outputs.dicomweb import PacsReport
     from medseg.outputs.pacs import DicomwebSource
@@ -210,19 +211,7 @@ def export(
             quantize=quantize,
             min_agreement=agreement,
         )
-        parity = result.parity
-        if parity.quantized:
-            mean = sum(row["mask_dice"] for row in parity.per_case) / len(parity.per_case)
-            typer.echo(
-                f"{result.path} ({result.format}, {parity.quantized}): masks against fp32 on {parity.inputs}: "
-                f"Dice min {parity.mask_dice:.4f} (at least {parity.min_agreement}), mean {mean:.4f}"
-            )
-        else:
-            typer.echo(
-                f"{result.path} ({result.format}): parity on {parity.inputs}: max |logit difference| "
-                f"{parity.max_abs_logit_difference:.2e}, max |probability difference| "
-                f"{parity.max_abs_probability_difference:.2e}, mask Dice {parity.mask_dice:.4f}"
-            )
+        typer.echo(_export_report(result))
         for note in result.notes:
             typer.echo(f"left out of inference.json: {note}")
         typer.echo(_use_with(result.path, result.format))
@@ -270,6 +259,22 @@ def _reported(report: PredictionReport | PacsReport, output: Path) -> None:
         typer.echo(f"failed {case}: {reason}", err=True)
     if report.failed:
         raise typer.Exit(1)
+
+
+def _export_report(result: ExportResult) -> str:
+    """One line on what ``medseg export`` checked: parity (fp32) or agreement with fp32 (int8)."""
+    parity = result.parity
+    if parity.quantized:
+        mean = sum(row["mask_dice"] for row in parity.per_case) / len(parity.per_case)
+        return (
+            f"{result.path} ({result.format}, {parity.quantized}): masks against fp32 on {parity.inputs}: "
+            f"Dice min {parity.mask_dice:.4f} (at least {parity.min_agreement}), mean {mean:.4f}"
+        )
+    return (
+        f"{result.path} ({result.format}): parity on {parity.inputs}: max |logit difference| "
+        f"{parity.max_abs_logit_difference:.2e}, max |probability difference| "
+        f"{parity.max_abs_probability_difference:.2e}, mask Dice {parity.mask_dice:.4f}"
+    )
 
 
 def _use_with(path: Path, export_format: str) -> str:

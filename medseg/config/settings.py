@@ -88,6 +88,17 @@ def stored_inference_settings(
     return inference_settings(config)
 
 
+def stored_data_settings(raw: object, source: Path) -> DataSettings:
+    """The data settings of the configuration saved with a model (where its training and validation cases are);
+    ModelError if it is invalid."""
+    try:
+        config = stored_config(raw, source)
+    except ValueError as exc:
+        detail = validation_message(exc)
+        raise ModelError(f"{source}: the configuration stored with the model is invalid ({detail})") from None
+    return data_settings(config)
+
+
 def output_settings(cfg: PipelineConfig) -> Outputs:
     """What the predict stage writes besides the masks (``prediction.*``, ``inference.save_probabilities``)."""
     p = cfg.prediction

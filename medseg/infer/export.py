@@ -304,13 +304,12 @@ def _quantization_cases(
 ) -> tuple[list[np.ndarray], list[str | list[str]]]:
     """The calibration inputs (from the run's training cases) and the validation images the quantized model is
     checked on; ModelError naming what is missing when the run's data cannot be read."""
-    from medseg.config.schema import PipelineConfig
-    from medseg.config.settings import data_settings
+    from medseg.config.settings import stored_data_settings
     from medseg.core.errors import MedsegError
     from medseg.data.dataset import prepare_data
 
     try:
-        data = prepare_data(data_settings(PipelineConfig.model_validate(state["config"])))
+        data = prepare_data(stored_data_settings(state.get("config"), checkpoint))
     except MedsegError as exc:
         raise ModelError(
             f"--quantize: calibrates on {checkpoint}'s training cases and checks its validation cases, but its data "

@@ -2,11 +2,11 @@
 
 The rule: of the timed candidates (:mod:`.timing`), the largest input (the memory plan's, then smaller), at that input
 the largest network (width, then depth), then the largest batch, whose estimated epoch leaves at least E epochs in M
-minutes, where E = max(MIN_EPOCHS, ceil(MIN_SAMPLES / training cases)): every training case seen MIN_EPOCHS times and,
-on a small dataset, enough training images (volumes) seen in all. Input first: on PH2 a narrow network at the full input
-beat a wide one at a smaller input at equal minutes. The training then fits its cosine schedule to its own timed epochs,
-so the estimate only has to choose the candidate. The constants are in one place below, each with the measurement behind
-it.
+minutes, where E = max(MIN_EPOCHS, ceil(MIN_SAMPLES / samples an epoch)): every training case seen MIN_EPOCHS times
+and, on a small dataset, enough training images (3D: patches) seen in all. Input first: on PH2 a narrow network at the
+full input beat a wide one at a smaller input at equal minutes. The training then fits its cosine schedule to its own
+timed epochs, so the estimate only has to choose the candidate. The constants are in one place below, each with the
+measurement behind it.
 """
 
 from __future__ import annotations
@@ -35,13 +35,16 @@ MIN_EPOCHS = 100
 # steps (100 epochs of 12 steps) the rule chose UNet 16-320 on the AMX Xeon, 181-183 epochs in 10 minutes, and it lost
 # to the shipped 8-128's 322-334 epochs by 0.0071 and 0.0054 test Dice (seeds 42 and 1; BENCHMARKS.md "Planning for
 # minutes"), as 16-256's 42 epochs had lost to 8-128's 105 on the AVX2 CPU (0.9199 against 0.9425): on PH2 epochs beat
-# width well past 100. Counted in images, not optimiser steps, so that halving the batch cannot buy a wider network. 3D
-# (one volume a step): BraTS shipped 125 epochs x 3 volumes = 375 (4 patches each) 0.8595, the planned DynUNet's 69
-# volumes 0.8280.
-MIN_SAMPLES = {2: 30_000, 3: 300}
+# width well past 100. Counted in images, not optimiser steps, so that halving the batch cannot buy a wider network. 3D:
+# patches (samples_per_volume per volume an epoch), 3,000, about what the hand-tuned BraTS pipeline gets in 15 minutes
+# here (280 epochs x 4 patches x 3 volumes = 3,360), as PH2's floor is about its hand-tuned 322 epochs. Counted in
+# volumes (300, then 1,000) a plan took a DynUNet to 89 epochs x 2 patches (0.817 and 0.736 on the first two BraTS
+# folds against the hand-tuned 0.911 and 0.848) and then a UNet 32-320 with one patch a volume (BENCHMARKS.md, #28).
+MIN_SAMPLES = {2: 30_000, 3: 3_000}
 # An epoch over its timed optimiser steps (loading, augmentation, validation): PH2 on the AVX2 CPU 5.7 s an epoch for
-# 12 steps of 0.379 s (1.25x) and 13.5 s for 12 of 0.933 s (1.21x). 3D: not measured, validation by sliding window
-# weighs more; to be fitted from the 15-minute BraTS runs.
+# 12 steps of 0.379 s (1.25x) and 13.5 s for 12 of 0.933 s (1.21x). 3D, BraTS folds of 4 volumes at 15 minutes on the
+# AMX Xeon: the UNet 16-256 (4 patches of 96^3, 0.497 s a step) 280 epochs in 14.5 min (1.56x), the DynUNet 8-256
+# (2 of 96x128x96, 1.884 s) 89 in 14.7 min (1.32x): validation by sliding window and loading weigh more on cheap steps.
 EPOCH_OVERHEAD = {2: 1.25, 3: 1.5}
 # Inputs tried, per axis, as fractions of the memory plan's: 192 and 160 px traded input for epochs on PH2 within
 # 0.005 of 256 px at equal minutes.
@@ -90,9 +93,11 @@ def steps_per_epoch(spatial_dims: int, training_cases: int, batch: int) -> int:
     return training_cases // batch if training_cases > batch else 1
 
 
-def required_epochs(spatial_dims: int, training_cases: int) -> int:
-    """E of the rule: every case seen MIN_EPOCHS times and at least MIN_SAMPLES images (volumes) seen in all."""
-    return max(MIN_EPOCHS, math.ceil(MIN_SAMPLES[spatial_dims] / max(1, training_cases)))
+def required_epochs(spatial_dims: int, training_cases: int, patches: int = 1) -> int:
+    """E of the rule: every case seen MIN_EPOCHS times and at least MIN_SAMPLES images (3D: ``patches`` a volume an
+    epoch) seen in all."""
+    per_epoch = max(1, training_cases) * (patches if spatial_dims == 3 else 1)
+    return max(MIN_EPOCHS, math.ceil(MIN_SAMPLES[spatial_dims] / per_epoch))
 
 
 class MinutesSearch:
@@ -118,7 +123,7 @@ class MinutesSearch:
         return sizes
 
     def networks(self, size: list[int]) -> list[tuple[int, int]]:
-        fewest = 3 if self.dims == 3 else 2  # MONAI's DynUNet needs 3 levels (unpooled ones pad a small patch)
+        fewest = 2
         deepest = max(fewest, pooling_levels(self.dims, size))
         depths = sorted({max(fewest, deepest - 1), deepest})
         return [(width, depth) for width in WIDTHS for depth in depths]
@@ -130,13 +135,13 @@ class MinutesSearch:
     def time(self, size: list[int], width: int, levels: int, batch: int, force: bool = False) -> TimedCandidate | None:
         """Time one candidate (None: the search's seconds are spent, unless ``force``)."""
         name, args = sized_network(self.dims, size, width, levels, FILTER_CAP)
-        filters = args["filters" if self.dims == 3 else "channels"]
+        filters = args["channels"]
         label = f"{name} {filters[0]}-{filters[-1]} ({levels} levels) {'x'.join(map(str, size))} batch {batch}"
         done = next((c for c in self.timed if c.label == label), None)
         if done is not None or (not force and time.perf_counter() - self.started > self.search_seconds):
             return done
         steps = steps_per_epoch(self.dims, self.cases, batch)
-        need = required_epochs(self.dims, self.cases)
+        need = required_epochs(self.dims, self.cases, batch)
         allowed_step = self.budget / (need * steps * EPOCH_OVERHEAD[self.dims])
         cfg = self.base.with_values(
             {"model.name": name, "model.args": args, self.size_key: size, self.batch_key: batch}
@@ -203,13 +208,13 @@ def plan_for_minutes(base: PipelineConfig, minutes: float, device: str, training
     chosen = search.choose()
     seconds = time.perf_counter() - search.started
     dims = base.spatial_dims
-    need = required_epochs(dims, training_cases)
+    need = required_epochs(dims, training_cases, chosen.batch)
     precision = precision_name(base, device)
     machine = machine_name(device)
     threads = torch.get_num_threads() if not device.startswith("cuda") else None
     rule = (
         f"the largest input, then network, then batch whose epoch leaves >= {need} epochs in {minutes:g} min "
-        f"(each case {MIN_EPOCHS}x, >= {MIN_SAMPLES[dims]:,} {'images' if dims == 2 else 'volumes'} seen)"
+        f"(each case {MIN_EPOCHS}x, >= {MIN_SAMPLES[dims]:,} {'images' if dims == 2 else 'patches'} seen)"
     )
     why = f"{rule}: ~{chosen.epoch_seconds:.3g} s an epoch, {chosen.epochs_fit} fit"
     if not chosen.fits:

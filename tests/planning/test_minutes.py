@@ -55,7 +55,8 @@ def test_the_rule_asks_every_case_seen_min_epochs_times_and_enough_steps() -> No
     assert steps_per_epoch(2, 98, 8) == 12 and steps_per_epoch(2, 5, 8) == 1  # full batches, as the loader
     assert steps_per_epoch(3, 3, 2) == 3  # one volume a step
     assert required_epochs(2, 98) == -(-MIN_SAMPLES[2] // 98) > MIN_EPOCHS  # PH2: the images-seen floor decides
-    assert required_epochs(3, 3) == MIN_SAMPLES[3] // 3  # BraTS' 3 training volumes
+    assert required_epochs(3, 3, 2) == -(-MIN_SAMPLES[3] // 6)  # BraTS' 3 training volumes, 2 patches each
+    assert required_epochs(3, 3, 1) == 2 * required_epochs(3, 3, 2)  # one patch fewer a volume buys nothing
     assert required_epochs(2, 10_000) == MIN_EPOCHS  # a large dataset: each case seen MIN_EPOCHS times
 
 
@@ -123,7 +124,7 @@ def test_plans_for_minutes_from_nnunet_and_labelme_record_their_timing_and_train
         assert f"on {timing['machine']}" in text and text.count("# candidate: ") == len(timing["candidates"])
         assert "<- chosen" in text
         train_one_epoch(out, tmp_path)
-    assert load_config(tmp_path / "nnunet.yaml").model.name == "dynunet"
+    assert load_config(tmp_path / "nnunet.yaml").model.name == "unet"  # the minutes plan: MONAI UNet in 3D too
     assert load_config(tmp_path / "labelme.yaml").data.layout == "labelme"
 
 
