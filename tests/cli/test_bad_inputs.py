@@ -86,6 +86,7 @@ def run3d_overrides(tmp: Path, dataset: Path, *extra: str) -> list[str]:
         "training.epochs=1",
         "training.samples_per_volume=2",
         "training.max_minutes=null",
+        "schedule.length=epochs",
         "tracking.enabled=false",
         *extra,
     ]

@@ -109,6 +109,7 @@ def trained_3d(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         "training.epochs=2",
         "training.samples_per_volume=2",
         "training.max_minutes=null",
+        "schedule.length=epochs",
         "training.bf16=true",
         *SEGMENTS_SOMETHING,
     ]

@@ -47,6 +47,7 @@ def _overrides(tmp_path: Path, dataset: Path, *extra: str) -> list[str]:
         "training.val_every=1",
         "training.samples_per_volume=2",
         "training.max_minutes=null",
+        "schedule.length=epochs",
         "training.bf16=true",  # no step timing (tests/helpers/data.py)
         *extra,
     ]

@@ -240,6 +240,7 @@ def _train_3d(root: Path) -> tuple[Path, str, str]:
         "training.epochs=1",
         "training.samples_per_volume=2",
         "training.max_minutes=null",
+        "schedule.length=epochs",
         "training.bf16=true",
         "inference.backend=torch",
         "stages=[train]",
