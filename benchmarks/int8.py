@@ -171,11 +171,10 @@ def openvino_networks(fp32: Path, calibration: list, checkpoint: Path, folder: P
     started = time.perf_counter()
     static = networks[next(iter(networks))].model.clone()
     static.reshape([-1, *calibration[0].shape[1:]])  # as medseg's export: dynamic axes broke NNCF's 3D int8
-    quantized = quantize_int8(static, calibration)
+    default = folder / "model.nncf-default.xml"
+    ov.save_model(quantize_int8(static, calibration), default, compress_to_fp16=False)
     print(f"NNCF int8: quantized in {time.perf_counter() - started:.1f} s")
-    int8 = OpenVinoNetwork(fp32)
-    int8.model = quantized
-    networks["OpenVINO int8 (NNCF)"] = int8
+    networks["OpenVINO int8 (NNCF)"] = OpenVinoNetwork(default)
     shipped = folder / "model.int8.xml"
     if not shipped.is_file():
         started = time.perf_counter()

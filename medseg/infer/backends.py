@@ -12,6 +12,7 @@ import logging
 import tempfile
 import warnings
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -124,9 +125,13 @@ class OpenVinoNetwork(nn.Module):
         return self.requests[shape]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        array = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
-        result = self.request(tuple(array.shape)).infer({0: array})
-        return torch.from_numpy(np.array(result[0], dtype=np.float32))
+        return run_openvino(self.request(tuple(x.shape)).infer, x)
+
+
+def run_openvino(infer: Callable[[dict[int, np.ndarray]], Any], x: torch.Tensor) -> torch.Tensor:
+    """``x`` through an OpenVINO compiled model or inference request's call, float32 in and out."""
+    array = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
+    return torch.from_numpy(np.array(infer({0: array})[0], dtype=np.float32))
 
 
 EXPORTED_NETWORKS = (OnnxNetwork, OpenVinoNetwork, torch.jit.ScriptModule)  # run as exported: no layout, no bf16

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from medseg.data.records import Record
-from medseg.infer.backends import METADATA_KEY, require_openvino, write_onnx
+from medseg.infer.backends import METADATA_KEY, require_openvino, run_openvino, write_onnx
 
 CALIBRATION_INPUTS = 32  # NNCF's statistics: 2D whole images, 3D windows of the working shape
 CALIBRATION_SEED = 0
@@ -61,8 +61,7 @@ class CompiledNetwork(nn.Module):
         self.compiled = compiled
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        array = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
-        return torch.from_numpy(np.array(self.compiled({0: array})[0], dtype=np.float32))
+        return run_openvino(self.compiled, x)
 
 
 # (network, validation case numbers) -> per case, the network's mask Dice against the fp32 network's
