@@ -52,6 +52,7 @@ def plot(runs: dict[str, list[list[dict]]], out: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, (dice_axis, loss_axis) = plt.subplots(1, 2, figsize=(12, 4.5))
+    multi = any(len(folds) > 1 for folds in runs.values())
     for index, (label, folds) in enumerate(runs.items()):
         colour = f"C{index}"
         for fold, rows in enumerate(folds):
@@ -60,14 +61,15 @@ def plot(runs: dict[str, list[list[dict]]], out: Path) -> None:
             dice = [r["val_dice"] for r in validated]
             dice_axis.plot([r["minutes"] for r in validated], dice, colour, lw=1, label=name)
             loss_axis.plot([r["minutes"] for r in rows], [r["train_loss"] for r in rows], colour, lw=0.8, label=name)
-    dice_axis.set(xlabel="training minutes", ylabel="validation Dice", title="validation Dice (each fold a line)")
+    title = "validation Dice (a line per fold)" if multi else "validation Dice"
+    dice_axis.set(xlabel="training minutes", ylabel="validation Dice", title=title)
     loss_axis.set(xlabel="training minutes", ylabel="training loss", title="training loss", yscale="log")
     for axis in (dice_axis, loss_axis):
         axis.grid(alpha=0.3)
         axis.legend()
     figure.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(out, dpi=110)
+    figure.savefig(out, dpi=80)
     plt.close(figure)
 
 
