@@ -78,24 +78,25 @@ def stored_inference_settings(
 ) -> InferenceSettings:
     """The settings of the configuration saved with a model (any medseg version's: :func:`stored_config`), with
     ``backend`` / ``device`` replacing its ``inference.backend`` / ``inference.device``; ModelError if it is invalid."""
-    changes = {"inference.backend": backend, "inference.device": device}
-    return inference_settings(_stored_model_config(raw, source, changes))
+    try:
+        config = stored_config(raw, source)
+        changes = {"inference.backend": backend, "inference.device": device}
+        config = config.with_values({k: v for k, v in changes.items() if v is not None})
+    except ValueError as exc:
+        detail = validation_message(exc)
+        raise ModelError(f"{source}: the configuration stored with the model is invalid ({detail})") from None
+    return inference_settings(config)
 
 
 def stored_data_settings(raw: object, source: Path) -> DataSettings:
     """The data settings of the configuration saved with a model (where its training and validation cases are);
     ModelError if it is invalid."""
-    return data_settings(_stored_model_config(raw, source, {}))
-
-
-def _stored_model_config(raw: object, source: Path, changes: dict[str, str | None]) -> PipelineConfig:
-    """The configuration saved with a model, with ``changes`` (None: kept); ModelError naming ``source`` if invalid."""
     try:
         config = stored_config(raw, source)
-        return config.with_values({k: v for k, v in changes.items() if v is not None})
     except ValueError as exc:
         detail = validation_message(exc)
         raise ModelError(f"{source}: the configuration stored with the model is invalid ({detail})") from None
+    return data_settings(config)
 
 
 def output_settings(cfg: PipelineConfig) -> Outputs:
