@@ -7,7 +7,8 @@ first run with its interval; plus what each fold trained (epochs, minutes, the k
 
 Each RUN is a run folder of ``medseg run ... --folds K`` (its ``folds/fold_i/evaluation/per_case_metrics.csv``, written
 as each fold finishes, so a run still training compares on the folds it has). With 5 cases the intervals are wide:
-they say how far apart the runs could be, not only the sign.
+they say how far apart the runs could be, not only the sign. Each label is compared over the runs that have it: a
+binary whole-tumour run beside regions runs joins the whole-tumour table only.
 
 ``--rescore CHECKPOINT``: each fold's ``model/CHECKPOINT`` evaluated on its out-of-fold cases again (raw), written to
 ``folds/fold_i/evaluation-CHECKPOINT/``; then ``RUN/evaluation-last.pt`` style folders compare like runs (give the
@@ -99,12 +100,13 @@ def main() -> None:
     folders = args.evaluation or ["evaluation"] * len(args.runs)
     tables = [per_case(run, args.variant, folder) for run, folder in zip(args.runs, folders, strict=True)]
     base = tables[0]
-    for label in base:
-        cases = sorted(set.intersection(*(set(t.get(label, {})) for t in tables)))
+    for label in base:  # each label over the runs that have it (a binary whole-tumour run beside a regions one)
+        having = [(run, folder, t) for run, folder, t in zip(args.runs, folders, tables, strict=True) if label in t]
+        cases = sorted(set.intersection(*(set(t[label]) for _, _, t in having)))
         print(f"\n{label} ({args.variant}, {len(cases)} cases out of fold: {', '.join(cases)})")
         print("| run | " + " | ".join(cases) + " | mean (95 % CI) | paired - baseline (95 % CI) |")
         print("| --- " * (len(cases) + 3) + "|")
-        for run, folder, table in zip(args.runs, folders, tables, strict=True):
+        for run, folder, table in having:
             values = np.array([table[label][c] for c in cases])
             differences = values - np.array([base[label][c] for c in cases])
             low, high = mean_ci95(differences)
